@@ -1,0 +1,1 @@
+//! Compressed writers the kernel can unpack: zstd, xz, gzip, or none.

@@ -1,0 +1,1 @@
+//! system/system.toml and system/packages: parsed, defaulted, validated.

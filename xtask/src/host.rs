@@ -1,0 +1,1 @@
+//! Host tools each command needs, and the package that provides each per distro.

@@ -1,0 +1,1 @@
+//! A root tree → a deterministic newc cpio stream.

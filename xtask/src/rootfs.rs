@@ -1,0 +1,1 @@
+//! alpine-make-rootfs: fetch, verify, run — the only Alpine-specific seam.
