@@ -1,1 +1,378 @@
 //! Test fixtures: a small bootable root tree made from Debian's busybox-static and kernel packages.
+//!
+//! Alpine's mirror is out of reach where the tests run, so the tests (and `cargo xtask bench`) pack this tree
+//! instead of an Alpine one. It is a real system all the same: the host's Debian kernel in `/boot`, the kernel
+//! modules it needs (decompressed, loaded by `/init` in dependency order), busybox, and a set of files of every
+//! kind the packer must carry (owners, modes, a setuid bit, a hardlink pair, a symlink, a device node, a FIFO).
+//! Its `/init` checks those from inside the booted system, runs any `/etc/fixture.d/*.sh` hooks, prints
+//! `ramnas: ready slot=<ramnas.slot> build=<marker>` and powers off.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::Write,
+    os::unix::fs::{symlink, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// What the fixture's `/init` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// Check the tree, run the hooks, print the ready line, power off.
+    Ready,
+    /// Exit at once, so the kernel panics ("Attempted to kill init").
+    Panic,
+    /// Never print the ready line; sleep forever.
+    Silent,
+}
+
+/// A fixture root tree to write with [`Fixture::write`].
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// The build marker printed in the ready line (`build=<marker>`), also `/etc/ramnas-build`.
+    pub build: String,
+    pub init: Init,
+    /// Copy every kernel module (decompressed, ~400 MB), as a full system would carry; else only the few
+    /// the fixture loads.
+    pub all_modules: bool,
+    /// Write `/lib/apk/db/installed` with these (name, version) pairs, as apk would.
+    pub packages: Vec<(String, String)>,
+    /// Write `/boot/intel-ucode.img` and `/boot/amd-ucode.img` (uncompressed cpio archives holding a
+    /// microcode blob that matches no CPU), as Alpine's microcode packages do.
+    pub ucode: bool,
+    /// Extra files: (path inside the tree, contents, mode). `/etc/fixture.d/NAME.sh` files are run by /init
+    /// before the ready line.
+    pub files: Vec<(String, String, u32)>,
+}
+
+/// Modules the fixture loads at boot: virtio disks, a USB stick on xhci, an IDE disk, and FAT to read it.
+pub const MODULES: &[&str] = &[
+    "virtio_blk",
+    "xhci-pci",
+    "usb-storage",
+    "ata_piix",
+    "sd_mod",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859-1",
+];
+
+impl Fixture {
+    pub fn new(build: &str) -> Fixture {
+        Fixture {
+            build: build.to_string(),
+            init: Init::Ready,
+            all_modules: false,
+            packages: vec![
+                ("busybox".to_string(), "1.36.1-r0".to_string()),
+                ("ramnas-fixture".to_string(), format!("{build}-r0")),
+            ],
+            ucode: false,
+            files: Vec::new(),
+        }
+    }
+
+    /// Writes the tree into `dir` (created if missing; must be empty). Needs root for owners and devices.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        if unsafe { libc::geteuid() } != 0 {
+            bail!(
+                "the test fixture sets file owners and makes device nodes: run the tests as root"
+            );
+        }
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let kernel = HostKernel::find()?;
+        write_busybox(dir)?;
+        write_kernel(dir, &kernel, self.all_modules)?;
+        write_special_files(dir)?;
+        write_file(dir, "etc/ramnas-build", &format!("{}\n", self.build), 0o644)?;
+        write_file(dir, "etc/hostname", "fixture\n", 0o644)?;
+        write_file(dir, "init", &init_script(self.init), 0o755)?;
+        if !self.packages.is_empty() {
+            write_file(
+                dir,
+                "lib/apk/db/installed",
+                &apk_installed(&self.packages),
+                0o644,
+            )?;
+        }
+        if self.ucode {
+            write_ucode(dir)?;
+        }
+        for (path, contents, mode) in &self.files {
+            write_file(dir, path, contents, *mode)?;
+        }
+        Ok(())
+    }
+}
+
+/// The Debian kernel installed on the host: `/boot/vmlinuz-<version>` and `/lib/modules/<version>`.
+#[derive(Debug, Clone)]
+pub struct HostKernel {
+    pub version: String,
+    pub vmlinuz: PathBuf,
+    pub modules: PathBuf,
+}
+
+impl HostKernel {
+    /// The newest kernel that has both an image and a module directory.
+    pub fn find() -> Result<HostKernel> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir("/boot").context("reading /boot")? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let Some(version) = name.strip_prefix("vmlinuz-") else {
+                continue;
+            };
+            let modules = Path::new("/lib/modules").join(version);
+            if modules.join("modules.dep").exists() {
+                found.push(HostKernel {
+                    version: version.to_string(),
+                    vmlinuz: Path::new("/boot").join(&name),
+                    modules,
+                });
+            }
+        }
+        found.sort_by(|a, b| a.version.cmp(&b.version));
+        found.pop().context(
+            "no kernel in /boot with modules in /lib/modules: install Debian's linux-image-amd64",
+        )
+    }
+}
+
+fn write_file(root: &Path, path: &str, contents: &str, mode: u32) -> Result<()> {
+    let dest = root.join(path.trim_start_matches('/'));
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    fs::write(&dest, contents).with_context(|| format!("writing {}", dest.display()))?;
+    fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", dest.display()))
+}
+
+/// `/bin/busybox` from busybox-static, with the applet links `/init` needs before `--install` runs.
+fn write_busybox(root: &Path) -> Result<()> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .context("no /bin/busybox on the host: install Debian's busybox-static")?;
+    for dir in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "etc", "root",
+    ] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    fs::copy(busybox, root.join("bin/busybox")).context("copying busybox")?;
+    fs::set_permissions(root.join("bin/busybox"), fs::Permissions::from_mode(0o755))?;
+    symlink("busybox", root.join("bin/sh")).context("linking /bin/sh")?;
+    Ok(())
+}
+
+/// The kernel image into `/boot`, and its modules (decompressed, so busybox's insmod can load them).
+fn write_kernel(root: &Path, kernel: &HostKernel, all: bool) -> Result<()> {
+    fs::create_dir_all(root.join("boot"))?;
+    fs::copy(
+        &kernel.vmlinuz,
+        root.join("boot")
+            .join(format!("vmlinuz-{}", kernel.version)),
+    )
+    .with_context(|| format!("copying {}", kernel.vmlinuz.display()))?;
+    let deps = fs::read_to_string(kernel.modules.join("modules.dep"))
+        .with_context(|| format!("reading {}/modules.dep", kernel.modules.display()))?;
+    let dest = root.join("lib/modules").join(&kernel.version);
+    // modules.dep: `path: dep dep …`, each dependency list ordered so that the last loads first.
+    let mut load_order: Vec<String> = Vec::new();
+    for wanted in MODULES {
+        let line = deps
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .next()
+                    .is_some_and(|p| module_name(p) == *wanted)
+            })
+            .with_context(|| format!("module {wanted} not in modules.dep"))?;
+        let (module, rest) = line.split_once(':').unwrap_or((line, ""));
+        for path in rest.split_whitespace().rev().chain([module]) {
+            if !load_order.iter().any(|p| p == path) {
+                load_order.push(path.to_string());
+            }
+        }
+    }
+    let copy: BTreeSet<String> = if all {
+        deps.lines()
+            .filter_map(|l| l.split(':').next())
+            .map(str::to_string)
+            .collect()
+    } else {
+        load_order.iter().cloned().collect()
+    };
+    for path in &copy {
+        copy_module(
+            &kernel.modules.join(path),
+            &dest.join(strip_compression(path)),
+        )?;
+    }
+    let list: String = load_order
+        .iter()
+        .map(|p| format!("{}\n", strip_compression(p)))
+        .collect();
+    write_file(
+        root,
+        &format!("lib/modules/{}/fixture.load", kernel.version),
+        &list,
+        0o644,
+    )
+}
+
+fn module_name(path: &str) -> &str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file)
+}
+
+fn strip_compression(path: &str) -> &str {
+    [".xz", ".zst", ".gz"]
+        .iter()
+        .find_map(|ext| path.strip_suffix(ext))
+        .unwrap_or(path)
+}
+
+fn copy_module(src: &Path, dest: &Path) -> Result<()> {
+    fs::create_dir_all(dest.parent().unwrap())?;
+    let input = fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let mut output =
+        fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let name = src.to_string_lossy();
+    if name.ends_with(".xz") {
+        std::io::copy(&mut xz2::read::XzDecoder::new(input), &mut output)
+    } else if name.ends_with(".zst") {
+        std::io::copy(&mut zstd::Decoder::new(input)?, &mut output)
+    } else if name.ends_with(".gz") {
+        std::io::copy(&mut flate2::read::GzDecoder::new(input), &mut output)
+    } else {
+        std::io::copy(&mut std::io::BufReader::new(input), &mut output)
+    }
+    .with_context(|| format!("decompressing {}", src.display()))?;
+    Ok(())
+}
+
+/// One file of each kind the packer must carry, with owners and modes `/init` checks after boot.
+fn write_special_files(root: &Path) -> Result<()> {
+    let dir = root.join("fixture");
+    fs::create_dir_all(&dir)?;
+    write_file(root, "fixture/owned", "owned by 1234:5678\n", 0o640)?;
+    std::os::unix::fs::chown(dir.join("owned"), Some(1234), Some(5678)).context("chown")?;
+    write_file(root, "fixture/setuid", "setuid\n", 0o4755)?;
+    write_file(root, "fixture/sticky/.keep", "", 0o644)?;
+    fs::set_permissions(dir.join("sticky"), fs::Permissions::from_mode(0o1777))?;
+    write_file(root, "fixture/hard1", "hardlinked data\n", 0o644)?;
+    fs::hard_link(dir.join("hard1"), dir.join("hard2")).context("hard link")?;
+    symlink("hard1", dir.join("link")).context("symlink")?;
+    mknod(
+        &dir.join("null"),
+        libc::S_IFCHR | 0o666,
+        libc::makedev(1, 3),
+    )?;
+    mknod(&dir.join("fifo"), libc::S_IFIFO | 0o600, 0)?;
+    Ok(())
+}
+
+fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mknod {}", path.display()));
+    }
+    Ok(())
+}
+
+fn apk_installed(packages: &[(String, String)]) -> String {
+    packages
+        .iter()
+        .map(|(name, version)| format!("P:{name}\nV:{version}\nA:x86_64\n\n"))
+        .collect()
+}
+
+/// Early-microcode archives in the form Alpine's intel-ucode and amd-ucode install them.
+fn write_ucode(root: &Path) -> Result<()> {
+    for (file, blob) in [
+        ("intel-ucode.img", "GenuineIntel.bin"),
+        ("amd-ucode.img", "AuthenticAMD.bin"),
+    ] {
+        let mut out = fs::File::create(root.join("boot").join(file))?;
+        let mut ino = 1;
+        for dir in ["kernel", "kernel/x86", "kernel/x86/microcode"] {
+            cpio::newc::Builder::new(dir)
+                .ino(ino)
+                .mode(0o40755)
+                .nlink(2)
+                .write(&mut out, 0)
+                .finish()?;
+            ino += 1;
+        }
+        let data = b"not microcode for any cpu\n";
+        let name = format!("kernel/x86/microcode/{blob}");
+        let mut w = cpio::newc::Builder::new(&name)
+            .ino(ino)
+            .mode(0o100644)
+            .nlink(1)
+            .write(&mut out, data.len() as u32);
+        w.write_all(data)?;
+        w.finish()?;
+        cpio::newc::trailer(&mut out)?;
+    }
+    Ok(())
+}
+
+fn init_script(init: Init) -> String {
+    let body = match init {
+        Init::Ready => READY,
+        Init::Panic => "echo 'ramnas: fixture init exits on purpose'\nexit 1\n",
+        Init::Silent => "echo 'ramnas: fixture stays silent'\nwhile :; do sleep 3600; done\n",
+    };
+    format!("{PRELUDE}{body}")
+}
+
+const PRELUDE: &str = r#"#!/bin/sh
+# ramnas test fixture /init (written by xtask::fixture).
+/bin/busybox mkdir -p /proc /sys /dev /tmp
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null
+/bin/busybox --install -s
+"#;
+
+const READY: &str = r#"failed=0
+fail() { echo "ramnas: FAIL $*"; failed=1; }
+check() { want=$1; shift; got=$("$@" 2>&1); [ "$got" = "$want" ] || fail "$* gave '$got', want '$want'"; }
+check "1234:5678:640" stat -c '%u:%g:%a' /fixture/owned
+check "4755" stat -c '%a' /fixture/setuid
+check "1777" stat -c '%a' /fixture/sticky
+check "$(stat -c %i /fixture/hard1)" stat -c %i /fixture/hard2
+check "2" stat -c %h /fixture/hard1
+check "hardlinked data" cat /fixture/hard2
+check "hard1" readlink /fixture/link
+check "character special file 1:3" stat -c '%F %t:%T' /fixture/null
+check "fifo 600" stat -c '%F %a' /fixture/fifo
+[ "$failed" = 0 ] && echo "ramnas: fixture checks ok"
+kver=$(uname -r)
+while read -r module; do
+    insmod "/lib/modules/$kver/$module" 2>/dev/null
+done < "/lib/modules/$kver/fixture.load"
+mdev -s 2>/dev/null
+sleep 1
+for dev in /sys/block/*; do
+    case "${dev##*/}" in loop*|ram*) continue ;; esac
+    echo "ramnas: disk ${dev##*/} serial=$(cat "$dev/serial" 2>/dev/null || cat "$dev/device/serial" 2>/dev/null)"
+done
+slot=none
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in ramnas.slot=*) slot=${arg#ramnas.slot=} ;; esac
+done
+for hook in /etc/fixture.d/*.sh; do
+    [ -f "$hook" ] && . "$hook"
+done
+echo "ramnas: ready slot=$slot build=$(cat /etc/ramnas-build)"
+sync
+poweroff -f
+"#;

@@ -1,1 +1,487 @@
 //! The one place that starts qemu, watches its serial console, and always reaps it.
+//!
+//! A [`Machine`] says what to boot (a kernel directly, or disks through SeaBIOS or OVMF) and what to attach.
+//! [`Machine::start`] runs it headless with the serial console captured line by line into a log file (and
+//! echoed when asked); [`Running`] waits for a console line, a kernel panic, qemu's exit, or a timeout. qemu
+//! never outlives its [`Running`]: it is killed on drop, and the kernel kills it if this process dies.
+
+use std::{
+    ffi::OsString,
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use regex::Regex;
+
+use crate::flags;
+
+/// The line the kernel prints when it panics.
+pub const PANIC: &str = "Kernel panic - not syncing";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    /// `auto` means KVM when `/dev/kvm` can be opened for writing, else TCG.
+    pub fn resolve(flag: flags::Accel) -> Accel {
+        match flag {
+            flags::Accel::Kvm => Accel::Kvm,
+            flags::Accel::Tcg => Accel::Tcg,
+            flags::Accel::Auto => {
+                let usable = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/kvm")
+                    .is_ok();
+                if usable {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Firmware {
+    /// SeaBIOS, qemu's default.
+    Bios,
+    /// OVMF: the read-only code and a writable copy of the variable store.
+    Uefi { code: PathBuf, vars: PathBuf },
+}
+
+/// A kernel booted directly, without a bootloader.
+#[derive(Debug, Clone)]
+pub struct Direct {
+    pub kernel: PathBuf,
+    /// One file; qemu takes a single initrd, so concatenate microcode and initramfs first.
+    pub initrd: PathBuf,
+    pub append: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    /// The first IDE disk: what SeaBIOS and OVMF boot from by default.
+    Ide,
+    /// A virtio disk; its serial shows as /dev/disk/by-id/virtio-<serial> in the guest.
+    Virtio,
+    /// A USB mass-storage device on an xhci controller, like the boot stick on a real machine.
+    Usb,
+}
+
+#[derive(Debug, Clone)]
+pub struct Drive {
+    pub file: PathBuf,
+    /// `raw` or `qcow2`.
+    pub format: &'static str,
+    pub bus: Bus,
+    pub serial: Option<String>,
+    /// Boot from this drive first (for USB sticks, which firmware does not try by default).
+    pub boot: bool,
+}
+
+impl Drive {
+    pub fn raw(file: impl Into<PathBuf>, bus: Bus) -> Drive {
+        Drive {
+            file: file.into(),
+            format: "raw",
+            bus,
+            serial: None,
+            boot: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub accel: Accel,
+    pub mem: String,
+    pub cpus: u32,
+    pub firmware: Firmware,
+    pub direct: Option<Direct>,
+    pub drives: Vec<Drive>,
+    /// Let the guest reboot (after a panic with `panic=N`, say); else qemu exits when the guest does.
+    pub reboot: bool,
+    /// Forward this host port (on 127.0.0.1) to the guest's port 22.
+    pub ssh_port: Option<u16>,
+}
+
+impl Machine {
+    pub fn new(accel: Accel) -> Machine {
+        Machine {
+            accel,
+            mem: "1G".to_string(),
+            cpus: 1,
+            firmware: Firmware::Bios,
+            direct: None,
+            drives: Vec::new(),
+            reboot: false,
+            ssh_port: None,
+        }
+    }
+
+    /// The qemu-system-x86_64 arguments, without the console ones.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+        match self.accel {
+            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => push(&["-accel", "tcg"]),
+        }
+        push(&[
+            "-machine",
+            "pc",
+            "-m",
+            &self.mem,
+            "-smp",
+            &self.cpus.to_string(),
+        ]);
+        if !self.reboot {
+            push(&["-no-reboot"]);
+        }
+        if let Firmware::Uefi { code, vars } = &self.firmware {
+            args.push("-drive".into());
+            args.push(pflash("0,readonly=on", code));
+            args.push("-drive".into());
+            args.push(pflash("1", vars));
+        }
+        if let Some(direct) = &self.direct {
+            args.extend(["-kernel".into(), direct.kernel.clone().into_os_string()]);
+            args.extend(["-initrd".into(), direct.initrd.clone().into_os_string()]);
+            args.extend(["-append".into(), OsString::from(&direct.append)]);
+        }
+        if self.drives.iter().any(|d| d.bus == Bus::Usb) {
+            args.extend(["-device".into(), "qemu-xhci,id=xhci".into()]);
+        }
+        for (i, drive) in self.drives.iter().enumerate() {
+            let mut spec = OsString::from(format!("format={},file=", drive.format));
+            spec.push(escape_commas(&drive.file));
+            match drive.bus {
+                Bus::Ide => {
+                    spec.push(",if=ide");
+                    if let Some(serial) = &drive.serial {
+                        spec.push(format!(",serial={serial}"));
+                    }
+                    args.extend(["-drive".into(), spec]);
+                }
+                Bus::Virtio | Bus::Usb => {
+                    spec.push(format!(",if=none,id=drive{i}"));
+                    args.extend(["-drive".into(), spec]);
+                    let device = if drive.bus == Bus::Usb {
+                        "usb-storage,bus=xhci.0"
+                    } else {
+                        "virtio-blk-pci"
+                    };
+                    let mut dev = format!("{device},drive=drive{i}");
+                    if let Some(serial) = &drive.serial {
+                        dev.push_str(&format!(",serial={serial}"));
+                    }
+                    if drive.boot {
+                        dev.push_str(",bootindex=0");
+                    }
+                    args.extend(["-device".into(), dev.into()]);
+                }
+            }
+        }
+        match self.ssh_port {
+            Some(port) => {
+                args.extend([
+                    "-netdev".into(),
+                    format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22").into(),
+                ]);
+                args.extend(["-device".into(), "virtio-net-pci,netdev=net0".into()]);
+            }
+            None => args.extend(["-nic".into(), "none".into()]),
+        }
+        args
+    }
+
+    /// Starts the machine headless, its serial console captured into `log` (and echoed to stderr when
+    /// `echo`).
+    pub fn start(&self, log: &Path, echo: bool) -> Result<Running> {
+        let qemu = qemu_binary()?;
+        let mut command = Command::new(qemu);
+        command
+            .args(self.args())
+            .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut command);
+        let mut child = command.spawn().context("starting qemu-system-x86_64")?;
+        let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        spawn_reader(stdout, Some(file), lines.clone(), tx.clone(), echo);
+        spawn_reader(stderr, None, lines.clone(), tx, echo);
+        Ok(Running {
+            child,
+            rx,
+            lines,
+            log: log.to_path_buf(),
+            reboots: self.reboot,
+            done: None,
+        })
+    }
+
+    /// Runs the machine on this terminal (serial console on stdio) until it exits.
+    pub fn run_interactive(&self) -> Result<ExitStatus> {
+        let mut command = Command::new(qemu_binary()?);
+        command.args(self.args()).arg("-nographic");
+        die_with_parent(&mut command);
+        let mut child = command.spawn().context("starting qemu-system-x86_64")?;
+        child.wait().context("waiting for qemu")
+    }
+}
+
+fn pflash(unit: &str, file: &Path) -> OsString {
+    let mut spec = OsString::from(format!("if=pflash,format=raw,unit={unit},file="));
+    spec.push(escape_commas(file));
+    spec
+}
+
+/// qemu's option parser splits on commas; a comma in a path is written twice.
+fn escape_commas(path: &Path) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::new();
+    for &b in path.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// The kernel sends SIGKILL to qemu when the thread that started it dies, whatever the cause.
+fn die_with_parent(command: &mut Command) {
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// `qemu-system-x86_64` on PATH, or an error naming the package to install.
+pub fn qemu_binary() -> Result<PathBuf> {
+    which::which("qemu-system-x86_64").map_err(|_| {
+        anyhow::anyhow!(
+            "qemu-system-x86_64 not found: install it (Debian/Ubuntu: apt-get install qemu-system-x86; \
+             Alpine: apk add qemu-system-x86_64; Fedora: dnf install qemu-system-x86; Arch: pacman -S qemu-full)"
+        )
+    })
+}
+
+/// OVMF's code and variable-store template, from the places distributions install them.
+pub fn ovmf() -> Result<(PathBuf, PathBuf)> {
+    const PAIRS: &[(&str, &str)] = &[
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
+        (
+            "/usr/share/edk2/x64/OVMF_CODE.4m.fd",
+            "/usr/share/edk2/x64/OVMF_VARS.4m.fd",
+        ),
+        (
+            "/usr/share/edk2/ovmf/OVMF_CODE.fd",
+            "/usr/share/edk2/ovmf/OVMF_VARS.fd",
+        ),
+        (
+            "/usr/share/edk2-ovmf/OVMF_CODE.fd",
+            "/usr/share/edk2-ovmf/OVMF_VARS.fd",
+        ),
+        (
+            "/usr/share/ovmf/x64/OVMF_CODE.fd",
+            "/usr/share/ovmf/x64/OVMF_VARS.fd",
+        ),
+    ];
+    PAIRS
+        .iter()
+        .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
+        .find(|(c, v)| c.exists() && v.exists())
+        .context(
+            "OVMF (UEFI firmware for qemu) not found: install it (Debian/Ubuntu: apt-get install ovmf; \
+             Alpine: apk add ovmf; Fedora: dnf install edk2-ovmf; Arch: pacman -S edk2-ovmf)",
+        )
+}
+
+fn spawn_reader(
+    stream: impl std::io::Read + Send + 'static,
+    mut log: Option<fs::File>,
+    lines: Arc<Mutex<Vec<String>>>,
+    tx: mpsc::Sender<String>,
+    echo: bool,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
+            let line = String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
+            buf.clear();
+            if let Some(log) = &mut log {
+                let _ = writeln!(log, "{line}");
+            }
+            if echo {
+                eprintln!("{line}");
+            }
+            lines.lock().unwrap().push(line.clone());
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A console line matched; here it is.
+    Matched(String),
+    /// The kernel panicked (and qemu will not reboot it).
+    Panic(String),
+    /// qemu exited before the line came.
+    Exited(Option<i32>),
+    Timeout,
+}
+
+/// A running qemu. Dropping it kills qemu.
+pub struct Running {
+    child: Child,
+    rx: mpsc::Receiver<String>,
+    lines: Arc<Mutex<Vec<String>>>,
+    log: PathBuf,
+    reboots: bool,
+    done: Option<ExitStatus>,
+}
+
+impl Running {
+    /// Waits until a console line matches `pattern`. A panic ends the wait only when the machine does not
+    /// reboot; qemu's exit and the timeout always do.
+    pub fn wait_for(&mut self, pattern: &Regex, timeout: Duration) -> Outcome {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) if pattern.is_match(&line) => return Outcome::Matched(line),
+                Ok(line) if line.contains(PANIC) && !self.reboots => return Outcome::Panic(line),
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Outcome::Exited(
+                        self.wait_exit(Duration::from_secs(10))
+                            .ok()
+                            .and_then(|s| s.code()),
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if left.is_zero() {
+                        return Outcome::Timeout;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Like [`Running::wait_for`], but anything other than a match is an error that says what happened and
+    /// shows the console's last lines.
+    pub fn expect(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
+        let re = Regex::new(pattern).with_context(|| format!("bad pattern {pattern:?}"))?;
+        match self.wait_for(&re, timeout) {
+            Outcome::Matched(line) => Ok(line),
+            other => bail!("{}\n{}", describe(&other, pattern, timeout), self.tail(25)),
+        }
+    }
+
+    /// Waits for qemu to exit by itself (after the guest powered off, say).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.done {
+            return Ok(status);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().context("waiting for qemu")? {
+                self.done = Some(status);
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "qemu still running after {}s\n{}",
+                    timeout.as_secs(),
+                    self.tail(25)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every console line so far.
+    pub fn output(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The last `n` console lines, as one string, for error messages.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.lines.lock().unwrap();
+        let start = lines.len().saturating_sub(n);
+        let mut out = format!("last console lines (full log: {}):\n", self.log.display());
+        for line in &lines[start..] {
+            out.push_str("  | ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Kills qemu and reaps it.
+    pub fn kill(&mut self) {
+        if self.done.is_none() {
+            let _ = self.child.kill();
+            self.done = self.child.wait().ok();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One sentence for an outcome that was not the awaited line.
+pub fn describe(outcome: &Outcome, pattern: &str, timeout: Duration) -> String {
+    match outcome {
+        Outcome::Matched(line) => format!("matched: {line}"),
+        Outcome::Panic(line) => format!("the kernel panicked before {pattern:?} appeared: {line}"),
+        Outcome::Exited(code) => format!(
+            "qemu exited (code {}) before {pattern:?} appeared",
+            code.map_or("none".to_string(), |c| c.to_string())
+        ),
+        Outcome::Timeout => format!(
+            "timed out after {}s waiting for {pattern:?}",
+            timeout.as_secs()
+        ),
+    }
+}

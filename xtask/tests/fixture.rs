@@ -1,0 +1,139 @@
+//! The fixture itself, packed by GNU cpio (the reference packer), boots and passes its own checks; its
+//! failure modes are the ones the other tests rely on.
+
+mod common;
+
+use std::{fs, process::Command, time::Duration};
+
+use xtask::{
+    fixture::{Fixture, HostKernel, Init},
+    qemu::{Accel, Direct, Machine, Outcome},
+};
+
+/// Packs `tree` with `find . | cpio -o -H newc` into `archive`.
+fn gnu_cpio(tree: &std::path::Path, archive: &std::path::Path) {
+    let list = Command::new("find")
+        .arg(".")
+        .current_dir(tree)
+        .output()
+        .expect("find");
+    let mut child = Command::new("cpio")
+        .args(["--quiet", "-o", "-H", "newc"])
+        .current_dir(tree)
+        .stdin(std::process::Stdio::piped())
+        .stdout(fs::File::create(archive).unwrap())
+        .spawn()
+        .expect("cpio");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&list.stdout).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+fn boot(init: Init, append: &str) -> (Outcome, Vec<String>) {
+    let dir = common::tempdir();
+    let mut fixture = Fixture::new("gnu");
+    fixture.init = init;
+    fixture.files.push((
+        "etc/fixture.d/hello.sh".into(),
+        "echo \"ramnas: hook ran\"\n".into(),
+        0o644,
+    ));
+    fixture.write(&dir.path().join("tree")).unwrap();
+    let archive = dir.path().join("initramfs.cpio");
+    gnu_cpio(&dir.path().join("tree"), &archive);
+    let mut m = Machine::new(Accel::Tcg);
+    m.direct = Some(Direct {
+        kernel: HostKernel::find().unwrap().vmlinuz,
+        initrd: archive,
+        append: format!("console=ttyS0 panic=-1 {append}"),
+    });
+    let mut vm = common::start(&m, dir.path(), "boot");
+    let outcome = vm.wait_for(
+        &regex::Regex::new("ramnas: ready").unwrap(),
+        common::BOOT_TIMEOUT,
+    );
+    let out = vm.output();
+    if outcome != Outcome::Timeout {
+        vm.wait_exit(Duration::from_secs(60)).ok();
+    }
+    (outcome, out)
+}
+
+#[test]
+fn fixture_boots_and_passes_its_checks() {
+    let (outcome, lines) = boot(Init::Ready, "ramnas.slot=b");
+    assert_eq!(
+        outcome,
+        Outcome::Matched("ramnas: ready slot=b build=gnu".into()),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "ramnas: fixture checks ok"),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l == "ramnas: hook ran"), "{lines:#?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("ramnas: FAIL")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn panicking_fixture_panics() {
+    let (outcome, lines) = boot(Init::Panic, "");
+    assert!(
+        matches!(outcome, Outcome::Panic(_)),
+        "{outcome:?} {lines:#?}"
+    );
+}
+
+#[test]
+fn silent_fixture_never_reports_ready() {
+    let dir = common::tempdir();
+    let mut fixture = Fixture::new("silent");
+    fixture.init = Init::Silent;
+    fixture.write(&dir.path().join("tree")).unwrap();
+    let archive = dir.path().join("initramfs.cpio");
+    gnu_cpio(&dir.path().join("tree"), &archive);
+    let mut m = Machine::new(Accel::Tcg);
+    m.direct = Some(Direct {
+        kernel: HostKernel::find().unwrap().vmlinuz,
+        initrd: archive,
+        append: "console=ttyS0".into(),
+    });
+    let mut vm = common::start(&m, dir.path(), "boot");
+    vm.expect("ramnas: fixture stays silent", common::BOOT_TIMEOUT)
+        .unwrap();
+    let outcome = vm.wait_for(
+        &regex::Regex::new("ramnas: ready").unwrap(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(outcome, Outcome::Timeout);
+}
+
+#[test]
+fn fixture_lists_virtio_disks_with_serials() {
+    let dir = common::tempdir();
+    Fixture::new("disks")
+        .write(&dir.path().join("tree"))
+        .unwrap();
+    let archive = dir.path().join("initramfs.cpio");
+    gnu_cpio(&dir.path().join("tree"), &archive);
+    let disk = dir.path().join("disk.raw");
+    fs::File::create(&disk).unwrap().set_len(8 << 20).unwrap();
+    let mut m = Machine::new(Accel::Tcg);
+    m.direct = Some(Direct {
+        kernel: HostKernel::find().unwrap().vmlinuz,
+        initrd: archive,
+        append: "console=ttyS0".into(),
+    });
+    let mut d = xtask::qemu::Drive::raw(&disk, xtask::qemu::Bus::Virtio);
+    d.serial = Some("ramnas-disk0".into());
+    m.drives.push(d);
+    let mut vm = common::start(&m, dir.path(), "boot");
+    vm.expect(
+        "^ramnas: disk vda serial=ramnas-disk0$",
+        common::BOOT_TIMEOUT,
+    )
+    .unwrap();
+}
