@@ -37,7 +37,15 @@ const STEPS: usize = 5;
 pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
     let started = Instant::now();
     step(1, "reading the system definition");
-    let system = System::load(&flags.system)?;
+    let system = if flags.base.is_some() && !flags.system.exists() {
+        eprintln!(
+            "    no {} directory: default settings for the --base tree",
+            flags.system.display()
+        );
+        System::defaults(&flags.system)
+    } else {
+        System::load(&flags.system)?
+    };
     let compression = flags
         .compression
         .unwrap_or(system.config.initramfs.compression);

@@ -50,6 +50,15 @@ impl System {
         })
     }
 
+    /// Every default and no packages: for packing a `--base` tree without a system directory.
+    pub fn defaults(dir: &Path) -> System {
+        System {
+            dir: dir.to_path_buf(),
+            config: Config::default(),
+            packages: Vec::new(),
+        }
+    }
+
     pub fn setup_script(&self) -> PathBuf {
         self.dir.join("setup.sh")
     }

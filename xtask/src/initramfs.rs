@@ -165,7 +165,7 @@ pub fn scan(root: &Path, source_date: u32) -> anyhow::Result<Vec<Entry>> {
         bail!("{}: not a directory", root.display());
     }
     walk(root, PathBuf::new(), meta, source_date, &mut entries)?;
-    add_console_and_null(&mut entries);
+    add_console_and_null(&mut entries, source_date);
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     number_inodes(&mut entries);
     Ok(entries)
@@ -252,7 +252,7 @@ fn walk(
 
 /// The kernel opens /dev/console for the first process's stdio before /init runs; without it, /init
 /// starts with no console. /dev/null is needed by almost every init script.
-fn add_console_and_null(entries: &mut Vec<Entry>) {
+fn add_console_and_null(entries: &mut Vec<Entry>, mtime: u32) {
     let has = |entries: &Vec<Entry>, p: &str| {
         entries
             .iter()
@@ -262,24 +262,24 @@ fn add_console_and_null(entries: &mut Vec<Entry>) {
     match has(entries, "dev") {
         Some(S_IFDIR) => {}
         Some(_) => return, // /dev is something else (a symlink?): leave it as the tree has it.
-        None => entries.push(synthetic("dev", S_IFDIR | 0o755, 0, 0)),
+        None => entries.push(synthetic("dev", S_IFDIR | 0o755, 0, 0, mtime)),
     }
     if has(entries, "dev/console").is_none() {
-        entries.push(synthetic("dev/console", S_IFCHR | 0o600, 5, 1));
+        entries.push(synthetic("dev/console", S_IFCHR | 0o600, 5, 1, mtime));
     }
     if has(entries, "dev/null").is_none() {
-        entries.push(synthetic("dev/null", S_IFCHR | 0o666, 1, 3));
+        entries.push(synthetic("dev/null", S_IFCHR | 0o666, 1, 3, mtime));
     }
 }
 
-fn synthetic(path: &str, mode: u32, major: u32, minor: u32) -> Entry {
+fn synthetic(path: &str, mode: u32, major: u32, minor: u32, mtime: u32) -> Entry {
     Entry {
         path: PathBuf::from(path),
         name: path.to_string(),
         mode,
         uid: 0,
         gid: 0,
-        mtime: 0,
+        mtime,
         nlink: if mode & S_IFMT == S_IFDIR { 2 } else { 1 },
         ino: 0,
         rdev_major: major,

@@ -170,7 +170,10 @@ pub fn ensure(system: &System, tool: &Tool, out: &Path, fresh: bool) -> anyhow::
     }
     let new = out.join("rootfs.new");
     remove_tree(&new)?;
-    run(system, tool, &new)?;
+    if let Err(err) = run(system, tool, &new) {
+        let _ = remove_tree(&new);
+        return Err(err);
+    }
     let _ = fs::remove_file(&stamp);
     remove_tree(&tree)?;
     fs::rename(&new, &tree)
@@ -197,6 +200,7 @@ pub fn run(system: &System, tool: &Tool, dest: &Path) -> anyhow::Result<()> {
     conf.write_all(b"disable_trigger=yes\n")?;
     drop(conf);
 
+    let dest = absolute(dest)?;
     let sh = Shell::new()?;
     let tool_path = &tool.path;
     let mut c = cmd!(sh, "{tool_path} {dest}")
