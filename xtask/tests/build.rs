@@ -788,3 +788,57 @@ fn base_tarball_keeps_owners_and_devices() {
         "the extracted tree is removed"
     );
 }
+
+/// The example system/ of this repository parses and goes through the seam as written.
+#[test]
+fn example_system_builds_through_the_seam() {
+    let s = Seam::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system");
+    let example = fs::canonicalize(example).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "build",
+            "--system",
+            example.to_str().unwrap(),
+            "--out",
+            s.out.to_str().unwrap(),
+        ])
+        .current_dir(s.dir.path())
+        .env("ALPINE_MAKE_ROOTFS", &s.tool)
+        .env("FAKE_RECORD", &s.record)
+        .env("FAKE_TREE", &s.tree)
+        .env("FAKE_FAIL", "")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let record = fs::read_to_string(&s.record).unwrap();
+    let packages = record
+        .lines()
+        .find_map(|l| l.strip_prefix("env PACKAGES="))
+        .unwrap();
+    let packages: Vec<&str> = packages.split(' ').collect();
+    for p in [
+        "alpine-base",
+        "openrc-init",
+        "linux-lts",
+        "linux-firmware-none",
+        "openssh",
+    ] {
+        assert!(packages.contains(&p), "{p} not in {packages:?}");
+    }
+    assert!(record.contains("env ALPINE_BRANCH=v3.22\n"), "{record}");
+    assert!(
+        record.contains(&format!("arg={}\n", example.join("setup.sh").display())),
+        "{record}"
+    );
+    let manifest = Manifest::load(&s.out.join("manifest.json")).unwrap();
+    assert!(
+        manifest.git_commit.is_some(),
+        "the example lives in git: {manifest:?}"
+    );
+    let status = Command::new("shellcheck")
+        .arg(example.join("setup.sh"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "shellcheck system/setup.sh");
+}
