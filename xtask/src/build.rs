@@ -118,7 +118,6 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
             std::io::copy(&mut f, &mut dst)
                 .with_context(|| format!("copying {}", src.display()))?;
         }
-        dst.sync_all()?;
     }
 
     step(4, &format!("packing the initramfs ({})", name(compression)));
