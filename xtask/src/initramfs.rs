@@ -410,7 +410,13 @@ pub fn pack(
     let mut counting = compressor.finish().context("compressing the initramfs")?;
     counting.inner.flush().context("writing the initramfs")?;
     // No fsync: OUT/ is rebuilt from its inputs; readers check the manifest's sums.
-    drop(counting.inner.into_inner().map_err(|e| e.into_error()).context("writing the initramfs")?);
+    drop(
+        counting
+            .inner
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("writing the initramfs")?,
+    );
     Ok(Stats {
         entries: count,
         cpio_bytes,
