@@ -76,7 +76,9 @@ pub fn tool() -> anyhow::Result<Tool> {
 fn download(dest: &Path) -> anyhow::Result<()> {
     let dir = dest.parent().expect("cache path has a parent");
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dest.with_extension("download");
+    let mut tmp = dest.as_os_str().to_owned();
+    tmp.push(".download");
+    let tmp = PathBuf::from(tmp);
     eprintln!(
         "ramnas: downloading alpine-make-rootfs {VERSION} into {}",
         dir.display()

@@ -928,3 +928,32 @@ fn not_root_reruns_through_sudo() {
         "nothing written before sudo"
     );
 }
+
+/// A cached alpine-make-rootfs that does not match the pinned SHA-256 is refused, never run.
+#[test]
+fn tampered_cached_tool_is_refused() {
+    let dir = common::tempdir();
+    let system = dir.path().join("system");
+    write_system(&system, "alpine-base\n", "");
+    let cache = dir.path().join("cache/ramnas");
+    fs::create_dir_all(&cache).unwrap();
+    let ran = dir.path().join("ran");
+    let cached = cache.join(format!("alpine-make-rootfs-{}", xtask::rootfs::VERSION));
+    fs::write(&cached, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+    fs::set_permissions(&cached, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["build", "--system", "system", "--out", "out"])
+        .current_dir(dir.path())
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .env_remove("ALPINE_MAKE_ROOTFS")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let want = format!(
+        "expected {} (alpine-make-rootfs v0.8.1)",
+        xtask::rootfs::SHA256
+    );
+    assert!(text(&o).contains(&want), "{}", text(&o));
+    assert!(!ran.exists(), "the tampered tool ran");
+    assert!(!dir.path().join("out/rootfs").exists());
+}
