@@ -22,12 +22,13 @@ use xtask::{fixture::Fixture, manifest::Manifest, qemu::Outcome};
 fn boot_with(compression: &str) {
     let dir = common::tempdir();
     let marker = format!("packed-{compression}");
-    let out = common::build_fixture(
-        dir.path(),
-        &Fixture::new(&marker),
-        "out",
-        &["--compression", compression],
-    );
+    let mut fixture = Fixture::new(&marker);
+    // 40 MiB more than the fixture: several zstd frames' worth of jobs and several xz blocks (24 MiB
+    // each at preset 6), so the kernel must handle a multi-block stream. Zeros keep it fast.
+    fixture
+        .files
+        .push(("var/filler".into(), "\0".repeat(40 << 20), 0o644));
+    let out = common::build_fixture(dir.path(), &fixture, "out", &["--compression", compression]);
     let manifest = Manifest::load(&out.join("manifest.json")).unwrap();
     assert_eq!(
         format!("{:?}", manifest.compression).to_lowercase(),
@@ -164,6 +165,15 @@ fn gnu_cpio_extracts_the_tree() {
         &["--compression", "none"],
     );
     let tree = dir.path().join("tree-out");
+    // The manifest knows the kernel (from the bzImage header) and the packages (from apk's database).
+    let manifest = Manifest::load(&out.join("manifest.json")).unwrap();
+    let kernel = xtask::fixture::HostKernel::find().unwrap();
+    assert_eq!(
+        manifest.kernel_version.as_deref(),
+        Some(kernel.version.as_str())
+    );
+    assert_eq!(manifest.packages["ramnas-fixture"], "cpio-r0");
+    assert_eq!(manifest.artifacts["vmlinuz"].sha256, sha(&kernel.vmlinuz));
     let extracted = dir.path().join("extracted");
     fs::create_dir(&extracted).unwrap();
     let status = Command::new("cpio")
