@@ -322,6 +322,7 @@ fn number_inodes(entries: &mut [Entry]) {
 
 /// Writes the cpio stream of `entries` (from [`scan`]) to `out`, reading data from `root`.
 pub fn write_cpio<W: Write>(root: &Path, entries: &[Entry], mut out: W) -> anyhow::Result<W> {
+    let mut buf = vec![0u8; 256 * 1024];
     for e in entries {
         let header = newc::Builder::new(&e.name)
             .ino(e.ino)
@@ -343,12 +344,19 @@ pub fn write_cpio<W: Write>(root: &Path, entries: &[Entry], mut out: W) -> anyho
                 }
                 w.write_all(target.as_os_str().as_bytes())?;
             } else {
-                let file =
+                let mut file =
                     File::open(&full).with_context(|| format!("reading {}", full.display()))?;
-                let copied = io::copy(&mut file.take(e.size as u64), &mut w)
-                    .with_context(|| format!("reading {}", full.display()))?;
-                if copied != e.size as u64 {
-                    bail!("{}: changed while packing (shrank)", full.display());
+                let mut left = e.size as usize;
+                while left > 0 {
+                    let want = left.min(buf.len());
+                    let n = file
+                        .read(&mut buf[..want])
+                        .with_context(|| format!("reading {}", full.display()))?;
+                    if n == 0 {
+                        bail!("{}: changed while packing (shrank)", full.display());
+                    }
+                    w.write_all(&buf[..n]).context("writing the cpio stream")?;
+                    left -= n;
                 }
             }
         }
