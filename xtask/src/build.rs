@@ -93,6 +93,13 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
             rootfs::ensure(&system, &tool, out, flags.fresh)?
         }
     };
+    if fs::canonicalize(out)?.starts_with(fs::canonicalize(&tree)?) {
+        bail!(
+            "--out {} is inside the tree {}: the build would pack its own output; choose another --out",
+            out.display(),
+            tree.display()
+        );
+    }
     initramfs::check_init(&tree)?;
 
     step(3, "kernel and microcode from /boot");

@@ -753,6 +753,27 @@ fn error_missing_base() {
 }
 
 #[test]
+fn error_out_inside_the_tree() {
+    let dir = common::tempdir();
+    let tree = mini_tree(dir.path());
+    let o = xtask(
+        dir.path(),
+        &["build", "--base", "mini", "--out", "mini/out"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("the build would pack its own output"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        fs::read_dir(tree.join("out")).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+#[test]
 fn base_tarball_keeps_owners_and_devices() {
     let dir = common::tempdir();
     let tree = dir.path().join("tree");
