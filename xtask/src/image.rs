@@ -24,8 +24,6 @@ const MIB: u64 = 1 << 20;
 pub const PART_START: u64 = MIB;
 /// The MBR's disk identifier and the FAT volume serial: fixed, so images are reproducible.
 pub const DISK_ID: u32 = 0x52414d4e;
-/// Every timestamp mtools writes (1980-01-01 00:00 UTC, the date the fatfs crate writes too).
-const SOURCE_DATE_EPOCH: &str = "315532800";
 /// Room kept free besides the slots: syslinux, /persist, FAT tables, cluster slack.
 const HEADROOM: u64 = 16 * MIB;
 
@@ -122,6 +120,7 @@ fn make(tmp: &Path, size: u64, build: &Build, host: &syslinux::Host) -> Result<(
     }
     Box::new(fat).close()?;
     install_syslinux(tmp, host)?;
+    copy_boot_sector_to_backup(tmp)?;
     let mut stick = stick::open(
         tmp.to_str()
             .with_context(|| format!("{}: not a UTF-8 path", tmp.display()))?,
@@ -213,11 +212,30 @@ fn install_syslinux(image: &Path, host: &syslinux::Host) -> Result<()> {
         sh,
         "{installer} --install --offset {offset} --directory {dir} {image}"
     )
-    .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
+    .env("SOURCE_DATE_EPOCH", stick::FIXED_EPOCH)
     .env("TZ", "UTC")
     .quiet()
     .run()
     .with_context(|| format!("installing syslinux into {}", image.display()))
+}
+
+/// syslinux rewrites the FAT32 boot sector but not its backup copy; fsck.vfat wants them equal.
+fn copy_boot_sector_to_backup(image: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let mut boot = [0u8; 512];
+    f.read_exact_at(&mut boot, PART_START)
+        .with_context(|| format!("reading the boot sector of {}", image.display()))?;
+    let backup = u16::from_le_bytes([boot[0x32], boot[0x33]]) as u64;
+    if backup == 0 || backup == 0xffff {
+        bail!("{}: the FAT32 boot sector names no backup", image.display());
+    }
+    f.write_all_at(&boot, PART_START + backup * 512)
+        .with_context(|| format!("writing the backup boot sector of {}", image.display()))
 }
 
 #[cfg(test)]

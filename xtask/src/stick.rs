@@ -20,6 +20,9 @@ use sha2::{Digest, Sha256};
 
 /// The FAT volume label of a ramnas stick's boot partition.
 pub const LABEL: &str = "RAMNAS";
+/// SOURCE_DATE_EPOCH for mtools: 1980-01-01 00:00 UTC, the fixed date the fatfs crate (without chrono)
+/// writes, so every timestamp on the stick is the same.
+pub const FIXED_EPOCH: &str = "315532800";
 
 /// A directory entry on the stick.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,9 +267,13 @@ const FAT_TYPES: &[u8] = &[0x01, 0x04, 0x06, 0x0b, 0x0c, 0x0e, 0xef];
 
 /// The FAT partition labelled `RAMNAS` of an image file or whole-disk device.
 pub struct Fat {
-    fs: fatfs::FileSystem<Slice>,
+    /// Always Some, except while mtools works on the partition (see [`Fat::mmd`]).
+    fs: Option<fatfs::FileSystem<Slice>>,
     /// Another handle on the same open file, to fsync it.
     file: fs::File,
+    path: PathBuf,
+    start: u64,
+    len: u64,
     what: String,
 }
 
@@ -283,15 +290,18 @@ impl Fat {
             .with_context(|| format!("reading the first sector of {}", path.display()))?;
         let parts = mbr_partitions(&mbr).with_context(|| format!("{}", path.display()))?;
         for part in parts.iter().filter(|p| FAT_TYPES.contains(&p.kind)) {
-            let start = part.start_sector as u64 * 512;
-            let slice = Slice::new(file.try_clone()?, start, part.sectors as u64 * 512);
+            let (start, len) = (part.start_sector as u64 * 512, part.sectors as u64 * 512);
+            let slice = Slice::new(file.try_clone()?, start, len);
             let Ok(fs) = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()) else {
                 continue;
             };
             if fs.volume_label().trim_end() == LABEL {
                 return Ok(Fat {
-                    fs,
+                    fs: Some(fs),
                     file,
+                    path: path.to_path_buf(),
+                    start,
+                    len,
                     what: format!("{} (FAT at byte {start})", path.display()),
                 });
             }
@@ -313,10 +323,49 @@ impl Fat {
         let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new())
             .with_context(|| format!("{}: no FAT file system at byte {start}", path.display()))?;
         Ok(Fat {
-            fs,
+            fs: Some(fs),
             file,
+            path: path.to_path_buf(),
+            start,
+            len,
             what: format!("{} (FAT at byte {start})", path.display()),
         })
+    }
+
+    fn fs(&self) -> &fatfs::FileSystem<Slice> {
+        self.fs.as_ref().expect("the FAT file system is open")
+    }
+
+    /// Makes directories with mtools' `mmd`: fatfs 0.3 writes `.` and `..` entries that fsck.vfat rejects.
+    /// The fatfs view is closed meanwhile, so the two never hold different ideas of the FAT.
+    fn mmd(&mut self, dirs: &[String]) -> Result<()> {
+        if let Some(fs) = self.fs.take() {
+            fs.unmount()
+                .with_context(|| format!("flushing the FAT file system on {}", self.what))?;
+        }
+        let sh = xshell::Shell::new()?;
+        let mut image = self.path.clone().into_os_string();
+        image.push(format!("@@{}", self.start));
+        let targets: Vec<String> = dirs.iter().map(|d| format!("::/{d}")).collect();
+        let made = xshell::cmd!(sh, "mmd -i {image} {targets...}")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .env("SOURCE_DATE_EPOCH", FIXED_EPOCH)
+            .env("TZ", "UTC")
+            .quiet()
+            .run()
+            .with_context(|| {
+                format!(
+                    "creating {} on {} with mtools' mmd (package mtools)",
+                    dirs.join(", "),
+                    self.what
+                )
+            });
+        let slice = Slice::new(self.file.try_clone()?, self.start, self.len);
+        self.fs = Some(
+            fatfs::FileSystem::new(slice, fatfs::FsOptions::new())
+                .with_context(|| format!("reopening the FAT file system on {}", self.what))?,
+        );
+        made
     }
 
     fn err(&self, what: &str, path: &str) -> String {
@@ -341,7 +390,7 @@ impl Stick for Fat {
 
     fn list(&mut self, dir: &str) -> Result<Vec<Entry>> {
         let dir = clean(dir);
-        let root = self.fs.root_dir();
+        let root = self.fs().root_dir();
         let d = if dir.is_empty() {
             root
         } else {
@@ -367,7 +416,7 @@ impl Stick for Fat {
     fn read_into(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
         let path = clean(path);
         let mut f = self
-            .fs
+            .fs()
             .root_dir()
             .open_file(path)
             .with_context(|| self.err("opening", path))?;
@@ -377,7 +426,7 @@ impl Stick for Fat {
     fn write(&mut self, path: &str, data: &mut dyn Read) -> Result<u64> {
         let path = clean(path);
         let mut f = self
-            .fs
+            .fs()
             .root_dir()
             .create_file(path)
             .with_context(|| self.err("creating", path))?;
@@ -392,14 +441,14 @@ impl Stick for Fat {
         if self.exists(to)? {
             self.remove(to)?;
         }
-        let root = self.fs.root_dir();
+        let root = self.fs().root_dir();
         root.rename(from, &root, to)
             .with_context(|| self.err(&format!("renaming {from} to"), to))
     }
 
     fn remove(&mut self, path: &str) -> Result<()> {
         let path = clean(path);
-        self.fs
+        self.fs()
             .root_dir()
             .remove(path)
             .with_context(|| self.err("removing", path))
@@ -408,6 +457,7 @@ impl Stick for Fat {
     fn create_dir_all(&mut self, dir: &str) -> Result<()> {
         let dir = clean(dir);
         let mut done = String::new();
+        let mut missing = Vec::new();
         for part in dir.split('/').filter(|p| !p.is_empty()) {
             if !done.is_empty() {
                 done.push('/');
@@ -419,21 +469,19 @@ impl Stick for Fat {
                     "{}: a file is in the way",
                     self.err("creating directory", &done)
                 ),
-                None => {
-                    self.fs
-                        .root_dir()
-                        .create_dir(&done)
-                        .with_context(|| self.err("creating directory", &done))?;
-                }
+                None => missing.push(done.clone()),
             }
         }
-        Ok(())
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.mmd(&missing)
     }
 
     fn patch(&mut self, path: &str, offset: u64, bytes: &[u8]) -> Result<()> {
         let path = clean(path);
         let mut f = self
-            .fs
+            .fs()
             .root_dir()
             .open_file(path)
             .with_context(|| self.err("opening", path))?;
@@ -458,9 +506,11 @@ impl Stick for Fat {
     }
 
     fn close(self: Box<Self>) -> Result<()> {
-        let Fat { fs, file, what } = *self;
-        fs.unmount()
-            .with_context(|| format!("finishing the FAT file system on {what}"))?;
+        let Fat { fs, file, what, .. } = *self;
+        if let Some(fs) = fs {
+            fs.unmount()
+                .with_context(|| format!("finishing the FAT file system on {what}"))?;
+        }
         file.sync_all().with_context(|| format!("syncing {what}"))
     }
 }
