@@ -189,11 +189,9 @@ impl Table {
                 slots.insert(slot, filled);
             }
         }
-        let default = if stick.exists(syslinux::CONFIG)? {
-            let cfg = String::from_utf8_lossy(&stick.read(syslinux::CONFIG)?).into_owned();
-            syslinux::default_label(&cfg).and_then(|l| Slot::parse(&l))
-        } else {
-            None
+        let default = match boot_config(stick)? {
+            Some(cfg) => syslinux::default_label(&cfg).and_then(|l| Slot::parse(&l)),
+            None => None,
         };
         let boot_once = if stick.exists(syslinux::LDLINUX_SYS)? {
             read_adv(stick)?.boot_once()
@@ -214,6 +212,18 @@ impl Table {
             .and_then(|c| c.split_whitespace().next())
             .and_then(Slot::parse)
     }
+}
+
+/// The syslinux config ldlinux will read: the one in /syslinux, else the fallback at the root.
+pub fn boot_config(stick: &mut dyn Stick) -> Result<Option<String>> {
+    for path in [syslinux::CONFIG, syslinux::FALLBACK_CONFIG] {
+        if stick.exists(path)? {
+            return Ok(Some(
+                String::from_utf8_lossy(&stick.read(path)?).into_owned(),
+            ));
+        }
+    }
+    Ok(None)
 }
 
 /// Reads one slot; None unless it holds a complete build.
@@ -309,7 +319,9 @@ pub fn install(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<()> {
     stick.sync()
 }
 
-/// Rewrites syslinux.cfg with an entry per filled slot and `default` as DEFAULT.
+/// Rewrites syslinux.cfg with an entry per filled slot and `default` as DEFAULT: first the fallback copy,
+/// then the one in /syslinux, each through a temporary name, so ldlinux finds a complete config whenever
+/// the writing stops.
 pub fn write_boot_config(stick: &mut dyn Stick, default: Slot) -> Result<()> {
     let table = Table::read(stick)?;
     if !table.slots.contains_key(&default) {
@@ -329,8 +341,11 @@ pub fn write_boot_config(stick: &mut dyn Stick, default: Slot) -> Result<()> {
         })
         .collect();
     let cfg = syslinux::config(&entries, default.name());
-    stick.replace(syslinux::CONFIG, cfg.as_bytes())?;
-    stick.sync()
+    for path in [syslinux::FALLBACK_CONFIG, syslinux::CONFIG] {
+        stick.replace(path, cfg.as_bytes())?;
+        stick.sync()?;
+    }
+    Ok(())
 }
 
 /// The ADV from the end of ldlinux.sys.

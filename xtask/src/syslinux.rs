@@ -10,6 +10,10 @@ use anyhow::{bail, Context, Result};
 pub const DIR: &str = "syslinux";
 /// The config ldlinux reads, relative to the partition's root.
 pub const CONFIG: &str = "syslinux/syslinux.cfg";
+/// The same config again, where ldlinux looks when [`CONFIG`] is missing: ldlinux tries the install directory
+/// (extlinux.conf, then syslinux.cfg), then /boot/syslinux, /syslinux and `/`. Updated before [`CONFIG`], so a
+/// crash in the middle of replacing either leaves one complete config that ldlinux finds.
+pub const FALLBACK_CONFIG: &str = "syslinux.cfg";
 /// ldlinux's second stage; its last 1024 bytes are the ADV. Never moved, only patched in place.
 pub const LDLINUX_SYS: &str = "syslinux/ldlinux.sys";
 /// The com32 modules the config needs, besides ldlinux.c32 (which the installer writes itself).
@@ -126,7 +130,8 @@ pub fn config(entries: &[Entry], default: &str) -> String {
         "# Written by cargo xtask; rewritten on every deploy, commit and rollback.\n\
          SERIAL 0 115200\n\
          CONSOLE 1\n\
-         UI menu.c32\n\
+         PATH /{DIR}/\n\
+         UI /{DIR}/menu.c32\n\
          MENU TITLE ramnas\n\
          TIMEOUT {}\n\
          DEFAULT {default}\n",

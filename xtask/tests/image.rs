@@ -16,7 +16,7 @@ use xtask::{
     fixture::{Fixture, HostKernel},
     qemu::{Accel, Bus, Drive, Machine},
     slots::{self, Build, Slot, Table},
-    stick,
+    stick, syslinux,
 };
 
 /// Stand-in for `cargo xtask build --base` until it lands: the host kernel, the fixture packed by GNU cpio,
@@ -77,6 +77,11 @@ fn image(dir: &Path, out: &Path, extra: &[&str]) -> PathBuf {
 
 /// Boots `img` under SeaBIOS and waits for the fixture's ready line.
 fn boot(img: &Path, dir: &Path, name: &str) -> String {
+    boot_with_console(img, dir, name).0
+}
+
+/// Like [`boot`], also returning every console line.
+fn boot_with_console(img: &Path, dir: &Path, name: &str) -> (String, Vec<String>) {
     let mut m = Machine::new(Accel::Tcg);
     m.drives.push(Drive::raw(img, Bus::Ide));
     let mut vm = common::start(&m, dir, name);
@@ -89,7 +94,7 @@ fn boot(img: &Path, dir: &Path, name: &str) -> String {
         vm.tail(40)
     );
     vm.wait_exit(Duration::from_secs(60)).unwrap();
-    line
+    (line, vm.output())
 }
 
 fn run(program: &str, args: &[&str]) -> String {
@@ -107,9 +112,14 @@ fn image_boots_slot_a_under_seabios() {
     let dir = common::tempdir();
     let out = build(dir.path(), "img-a");
     let img = image(dir.path(), &out, &[]);
-    assert_eq!(
-        boot(&img, dir.path(), "boot"),
-        "ramnas: ready slot=a build=img-a"
+    let (line, console) = boot_with_console(&img, dir.path(), "boot");
+    assert_eq!(line, "ramnas: ready slot=a build=img-a");
+    // The menu was on the serial console too, slot a marked as the default.
+    assert!(
+        console
+            .iter()
+            .any(|l| l.contains("slot a: build img-a (default)")),
+        "{console:#?}"
     );
 }
 
@@ -198,7 +208,9 @@ fn image_layout_is_as_specified_and_reproducible() {
     }
     assert_eq!(mdir("::/slots/b").trim(), "");
     assert_eq!(mdir("::/persist").trim(), "");
+    assert!(root.contains("::/syslinux.cfg"), "{root}");
     let cfg = run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
+    assert_eq!(cfg, run("mtype", &["-i", &spec, "::/syslinux.cfg"]));
     assert!(cfg.contains("DEFAULT a\n"), "{cfg}");
     assert!(
         cfg.contains("APPEND console=ttyS0 panic=-1 ramnas.slot=a\n"),
@@ -333,5 +345,47 @@ fn boot_once_in_the_adv_boots_slot_b_once_then_slot_a() {
     assert_eq!(
         boot(&img, dir.path(), "second"),
         "ramnas: ready slot=a build=a"
+    );
+}
+
+/// ldlinux reads /syslinux/syslinux.cfg, and the copy at the root when that one is gone (as after a crash
+/// between removing it and renaming its replacement into place).
+#[test]
+fn the_root_config_is_the_fallback() {
+    let dir = common::tempdir();
+    let out_a = build(dir.path(), "a");
+    let out_b = build(dir.path(), "b");
+    let img = image(dir.path(), &out_a, &[]);
+    let entries;
+    {
+        let mut s = stick::open(img.to_str().unwrap()).unwrap();
+        slots::install(&mut *s, Slot::B, &Build::open(&out_b).unwrap()).unwrap();
+        // Both copies say b; then the one in /syslinux goes back to a, as if a commit stopped halfway.
+        slots::write_boot_config(&mut *s, Slot::B).unwrap();
+        assert_eq!(
+            s.read(syslinux::FALLBACK_CONFIG).unwrap(),
+            s.read(syslinux::CONFIG).unwrap()
+        );
+        let cfg = String::from_utf8(s.read(syslinux::CONFIG).unwrap()).unwrap();
+        entries = syslinux::labels(&cfg);
+        let old = cfg.replace("DEFAULT b\n", "DEFAULT a\n");
+        s.replace(syslinux::CONFIG, old.as_bytes()).unwrap();
+        assert_eq!(Table::read(&mut *s).unwrap().default, Some(Slot::A));
+        s.close().unwrap();
+    }
+    assert_eq!(entries, ["a", "b"]);
+    assert_eq!(
+        boot(&img, dir.path(), "primary"),
+        "ramnas: ready slot=a build=a"
+    );
+    {
+        let mut s = stick::open(img.to_str().unwrap()).unwrap();
+        s.remove(syslinux::CONFIG).unwrap();
+        assert_eq!(Table::read(&mut *s).unwrap().default, Some(Slot::B));
+        s.close().unwrap();
+    }
+    assert_eq!(
+        boot(&img, dir.path(), "fallback"),
+        "ramnas: ready slot=b build=b"
     );
 }
