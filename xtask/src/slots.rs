@@ -384,3 +384,135 @@ pub fn set_boot_once(stick: &mut dyn Stick, command: Option<&str>) -> Result<()>
     adv.set_boot_once(command)?;
     write_adv(stick, &adv)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stick::Dir;
+    use sha2::{Digest, Sha256};
+
+    /// A build directory with the given files and a manifest naming them.
+    fn build(dir: &Path, id: &str, files: &[(&str, &str)]) -> Build {
+        fs::create_dir_all(dir).unwrap();
+        let mut artifacts = serde_json::Map::new();
+        for (name, data) in files {
+            fs::write(dir.join(name), data).unwrap();
+            artifacts.insert(
+                name.to_string(),
+                serde_json::json!({
+                    "size": data.len(),
+                    "sha256": stick::hex(&Sha256::digest(data.as_bytes())),
+                }),
+            );
+        }
+        let json = serde_json::json!({ "build_id": id, "artifacts": artifacts, "extra": 1 });
+        fs::write(dir.join(MANIFEST), json.to_string()).unwrap();
+        Build::open(dir).unwrap()
+    }
+
+    #[test]
+    fn install_replaces_a_slot_and_the_config_follows_the_slots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("stick");
+        fs::create_dir_all(root.join("syslinux")).unwrap();
+        let mut stick = Dir::open(&root).unwrap();
+        let one = build(
+            &tmp.path().join("one"),
+            "one",
+            &[
+                ("vmlinuz", "k1"),
+                ("initramfs", "i1"),
+                ("cmdline", "console=ttyS0\n"),
+                ("ucode.img", "u1"),
+            ],
+        );
+        let two = build(
+            &tmp.path().join("two"),
+            "two",
+            &[
+                ("vmlinuz", "k2"),
+                ("initramfs", "i2"),
+                ("cmdline", "quiet\n"),
+            ],
+        );
+        install(&mut stick, Slot::A, &one).unwrap();
+        install(&mut stick, Slot::B, &one).unwrap();
+        write_boot_config(&mut stick, Slot::B).unwrap();
+        let table = Table::read(&mut stick).unwrap();
+        assert_eq!(table.default, Some(Slot::B));
+        assert_eq!(table.slots.len(), 2);
+        assert!(table.slots[&Slot::A].ucode);
+
+        // A stale temporary file from a killed run is cleaned up; ucode.img, not in build two, goes.
+        fs::write(root.join("slots/b/junk.tmp"), "x").unwrap();
+        install(&mut stick, Slot::B, &two).unwrap();
+        let mut names: Vec<String> = stick
+            .list("slots/b")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["cmdline", "initramfs", "manifest.json", "vmlinuz"]);
+        write_boot_config(&mut stick, Slot::B).unwrap();
+        let cfg = fs::read_to_string(root.join(syslinux::CONFIG)).unwrap();
+        assert!(
+            cfg.contains("INITRD /slots/a/ucode.img,/slots/a/initramfs\n"),
+            "{cfg}"
+        );
+        assert!(
+            cfg.contains("INITRD /slots/b/initramfs\n  APPEND quiet ramnas.slot=b\n"),
+            "{cfg}"
+        );
+        assert_eq!(
+            cfg,
+            fs::read_to_string(root.join(syslinux::FALLBACK_CONFIG)).unwrap()
+        );
+        let table = Table::read(&mut stick).unwrap();
+        assert_eq!(table.slots[&Slot::B].manifest.build_id, "two");
+        assert_eq!(table.slots[&Slot::B].cmdline, "quiet");
+
+        // A slot missing a file is not filled, and cannot be made the default.
+        fs::remove_file(root.join("slots/b/initramfs")).unwrap();
+        assert!(read_slot(&mut stick, Slot::B).unwrap().is_none());
+        let err = write_boot_config(&mut stick, Slot::B).unwrap_err();
+        assert!(err.to_string().contains("slot b"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_does_not_match_its_manifest_leaves_the_slot_as_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("stick");
+        fs::create_dir_all(&root).unwrap();
+        let mut stick = Dir::open(&root).unwrap();
+        let files = [("vmlinuz", "k1"), ("initramfs", "i1"), ("cmdline", "c\n")];
+        let one = build(&tmp.path().join("one"), "one", &files);
+        install(&mut stick, Slot::A, &one).unwrap();
+        let two = build(
+            &tmp.path().join("two"),
+            "two",
+            &[("vmlinuz", "k2"), ("initramfs", "i2"), ("cmdline", "c\n")],
+        );
+        // Same size, other bytes: only the SHA-256 check can notice.
+        fs::write(two.dir.join("initramfs"), "XX").unwrap();
+        let err = install(&mut stick, Slot::A, &two).unwrap_err().to_string();
+        assert!(err.contains("slots/a/initramfs.tmp"), "{err}");
+        assert!(err.contains("sha256"), "{err}");
+        let slot = read_slot(&mut stick, Slot::A).unwrap().unwrap();
+        assert_eq!(slot.manifest.build_id, "one");
+        assert_eq!(
+            fs::read_to_string(root.join("slots/a/initramfs")).unwrap(),
+            "i1"
+        );
+    }
+
+    #[test]
+    fn a_build_without_a_kernel_is_refused() {
+        let err = Manifest::parse(
+            br#"{"build_id": "x", "artifacts": {"initramfs": {"size": 1, "sha256": "00"}, "cmdline": {"size": 1, "sha256": "00"}}}"#,
+            "m.json",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no vmlinuz"), "{err}");
+    }
+}

@@ -389,3 +389,41 @@ fn the_root_config_is_the_fallback() {
         "ramnas: ready slot=b build=b"
     );
 }
+
+/// Detaches a loop device when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// The same stick through a whole-disk block device (a loop device over the image).
+#[test]
+fn a_block_device_opens_like_the_image() {
+    let dir = common::tempdir();
+    let out = dir.path().join("small");
+    fs::create_dir_all(&out).unwrap();
+    for name in ["vmlinuz", "initramfs", "cmdline"] {
+        fs::write(out.join(name), name).unwrap();
+    }
+    write_manifest(&out, "small");
+    let img = image(dir.path(), &out, &[]);
+    let dev = run("losetup", &["-f", "-P", "--show", img.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let _guard = Loop(dev.clone());
+    let mut s = stick::open(&dev).unwrap();
+    assert!(s.describe().contains(&dev), "{}", s.describe());
+    let table = Table::read(&mut *s).unwrap();
+    assert_eq!(table.default, Some(Slot::A));
+    assert_eq!(table.slots[&Slot::A].manifest.build_id, "small");
+    slots::set_boot_once(&mut *s, Some("a ramnas.trial=1")).unwrap();
+    s.close().unwrap();
+    let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    assert_eq!(
+        Table::read(&mut *s).unwrap().boot_once.as_deref(),
+        Some("a ramnas.trial=1")
+    );
+}
