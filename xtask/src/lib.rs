@@ -23,6 +23,7 @@ pub mod fixture;
 pub mod host;
 pub mod initramfs;
 pub mod keys;
+pub mod lint;
 pub mod manifest;
 pub mod qemu;
 pub mod rootfs;
