@@ -118,14 +118,23 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
             std::io::copy(&mut f, &mut dst)
                 .with_context(|| format!("copying {}", src.display()))?;
         }
-        dst.sync_all()?;
     }
 
     step(4, &format!("packing the initramfs ({})", name(compression)));
     let packing = Instant::now();
     let tmp = temps.add("initramfs");
     let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let stats = initramfs::pack(&tree, source_date, compression, file)?;
+    let stats = initramfs::pack(&tree, source_date, compression, file).map_err(|err| {
+        let denied = err.chain().any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+        });
+        if denied && !is_root() {
+            err.context("the tree holds files only root can read: run the build with sudo")
+        } else {
+            err
+        }
+    })?;
     eprintln!(
         "    {} entries, {:.1} MiB → {:.1} MiB in {:.1} s",
         stats.entries,

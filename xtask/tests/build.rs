@@ -843,3 +843,89 @@ fn example_system_builds_through_the_seam() {
         .unwrap();
     assert!(status.success(), "shellcheck system/setup.sh");
 }
+
+/// Through sudo, the products belong to the user who ran it (SUDO_UID/SUDO_GID).
+#[test]
+fn products_belong_to_the_sudo_user() {
+    let dir = common::tempdir();
+    let tree = mini_tree(dir.path());
+    let out = dir.path().join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "build",
+            "--base",
+            tree.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .env("SUDO_UID", "4321")
+        .env("SUDO_GID", "8765")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for name in ["", "vmlinuz", "initramfs", "cmdline", "manifest.json"] {
+        let meta = fs::metadata(out.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4321, 8765), "{name}");
+    }
+}
+
+/// A user who is not root gets told why, and the same build runs again through sudo with the
+/// environment it needs.
+#[test]
+fn not_root_reruns_through_sudo() {
+    let dir = common::tempdir();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let system = dir.path().join("system");
+    write_system(&system, "alpine-base\n", "");
+    let bin = dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let record = dir.path().join("sudo-args");
+    fs::write(
+        bin.join("sudo"),
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done > {}\nexit 7\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(bin.join("sudo"), fs::Permissions::from_mode(0o755)).unwrap();
+    let tool = dir.path().join("tool");
+    fs::write(&tool, "#!/bin/sh\nexit 1\n").unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(["build", "--system", "system", "--out", "out"])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("HOME", dir.path())
+        .env_remove("XDG_CACHE_HOME")
+        .env("ALPINE_MAKE_ROOTFS", &tool)
+        .env("SOURCE_DATE_EPOCH", "86400")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "sudo's exit status is the build's: {}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("alpine-make-rootfs must run as root"),
+        "{}",
+        text(&o)
+    );
+    let args = fs::read_to_string(&record).unwrap();
+    let want = format!(
+        "--\nenv\nXDG_CACHE_HOME={}/.cache\nALPINE_MAKE_ROOTFS={}\nSOURCE_DATE_EPOCH=86400\n{}\nbuild\n--system\nsystem\n--out\nout\n",
+        dir.path().display(),
+        tool.display(),
+        env!("CARGO_BIN_EXE_xtask"),
+    );
+    assert_eq!(args, want);
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing written before sudo"
+    );
+}
