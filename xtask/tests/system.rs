@@ -17,22 +17,36 @@ use xtask::{
     qemu::{Bus, Direct, Drive, Machine},
 };
 
+/// syslinux.cfg as `cargo xtask image` writes it (xtask::syslinux::config), slot a the default.
 const SYSLINUX_CFG: &str = "\
+# Written by cargo xtask; rewritten on every deploy, commit and rollback.
+SERIAL 0 115200
+CONSOLE 1
 UI menu.c32
-PROMPT 0
+MENU TITLE ramnas
 TIMEOUT 30
 DEFAULT a
 
 LABEL a
-  LINUX /slots/a/vmlinuz
+  MENU LABEL slot a: build-a (default)
+  KERNEL /slots/a/vmlinuz
   INITRD /slots/a/ucode.img,/slots/a/initramfs
   APPEND console=ttyS0 panic=10 ramnas.slot=a
 
 LABEL b
-  LINUX /slots/b/vmlinuz
+  MENU LABEL slot b: build-b
+  KERNEL /slots/b/vmlinuz
   INITRD /slots/b/ucode.img,/slots/b/initramfs
   APPEND console=ttyS0 panic=10 ramnas.slot=b
 ";
+
+/// The same with slot b the default.
+fn committed_b() -> String {
+    SYSLINUX_CFG
+        .replace("DEFAULT a", "DEFAULT b")
+        .replace("build-a (default)", "build-a")
+        .replace("build-b\n", "build-b (default)\n")
+}
 
 /// A stand-in for `ssh-keygen -A`: one host key pair with random contents, so a restore can be told apart
 /// from a regeneration.
@@ -226,7 +240,7 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
     let key = key_line(&lines);
     assert!(key.starts_with("stand-in private key "), "{key}");
     let cfg = mtype(&stick, "/syslinux/syslinux.cfg");
-    assert_eq!(cfg, SYSLINUX_CFG.replace("DEFAULT a", "DEFAULT b"));
+    assert_eq!(cfg, committed_b());
     assert_eq!(
         mtype(&stick, "/persist/ssh/ssh_host_ed25519_key").trim_end(),
         key
@@ -264,8 +278,5 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
         !lines.iter().any(|l| l.contains("is now the default")),
         "{lines:#?}"
     );
-    assert_eq!(
-        mtype(&stick, "/syslinux/syslinux.cfg"),
-        SYSLINUX_CFG.replace("DEFAULT a", "DEFAULT b")
-    );
+    assert_eq!(mtype(&stick, "/syslinux/syslinux.cfg"), committed_b());
 }
