@@ -252,13 +252,13 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
         dir.path(),
         "boot2",
         BOOT2,
-        "ramnas.slot=a ramnas.trial=1",
+        "ramnas.slot=a ramnas.trial=1 ramnas.build=b2-cmdline",
         &stick,
     );
     for want in [
         "ramnas-persist: restored 2 ssh host key files from /media/boot/persist/ssh",
         "ramnas-test: modes 600 644",
-        "ramnas: unhealthy slot=a build=system-test failed=broken",
+        "ramnas: unhealthy slot=a build=b2-cmdline failed=broken",
         "ramnas: trial of slot a not committed: the next boot returns to the default slot",
         "ramnas-test: ready failed",
         "ramnas: ready slot=a build=system-test",
