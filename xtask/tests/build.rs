@@ -853,7 +853,8 @@ fn example_system_builds_through_the_seam() {
         "openrc-init",
         "linux-lts",
         "linux-firmware-none",
-        "openssh",
+        "openssh-server",
+        "zfs-lts",
     ] {
         assert!(packages.contains(&p), "{p} not in {packages:?}");
     }
