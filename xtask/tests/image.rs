@@ -253,6 +253,7 @@ fn image_layout_is_as_specified_and_reproducible() {
 
     // Our own reader agrees.
     let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    assert_adv_is_ours(&mut *s);
     let table = Table::read(&mut *s).unwrap();
     assert_eq!(table.default, Some(Slot::A));
     assert_eq!(table.boot_once, None);
@@ -267,6 +268,15 @@ fn image_layout_is_as_specified_and_reproducible() {
         fs::read(&img).unwrap() == fs::read(&again).unwrap(),
         "two images of the same build differ"
     );
+}
+
+/// The ADV at the end of ldlinux.sys, as syslinux wrote it, is exactly what our parser and writer make of
+/// it (an ADV with a bad checksum would parse as empty and be written back differently).
+fn assert_adv_is_ours(s: &mut dyn stick::Stick) {
+    let ldlinux = s.read(syslinux::LDLINUX_SYS).unwrap();
+    let raw = &ldlinux[ldlinux.len() - syslinux::Adv::SIZE..];
+    let adv = slots::read_adv(s).unwrap();
+    assert_eq!(&adv.to_bytes()[..], raw);
 }
 
 fn run_bytes(program: &str, args: &[&str]) -> Vec<u8> {
@@ -367,6 +377,7 @@ fn boot_once_in_the_adv_boots_slot_b_once_then_slot_a() {
     // ldlinux cleared the boot-once command in its ADV; our reader sees that.
     {
         let mut s = stick::open(img.to_str().unwrap()).unwrap();
+        assert_adv_is_ours(&mut *s);
         let table = Table::read(&mut *s).unwrap();
         assert_eq!(table.boot_once, None);
         assert_eq!(table.slots.len(), 2);
