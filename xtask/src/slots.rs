@@ -108,7 +108,7 @@ impl Manifest {
     /// The line shown for this build in the boot menu.
     pub fn title(&self) -> String {
         match &self.kernel_version {
-            Some(k) => format!("build {} (kernel {k})", self.build_id),
+            Some(k) => format!("build {}, kernel {k}", self.build_id),
             None => format!("build {}", self.build_id),
         }
     }
