@@ -181,7 +181,21 @@ fn chs(lba: u32) -> [u8; 3] {
     ]
 }
 
+/// mkfs.vfat from PATH or the sbin directories, which an ordinary user's PATH often lacks (Debian).
+fn mkfs_vfat() -> Result<PathBuf> {
+    which::which("mkfs.vfat")
+        .ok()
+        .or_else(|| {
+            ["/usr/sbin/mkfs.vfat", "/sbin/mkfs.vfat"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        })
+        .context("mkfs.vfat not found in PATH, /usr/sbin or /sbin: install dosfstools (the package is called that on Debian/Ubuntu, Alpine, Fedora and Arch)")
+}
+
 fn mkfs(image: &Path, sectors: u64) -> Result<()> {
+    let mkfs = mkfs_vfat()?;
     let sh = Shell::new()?;
     let offset = (PART_START / 512).to_string();
     let serial = format!("{DISK_ID:08x}");
@@ -189,17 +203,12 @@ fn mkfs(image: &Path, sectors: u64) -> Result<()> {
     // -i after --invariant: --invariant also fixes the serial, to its own constant.
     cmd!(
         sh,
-        "mkfs.vfat -F 32 -n RAMNAS --invariant -i {serial} --offset {offset} {image} {blocks}"
+        "{mkfs} -F 32 -n RAMNAS --invariant -i {serial} --offset {offset} {image} {blocks}"
     )
     .quiet()
     .ignore_stdout()
     .run()
-    .with_context(|| {
-        format!(
-            "making the FAT32 file system in {} (mkfs.vfat: Debian/Ubuntu/Alpine/Fedora/Arch package dosfstools)",
-            image.display()
-        )
-    })
+    .with_context(|| format!("making the FAT32 file system in {}", image.display()))
 }
 
 /// ldlinux.sys, ldlinux.c32 and the volume boot record, through mtools, with fixed timestamps.

@@ -454,3 +454,37 @@ fn a_block_device_opens_like_the_image() {
         Some("a ramnas.trial=1")
     );
 }
+
+/// An ordinary user makes the image: no root, no mount, no loop device.
+#[test]
+fn an_ordinary_user_makes_the_image() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::tempdir();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.path().join("small");
+    fs::create_dir_all(&out).unwrap();
+    for name in ["vmlinuz", "initramfs", "cmdline"] {
+        fs::write(out.join(name), name).unwrap();
+    }
+    write_manifest(&out, "small");
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
+    let res = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--reset-env",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(["image", "--out", out.to_str().unwrap(), "--size", "64M"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", common::text(&res));
+    let img = out.join("boot.img");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&img).unwrap().uid(), 65534);
+    let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    assert_eq!(Table::read(&mut *s).unwrap().default, Some(Slot::A));
+}
