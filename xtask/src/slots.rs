@@ -165,6 +165,8 @@ impl Build {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filled {
     pub manifest: Manifest,
+    /// The slot's manifest.json as stored, for readers that want every field (`crate::manifest`).
+    pub manifest_json: Vec<u8>,
     /// The build's kernel command line (slots/<s>/cmdline).
     pub cmdline: String,
     /// slots/<s>/ucode.img exists and is loaded before the initramfs.
@@ -233,8 +235,9 @@ pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
     if !stick.exists(&manifest_path)? {
         return Ok(None);
     }
+    let manifest_json = stick.read(&manifest_path)?;
     let Ok(manifest) = Manifest::parse(
-        &stick.read(&manifest_path)?,
+        &manifest_json,
         &format!("{manifest_path} on {}", stick.describe()),
     ) else {
         return Ok(None);
@@ -258,6 +261,7 @@ pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
     let ucode = manifest.artifacts.contains_key("ucode.img");
     Ok(Some(Filled {
         manifest,
+        manifest_json,
         cmdline,
         ucode,
     }))

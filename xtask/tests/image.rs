@@ -246,6 +246,10 @@ fn image_layout_is_as_specified_and_reproducible() {
         table.slots[&Slot::A].manifest,
         Build::open(&out).unwrap().manifest
     );
+    assert_eq!(
+        table.slots[&Slot::A].manifest_json,
+        fs::read(out.join("manifest.json")).unwrap()
+    );
     drop(s);
 
     // A second run gives the same bytes.
