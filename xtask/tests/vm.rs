@@ -1,0 +1,286 @@
+//! `cargo xtask vm`, driven through the real binary under TCG: `--check` passes on the fixture and fails,
+//! naming why, on a panic or a timeout; the data disks show up with their serials and keep what was written
+//! to them; no qemu outlives the command, Ctrl-C included; missing tools are one clear error.
+
+mod common;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use xtask::fixture::{Fixture, HostKernel, Init};
+
+/// Stand-in for `common::build_fixture` until `cargo xtask build` lands: writes the fixture tree and packs
+/// it with GNU cpio into DIR/OUT/initramfs, beside the host kernel as OUT/vmlinuz and an OUT/cmdline.
+fn build_fixture(dir: &Path, fixture: &Fixture, out: &str) -> PathBuf {
+    let tree = dir.join(format!("tree-{out}"));
+    fixture.write(&tree).expect("writing the fixture tree");
+    let out_dir = dir.join(out);
+    fs::create_dir_all(&out_dir).unwrap();
+    fs::copy(HostKernel::find().unwrap().vmlinuz, out_dir.join("vmlinuz")).unwrap();
+    let list = Command::new("find")
+        .arg(".")
+        .current_dir(&tree)
+        .output()
+        .expect("find");
+    let mut cpio = Command::new("cpio")
+        .args(["--quiet", "-o", "-H", "newc"])
+        .current_dir(&tree)
+        .stdin(Stdio::piped())
+        .stdout(fs::File::create(out_dir.join("initramfs")).unwrap())
+        .spawn()
+        .expect("cpio");
+    use std::io::Write;
+    cpio.stdin.take().unwrap().write_all(&list.stdout).unwrap();
+    assert!(cpio.wait().unwrap().success());
+    fs::write(out_dir.join("cmdline"), "panic=-1\n").unwrap();
+    out_dir
+}
+
+/// A fixture hook that prints the first bytes of /dev/vda, then writes `written-<build>` there.
+const DISK_HOOK: &str = r#"old=$(dd if=/dev/vda bs=32 count=1 2>/dev/null | tr -d '\000')
+echo "ramnas: vda held '$old'"
+printf 'written-%s' "$(cat /etc/ramnas-build)" | dd of=/dev/vda bs=32 count=1 conv=fsync 2>/dev/null
+"#;
+
+fn disk_fixture(build: &str) -> Fixture {
+    let mut fixture = Fixture::new(build);
+    fixture
+        .files
+        .push(("etc/fixture.d/disk.sh".into(), DISK_HOOK.into(), 0o644));
+    fixture
+}
+
+/// `cargo xtask vm ARGS…` with its VM state in `vm_dir`, small and under TCG.
+fn vm(vm_dir: &Path, out: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command
+        .args(["vm", "--out"])
+        .arg(out)
+        .args(["--mem", "512M", "--cpus", "1"])
+        .args(args)
+        .env("RAMNAS_ACCEL", "tcg")
+        .env("RAMNAS_VM_DIR", vm_dir)
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(mut command: Command) -> Output {
+    command.output().expect("running xtask vm")
+}
+
+/// pids of processes whose command line mentions `path` (qemu names the VM directory in its disk paths).
+fn processes_naming(path: &Path) -> Vec<String> {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(path)
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn assert_no_qemu(vm_dir: &Path) {
+    let left = processes_naming(vm_dir);
+    assert!(left.is_empty(), "qemu processes remain: {left:?}");
+}
+
+fn log(vm_dir: &Path) -> String {
+    fs::read_to_string(vm_dir.join("last-boot.log")).expect("vm/last-boot.log")
+}
+
+#[test]
+fn check_boots_the_fixture_with_persistent_data_disks() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+
+    let one = build_fixture(dir.path(), &disk_fixture("one"), "one");
+    let out = run(vm(&vm_dir, &one, &["--check"]));
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert_no_qemu(&vm_dir);
+    let first = log(&vm_dir);
+    for line in [
+        "ramnas: disk vda serial=ramnas-disk0",
+        "ramnas: disk vdb serial=ramnas-disk1",
+        "ramnas: vda held ''",
+        "ramnas: ready slot=none build=one",
+    ] {
+        assert!(first.lines().any(|l| l == line), "no {line:?} in\n{first}");
+        assert!(text.contains(line), "{line:?} not on the terminal:\n{text}");
+    }
+    for i in 0..2 {
+        assert!(vm_dir.join(format!("disks/disk{i}.qcow2")).exists());
+    }
+
+    let two = build_fixture(dir.path(), &disk_fixture("two"), "two");
+    let out = run(vm(&vm_dir, &two, &["--check", "--expect", "build=two"]));
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_no_qemu(&vm_dir);
+    let second = log(&vm_dir);
+    assert!(
+        second
+            .lines()
+            .any(|l| l == "ramnas: vda held 'written-one'"),
+        "the data disk lost what the first run wrote:\n{second}"
+    );
+
+    let out = run(vm(&vm_dir, &two, &["--check", "--fresh-disks"]));
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_no_qemu(&vm_dir);
+    let third = log(&vm_dir);
+    assert!(
+        third.lines().any(|l| l == "ramnas: vda held ''"),
+        "--fresh-disks kept the old disk:\n{third}"
+    );
+}
+
+#[test]
+fn check_fails_naming_a_kernel_panic() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let mut fixture = Fixture::new("panic");
+    fixture.init = Init::Panic;
+    let out_dir = build_fixture(dir.path(), &fixture, "out");
+    let out = run(vm(&vm_dir, &out_dir, &["--check", "--disks", "0"]));
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("the kernel panicked"), "{text}");
+    assert!(text.contains("Kernel panic - not syncing"), "{text}");
+    assert_no_qemu(&vm_dir);
+}
+
+#[test]
+fn check_fails_by_timeout_when_the_line_never_comes() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let mut fixture = Fixture::new("silent");
+    fixture.init = Init::Silent;
+    let out_dir = build_fixture(dir.path(), &fixture, "out");
+    let out = run(vm(
+        &vm_dir,
+        &out_dir,
+        &["--check", "--disks", "0", "--timeout", "15"],
+    ));
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("timed out after 15s waiting for \"ramnas: ready\""),
+        "{text}"
+    );
+    assert_no_qemu(&vm_dir);
+}
+
+#[test]
+fn ctrl_c_stops_qemu() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let mut fixture = Fixture::new("silent");
+    fixture.init = Init::Silent;
+    let out_dir = build_fixture(dir.path(), &fixture, "out");
+    let mut command = vm(&vm_dir, &out_dir, &["--check", "--disks", "1"]);
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting xtask vm");
+    let start = Instant::now();
+    while !fs::read_to_string(vm_dir.join("last-boot.log"))
+        .unwrap_or_default()
+        .contains("ramnas: fixture stays silent")
+    {
+        assert!(
+            start.elapsed() < common::BOOT_TIMEOUT,
+            "the fixture never booted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let qemu = processes_naming(&vm_dir);
+    assert_eq!(qemu.len(), 1, "one qemu expected: {qemu:?}");
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        !Path::new("/proc").join(&qemu[0]).exists(),
+        "qemu {} outlived xtask vm",
+        qemu[0]
+    );
+    assert_no_qemu(&vm_dir);
+}
+
+#[test]
+fn interactive_vm_runs_the_console_on_the_terminal() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let out_dir = build_fixture(dir.path(), &Fixture::new("tty"), "out");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    // The fixture powers off after its ready line, which ends qemu and the command.
+    let out = run(vm(
+        &vm_dir,
+        &out_dir,
+        &["--disks", "1", "--ssh-port", &port],
+    ));
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("ssh -p {port} ")),
+        "no ssh command:\n{text}"
+    );
+    assert!(text.contains("Ctrl-a x"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ramnas: ready slot=none build=tty"),
+        "{text}"
+    );
+    assert!(log(&vm_dir).contains("ramnas: disk vda serial=ramnas-disk0"));
+    assert_no_qemu(&vm_dir);
+}
+
+/// A directory holding only links to the given host tools, for a PATH that lacks the others.
+fn path_with(dir: &Path, tools: &[&str]) -> PathBuf {
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    for tool in tools {
+        let real = which::which(tool).unwrap();
+        std::os::unix::fs::symlink(real, bin.join(tool)).unwrap();
+    }
+    bin
+}
+
+#[test]
+fn missing_qemu_tools_are_one_clear_error() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let out_dir = dir.path().join("out");
+
+    let mut command = vm(&vm_dir, &out_dir, &["--check"]);
+    command.env("PATH", path_with(&dir.path().join("none"), &[]));
+    let out = run(command);
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("qemu-system-x86_64 not found"), "{text}");
+    assert!(text.contains("apt-get install qemu-system-x86"), "{text}");
+
+    let mut command = vm(&vm_dir, &out_dir, &["--check"]);
+    command.env(
+        "PATH",
+        path_with(&dir.path().join("qemu"), &["qemu-system-x86_64"]),
+    );
+    let out = run(command);
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("qemu-img not found"), "{text}");
+    assert!(text.contains("apt-get install qemu-utils"), "{text}");
+    assert_eq!(text.lines().count(), 1, "more than one error line:\n{text}");
+}
