@@ -21,6 +21,8 @@ use crate::{
 pub const VM_DIR_ENV: &str = "RAMNAS_VM_DIR";
 
 pub fn run(flags: VmFlags) -> Result<()> {
+    let expect =
+        Regex::new(&flags.expect).with_context(|| format!("--expect {:?}", flags.expect))?;
     let ovmf = check_host_tools(flags.uefi)?;
     let out = &flags.out.out;
     let dir = vm_dir();
@@ -64,12 +66,7 @@ pub fn run(flags: VmFlags) -> Result<()> {
     let log = dir.join("last-boot.log");
     if flags.check {
         machine.net = true;
-        check(
-            &machine,
-            &log,
-            &flags.expect,
-            Duration::from_secs(flags.timeout),
-        )
+        check(&machine, &log, &expect, Duration::from_secs(flags.timeout))
     } else {
         machine.ssh_port = Some(flags.ssh_port);
         machine.reboot = true;
@@ -158,9 +155,28 @@ fn uefi_vars(dir: &Path, template: &Path) -> Result<PathBuf> {
     Ok(vars)
 }
 
-/// `disks/disk<i>.qcow2` for i in 0..count, created sparse on first use (all of them recreated when
-/// `fresh`), as virtio disks with serials `ramnas-disk<i>`.
+/// `disks/disk<i>.qcow2` for i in 0..count, created sparse on first use, as virtio disks with serials
+/// `ramnas-disk<i>`. When `fresh`, new disks are made first and only then replace all the old ones.
 fn data_disks(disks: &Path, count: u32, size: &str, fresh: bool) -> Result<Vec<Drive>> {
+    if count > 0 {
+        fs::create_dir_all(disks).with_context(|| format!("creating {}", disks.display()))?;
+    }
+    let files: Vec<PathBuf> = (0..count)
+        .map(|i| disks.join(format!("disk{i}.qcow2")))
+        .collect();
+    let sh = Shell::new()?;
+    let mut made = Vec::new();
+    for file in &files {
+        if fresh || !file.exists() {
+            let tmp = file.with_extension("qcow2.tmp");
+            eprintln!("vm: creating {} ({size}, sparse)", file.display());
+            cmd!(sh, "qemu-img create -q -f qcow2 {tmp} {size}")
+                .quiet()
+                .run()
+                .with_context(|| format!("creating {} of size {size:?}", file.display()))?;
+            made.push((tmp, file));
+        }
+    }
     if fresh && disks.exists() {
         for entry in fs::read_dir(disks).with_context(|| format!("reading {}", disks.display()))? {
             let path = entry?.path();
@@ -170,29 +186,20 @@ fn data_disks(disks: &Path, count: u32, size: &str, fresh: bool) -> Result<Vec<D
             }
         }
     }
-    if count > 0 {
-        fs::create_dir_all(disks).with_context(|| format!("creating {}", disks.display()))?;
+    for (tmp, file) in made {
+        fs::rename(&tmp, file).with_context(|| format!("renaming {}", tmp.display()))?;
     }
-    let sh = Shell::new()?;
-    (0..count)
-        .map(|i| {
-            let file = disks.join(format!("disk{i}.qcow2"));
-            if !file.exists() {
-                let tmp = file.with_extension("qcow2.tmp");
-                cmd!(sh, "qemu-img create -q -f qcow2 {tmp} {size}")
-                    .run()
-                    .with_context(|| format!("creating {} of size {size:?}", file.display()))?;
-                fs::rename(&tmp, &file).with_context(|| format!("renaming {}", tmp.display()))?;
-            }
-            Ok(Drive {
-                file,
-                format: "qcow2",
-                bus: Bus::Virtio,
-                serial: Some(format!("ramnas-disk{i}")),
-                boot: false,
-            })
+    Ok(files
+        .into_iter()
+        .enumerate()
+        .map(|(i, file)| Drive {
+            file,
+            format: "qcow2",
+            bus: Bus::Virtio,
+            serial: Some(format!("ramnas-disk{i}")),
+            boot: false,
         })
-        .collect()
+        .collect())
 }
 
 /// One short paragraph on what is about to boot.
@@ -210,9 +217,13 @@ fn describe_machine(machine: &Machine, image: bool, stick: &Path) {
         ),
         None => eprintln!("vm: booting {} through {firmware}", stick.display()),
     }
+    let accel = match machine.accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    };
     eprintln!(
-        "vm: {:?}, {} memory, {} cpus",
-        machine.accel, machine.mem, machine.cpus
+        "vm: accel {accel}, {} memory, {} cpus",
+        machine.mem, machine.cpus
     );
     for drive in &machine.drives {
         match (&drive.serial, drive.bus) {
@@ -227,15 +238,15 @@ fn describe_machine(machine: &Machine, image: bool, stick: &Path) {
 
 /// Headless: wait for `expect` on the console, then stop qemu. Anything else — timeout, panic, qemu exiting,
 /// or an interrupt — is an error naming it, with the console's last lines.
-fn check(machine: &Machine, log: &Path, expect: &str, timeout: Duration) -> Result<()> {
-    let pattern = Regex::new(expect).with_context(|| format!("--expect {expect:?}"))?;
+fn check(machine: &Machine, log: &Path, pattern: &Regex, timeout: Duration) -> Result<()> {
+    let expect = pattern.as_str();
     catch_interrupts();
     let mut vm = machine.start(log, true)?;
     let deadline = Instant::now() + timeout;
     let outcome = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let step = left.min(Duration::from_millis(500));
-        let outcome = vm.wait_for(&pattern, step);
+        let outcome = vm.wait_for(pattern, step);
         if INTERRUPTED.load(Ordering::SeqCst) {
             vm.kill();
             bail!("interrupted: qemu stopped\n{}", vm.tail(10));
