@@ -36,8 +36,143 @@ fn build_fixture(dir: &Path, fixture: &Fixture, out: &str) -> PathBuf {
     use std::io::Write;
     cpio.stdin.take().unwrap().write_all(&list.stdout).unwrap();
     assert!(cpio.wait().unwrap().success());
+    if fixture.ucode {
+        let ucode: Vec<u8> = ["intel-ucode.img", "amd-ucode.img"]
+            .iter()
+            .flat_map(|f| fs::read(tree.join("boot").join(f)).unwrap())
+            .collect();
+        fs::write(out_dir.join("ucode.img"), ucode).unwrap();
+    }
     fs::write(out_dir.join("cmdline"), "panic=-1\n").unwrap();
     out_dir
+}
+
+fn sh(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        common::text(&out)
+    );
+}
+
+/// Stand-in for `cargo xtask image` (and the UEFI issue's UKI) until they land: OUT/boot.img, one FAT32
+/// partition at 1 MiB holding the build in /slots/a, booted by syslinux (BIOS) and by a unified kernel image
+/// at /EFI/BOOT/BOOTX64.EFI (UEFI), both with `ramnas.slot=a`.
+fn hand_made_stick(dir: &Path, out: &Path) {
+    let img = out.join("boot.img");
+    let img_s = img.to_str().unwrap();
+    let part = format!("{img_s}@@1048576");
+    fs::File::create(&img).unwrap().set_len(96 << 20).unwrap();
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["-q", img_s])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"start=2048, type=c, bootable\n")
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    sh(
+        "mkfs.vfat",
+        &["-F", "32", "-n", "RAMNAS", "--offset", "2048", img_s],
+    );
+    sh(
+        "mmd",
+        &[
+            "-i",
+            &part,
+            "::/syslinux",
+            "::/slots",
+            "::/slots/a",
+            "::/EFI",
+            "::/EFI/BOOT",
+        ],
+    );
+    let vmlinuz = out.join("vmlinuz");
+    let initramfs = out.join("initramfs");
+    sh(
+        "mcopy",
+        &[
+            "-i",
+            &part,
+            vmlinuz.to_str().unwrap(),
+            initramfs.to_str().unwrap(),
+            "::/slots/a/",
+        ],
+    );
+    let cfg = dir.join("syslinux.cfg");
+    fs::write(
+        &cfg,
+        "SERIAL 0 115200\nDEFAULT a\nTIMEOUT 1\nLABEL a\n  KERNEL /slots/a/vmlinuz\n  \
+         INITRD /slots/a/initramfs\n  APPEND console=ttyS0 panic=-1 ramnas.slot=a\n",
+    )
+    .unwrap();
+    sh(
+        "mcopy",
+        &[
+            "-i",
+            &part,
+            cfg.to_str().unwrap(),
+            "::/syslinux/syslinux.cfg",
+        ],
+    );
+    sh(
+        "syslinux",
+        &[
+            "--install",
+            "--offset",
+            "1048576",
+            "--directory",
+            "/syslinux",
+            img_s,
+        ],
+    );
+    let mbr = fs::read("/usr/lib/syslinux/mbr/mbr.bin").expect("syslinux's mbr.bin");
+    let mut file = fs::OpenOptions::new().write(true).open(&img).unwrap();
+    file.write_all(&mbr[..440]).unwrap();
+    // A UKI: systemd's EFI stub with the command line, kernel and initramfs as sections past its own.
+    let (osrel, cmdline, uki) = (
+        dir.join("osrel"),
+        dir.join("uki-cmdline"),
+        dir.join("uki.efi"),
+    );
+    fs::write(&osrel, "ID=ramnas\n").unwrap();
+    fs::write(&cmdline, "console=ttyS0 panic=-1 ramnas.slot=a").unwrap();
+    let section = |name: &str, file: &Path, vma: &str| {
+        [
+            "--add-section".to_string(),
+            format!("{name}={}", file.display()),
+            "--change-section-vma".to_string(),
+            format!("{name}={vma}"),
+        ]
+    };
+    let mut args: Vec<String> = Vec::new();
+    args.extend(section(".osrel", &osrel, "0x14dfb0000"));
+    args.extend(section(".cmdline", &cmdline, "0x14dfb1000"));
+    args.extend(section(".linux", &vmlinuz, "0x14e000000"));
+    args.extend(section(".initrd", &initramfs, "0x150000000"));
+    args.push("/usr/lib/systemd/boot/efi/linuxx64.efi.stub".into());
+    args.push(uki.to_str().unwrap().into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sh("objcopy", &args);
+    sh(
+        "mcopy",
+        &[
+            "-i",
+            &part,
+            uki.to_str().unwrap(),
+            "::/EFI/BOOT/BOOTX64.EFI",
+        ],
+    );
 }
 
 /// A fixture hook that prints the first bytes of /dev/vda, then writes `written-<build>` there.
@@ -99,7 +234,9 @@ fn check_boots_the_fixture_with_persistent_data_disks() {
     let dir = common::tempdir();
     let vm_dir = dir.path().join("vm");
 
-    let one = build_fixture(dir.path(), &disk_fixture("one"), "one");
+    let mut fixture = disk_fixture("one");
+    fixture.ucode = true;
+    let one = build_fixture(dir.path(), &fixture, "one");
     let out = run(vm(&vm_dir, &one, &["--check"]));
     let text = common::text(&out);
     assert!(out.status.success(), "{text}");
@@ -117,6 +254,14 @@ fn check_boots_the_fixture_with_persistent_data_disks() {
     for i in 0..2 {
         assert!(vm_dir.join(format!("disks/disk{i}.qcow2")).exists());
     }
+    // qemu takes one initrd: the microcode archive first, then the initramfs.
+    let joined = fs::read(vm_dir.join("initrd")).unwrap();
+    let ucode = fs::read(one.join("ucode.img")).unwrap();
+    assert!(joined.starts_with(&ucode));
+    assert_eq!(
+        joined[ucode.len()..],
+        fs::read(one.join("initramfs")).unwrap()
+    );
 
     let two = build_fixture(dir.path(), &disk_fixture("two"), "two");
     let out = run(vm(&vm_dir, &two, &["--check", "--expect", "build=two"]));
@@ -283,4 +428,48 @@ fn missing_qemu_tools_are_one_clear_error() {
     assert!(text.contains("qemu-img not found"), "{text}");
     assert!(text.contains("apt-get install qemu-utils"), "{text}");
     assert_eq!(text.lines().count(), 1, "more than one error line:\n{text}");
+}
+
+#[test]
+fn image_boots_the_stick_through_seabios_and_ovmf() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let out_dir = build_fixture(dir.path(), &Fixture::new("stick"), "out");
+    hand_made_stick(dir.path(), &out_dir);
+
+    // Direct boot: the stick is attached all the same, as the only USB disk.
+    let out = run(vm(&vm_dir, &out_dir, &["--check", "--disks", "1"]));
+    assert!(out.status.success(), "{}", common::text(&out));
+    let direct = log(&vm_dir);
+    assert!(direct.contains("ramnas: disk sda"), "no stick:\n{direct}");
+    assert!(direct.contains("ramnas: ready slot=none"), "{direct}");
+    assert_no_qemu(&vm_dir);
+
+    let out = run(vm(
+        &vm_dir,
+        &out_dir,
+        &["--image", "--check", "--disks", "1"],
+    ));
+    assert!(out.status.success(), "{}", common::text(&out));
+    let bios = log(&vm_dir);
+    assert!(bios.contains("SYSLINUX"), "{bios}");
+    assert!(
+        bios.contains("ramnas: disk vda serial=ramnas-disk0"),
+        "{bios}"
+    );
+    assert!(bios.contains("ramnas: ready slot=a build=stick"), "{bios}");
+    assert_no_qemu(&vm_dir);
+
+    let out = run(vm(
+        &vm_dir,
+        &out_dir,
+        &["--image", "--uefi", "--check", "--disks", "1"],
+    ));
+    assert!(out.status.success(), "{}", common::text(&out));
+    let uefi = log(&vm_dir);
+    assert!(uefi.contains("EFI stub"), "{uefi}");
+    assert!(uefi.contains("ramnas: ready slot=a build=stick"), "{uefi}");
+    let template = xtask::qemu::ovmf().unwrap().1;
+    assert!(vm_dir.join(template.file_name().unwrap()).exists());
+    assert_no_qemu(&vm_dir);
 }
