@@ -473,3 +473,27 @@ fn image_boots_the_stick_through_seabios_and_ovmf() {
     assert!(vm_dir.join(template.file_name().unwrap()).exists());
     assert_no_qemu(&vm_dir);
 }
+
+#[test]
+fn missing_build_or_stick_is_one_clear_error() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let out_dir = dir.path().join("out");
+    fs::create_dir_all(&out_dir).unwrap();
+
+    let out = run(vm(&vm_dir, &out_dir, &["--check"]));
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("out/vmlinuz not found"), "{text}");
+    assert!(text.contains("cargo xtask build"), "{text}");
+
+    let out = run(vm(&vm_dir, &out_dir, &["--check", "--image"]));
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("out/boot.img not found"), "{text}");
+    assert!(text.contains("cargo xtask image"), "{text}");
+    assert!(
+        !vm_dir.join("disks").exists(),
+        "disks made for a run that could not start"
+    );
+}
