@@ -47,7 +47,8 @@ fn build_fixture(dir: &Path, fixture: &Fixture, out: &str) -> PathBuf {
     out_dir
 }
 
-fn sh(program: &str, args: &[&str]) {
+/// Runs a host tool, failing the test with its output when it fails.
+fn run_tool(program: &str, args: &[&str]) {
     let out = Command::new(program)
         .args(args)
         .env("MTOOLS_SKIP_CHECK", "1")
@@ -81,11 +82,11 @@ fn hand_made_stick(dir: &Path, out: &Path) {
         .write_all(b"start=2048, type=c, bootable\n")
         .unwrap();
     assert!(sfdisk.wait().unwrap().success());
-    sh(
+    run_tool(
         "mkfs.vfat",
         &["-F", "32", "-n", "RAMNAS", "--offset", "2048", img_s],
     );
-    sh(
+    run_tool(
         "mmd",
         &[
             "-i",
@@ -99,7 +100,7 @@ fn hand_made_stick(dir: &Path, out: &Path) {
     );
     let vmlinuz = out.join("vmlinuz");
     let initramfs = out.join("initramfs");
-    sh(
+    run_tool(
         "mcopy",
         &[
             "-i",
@@ -116,7 +117,7 @@ fn hand_made_stick(dir: &Path, out: &Path) {
          INITRD /slots/a/initramfs\n  APPEND console=ttyS0 panic=-1 ramnas.slot=a\n",
     )
     .unwrap();
-    sh(
+    run_tool(
         "mcopy",
         &[
             "-i",
@@ -125,7 +126,7 @@ fn hand_made_stick(dir: &Path, out: &Path) {
             "::/syslinux/syslinux.cfg",
         ],
     );
-    sh(
+    run_tool(
         "syslinux",
         &[
             "--install",
@@ -163,8 +164,8 @@ fn hand_made_stick(dir: &Path, out: &Path) {
     args.push("/usr/lib/systemd/boot/efi/linuxx64.efi.stub".into());
     args.push(uki.to_str().unwrap().into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    sh("objcopy", &args);
-    sh(
+    run_tool("objcopy", &args);
+    run_tool(
         "mcopy",
         &[
             "-i",
