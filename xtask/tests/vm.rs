@@ -1,6 +1,7 @@
 //! `cargo xtask vm`, driven through the real binary under TCG: `--check` passes on the fixture and fails,
 //! naming why, on a panic or a timeout; the data disks show up with their serials and keep what was written
-//! to them; no qemu outlives the command, Ctrl-C included; missing tools are one clear error.
+//! to them; the stick from `cargo xtask image` boots with `--image` under SeaBIOS and OVMF; no qemu outlives
+//! the command, Ctrl-C included; missing tools or build files are one clear error.
 
 mod common;
 
@@ -11,40 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xtask::fixture::{Fixture, HostKernel, Init};
+use xtask::fixture::{Fixture, Init};
 
-/// Stand-in for `common::build_fixture` until `cargo xtask build` lands: writes the fixture tree and packs
-/// it with GNU cpio into DIR/OUT/initramfs, beside the host kernel as OUT/vmlinuz and an OUT/cmdline.
+/// The fixture built by `cargo xtask build --base` into DIR/OUT.
 fn build_fixture(dir: &Path, fixture: &Fixture, out: &str) -> PathBuf {
-    let tree = dir.join(format!("tree-{out}"));
-    fixture.write(&tree).expect("writing the fixture tree");
-    let out_dir = dir.join(out);
-    fs::create_dir_all(&out_dir).unwrap();
-    fs::copy(HostKernel::find().unwrap().vmlinuz, out_dir.join("vmlinuz")).unwrap();
-    let list = Command::new("find")
-        .arg(".")
-        .current_dir(&tree)
-        .output()
-        .expect("find");
-    let mut cpio = Command::new("cpio")
-        .args(["--quiet", "-o", "-H", "newc"])
-        .current_dir(&tree)
-        .stdin(Stdio::piped())
-        .stdout(fs::File::create(out_dir.join("initramfs")).unwrap())
-        .spawn()
-        .expect("cpio");
-    use std::io::Write;
-    cpio.stdin.take().unwrap().write_all(&list.stdout).unwrap();
-    assert!(cpio.wait().unwrap().success());
-    if fixture.ucode {
-        let ucode: Vec<u8> = ["intel-ucode.img", "amd-ucode.img"]
-            .iter()
-            .flat_map(|f| fs::read(tree.join("boot").join(f)).unwrap())
-            .collect();
-        fs::write(out_dir.join("ucode.img"), ucode).unwrap();
-    }
-    fs::write(out_dir.join("cmdline"), "panic=-1\n").unwrap();
-    out_dir
+    common::build_fixture(dir, fixture, out, &[])
 }
 
 /// Runs a host tool, failing the test with its output when it fails.
@@ -61,85 +33,16 @@ fn run_tool(program: &str, args: &[&str]) {
     );
 }
 
-/// Stand-in for `cargo xtask image` (and the UEFI issue's UKI) until they land: OUT/boot.img, one FAT32
-/// partition at 1 MiB holding the build in /slots/a, booted by syslinux (BIOS) and by a unified kernel image
-/// at /EFI/BOOT/BOOTX64.EFI (UEFI), both with `ramnas.slot=a`.
-fn hand_made_stick(dir: &Path, out: &Path) {
-    let img = out.join("boot.img");
-    let img_s = img.to_str().unwrap();
-    let part = format!("{img_s}@@1048576");
-    fs::File::create(&img).unwrap().set_len(96 << 20).unwrap();
-    let mut sfdisk = Command::new("sfdisk")
-        .args(["-q", img_s])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    sfdisk
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"start=2048, type=c, bootable\n")
-        .unwrap();
-    assert!(sfdisk.wait().unwrap().success());
-    run_tool(
-        "mkfs.vfat",
-        &["-F", "32", "-n", "RAMNAS", "--offset", "2048", img_s],
+/// OUT/boot.img from `cargo xtask image`, plus (a stand-in until the UEFI issue lands) a unified kernel image
+/// at /EFI/BOOT/BOOTX64.EFI on the same partition, booting the build with `ramnas.slot=a`.
+fn make_stick(dir: &Path, out: &Path) {
+    common::xtask_ok(
+        dir,
+        &["image", "--out", out.to_str().unwrap(), "--size", "128M"],
     );
-    run_tool(
-        "mmd",
-        &[
-            "-i",
-            &part,
-            "::/syslinux",
-            "::/slots",
-            "::/slots/a",
-            "::/EFI",
-            "::/EFI/BOOT",
-        ],
-    );
+    let part = format!("{}@@1048576", out.join("boot.img").display());
     let vmlinuz = out.join("vmlinuz");
     let initramfs = out.join("initramfs");
-    run_tool(
-        "mcopy",
-        &[
-            "-i",
-            &part,
-            vmlinuz.to_str().unwrap(),
-            initramfs.to_str().unwrap(),
-            "::/slots/a/",
-        ],
-    );
-    let cfg = dir.join("syslinux.cfg");
-    fs::write(
-        &cfg,
-        "SERIAL 0 115200\nDEFAULT a\nTIMEOUT 1\nLABEL a\n  KERNEL /slots/a/vmlinuz\n  \
-         INITRD /slots/a/initramfs\n  APPEND console=ttyS0 panic=-1 ramnas.slot=a\n",
-    )
-    .unwrap();
-    run_tool(
-        "mcopy",
-        &[
-            "-i",
-            &part,
-            cfg.to_str().unwrap(),
-            "::/syslinux/syslinux.cfg",
-        ],
-    );
-    run_tool(
-        "syslinux",
-        &[
-            "--install",
-            "--offset",
-            "1048576",
-            "--directory",
-            "/syslinux",
-            img_s,
-        ],
-    );
-    let mbr = fs::read("/usr/lib/syslinux/mbr/mbr.bin").expect("syslinux's mbr.bin");
-    let mut file = fs::OpenOptions::new().write(true).open(&img).unwrap();
-    file.write_all(&mbr[..440]).unwrap();
     // A UKI: systemd's EFI stub with the command line, kernel and initramfs as sections past its own.
     let (osrel, cmdline, uki) = (
         dir.join("osrel"),
@@ -165,6 +68,7 @@ fn hand_made_stick(dir: &Path, out: &Path) {
     args.push(uki.to_str().unwrap().into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run_tool("objcopy", &args);
+    run_tool("mmd", &["-i", &part, "::/EFI", "::/EFI/BOOT"]);
     run_tool(
         "mcopy",
         &[
@@ -436,7 +340,7 @@ fn image_boots_the_stick_through_seabios_and_ovmf() {
     let dir = common::tempdir();
     let vm_dir = dir.path().join("vm");
     let out_dir = build_fixture(dir.path(), &Fixture::new("stick"), "out");
-    hand_made_stick(dir.path(), &out_dir);
+    make_stick(dir.path(), &out_dir);
 
     // Direct boot: the stick is attached all the same, as the only USB disk.
     let out = run(vm(&vm_dir, &out_dir, &["--check", "--disks", "1"]));
