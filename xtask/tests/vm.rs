@@ -297,6 +297,56 @@ fn interactive_vm_runs_the_console_on_the_terminal() {
     assert_no_qemu(&vm_dir);
 }
 
+#[test]
+fn interactive_vm_forwards_ssh_and_quits_on_ctrl_a_x() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let mut fixture = Fixture::new("quit");
+    fixture.init = Init::Silent;
+    let out_dir = build_fixture(dir.path(), &fixture, "out");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let terminal = dir.path().join("terminal");
+    let mut child = vm(
+        &vm_dir,
+        &out_dir,
+        &["--disks", "0", "--ssh-port", &port.to_string()],
+    )
+    .stdin(Stdio::piped())
+    .stdout(fs::File::create(&terminal).unwrap())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("starting xtask vm");
+    let start = Instant::now();
+    while !fs::read_to_string(vm_dir.join("last-boot.log"))
+        .unwrap_or_default()
+        .contains("ramnas: fixture stays silent")
+    {
+        assert!(
+            start.elapsed() < common::BOOT_TIMEOUT,
+            "the fixture never booted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // qemu listens on the forwarded port (nothing answers inside this guest, but the host side is there).
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the ssh port is not forwarded");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"\x01x").unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        fs::read_to_string(&terminal).unwrap()
+    );
+    assert!(fs::read_to_string(&terminal)
+        .unwrap()
+        .contains("ramnas: fixture stays silent"));
+    assert_no_qemu(&vm_dir);
+}
+
 /// A directory holding only links to the given host tools, for a PATH that lacks the others.
 fn path_with(dir: &Path, tools: &[&str]) -> PathBuf {
     let bin = dir.join("bin");
