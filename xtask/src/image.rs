@@ -181,21 +181,8 @@ fn chs(lba: u32) -> [u8; 3] {
     ]
 }
 
-/// mkfs.vfat from PATH or the sbin directories, which an ordinary user's PATH often lacks (Debian).
-fn mkfs_vfat() -> Result<PathBuf> {
-    which::which("mkfs.vfat")
-        .ok()
-        .or_else(|| {
-            ["/usr/sbin/mkfs.vfat", "/sbin/mkfs.vfat"]
-                .into_iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-        })
-        .context("mkfs.vfat not found in PATH, /usr/sbin or /sbin: install dosfstools (the package is called that on Debian/Ubuntu, Alpine, Fedora and Arch)")
-}
-
 fn mkfs(image: &Path, sectors: u64) -> Result<()> {
-    let mkfs = mkfs_vfat()?;
+    let mkfs = crate::host::find("mkfs.vfat")?;
     let sh = Shell::new()?;
     let offset = (PART_START / 512).to_string();
     let serial = format!("{DISK_ID:08x}");
