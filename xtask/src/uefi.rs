@@ -281,6 +281,27 @@ pub struct Uki {
 }
 
 impl Uki {
+    /// The UKI of the build in `dir` (OUT/ or a slot's directory: vmlinuz, initramfs, cmdline, ucode.img when
+    /// present) for slot `label`.
+    pub fn for_build(dir: &Path, label: &str, title: &str) -> Result<Uki> {
+        let cmdline = dir.join("cmdline");
+        let cmdline = fs::read_to_string(&cmdline)
+            .with_context(|| format!("reading {}", cmdline.display()))?;
+        let ucode = dir.join("ucode.img");
+        let initrds = if ucode.is_file() {
+            vec![ucode, dir.join("initramfs")]
+        } else {
+            vec![dir.join("initramfs")]
+        };
+        Ok(Uki {
+            label: label.to_string(),
+            title: title.to_string(),
+            cmdline: cmdline.trim().to_string(),
+            kernel: dir.join("vmlinuz"),
+            initrds,
+        })
+    }
+
     /// The full kernel command line baked into the UKI.
     pub fn full_cmdline(&self) -> String {
         format!("{} ramnas.slot={}", self.cmdline.trim(), self.label)

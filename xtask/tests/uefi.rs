@@ -215,6 +215,15 @@ fn uki_sections_follow_the_stub_and_the_build_is_reproducible() {
         "two builds differ"
     );
 
+    let bytes = fs::read(&one).unwrap();
+    let pe_at = u32::from_le_bytes(bytes[0x3c..0x40].try_into().unwrap()) as usize;
+    assert_eq!(bytes[pe_at + 8..pe_at + 12], [0; 4], "TimeDateStamp not 0");
+    assert_eq!(
+        u32::from_le_bytes(bytes[pe_at + 88..pe_at + 92].try_into().unwrap()),
+        pe_checksum(&bytes, pe_at + 88),
+        "PE checksum"
+    );
+
     let stub = uefi::Pe::parse(&fs::read(&host.stub).unwrap()).unwrap();
     let pe = uefi::Pe::parse(&fs::read(&one).unwrap()).unwrap();
     let added: Vec<_> = pe.sections[stub.sections.len()..].to_vec();
@@ -265,6 +274,20 @@ fn uki_sections_follow_the_stub_and_the_build_is_reproducible() {
         copy.to_str().unwrap(),
     ]));
     assert_eq!(fs::read(&copy).unwrap(), fs::read(&kernel).unwrap());
+}
+
+/// The PE image checksum (as binutils and Windows compute it): 16-bit one's-complement-style sum of the
+/// file without its checksum field, plus the file's length.
+fn pe_checksum(bytes: &[u8], field: usize) -> u32 {
+    let mut sum: u64 = 0;
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        if (field..field + 4).contains(&(2 * i)) {
+            continue;
+        }
+        sum += u16::from_le_bytes([pair[0], *pair.get(1).unwrap_or(&0)]) as u64;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (((sum & 0xffff) + (sum >> 16)) as u32).wrapping_add(bytes.len() as u32)
 }
 
 #[test]
