@@ -191,7 +191,7 @@ impl View {
     }
 
     /// The committed slot.
-    pub fn default(&self) -> Option<&str> {
+    pub fn committed(&self) -> Option<&str> {
         self.with_role(|r| r == Role::Default)
     }
 

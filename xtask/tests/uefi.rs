@@ -155,7 +155,7 @@ impl Stick {
             let to_name = to.rsplit('/').next().unwrap();
             run(self.mtool("mren").arg(format!("::/{from}")).arg(to_name));
         }
-        assert_eq!(self.view().default(), Some(default));
+        assert_eq!(self.view().committed(), Some(default));
         assert_eq!(self.view().trial(), trial);
     }
 
@@ -454,5 +454,5 @@ fn ovmf_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
     vm.wait_exit(Duration::from_secs(60)).unwrap();
     let view = stick.view();
     assert_eq!(view.failed_trial(), Some("b"), "{view:?}");
-    assert_eq!(view.default(), Some("a"));
+    assert_eq!(view.committed(), Some("a"));
 }
