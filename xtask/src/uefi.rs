@@ -36,6 +36,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::stick::{self, Stick};
+
 /// systemd-boot, where UEFI firmware looks on removable media.
 pub const BOOTLOADER: &str = "EFI/BOOT/BOOTX64.EFI";
 /// systemd-boot's config.
@@ -502,4 +504,75 @@ impl Pe {
             .unwrap_or(0);
         align(end, self.section_alignment.max(1))
     }
+}
+
+/// The directories systemd-boot's files live in.
+pub const DIRS: &[&str] = &["EFI/BOOT", LINUX_DIR, "loader"];
+
+/// Writes systemd-boot and loader.conf (each through a temporary name).
+pub fn install_boot(stick: &mut dyn Stick, host: &Host) -> Result<()> {
+    for dir in DIRS {
+        stick.create_dir_all(dir)?;
+    }
+    for (path, contents) in boot_files(host)? {
+        stick.replace(&path, &contents)?;
+    }
+    stick.sync()
+}
+
+/// The UKIs on a stick (an empty view when it has no /EFI/Linux).
+pub fn read_view(stick: &mut dyn Stick) -> Result<View> {
+    if !stick.exists(LINUX_DIR)? {
+        return Ok(View::default());
+    }
+    let names = stick
+        .list(LINUX_DIR)?
+        .into_iter()
+        .filter(|e| !e.is_dir)
+        .map(|e| e.name);
+    View::from_names(names).with_context(|| format!("on {}", stick.describe()))
+}
+
+/// Puts slot `label`'s UKI (built on this machine at `uki`) on the stick as a spare, which never boots by
+/// itself: written under a temporary name and read back against the local file's SHA-256, then the slot's
+/// old UKI removed and the new one renamed into place. [`set_state`] then gives it its role.
+pub fn install_uki(stick: &mut dyn Stick, label: &str, uki: &Path) -> Result<()> {
+    let spare = format!("{LINUX_DIR}/{}", file_name(label, Role::Spare));
+    let tmp = stick::temp_name(&spare);
+    let mut file = fs::File::open(uki).with_context(|| format!("opening {}", uki.display()))?;
+    let size = stick.write(&tmp, &mut file)?;
+    let want = sha256_file(uki)?;
+    let (got_size, got) = stick.sha256(&tmp)?;
+    if got_size != size || got != want {
+        bail!(
+            "{tmp} on {} reads back as {got_size} bytes sha256 {got}, {} has sha256 {want}: the stick is damaged",
+            stick.describe(),
+            uki.display()
+        );
+    }
+    stick.sync()?;
+    if let Some((old, _)) = read_view(stick)?.ukis.get(label) {
+        stick.remove(&format!("{LINUX_DIR}/{old}"))?;
+        stick.sync()?;
+    }
+    stick.rename(&tmp, &spare)?;
+    stick.sync()
+}
+
+/// Renames the UKIs so that `default` is committed and `trial` (when given) armed for one try.
+pub fn set_state(stick: &mut dyn Stick, default: &str, trial: Option<&str>) -> Result<()> {
+    let view = read_view(stick)?;
+    for (from, to) in renames(&view, default, trial)? {
+        stick.rename(&from, &to)?;
+        stick.sync()?;
+    }
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(stick::hex(&h.finalize()))
 }
