@@ -128,7 +128,7 @@ fn image_layout_is_as_specified_and_reproducible() {
     let dir = common::tempdir();
     let out = build(dir.path(), "layout");
     let img = image(dir.path(), &out, &[]);
-    assert_eq!(fs::metadata(&img).unwrap().len(), 128 << 20);
+    assert_eq!(fs::metadata(&img).unwrap().len(), 192 << 20);
     assert!(!out.join("boot.img.tmp").exists());
 
     let dump = run("sfdisk", &["--dump", img.to_str().unwrap()]);
@@ -147,7 +147,7 @@ fn image_layout_is_as_specified_and_reproducible() {
         fields,
         [
             "start=2048",
-            &format!("size={}", (128 << 11) - 2048),
+            &format!("size={}", (192 << 11) - 2048),
             "type=c",
             "bootable"
         ],
@@ -208,6 +208,15 @@ fn image_layout_is_as_specified_and_reproducible() {
     }
     assert_eq!(mdir("::/slots/b").trim(), "");
     assert_eq!(mdir("::/persist").trim(), "");
+    // The UEFI path on the same partition: systemd-boot, its config, slot a's UKI as the committed slot.
+    let efi = mdir("::/EFI/BOOT") + &mdir("::/EFI/Linux") + &mdir("::/loader");
+    for f in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/EFI/Linux/ramnas-default-a.efi",
+        "::/loader/loader.conf",
+    ] {
+        assert!(efi.contains(f), "{f} missing from {efi}");
+    }
     assert!(root.contains("::/syslinux.cfg"), "{root}");
     let cfg = run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
     assert_eq!(cfg, run("mtype", &["-i", &spec, "::/syslinux.cfg"]));
