@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::{
     stick::{self, Stick},
     syslinux::{self, Adv},
+    uefi,
 };
 
 /// One of the two boot slots.
@@ -181,6 +182,8 @@ pub struct Table {
     pub default: Option<Slot>,
     /// The ADV's boot-once command (`b ramnas.trial=1`), None when not armed.
     pub boot_once: Option<String>,
+    /// The UEFI view: the UKIs under EFI/Linux and their roles (committed, trial, spare).
+    pub uefi: uefi::View,
 }
 
 impl Table {
@@ -200,10 +203,12 @@ impl Table {
         } else {
             None
         };
+        let uefi = uefi::read_view(stick)?;
         Ok(Table {
             slots,
             default,
             boot_once,
+            uefi,
         })
     }
 

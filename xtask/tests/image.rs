@@ -54,7 +54,7 @@ fn write_manifest(out: &Path, build_id: &str) {
 }
 
 fn image(dir: &Path, out: &Path, extra: &[&str]) -> PathBuf {
-    let mut args = vec!["image", "--out", out.to_str().unwrap(), "--size", "128M"];
+    let mut args = vec!["image", "--out", out.to_str().unwrap(), "--size", "192M"];
     args.extend_from_slice(extra);
     common::xtask_ok(dir, &args);
     out.join("boot.img")
@@ -124,7 +124,7 @@ fn image_layout_is_as_specified_and_reproducible() {
     let dir = common::tempdir();
     let out = build(dir.path(), "layout");
     let img = image(dir.path(), &out, &[]);
-    assert_eq!(fs::metadata(&img).unwrap().len(), 128 << 20);
+    assert_eq!(fs::metadata(&img).unwrap().len(), 192 << 20);
     assert!(!out.join("boot.img.tmp").exists());
 
     let dump = run("sfdisk", &["--dump", img.to_str().unwrap()]);
@@ -143,7 +143,7 @@ fn image_layout_is_as_specified_and_reproducible() {
         fields,
         [
             "start=2048",
-            &format!("size={}", (128 << 11) - 2048),
+            &format!("size={}", (192 << 11) - 2048),
             "type=c",
             "bootable"
         ],
@@ -220,6 +220,15 @@ fn image_layout_is_as_specified_and_reproducible() {
         assert!(line.contains(" 1980-01-01   0:00"), "{line}");
     }
     assert_eq!(mdir("::/persist").trim(), "");
+    // The UEFI path on the same partition: systemd-boot, its config, slot a's UKI as the committed slot.
+    let efi = mdir("::/EFI/BOOT") + &mdir("::/EFI/Linux") + &mdir("::/loader");
+    for f in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/EFI/Linux/ramnas-default-a.efi",
+        "::/loader/loader.conf",
+    ] {
+        assert!(efi.contains(f), "{f} missing from {efi}");
+    }
     assert!(root.contains("::/syslinux.cfg"), "{root}");
     let cfg = run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
     assert_eq!(cfg, run("mtype", &["-i", &spec, "::/syslinux.cfg"]));
@@ -304,12 +313,12 @@ fn too_small_says_how_much_is_needed_before_writing() {
     let text = common::text(&res);
     assert!(!res.status.success(), "{text}");
     assert!(text.contains("too small"), "{text}");
-    // 3 × 310 MiB + 16 MiB, plus 1/32, plus the MiB before the partition.
+    // 5 × 310 MiB (3 copies of the slot, 2 UKIs) + 16 MiB, plus 1/32, plus the MiB before the partition.
     let needed = Build::open(&out)
         .map(|b| xtask::image::needed_bytes(&b))
         .unwrap()
         >> 20;
-    assert!((960..1000).contains(&needed), "{needed}");
+    assert!((1580..1660).contains(&needed), "{needed}");
     assert!(text.contains(&format!("--size {needed}M")), "{text}");
     assert!(!out.join("boot.img").exists());
     assert!(!out.join("boot.img.tmp").exists());
