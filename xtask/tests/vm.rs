@@ -19,20 +19,6 @@ fn build_fixture(dir: &Path, fixture: &Fixture, out: &str) -> PathBuf {
     common::build_fixture(dir, fixture, out, &[])
 }
 
-/// Runs a host tool, failing the test with its output when it fails.
-fn run_tool(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        common::text(&out)
-    );
-}
-
 /// OUT/boot.img from `cargo xtask image`: syslinux for SeaBIOS and systemd-boot + a UKI per slot for OVMF.
 fn make_stick(dir: &Path, out: &Path) {
     common::xtask_ok(
