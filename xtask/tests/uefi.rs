@@ -23,25 +23,6 @@ use xtask::{
 /// The FAT partition starts 1 MiB into the image.
 const OFFSET: u64 = 1 << 20;
 
-/// Packs `tree` with `find . | cpio -o -H newc` into `archive`.
-fn gnu_cpio(tree: &Path, archive: &Path) {
-    let list = Command::new("find")
-        .arg(".")
-        .current_dir(tree)
-        .output()
-        .expect("find");
-    let mut child = Command::new("cpio")
-        .args(["--quiet", "-o", "-H", "newc"])
-        .current_dir(tree)
-        .stdin(std::process::Stdio::piped())
-        .stdout(fs::File::create(archive).unwrap())
-        .spawn()
-        .expect("cpio");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(&list.stdout).unwrap();
-    assert!(child.wait().unwrap().success());
-}
-
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -60,7 +41,7 @@ fn fixture_uki(dir: &Path, label: &str, build: &str, init: Init, cmdline: &str) 
     fixture.ucode = true;
     fixture.write(&tree).unwrap();
     let archive = dir.join(format!("{build}.cpio"));
-    gnu_cpio(&tree, &archive);
+    common::gnu_cpio(&tree, &archive);
     let out = dir.join(format!("{build}.efi"));
     let uki = Uki {
         label: label.into(),
@@ -467,7 +448,7 @@ fn fixture_build(dir: &Path, marker: &str) -> PathBuf {
     let out = dir.join(format!("out-{marker}"));
     fs::create_dir_all(&out).unwrap();
     fs::copy(HostKernel::find().unwrap().vmlinuz, out.join("vmlinuz")).unwrap();
-    gnu_cpio(&tree, &out.join("initramfs"));
+    common::gnu_cpio(&tree, &out.join("initramfs"));
     fs::write(out.join("cmdline"), "console=ttyS0 panic=-1\n").unwrap();
     let mut artifacts = serde_json::Map::new();
     for name in ["vmlinuz", "initramfs", "cmdline"] {
