@@ -170,10 +170,8 @@ fn disks_under(dev: DevNum, out: &mut Vec<DevNum>, depth: usize) {
     let slaves: Vec<PathBuf> = fs::read_dir(disk_dir.join("slaves"))
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    if slaves.is_empty() {
-        if !out.contains(&disk) {
-            out.push(disk);
-        }
+    if slaves.is_empty() && !out.contains(&disk) {
+        out.push(disk);
     }
     for slave in slaves {
         if let Some(slave) = fs::canonicalize(slave).ok().and_then(|d| read_devnum(&d)) {
