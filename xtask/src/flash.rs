@@ -1,5 +1,935 @@
-//! `cargo xtask flash`: write the stick image to a whole-disk device, safely and verified.
+//! `cargo xtask flash`: write the stick image to a whole-disk device, safely, fast and verified, keeping
+//! the stick's `/persist`.
+//!
+//! The steps, in the order they happen:
+//! 1. [`blockdev::describe`] the device and refuse it when [`blockdev::refusal`] says so (nothing opened
+//!    for writing yet).
+//! 2. Plan the writes: the image's data ranges (SEEK_DATA/SEEK_HOLE), plus *guard* ranges written from the
+//!    image even where it has holes (so as zeros): the first and last MiB of the device (MBR, GPT header and
+//!    its backup at the very end, ISO9660, md/ZFS labels at the end) and the first and last MiB of every
+//!    partition of the image (filesystem signatures: ext*, btrfs, LVM, md, bcache, ZFS, swap, all within
+//!    these). Old bytes elsewhere lie in space the new partition table or FAT does not use.
+//! 3. Show the device and ask for its name, unless `--yes`.
+//! 4. Claim the device exclusively (O_EXCL: the kernel refuses it if mounted or held since step 1).
+//! 5. Read the old stick's `/persist` (a FAT partition labelled RAMNAS), unless `--wipe`, and save a copy
+//!    in a temp directory in case the flash is interrupted.
+//! 6. Write the planned ranges with O_DIRECT in 4 MiB chunks (a reader thread fills the next buffer while
+//!    the current one is written), then fsync.
+//! 7. Drop the device's buffer cache and read every written range back with O_DIRECT; compare SHA-256s.
+//! 8. Put `/persist` back, flush, drop caches, read it back and compare.
+//! 9. Ask the kernel to re-read the partition table (BLKRRPART).
+//!
+//! Ctrl-C from step 4 on sets a flag checked between chunks; the command stops and says the stick is
+//! incomplete.
 
-pub fn run(_flags: crate::flags::FlashFlags) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufRead, Read, Seek, SeekFrom, Write},
+    os::unix::{
+        fs::{FileExt, OpenOptionsExt, PermissionsExt},
+        io::AsRawFd,
+    },
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    blockdev::{self, Device, Host, MbrEntry},
+    flags::FlashFlags,
+};
+
+/// How much is written or read per system call.
+const CHUNK: u64 = 4 << 20;
+/// Guard size at the start and end of the device and of each partition.
+const GUARD: u64 = 1 << 20;
+/// Buffers in flight between the reader thread and the writer.
+const DEPTH: usize = 3;
+/// The FAT label of a ramnas stick's boot partition.
+const LABEL: &str = "RAMNAS";
+
+/// What [`write_image`] does besides writing.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Accept a disk that is not removable.
+    pub force: bool,
+    /// Do not keep the old stick's /persist.
+    pub wipe: bool,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+}
+
+/// What a flash did.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Bytes written from the image's data ranges and guard ranges (all of it read back and compared).
+    pub written: u64,
+    /// Of those, bytes that are holes in the image (written as zeros).
+    pub zeroed: u64,
+    pub ranges: usize,
+    pub write_time: Duration,
+    pub verify_time: Duration,
+    /// Files of /persist carried over from the old stick (`None`: no ramnas stick there, or `--wipe`).
+    pub persist_files: Option<usize>,
+    /// Whether the kernel re-read the partition table.
+    pub reread: bool,
+}
+
+pub fn run(flags: FlashFlags) -> Result<()> {
+    let image = flags
+        .image
+        .unwrap_or_else(|| flags.out.out.join("boot.img"));
+    let host = Host::read()?;
+    let plan = plan(&host, &image, &flags.device, flags.force)?;
+    eprintln!(
+        "This erases everything on {}:\n{}",
+        flags.device.display(),
+        plan.device.summary()
+    );
+    eprintln!(
+        "  image:     {} ({} of data in {} ranges, {} written in all)",
+        image.display(),
+        blockdev::human(plan.data_bytes()),
+        plan.ranges.len(),
+        blockdev::human(plan.total()),
+    );
+    if !flags.yes {
+        confirm(&plan.device)?;
+    }
+    let opts = Options {
+        force: flags.force,
+        wipe: flags.wipe,
+        progress: true,
+    };
+    let stats = execute(&plan, &opts)?;
+    eprintln!(
+        "flashed {} to {}: {} written in {:.1} s, read back and verified in {:.1} s",
+        image.display(),
+        flags.device.display(),
+        blockdev::human(stats.written),
+        stats.write_time.as_secs_f64(),
+        stats.verify_time.as_secs_f64(),
+    );
+    match stats.persist_files {
+        Some(n) => eprintln!("kept /persist ({n} files), verified"),
+        None if flags.wipe => eprintln!("/persist starts empty (--wipe)"),
+        None => eprintln!("no earlier ramnas stick there: /persist starts empty"),
+    }
+    if !stats.reread {
+        eprintln!(
+            "note: the kernel did not re-read the partition table; unplug and replug the stick before using it here"
+        );
+    }
+    Ok(())
+}
+
+/// Flashes `image` to `device` without asking: the same safety checks, writes, verification and /persist
+/// handling as `cargo xtask flash --yes`.
+pub fn write_image(image: &Path, device: &Path, opts: &Options) -> Result<Stats> {
+    write_image_on(&Host::read()?, image, device, opts)
+}
+
+/// [`write_image`] against the given host facts (tests inject which disk holds `/`).
+pub fn write_image_on(host: &Host, image: &Path, device: &Path, opts: &Options) -> Result<Stats> {
+    let plan = plan(host, image, device, opts.force)?;
+    execute(&plan, opts)
+}
+
+/// A byte range of the device: `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Range {
+    start: u64,
+    end: u64,
+}
+
+/// Everything decided before the device is opened for writing.
+struct Plan {
+    device: Device,
+    image: PathBuf,
+    image_len: u64,
+    /// Sorted, disjoint, aligned to the device's block size.
+    ranges: Vec<Range>,
+    /// The image's own data ranges (for the statistics).
+    data: Vec<Range>,
+}
+
+impl Plan {
+    fn total(&self) -> u64 {
+        self.ranges.iter().map(|r| r.end - r.start).sum()
+    }
+
+    fn data_bytes(&self) -> u64 {
+        self.data.iter().map(|r| r.end - r.start).sum()
+    }
+}
+
+fn plan(host: &Host, image: &Path, device: &Path, force: bool) -> Result<Plan> {
+    let mut file = File::open(image).with_context(|| {
+        format!(
+            "opening the image {}; make it with `cargo xtask image`",
+            image.display()
+        )
+    })?;
+    let image_len = file
+        .metadata()
+        .with_context(|| format!("reading the size of {}", image.display()))?
+        .len();
+    let device = blockdev::describe(device, host)?;
+    blockdev::refusal(&device, image_len, force).map_err(anyhow::Error::msg)?;
+    let block = device.logical_block_size;
+    if image_len == 0 || image_len % block != 0 {
+        bail!(
+            "{}: its size ({image_len} bytes) is not a whole number of {block}-byte sectors of {}",
+            image.display(),
+            device.path.display()
+        );
+    }
+    let data = data_ranges(&file, image_len)
+        .with_context(|| format!("finding the data in {}", image.display()))?;
+    let partitions = blockdev::mbr_partitions(&mut file)
+        .with_context(|| format!("reading the partition table of {}", image.display()))?;
+    let ranges = write_ranges(&data, &partitions, image_len, device.size, block.max(4096));
+    Ok(Plan {
+        device,
+        image: image.to_path_buf(),
+        image_len,
+        ranges,
+        data,
+    })
+}
+
+/// The ranges of `file` that hold data, from SEEK_DATA/SEEK_HOLE (all of it when the filesystem cannot
+/// tell).
+fn data_ranges(file: &File, len: u64) -> Result<Vec<Range>> {
+    let fd = file.as_raw_fd();
+    let mut ranges = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        // SAFETY: lseek on an open descriptor has no memory effects.
+        let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if start < 0 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::ENXIO) => break,
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
+                    return Ok(vec![Range { start: 0, end: len }])
+                }
+                _ => return Err(err).context("lseek(SEEK_DATA)"),
+            }
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        if end < 0 {
+            return Err(io::Error::last_os_error()).context("lseek(SEEK_HOLE)");
+        }
+        let (start, end) = (start as u64, (end as u64).min(len));
+        ranges.push(Range { start, end });
+        pos = end;
+    }
+    Ok(ranges)
+}
+
+/// Data ranges plus guards, aligned outward to `align`, clipped to the device, merged.
+fn write_ranges(
+    data: &[Range],
+    partitions: &[MbrEntry],
+    image_len: u64,
+    device_len: u64,
+    align: u64,
+) -> Vec<Range> {
+    let mut all: Vec<Range> = data.to_vec();
+    let mut guard = |start: u64, end: u64| all.push(Range { start, end });
+    guard(0, GUARD);
+    guard(device_len.saturating_sub(GUARD), device_len);
+    for p in partitions {
+        let end = (p.start + p.len).min(image_len);
+        guard(p.start, (p.start + GUARD).min(end));
+        guard(end.saturating_sub(GUARD).max(p.start), end);
+    }
+    let mut aligned: Vec<Range> = all
+        .into_iter()
+        .map(|r| Range {
+            start: r.start / align * align,
+            end: r.end.div_ceil(align).saturating_mul(align).min(device_len),
+        })
+        .filter(|r| r.start < r.end)
+        .collect();
+    aligned.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range> = Vec::new();
+    for r in aligned {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+/// Splits ranges into chunks of at most [`CHUNK`] bytes: (offset, length).
+fn chunks(ranges: &[Range]) -> Vec<(u64, usize)> {
+    let mut out = Vec::new();
+    for r in ranges {
+        let mut off = r.start;
+        while off < r.end {
+            let len = (r.end - off).min(CHUNK);
+            out.push((off, len as usize));
+            off += len;
+        }
+    }
+    out
+}
+
+/// Asks the user to type the device's name.
+fn confirm(device: &Device) -> Result<()> {
+    eprint!(
+        "Type the device name ({}) to erase it, anything else to stop: ",
+        device.path.display()
+    );
+    io::stderr().flush().ok();
+    let mut answer = String::new();
+    io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the confirmation")?;
+    let answer = answer.trim();
+    let accepted = [
+        device.path.display().to_string(),
+        format!("/dev/{}", device.name),
+        device.name.clone(),
+    ];
+    if answer.is_empty() || !accepted.iter().any(|a| a == answer) {
+        bail!(
+            "not confirmed ({answer:?} is not {}): nothing was written",
+            device.path.display()
+        );
+    }
+    Ok(())
+}
+
+fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
+    let dev = &plan.device;
+    let path = &dev.path;
+    let sigint = SigintGuard::install()?;
+    let claim = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_EXCL | libc::O_DIRECT)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "opening {} exclusively (is it mounted or in use by another program?)",
+                path.display()
+            )
+        })?;
+
+    let persist = if opts.wipe {
+        None
+    } else {
+        read_persist(path).with_context(|| format!("reading /persist from {}", path.display()))?
+    };
+    let saved = match &persist {
+        Some(p) => Some(save_copy(p, &dev.name)?),
+        None => None,
+    };
+    let incomplete = |what: &str| {
+        let mut msg = format!(
+            "{what}: {} is INCOMPLETE and will not boot; run `cargo xtask flash` on it again",
+            path.display()
+        );
+        if let Some(dir) = &saved {
+            msg.push_str(&format!(
+                ". Its old /persist is saved in {} (copy it back into /persist on the stick)",
+                dir.display()
+            ));
+        }
+        msg
+    };
+
+    let mut stats = Stats {
+        ranges: plan.ranges.len(),
+        ..Stats::default()
+    };
+    let chunks = chunks(&plan.ranges);
+    let total = plan.total();
+    stats.written = total;
+    stats.zeroed = total.saturating_sub(overlap(&plan.ranges, &plan.data));
+
+    // Write.
+    if sigint.interrupted() {
+        bail!(
+            "interrupted by Ctrl-C: nothing was written to {}",
+            path.display()
+        );
+    }
+    let image = File::open(&plan.image)
+        .with_context(|| format!("opening the image {}", plan.image.display()))?;
+    let bar = progress(opts.progress, total, "writing  ");
+    let started = Instant::now();
+    let mut expected = vec![[0u8; 32]; chunks.len()];
+    let written = pipeline(
+        &chunks,
+        |off, buf| {
+            read_image(&image, plan.image_len, off, buf)?;
+            Ok(Sha256::digest(&*buf).into())
+        },
+        |i, off, buf, hash: [u8; 32]| {
+            if sigint.interrupted() {
+                bail!(incomplete("interrupted by Ctrl-C while writing"));
+            }
+            claim
+                .write_all_at(buf, off)
+                .with_context(|| format!("writing {} at byte {off}", path.display()))?;
+            expected[i] = hash;
+            bar.inc(buf.len() as u64);
+            Ok(())
+        },
+    );
+    bar.finish_and_clear();
+    written.map_err(|e| {
+        if sigint.interrupted() {
+            e
+        } else {
+            e.context(incomplete("the write failed"))
+        }
+    })?;
+    claim
+        .sync_all()
+        .with_context(|| incomplete(&format!("flushing {}", path.display())))?;
+    stats.write_time = started.elapsed();
+
+    // Verify, from the device rather than the page cache.
+    drop_caches(&claim);
+    let bar = progress(opts.progress, total, "verifying");
+    let started = Instant::now();
+    pipeline(
+        &chunks,
+        |off, buf| {
+            claim
+                .read_exact_at(buf, off)
+                .with_context(|| format!("reading {} back at byte {off}", path.display()))
+        },
+        |i, off, buf, ()| {
+            if sigint.interrupted() {
+                bail!(incomplete("interrupted by Ctrl-C while verifying"));
+            }
+            let got: [u8; 32] = Sha256::digest(buf).into();
+            if got != expected[i] {
+                bail!(incomplete(&format!(
+                    "verification failed: {} bytes at byte {off} of {} differ from the image (is the stick failing?)",
+                    buf.len(),
+                    path.display()
+                )));
+            }
+            bar.inc(buf.len() as u64);
+            Ok(())
+        },
+    )?;
+    bar.finish_and_clear();
+    stats.verify_time = started.elapsed();
+
+    // Put /persist back.
+    if let Some(persist) = &persist {
+        if sigint.interrupted() {
+            bail!(incomplete(
+                "interrupted by Ctrl-C before /persist was restored"
+            ));
+        }
+        restore_persist(path, persist, &claim)
+            .with_context(|| incomplete("restoring /persist failed"))?;
+        stats.persist_files = Some(persist.files());
+    }
+    if let Some(dir) = &saved {
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+
+    stats.reread = reread_partitions(&claim);
+    drop(claim);
+    Ok(stats)
+}
+
+/// Bytes of `a` that are also in `b` (both sorted and disjoint).
+fn overlap(a: &[Range], b: &[Range]) -> u64 {
+    let mut sum = 0;
+    for x in a {
+        for y in b {
+            let (s, e) = (x.start.max(y.start), x.end.min(y.end));
+            if s < e {
+                sum += e - s;
+            }
+        }
+    }
+    sum
+}
+
+/// Image bytes at `off` (zeros past its end).
+fn read_image(image: &File, image_len: u64, off: u64, buf: &mut [u8]) -> Result<()> {
+    let in_image = image_len.saturating_sub(off).min(buf.len() as u64) as usize;
+    image
+        .read_exact_at(&mut buf[..in_image], off)
+        .with_context(|| format!("reading the image at byte {off}"))?;
+    buf[in_image..].fill(0);
+    Ok(())
+}
+
+fn progress(show: bool, total: u64, what: &str) -> ProgressBar {
+    let target = if show {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Runs `fill` on a reader thread and `consume` on this one, over `chunks` in order, with [`DEPTH`]
+/// page-aligned buffers in flight (O_DIRECT needs aligned memory).
+fn pipeline<T: Send>(
+    chunks: &[(u64, usize)],
+    fill: impl Fn(u64, &mut [u8]) -> Result<T> + Sync,
+    mut consume: impl FnMut(usize, u64, &[u8], T) -> Result<()>,
+) -> Result<()> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<Result<(usize, AlignedBuf, T)>>(DEPTH);
+    let (free_tx, free_rx) = mpsc::channel::<AlignedBuf>();
+    for _ in 0..DEPTH + 1 {
+        free_tx
+            .send(AlignedBuf::new(CHUNK as usize))
+            .expect("the receiver is here");
+    }
+    std::thread::scope(|scope| {
+        let fill = &fill;
+        scope.spawn(move || {
+            for (i, &(off, len)) in chunks.iter().enumerate() {
+                let Ok(mut buf) = free_rx.recv() else { return };
+                let item = fill(off, &mut buf.as_mut()[..len]).map(|t| (i, buf, t));
+                let failed = item.is_err();
+                if full_tx.send(item).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut result = Ok(());
+        for item in full_rx.iter() {
+            let step = item.and_then(|(i, buf, t)| {
+                let (off, len) = chunks[i];
+                consume(i, off, &buf.as_ref()[..len], t)?;
+                let _ = free_tx.send(buf);
+                Ok(())
+            });
+            if let Err(e) = step {
+                result = Err(e);
+                break;
+            }
+        }
+        drop(free_tx);
+        drop(full_rx);
+        result
+    })
+}
+
+/// A zeroed heap buffer aligned to 4096 bytes.
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain owned memory.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len, 4096).expect("a valid layout")
+    }
+
+    fn new(len: usize) -> AlignedBuf {
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
+        let ptr = std::ptr::NonNull::new(ptr)
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(len)));
+        AlignedBuf { ptr, len }
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: ptr points to len initialised bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl AsMut<[u8]> for AlignedBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, borrowed mutably through self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with the same layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
+/// `_IO(0x12, 97)` and `_IO(0x12, 95)` from <linux/fs.h>.
+const BLKFLSBUF: libc::c_ulong = 0x1261;
+const BLKRRPART: libc::c_ulong = 0x125f;
+
+/// Writes back and drops the device's buffer cache, so later reads come from the device.
+fn drop_caches(dev: &File) {
+    let fd = dev.as_raw_fd();
+    // SAFETY: ioctls without arguments and fadvise on an open descriptor.
+    unsafe {
+        libc::ioctl(fd, BLKFLSBUF as _, 0);
+        libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+/// Asks the kernel to re-read the partition table; false when it would not (a loop device without
+/// partition scanning, say).
+fn reread_partitions(dev: &File) -> bool {
+    // SAFETY: an ioctl without arguments on an open descriptor.
+    unsafe { libc::ioctl(dev.as_raw_fd(), BLKRRPART as _, 0) == 0 }
+}
+
+/// Whether SIGINT arrived since [`SigintGuard::install`].
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGINT into a flag while alive; puts the previous handler back on drop.
+struct SigintGuard {
+    old: libc::sigaction,
+}
+
+impl SigintGuard {
+    fn install() -> Result<SigintGuard> {
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic.
+        unsafe {
+            let mut new: libc::sigaction = std::mem::zeroed();
+            new.sa_sigaction = on_sigint as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut new.sa_mask);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGINT, &new, &mut old) != 0 {
+                return Err(io::Error::last_os_error()).context("installing the Ctrl-C handler");
+            }
+            Ok(SigintGuard { old })
+        }
+    }
+
+    fn interrupted(&self) -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SigintGuard {
+    fn drop(&mut self) {
+        // SAFETY: restores the handler saved in `install`.
+        unsafe {
+            libc::sigaction(libc::SIGINT, &self.old, std::ptr::null_mut());
+        }
+    }
+}
+
+// ---- /persist ----------------------------------------------------------------------------------------
+
+/// The contents of a stick's /persist: directories and files, paths relative to it, parents first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Persist {
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    Dir(String),
+    File { path: String, data: Vec<u8> },
+}
+
+impl Persist {
+    fn files(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n, Node::File { .. }))
+            .count()
+    }
+}
+
+/// The RAMNAS FAT partition of the disk in `file`, if there is one.
+fn ramnas_partition(file: &mut File) -> Result<Option<MbrEntry>> {
+    for p in blockdev::mbr_partitions(file)? {
+        if !matches!(p.kind, 0x01 | 0x04 | 0x06 | 0x0b | 0x0c | 0x0e) {
+            continue;
+        }
+        let slice = Slice::new(file.try_clone()?, p.start, p.len)?;
+        let Ok(fs) = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()) else {
+            continue;
+        };
+        if fs.volume_label().trim() == LABEL {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// /persist of the ramnas stick on `device`, or `None` when there is no ramnas stick there.
+fn read_persist(device: &Path) -> Result<Option<Persist>> {
+    let mut file = File::open(device).with_context(|| format!("opening {}", device.display()))?;
+    let Some(part) = ramnas_partition(&mut file)? else {
+        return Ok(None);
+    };
+    let fs = fatfs::FileSystem::new(
+        Slice::new(file, part.start, part.len)?,
+        fatfs::FsOptions::new(),
+    )
+    .context("opening the RAMNAS partition")?;
+    let root = fs.root_dir();
+    let Ok(dir) = root.open_dir("persist") else {
+        return Ok(Some(Persist { nodes: Vec::new() }));
+    };
+    let mut nodes = Vec::new();
+    walk(&dir, "", &mut nodes)?;
+    Ok(Some(Persist { nodes }))
+}
+
+fn walk<T: fatfs::ReadWriteSeek>(
+    dir: &fatfs::Dir<T>,
+    prefix: &str,
+    out: &mut Vec<Node>,
+) -> Result<()> {
+    let mut entries: Vec<_> = dir
+        .iter()
+        .collect::<io::Result<Vec<_>>>()
+        .with_context(|| format!("listing /persist/{prefix}"))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let path = format!("{prefix}{name}");
+        if e.is_dir() {
+            out.push(Node::Dir(path.clone()));
+            walk(&e.to_dir(), &format!("{path}/"), out)?;
+        } else {
+            let mut data = Vec::new();
+            e.to_file()
+                .read_to_end(&mut data)
+                .with_context(|| format!("reading /persist/{path}"))?;
+            out.push(Node::File { path, data });
+        }
+    }
+    Ok(())
+}
+
+/// Saves a copy of `persist` in a private temp directory, for the user should the flash not finish.
+fn save_copy(persist: &Persist, device_name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "ramnas-persist-{device_name}-{}",
+        std::process::id()
+    ));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("protecting {}", dir.display()))?;
+    for node in &persist.nodes {
+        match node {
+            Node::Dir(p) => fs::create_dir_all(dir.join(p)),
+            Node::File { path, data } => fs::write(dir.join(path), data),
+        }
+        .with_context(|| format!("saving /persist to {}", dir.display()))?;
+    }
+    Ok(dir)
+}
+
+/// Writes `persist` into the freshly written stick's /persist, then reads it back from the device.
+fn restore_persist(device: &Path, persist: &Persist, claim: &File) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .with_context(|| format!("opening {}", device.display()))?;
+    let part = ramnas_partition(&mut file)?.with_context(|| {
+        format!("the image has no FAT partition labelled {LABEL} to hold /persist")
+    })?;
+    {
+        let fs = fatfs::FileSystem::new(
+            Slice::new(file.try_clone()?, part.start, part.len)?,
+            fatfs::FsOptions::new(),
+        )
+        .context("opening the new RAMNAS partition")?;
+        let dir = fs
+            .root_dir()
+            .create_dir("persist")
+            .context("creating /persist")?;
+        for node in &persist.nodes {
+            match node {
+                Node::Dir(p) => {
+                    dir.create_dir(p)
+                        .with_context(|| format!("creating /persist/{p}"))?;
+                }
+                Node::File { path, data } => {
+                    let mut f = dir
+                        .create_file(path)
+                        .with_context(|| format!("creating /persist/{path}"))?;
+                    f.truncate()?;
+                    f.write_all(data)
+                        .with_context(|| format!("writing /persist/{path}"))?;
+                    f.flush()?;
+                }
+            }
+        }
+        drop(dir);
+        fs.unmount().context("writing the FAT back")?;
+    }
+    file.sync_all()
+        .with_context(|| format!("flushing {}", device.display()))?;
+    drop_caches(claim);
+    let back =
+        read_persist(device)?.context("the RAMNAS partition vanished after writing /persist")?;
+    if back != *persist {
+        bail!(
+            "/persist read back from {} differs from what was written",
+            device.display()
+        );
+    }
+    Ok(())
+}
+
+/// `len` bytes of `inner` from `start`, as a file of its own (fatfs wants the filesystem at offset 0).
+struct Slice<F> {
+    inner: F,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl<F: Seek> Slice<F> {
+    fn new(mut inner: F, start: u64, len: u64) -> io::Result<Slice<F>> {
+        inner.seek(SeekFrom::Start(start))?;
+        Ok(Slice {
+            inner,
+            start,
+            len,
+            pos: 0,
+        })
+    }
+}
+
+impl<F: Read + Seek> Read for Slice<F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.inner.read(&mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<F: Write + Seek> Write for Slice<F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "past the end of the partition",
+            ));
+        }
+        self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.inner.write(&buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<F> Seek for Slice<F> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        };
+        match pos {
+            Some(p) if p <= self.len => {
+                self.pos = p;
+                Ok(p)
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek outside the partition",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: u64, end: u64) -> Range {
+        Range { start, end }
+    }
+
+    #[test]
+    fn guards_cover_device_ends_and_partition_edges() {
+        const M: u64 = 1 << 20;
+        let data = [r(0, 512), r(M, M + 8192), r(40 * M, 40 * M + 100)];
+        let part = MbrEntry {
+            index: 1,
+            kind: 0x0c,
+            bootable: true,
+            start: M,
+            len: 63 * M,
+        };
+        let got = write_ranges(&data, &[part], 64 * M, 100 * M, 4096);
+        assert_eq!(
+            got,
+            vec![
+                r(0, 2 * M),
+                r(40 * M, 40 * M + 4096),
+                r(63 * M, 64 * M),
+                r(99 * M, 100 * M)
+            ]
+        );
+    }
+
+    #[test]
+    fn ranges_are_clipped_to_the_device_and_merged() {
+        let got = write_ranges(
+            &[r(4096, 10_000), r(9000, 20_000)],
+            &[],
+            1 << 21,
+            1 << 21,
+            4096,
+        );
+        assert_eq!(got, vec![r(0, 1 << 21)]);
+    }
+
+    #[test]
+    fn chunks_split_ranges() {
+        let got = chunks(&[r(0, CHUNK + 4096), r(3 * CHUNK, 3 * CHUNK + 512)]);
+        assert_eq!(
+            got,
+            vec![(0, CHUNK as usize), (CHUNK, 4096), (3 * CHUNK, 512)]
+        );
+    }
 }
