@@ -659,7 +659,11 @@ struct Persist {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Node {
     Dir(String),
-    File { path: String, data: Vec<u8> },
+    File {
+        path: String,
+        data: Vec<u8>,
+        modified: fatfs::DateTime,
+    },
 }
 
 impl Persist {
@@ -732,7 +736,11 @@ fn walk<T: fatfs::ReadWriteSeek>(
             e.to_file()
                 .read_to_end(&mut data)
                 .with_context(|| format!("reading /persist/{path}"))?;
-            out.push(Node::File { path, data });
+            out.push(Node::File {
+                path,
+                data,
+                modified: e.modified(),
+            });
         }
     }
     Ok(())
@@ -750,7 +758,7 @@ fn save_copy(persist: &Persist, device_name: &str) -> Result<PathBuf> {
     for node in &persist.nodes {
         match node {
             Node::Dir(p) => fs::create_dir_all(dir.join(p)),
-            Node::File { path, data } => fs::write(dir.join(path), data),
+            Node::File { path, data, .. } => fs::write(dir.join(path), data),
         }
         .with_context(|| format!("saving /persist to {}", dir.display()))?;
     }
@@ -783,13 +791,20 @@ fn restore_persist(device: &Path, persist: &Persist, claim: &File) -> Result<()>
                     dir.create_dir(p)
                         .with_context(|| format!("creating /persist/{p}"))?;
                 }
-                Node::File { path, data } => {
+                Node::File {
+                    path,
+                    data,
+                    modified,
+                } => {
                     let mut f = dir
                         .create_file(path)
                         .with_context(|| format!("creating /persist/{path}"))?;
                     f.truncate()?;
                     f.write_all(data)
                         .with_context(|| format!("writing /persist/{path}"))?;
+                    // Keep the old modification time (set after the write, which stamps its own).
+                    #[allow(deprecated)]
+                    f.set_modified(*modified);
                     f.flush()?;
                 }
             }
