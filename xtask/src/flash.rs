@@ -158,6 +158,8 @@ struct Plan {
     ranges: Vec<Range>,
     /// The image's own data ranges (for the statistics).
     data: Vec<Range>,
+    /// The image's partition table, which the kernel should show after the flash.
+    partitions: Vec<MbrEntry>,
 }
 
 impl Plan {
@@ -202,6 +204,7 @@ fn plan(host: &Host, image: &Path, device: &Path, force: bool) -> Result<Plan> {
         image_len,
         ranges,
         data,
+        partitions,
     })
 }
 
@@ -370,6 +373,13 @@ fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
     }
     let image = File::open(&plan.image)
         .with_context(|| format!("opening the image {}", plan.image.display()))?;
+    if opts.progress {
+        eprintln!(
+            "writing {} to {} (Ctrl-C stops, leaving the stick incomplete)",
+            blockdev::human(total),
+            path.display()
+        );
+    }
     let bar = progress(opts.progress, total, "writing  ");
     let started = Instant::now();
     let mut expected = vec![[0u8; 32]; chunks.len()];
@@ -449,7 +459,7 @@ fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
         fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
 
-    stats.reread = reread_partitions(&claim);
+    stats.reread = reread_partitions(&claim, dev, &plan.partitions);
     drop(claim);
     Ok(stats)
 }
@@ -599,11 +609,55 @@ fn drop_caches(dev: &File) {
     }
 }
 
-/// Asks the kernel to re-read the partition table; false when it would not (a loop device without
-/// partition scanning, say).
-fn reread_partitions(dev: &File) -> bool {
+/// Tells the kernel about the new partition table: BLKRRPART, and when the kernel's own parse does not show
+/// the image's partitions (a kernel without MBR support, say), `partx --update`, which parses the table
+/// itself and adds the partitions one by one. False when neither made the kernel show them (a loop device
+/// without partition scanning, say).
+fn reread_partitions(claim: &File, dev: &Device, expected: &[MbrEntry]) -> bool {
     // SAFETY: an ioctl without arguments on an open descriptor.
-    unsafe { libc::ioctl(dev.as_raw_fd(), BLKRRPART as _, 0) == 0 }
+    unsafe { libc::ioctl(claim.as_raw_fd(), BLKRRPART as _, 0) };
+    if kernel_partitions(&dev.name) == table(expected) {
+        return true;
+    }
+    let path = &dev.path;
+    let updated = xshell::Shell::new().and_then(|sh| {
+        xshell::cmd!(sh, "partx --update {path}")
+            .quiet()
+            .ignore_stderr()
+            .run()
+    });
+    updated.is_ok() && kernel_partitions(&dev.name) == table(expected)
+}
+
+/// (number, start, length) of each partition, sorted.
+fn table(entries: &[MbrEntry]) -> Vec<(u64, u64, u64)> {
+    let mut t: Vec<_> = entries
+        .iter()
+        .map(|e| (e.index as u64, e.start, e.len))
+        .collect();
+    t.sort();
+    t
+}
+
+/// The partitions the kernel shows for disk `name` in /sys, as [`table`] does.
+fn kernel_partitions(name: &str) -> Vec<(u64, u64, u64)> {
+    let read = |p: &Path| -> Option<u64> { fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let mut t: Vec<_> = fs::read_dir(Path::new("/sys/block").join(name))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let d = e.path();
+                    Some((
+                        read(&d.join("partition"))?,
+                        read(&d.join("start"))? * 512,
+                        read(&d.join("size"))? * 512,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    t.sort();
+    t
 }
 
 /// Whether SIGINT arrived since [`SigintGuard::install`].
