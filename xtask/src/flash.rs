@@ -34,7 +34,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
@@ -197,7 +197,20 @@ fn plan(host: &Host, image: &Path, device: &Path, force: bool) -> Result<Plan> {
         .with_context(|| format!("finding the data in {}", image.display()))?;
     let partitions = blockdev::mbr_partitions(&mut file)
         .with_context(|| format!("reading the partition table of {}", image.display()))?;
-    let ranges = write_ranges(&data, &partitions, image_len, device.size, block.max(4096));
+    let mut wanted = data.clone();
+    for p in &partitions {
+        wanted
+            .extend(partition_used(&file, p, image_len).with_context(|| {
+                format!("reading partition {} of {}", p.index, image.display())
+            })?);
+    }
+    let ranges = write_ranges(
+        &wanted,
+        &partitions,
+        image_len,
+        device.size,
+        block.max(4096),
+    );
     Ok(Plan {
         device,
         image: image.to_path_buf(),
@@ -237,6 +250,62 @@ fn data_ranges(file: &File, len: u64) -> Result<Vec<Range>> {
         pos = end;
     }
     Ok(ranges)
+}
+
+/// The ranges of partition `p` whose contents matter: for FAT32 its reserved sectors, its FATs and every
+/// allocated cluster (holes there must become zeros on the device: a copy of the image with zero blocks
+/// turned into holes must not leave old bytes inside files); for anything else, all of it.
+fn partition_used(file: &File, p: &MbrEntry, image_len: u64) -> Result<Vec<Range>> {
+    let end = (p.start + p.len).min(image_len);
+    let whole = vec![Range {
+        start: p.start,
+        end,
+    }];
+    let mut boot = [0u8; 512];
+    if p.start + 512 > image_len {
+        return Ok(whole);
+    }
+    file.read_exact_at(&mut boot, p.start)
+        .context("reading the boot sector")?;
+    let u16_at = |o: usize| u16::from_le_bytes([boot[o], boot[o + 1]]) as u64;
+    let u32_at = |o: usize| u32::from_le_bytes(boot[o..o + 4].try_into().unwrap()) as u64;
+    let (sector, per_cluster, reserved, fats) =
+        (u16_at(11), boot[13] as u64, u16_at(14), boot[16] as u64);
+    let (fat_sectors, total_sectors) = (u32_at(36), u32_at(32));
+    let fat32 = &boot[82..90] == b"FAT32   " && u16_at(22) == 0 && boot[510..512] == [0x55, 0xaa];
+    if !fat32 || sector < 512 || per_cluster == 0 || fat_sectors == 0 {
+        return Ok(whole);
+    }
+    let fat_start = p.start + reserved * sector;
+    let data_start = fat_start + fats * fat_sectors * sector;
+    let cluster = per_cluster * sector;
+    let clusters = (total_sectors.saturating_sub(reserved + fats * fat_sectors) / per_cluster)
+        .min(fat_sectors * sector / 4 - 2);
+    let mut fat = vec![0u8; ((clusters + 2) * 4) as usize];
+    file.read_exact_at(&mut fat, fat_start)
+        .context("reading the FAT")?;
+    let mut used = vec![Range {
+        start: p.start,
+        end: data_start.min(end),
+    }];
+    for n in 2..clusters + 2 {
+        let i = n as usize * 4;
+        if u32::from_le_bytes(fat[i..i + 4].try_into().unwrap()) & 0x0fff_ffff == 0 {
+            continue;
+        }
+        let start = data_start + (n - 2) * cluster;
+        match used.last_mut() {
+            Some(last) if last.end == start => last.end = start + cluster,
+            _ => used.push(Range {
+                start,
+                end: start + cluster,
+            }),
+        }
+    }
+    for r in &mut used {
+        r.end = r.end.min(end);
+    }
+    Ok(used)
 }
 
 /// Data ranges plus guards, aligned outward to `align`, clipped to the device, merged.
@@ -451,7 +520,8 @@ fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
                 "interrupted by Ctrl-C before /persist was restored"
             ));
         }
-        restore_persist(path, persist, &claim)
+        let saved = saved.as_deref().expect("saved with the persist");
+        restore_persist(path, persist, saved, &claim)
             .with_context(|| incomplete("restoring /persist failed"))?;
         stats.persist_files = Some(persist.files());
     }
@@ -812,61 +882,60 @@ fn save_copy(persist: &Persist, device_name: &str) -> Result<PathBuf> {
     for node in &persist.nodes {
         match node {
             Node::Dir(p) => fs::create_dir_all(dir.join(p)),
-            Node::File { path, data, .. } => fs::write(dir.join(path), data),
+            Node::File {
+                path,
+                data,
+                modified,
+            } => fs::write(dir.join(path), data).and_then(|()| {
+                File::options()
+                    .write(true)
+                    .open(dir.join(path))?
+                    .set_modified(fat_time(*modified))
+            }),
         }
         .with_context(|| format!("saving /persist to {}", dir.display()))?;
     }
     Ok(dir)
 }
 
-/// Writes `persist` into the freshly written stick's /persist, then reads it back from the device.
-fn restore_persist(device: &Path, persist: &Persist, claim: &File) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(device)
-        .with_context(|| format!("opening {}", device.display()))?;
+/// Copies the saved /persist (`saved`, from [`save_copy`]) into the freshly written stick's /persist with
+/// mtools, then reads it back from the device and compares. (Not with fatfs 0.3: it writes long-name entries
+/// in front of a new directory's `.` and `..`, which fsck.vfat rejects.)
+fn restore_persist(device: &Path, persist: &Persist, saved: &Path, claim: &File) -> Result<()> {
+    let mut file = File::open(device).with_context(|| format!("opening {}", device.display()))?;
     let part = ramnas_partition(&mut file)?.with_context(|| {
         format!("the image has no FAT partition labelled {LABEL} to hold /persist")
     })?;
+    drop(file);
+    let target = format!("{}@@{}", device.display(), part.start);
+    let sh = xshell::Shell::new()?;
+    let _skip = sh.push_env("MTOOLS_SKIP_CHECK", "1");
+    let _utc = sh.push_env("TZ", "UTC");
+    if xshell::cmd!(sh, "mdir -i {target} -b ::/persist")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_err()
     {
-        let fs = fatfs::FileSystem::new(
-            Slice::new(file.try_clone()?, part.start, part.len)?,
-            fatfs::FsOptions::new(),
-        )
-        .context("opening the new RAMNAS partition")?;
-        let dir = fs
-            .root_dir()
-            .create_dir("persist")
+        xshell::cmd!(sh, "mmd -i {target} ::/persist")
+            .quiet()
+            .run()
             .context("creating /persist")?;
-        for node in &persist.nodes {
-            match node {
-                Node::Dir(p) => {
-                    dir.create_dir(p)
-                        .with_context(|| format!("creating /persist/{p}"))?;
-                }
-                Node::File {
-                    path,
-                    data,
-                    modified,
-                } => {
-                    let mut f = dir
-                        .create_file(path)
-                        .with_context(|| format!("creating /persist/{path}"))?;
-                    f.truncate()?;
-                    f.write_all(data)
-                        .with_context(|| format!("writing /persist/{path}"))?;
-                    // Keep the old modification time (set after the write, which stamps its own).
-                    #[allow(deprecated)]
-                    f.set_modified(*modified);
-                    f.flush()?;
-                }
-            }
-        }
-        drop(dir);
-        fs.unmount().context("writing the FAT back")?;
     }
-    file.sync_all()
+    let mut entries: Vec<PathBuf> = fs::read_dir(saved)
+        .with_context(|| format!("listing {}", saved.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<io::Result<_>>()?;
+    entries.sort();
+    if !entries.is_empty() {
+        xshell::cmd!(sh, "mcopy -i {target} -s -o -m -Q {entries...} ::/persist/")
+            .quiet()
+            .run()
+            .context("copying /persist back with mcopy")?;
+    }
+    File::open(device)
+        .and_then(|f| f.sync_all())
         .with_context(|| format!("flushing {}", device.display()))?;
     drop_caches(claim);
     let back =
@@ -878,6 +947,27 @@ fn restore_persist(device: &Path, persist: &Persist, claim: &File) -> Result<()>
         );
     }
     Ok(())
+}
+
+/// A FAT timestamp (no zone: taken as UTC, as mtools writes it back under TZ=UTC).
+fn fat_time(dt: fatfs::DateTime) -> SystemTime {
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let (y, m, d) = (
+        dt.date.year as i64,
+        dt.date.month as i64,
+        dt.date.day as i64,
+    );
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs =
+        days * 86_400 + dt.time.hour as i64 * 3600 + dt.time.min as i64 * 60 + dt.time.sec as i64;
+    UNIX_EPOCH
+        + Duration::from_secs(secs.max(0) as u64)
+        + Duration::from_millis(dt.time.millis as u64)
 }
 
 /// `len` bytes of `inner` from `start`, as a file of its own (fatfs wants the filesystem at offset 0).
@@ -991,6 +1081,25 @@ mod tests {
             4096,
         );
         assert_eq!(got, vec![r(0, 1 << 21)]);
+    }
+
+    #[test]
+    fn fat_times_are_utc() {
+        let dt = fatfs::DateTime {
+            date: fatfs::Date {
+                year: 2020,
+                month: 3,
+                day: 1,
+            },
+            time: fatfs::Time {
+                hour: 1,
+                min: 2,
+                sec: 4,
+                millis: 0,
+            },
+        };
+        let secs = fat_time(dt).duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(secs, 1_583_024_524);
     }
 
     #[test]
