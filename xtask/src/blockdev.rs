@@ -223,6 +223,8 @@ pub struct Device {
     pub holders: Vec<(String, String)>,
     /// This disk holds the running `/`.
     pub holds_root: bool,
+    /// What blkid finds on the device itself.
+    pub contents: Probe,
 }
 
 /// Describes `path` against the host's mounts, swaps and root. Fails when it is not a block device.
@@ -286,7 +288,7 @@ pub fn describe(path: &Path, host: &Host) -> Result<Device> {
                 continue;
             };
             let pname = file_name(&p);
-            let (fs, label) = probe(&Path::new("/dev").join(&pname));
+            let Probe { fs, label, .. } = probe(&Path::new("/dev").join(&pname));
             partitions.push(Partition {
                 dev: pdev,
                 number: read_u64(&p.join("partition")).unwrap_or(0) as u32,
@@ -331,6 +333,7 @@ pub fn describe(path: &Path, host: &Host) -> Result<Device> {
     let holds_root = whole.is_some_and(|w| host.root_disks.contains(&w));
 
     Ok(Device {
+        contents: probe(path),
         path: path.to_path_buf(),
         transport: transport(&name, &dir),
         name,
@@ -391,13 +394,13 @@ fn transport(name: &str, sys_dir: &Path) -> String {
 }
 
 /// Filesystem type and label of a device node, through `blkid -p` (probing the device, not a cache).
-fn probe(node: &Path) -> (Option<String>, Option<String>) {
+fn probe(node: &Path) -> Probe {
     if !node.exists() {
-        return (None, None);
+        return Probe::default();
     }
     let sh = match xshell::Shell::new() {
         Ok(sh) => sh,
-        Err(_) => return (None, None),
+        Err(_) => return Probe::default(),
     };
     let out = xshell::cmd!(sh, "blkid -p -o export {node}")
         .quiet()
@@ -410,11 +413,25 @@ fn probe(node: &Path) -> (Option<String>, Option<String>) {
             .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
             .map(str::to_string)
     };
-    (get("TYPE"), get("LABEL"))
+    Probe {
+        fs: get("TYPE"),
+        label: get("LABEL"),
+        table: get("PTTYPE"),
+    }
+}
+
+/// What `blkid` finds on a device node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// A filesystem type (vfat, ext4, swap, …).
+    pub fs: Option<String>,
+    pub label: Option<String>,
+    /// A partition table type (dos, gpt).
+    pub table: Option<String>,
 }
 
 impl Device {
-    /// The partitions' and the device's own mounts, swaps and holders in one line each, for the prompt.
+    /// The device as the prompt shows it: model, size, transport, removable, table, partitions and labels.
     pub fn summary(&self) -> String {
         let mut s = format!(
             "  device:    {}\n  model:     {}\n  size:      {} ({} bytes)\n  transport: {}\n  removable: {}\n",
@@ -425,8 +442,20 @@ impl Device {
             self.transport,
             if self.removable { "yes" } else { "no" },
         );
+        let c = &self.contents;
+        if let Some(table) = &c.table {
+            s.push_str(&format!("  table:     {table}\n"));
+        }
+        if let Some(fs) = &c.fs {
+            let label = c
+                .label
+                .as_deref()
+                .map(|l| format!(" label {l:?}"))
+                .unwrap_or_default();
+            s.push_str(&format!("  contents:  {fs}{label}\n"));
+        }
         if self.partitions.is_empty() {
-            s.push_str("  partitions: none\n");
+            s.push_str("  partitions: none that the kernel shows\n");
         } else {
             s.push_str("  partitions:\n");
             for p in &self.partitions {
@@ -579,6 +608,7 @@ mod tests {
             swap: Vec::new(),
             holders: Vec::new(),
             holds_root: false,
+            contents: Probe::default(),
         }
     }
 
