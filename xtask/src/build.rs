@@ -1,5 +1,478 @@
 //! `cargo xtask build`: system/ → OUT/{vmlinuz,initramfs,ucode.img,cmdline,manifest.json}.
+//!
+//! Steps, in the order the work happens:
+//! 1. read system/ (system.toml, packages);
+//! 2. the root tree: `--base` (a directory, or a tarball extracted with owners and devices), or
+//!    alpine-make-rootfs into OUT/rootfs unless its inputs are unchanged;
+//! 3. the kernel and microcode out of the tree's /boot;
+//! 4. everything else packed into a compressed newc cpio;
+//! 5. the manifest, then every product renamed into place — or nothing at all when nothing changed.
+//!
+//! Products are written under temporary names (`OUT/.new.*`) and renamed only once all of them exist:
+//! a failed build leaves OUT/ as it was. manifest.json is removed first and renamed last, so OUT/ holds a
+//! complete build exactly when manifest.json exists and its sums match the files.
 
-pub fn run(_flags: crate::flags::BuildFlags) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::ffi::OsString;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use xshell::{cmd, Shell};
+
+use crate::config::System;
+use crate::flags::{BuildFlags, Compression};
+use crate::initramfs;
+use crate::manifest::{self, Artifact, Manifest};
+use crate::rootfs;
+
+/// mtimes in the archive are clamped to `SOURCE_DATE_EPOCH`, or to this when it is unset: the Unix epoch
+/// (1970-01-01), so that the same tree always gives the same bytes.
+pub const DEFAULT_SOURCE_DATE: u32 = 0;
+
+const STEPS: usize = 5;
+
+pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
+    let started = Instant::now();
+    step(1, "reading the system definition");
+    let system = if flags.base.is_some() && !flags.system.exists() {
+        eprintln!(
+            "    no {} directory: default settings for the --base tree",
+            flags.system.display()
+        );
+        System::defaults(&flags.system)
+    } else {
+        System::load(&flags.system)?
+    };
+    let compression = flags
+        .compression
+        .unwrap_or(system.config.initramfs.compression);
+    let source_date = source_date()?;
+    eprintln!(
+        "    {} packages, Alpine {}, kernel flavour {}, {} compression",
+        system.packages.len(),
+        system.config.alpine.branch,
+        system.config.kernel.flavour,
+        name(compression)
+    );
+
+    if let Some(why) = why_root(&flags) {
+        if !is_root() {
+            if flags.base.is_none() {
+                // Fetch and verify the tool as the user, so the cache stays the user's.
+                rootfs::tool()?;
+            }
+            return rerun_with_sudo(&why);
+        }
+    }
+
+    let out = &flags.out.out;
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut temps = Temps::new(out);
+
+    step(2, "the root tree");
+    let extracted;
+    let tree: PathBuf = match &flags.base {
+        Some(base) if base.is_dir() => {
+            eprintln!("    using the finished tree {}", base.display());
+            base.clone()
+        }
+        Some(base) => {
+            extracted = extract_tarball(base, out)?;
+            extracted.0.clone()
+        }
+        None => {
+            let tool = rootfs::tool()?;
+            eprintln!(
+                "    alpine-make-rootfs {} into {}",
+                tool.path.display(),
+                out.join("rootfs").display()
+            );
+            rootfs::ensure(&system, &tool, out, flags.fresh)?
+        }
+    };
+    if fs::canonicalize(out)?.starts_with(fs::canonicalize(&tree)?) {
+        bail!(
+            "--out {} is inside the tree {}: the build would pack its own output; choose another --out",
+            out.display(),
+            tree.display()
+        );
+    }
+    initramfs::check_init(&tree)?;
+
+    step(3, "kernel and microcode from /boot");
+    let kernel = find_kernel(&tree, &system.config.kernel.flavour)?;
+    let kernel_version = kernel_version(&kernel, &tree);
+    eprintln!(
+        "    {} ({})",
+        kernel.display(),
+        kernel_version.as_deref().unwrap_or("version unknown")
+    );
+    let tmp = temps.add("vmlinuz");
+    fs::copy(&kernel, &tmp).with_context(|| format!("copying {}", kernel.display()))?;
+    let ucode = ["intel-ucode.img", "amd-ucode.img"].map(|n| tree.join("boot").join(n));
+    let ucode: Vec<&PathBuf> = ucode.iter().filter(|p| p.is_file()).collect();
+    if !ucode.is_empty() {
+        let tmp = temps.add("ucode.img");
+        let mut dst =
+            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        for src in &ucode {
+            eprintln!("    {}", src.display());
+            let mut f =
+                fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
+            std::io::copy(&mut f, &mut dst)
+                .with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+
+    step(4, &format!("packing the initramfs ({})", name(compression)));
+    let packing = Instant::now();
+    let tmp = temps.add("initramfs");
+    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let stats = initramfs::pack(&tree, source_date, compression, file).map_err(|err| {
+        let denied = err.chain().any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+        });
+        if denied && !is_root() {
+            err.context("the tree holds files only root can read: run the build with sudo")
+        } else {
+            err
+        }
+    })?;
+    eprintln!(
+        "    {} entries, {:.1} MiB → {:.1} MiB in {:.1} s",
+        stats.entries,
+        mib(stats.cpio_bytes),
+        mib(stats.compressed_bytes),
+        packing.elapsed().as_secs_f64()
+    );
+    let tmp = temps.add("cmdline");
+    fs::write(&tmp, format!("{}\n", system.config.kernel.cmdline))?;
+
+    step(5, "manifest");
+    let mut artifacts = std::collections::BTreeMap::new();
+    for (name, path) in &temps.files {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
+        artifacts.insert(name.clone(), Artifact::of(path)?);
+    }
+    let (git_commit, git_dirty) = git_state(&system.dir);
+    let new = Manifest {
+        build_id: Manifest::compute_build_id(&artifacts),
+        source_date: source_date as u64,
+        git_commit,
+        git_dirty,
+        alpine_branch: system.config.alpine.branch.clone(),
+        kernel_version,
+        compression,
+        cmdline: system.config.kernel.cmdline.clone(),
+        packages: apk_packages(&tree)?,
+        artifacts,
+    };
+    let manifest_path = out.join(Manifest::FILE_NAME);
+    let old = Manifest::load(&manifest_path).ok();
+    if old.as_ref() == Some(&new) && new.verify(out).is_ok() {
+        drop(temps);
+        eprintln!(
+            "ramnas: nothing changed since the last build; {} left as it was",
+            out.display()
+        );
+        return Ok(());
+    }
+    if let Some(old) = &old {
+        eprint!("{}", manifest::diff(old, &new));
+    }
+    let tmp = temps.add(Manifest::FILE_NAME);
+    fs::write(&tmp, new.to_json())?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
+    let written = temps.commit()?;
+    give_to_invoking_user(out, &written)?;
+    eprintln!(
+        "ramnas: built {} (build {}) in {:.1} s",
+        out.display(),
+        new.build_id,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn step(n: usize, what: &str) {
+    eprintln!("==> [{n}/{STEPS}] {what}");
+}
+
+fn name(c: Compression) -> &'static str {
+    match c {
+        Compression::Zstd => "zstd",
+        Compression::Xz => "xz",
+        Compression::Gzip => "gzip",
+        Compression::None => "none",
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// `SOURCE_DATE_EPOCH`, or [`DEFAULT_SOURCE_DATE`].
+fn source_date() -> anyhow::Result<u32> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse::<u32>().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?}: expected seconds since 1970 (up to 4294967295)")
+        }),
+        _ => Ok(DEFAULT_SOURCE_DATE),
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Why this build needs root, if it does.
+fn why_root(flags: &BuildFlags) -> Option<String> {
+    match &flags.base {
+        None => Some(
+            "alpine-make-rootfs must run as root (it installs packages with their owners and chroots), \
+             and the tree it makes holds files only root can read"
+                .to_string(),
+        ),
+        Some(base) if !base.is_dir() => {
+            Some(format!("extracting {} with its owners and device nodes needs root", base.display()))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Runs this same build again as root through sudo; products are handed back to the user (SUDO_UID).
+fn rerun_with_sudo(why: &str) -> anyhow::Result<()> {
+    eprintln!("ramnas: {why}.");
+    eprintln!("ramnas: running this build as root through sudo; what it writes to the output directory stays yours.");
+    let exe = std::env::current_exe().context("finding this program")?;
+    let mut args: Vec<OsString> = vec!["--".into(), "env".into()];
+    if let Ok(cache) = rootfs::cache_dir() {
+        if let Some(parent) = cache.parent() {
+            let mut v = OsString::from("XDG_CACHE_HOME=");
+            v.push(parent);
+            args.push(v);
+        }
+    }
+    for var in [rootfs::ENV_OVERRIDE, "SOURCE_DATE_EPOCH"] {
+        if let Some(value) = std::env::var_os(var) {
+            let mut v = OsString::from(format!("{var}="));
+            v.push(value);
+            args.push(v);
+        }
+    }
+    args.push(exe.into());
+    args.extend(std::env::args_os().skip(1));
+    let status = duct::cmd("sudo", args)
+        .unchecked()
+        .run()
+        .context("running sudo")?
+        .status;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Removes temporary products unless committed.
+struct Temps {
+    out: PathBuf,
+    files: Vec<(String, PathBuf)>,
+    committed: bool,
+}
+
+impl Temps {
+    fn new(out: &Path) -> Temps {
+        Temps {
+            out: out.to_path_buf(),
+            files: Vec::new(),
+            committed: false,
+        }
+    }
+
+    fn add(&mut self, name: &str) -> PathBuf {
+        let path = self.out.join(format!(".new.{name}"));
+        let _ = fs::remove_file(&path);
+        self.files.push((name.to_string(), path.clone()));
+        path
+    }
+
+    /// Renames every temporary product into place: manifest.json goes first and comes back last.
+    fn commit(mut self) -> anyhow::Result<Vec<PathBuf>> {
+        let manifest = self.out.join(Manifest::FILE_NAME);
+        remove_if_exists(&manifest)?;
+        let mut written = Vec::new();
+        let names: Vec<&str> = self.files.iter().map(|(n, _)| n.as_str()).collect();
+        if !names.contains(&"ucode.img") {
+            remove_if_exists(&self.out.join("ucode.img"))?;
+        }
+        for (name, tmp) in &self.files {
+            let dst = self.out.join(name);
+            fs::rename(tmp, &dst)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
+            written.push(dst);
+        }
+        self.committed = true;
+        Ok(written)
+    }
+}
+
+impl Drop for Temps {
+    fn drop(&mut self) {
+        if !self.committed {
+            for (_, path) in &self.files {
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
+}
+
+fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// A `--base` tarball extracted into `OUT/.base`, removed again on drop.
+struct Extracted(PathBuf);
+
+impl Drop for Extracted {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn extract_tarball(tarball: &Path, out: &Path) -> anyhow::Result<Extracted> {
+    if !tarball.is_file() {
+        bail!("--base {}: no such directory or tarball", tarball.display());
+    }
+    let dir = out.join(".base");
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let extracted = Extracted(dir.clone());
+    eprintln!("    extracting {}", tarball.display());
+    let sh = Shell::new()?;
+    cmd!(sh, "tar --extract --file {tarball} --directory {dir} --preserve-permissions --same-owner --numeric-owner")
+        .quiet()
+        .run()
+        .with_context(|| format!("--base {}: not a tarball tar can extract", tarball.display()))?;
+    Ok(extracted)
+}
+
+/// `/boot/vmlinuz-<flavour>`, or the only `/boot/vmlinuz-*`.
+fn find_kernel(tree: &Path, flavour: &str) -> anyhow::Result<PathBuf> {
+    let boot = tree.join("boot");
+    let wanted = boot.join(format!("vmlinuz-{flavour}"));
+    if wanted.is_file() {
+        return Ok(wanted);
+    }
+    let mut found: Vec<PathBuf> = match fs::read_dir(&boot) {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!(
+            "no kernel in {}: expected vmlinuz-{flavour} (is linux-{flavour} in the packages list?)",
+            boot.display()
+        ),
+        _ => bail!(
+            "{} holds several kernels and none is vmlinuz-{flavour}: {}; set kernel.flavour in system.toml",
+            boot.display(),
+            found.iter().map(|p| p.file_name().unwrap().to_string_lossy()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// The version string in an x86 bzImage's setup header, else the only directory in /lib/modules.
+fn kernel_version(kernel: &Path, tree: &Path) -> Option<String> {
+    bzimage_version(kernel).or_else(|| {
+        let mut dirs: Vec<String> = fs::read_dir(tree.join("lib/modules"))
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        (dirs.len() == 1).then(|| dirs.remove(0))
+    })
+}
+
+fn bzimage_version(kernel: &Path) -> Option<String> {
+    let mut head = vec![0u8; 64 * 1024];
+    let mut f = fs::File::open(kernel).ok()?;
+    let n = f.read(&mut head).ok()?;
+    head.truncate(n);
+    if head.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let offset = u16::from_le_bytes([head[0x20e], head[0x20f]]) as usize + 0x200;
+    let text = head.get(offset..)?;
+    let end = text.iter().position(|&b| b == 0 || b == b' ')?;
+    let version = std::str::from_utf8(&text[..end]).ok()?;
+    (!version.is_empty()).then(|| version.to_string())
+}
+
+/// Installed packages and versions from the tree's apk database (empty without one).
+fn apk_packages(tree: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let db = tree.join("lib/apk/db/installed");
+    match fs::read_to_string(&db) {
+        Ok(text) => Ok(manifest::parse_apk_installed(&text)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(err) => Err(err).with_context(|| format!("reading {}", db.display())),
+    }
+}
+
+/// The git commit of the work tree holding the system definition, and whether it has changes.
+fn git_state(dir: &Path) -> (Option<String>, bool) {
+    let Ok(sh) = Shell::new() else {
+        return (None, false);
+    };
+    // Under sudo the work tree belongs to someone else; reading it is safe.
+    let commit = cmd!(sh, "git -c safe.directory=* -C {dir} rev-parse HEAD")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok();
+    let dirty = commit.is_some()
+        && cmd!(sh, "git -c safe.directory=* -C {dir} status --porcelain")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .is_ok_and(|s| !s.trim().is_empty());
+    (commit, dirty)
+}
+
+/// When run through sudo, gives the products (and OUT itself) back to the user who ran sudo.
+fn give_to_invoking_user(out: &Path, written: &[PathBuf]) -> anyhow::Result<()> {
+    let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID")) else {
+        return Ok(());
+    };
+    let (Ok(uid), Ok(gid)) = (uid.parse::<u32>(), gid.parse::<u32>()) else {
+        return Ok(());
+    };
+    if !is_root() {
+        return Ok(());
+    }
+    let stamp = out.join("rootfs.inputs");
+    for path in written
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([out, stamp.as_path()])
+    {
+        if path.exists() {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .with_context(|| format!("giving {} to uid {uid}", path.display()))?;
+        }
+    }
+    Ok(())
 }

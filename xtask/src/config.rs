@@ -1,1 +1,243 @@
 //! system/system.toml and system/packages: parsed, defaulted, validated.
+//!
+//! Every key of system.toml is optional; the defaults below are the documentation:
+//!
+//! ```toml
+//! [alpine]
+//! branch = "latest-stable"                          # or "v3.22", "edge"; "3.22" means "v3.22"
+//! mirror = "https://dl-cdn.alpinelinux.org/alpine"
+//!
+//! [kernel]
+//! flavour = "lts"                                   # /boot/vmlinuz-<flavour> becomes OUT/vmlinuz
+//! cmdline = "console=tty0 console=ttyS0,115200 panic=10"
+//!
+//! [initramfs]
+//! compression = "zstd"                              # zstd, xz, gzip or none
+//! ```
+//!
+//! An unknown key is an error naming it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::flags::Compression;
+
+/// The whole system definition: system.toml plus the package list.
+#[derive(Debug, Clone)]
+pub struct System {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub packages: Vec<String>,
+}
+
+impl System {
+    /// Reads `DIR/system.toml` (optional) and `DIR/packages` (required).
+    pub fn load(dir: &Path) -> anyhow::Result<System> {
+        if !dir.is_dir() {
+            bail!(
+                "{}: no such system directory (expected packages, setup.sh, root/, system.toml)",
+                dir.display()
+            );
+        }
+        let config = Config::load(&dir.join("system.toml"))?;
+        let packages = load_packages(&dir.join("packages"))?;
+        Ok(System {
+            dir: dir.to_path_buf(),
+            config,
+            packages,
+        })
+    }
+
+    /// Every default and no packages: for packing a `--base` tree without a system directory.
+    pub fn defaults(dir: &Path) -> System {
+        System {
+            dir: dir.to_path_buf(),
+            config: Config::default(),
+            packages: Vec::new(),
+        }
+    }
+
+    pub fn setup_script(&self) -> PathBuf {
+        self.dir.join("setup.sh")
+    }
+
+    pub fn skel_dir(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub alpine: Alpine,
+    pub kernel: Kernel,
+    pub initramfs: Initramfs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Alpine {
+    /// Alpine branch: `latest-stable`, `edge`, or `vX.Y`.
+    pub branch: String,
+    /// Base URL of the Alpine mirror.
+    pub mirror: String,
+}
+
+impl Default for Alpine {
+    fn default() -> Self {
+        Alpine {
+            branch: "latest-stable".to_string(),
+            mirror: "https://dl-cdn.alpinelinux.org/alpine".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kernel {
+    /// Kernel flavour: `/boot/vmlinuz-<flavour>` is the kernel (or the only `/boot/vmlinuz-*`).
+    pub flavour: String,
+    /// Kernel command line, written to OUT/cmdline.
+    pub cmdline: String,
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Kernel {
+            flavour: "lts".to_string(),
+            cmdline: "console=tty0 console=ttyS0,115200 panic=10".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Initramfs {
+    /// Compression of OUT/initramfs; `--compression` overrides it.
+    pub compression: Compression,
+}
+
+impl Default for Initramfs {
+    fn default() -> Self {
+        Initramfs {
+            compression: Compression::Zstd,
+        }
+    }
+}
+
+impl Config {
+    /// Reads system.toml; a missing file means every default.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        };
+        Config::parse(&text)
+            .with_context(|| format!("{}: invalid system configuration", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        if config.kernel.flavour.is_empty() || config.kernel.flavour.contains('/') {
+            bail!(
+                "kernel.flavour {:?} must be a non-empty name such as \"lts\"",
+                config.kernel.flavour
+            );
+        }
+        if config.kernel.cmdline.contains('\n') {
+            bail!("kernel.cmdline must be one line");
+        }
+        Ok(config)
+    }
+}
+
+/// Reads a package list: one package per line, `#` starts a comment, blank lines are ignored.
+pub fn load_packages(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_packages(&text).map_err(|(line, msg)| anyhow::anyhow!("{}:{line}: {msg}", path.display()))
+}
+
+/// Parses a package list; an error carries the 1-based line number.
+pub fn parse_packages(text: &str) -> Result<Vec<String>, (usize, String)> {
+    let mut packages = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line.split_whitespace().count() > 1 {
+            return Err((i + 1, format!("{line:?}: one package per line")));
+        }
+        // apk names: letters, digits and `+-._`, optionally with a constraint such as `foo=1.2-r0`,
+        // `foo>=1`, `foo~1.2` or a repository tag `foo@testing`.
+        let name_end = line.find(['=', '<', '>', '~', '@']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let name_ok = !name.is_empty()
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-._".contains(c));
+        let rest_ok = line[name_end..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-._=<>~@".contains(c));
+        if !name_ok || !rest_ok {
+            return Err((i + 1, format!("{line:?} is not an apk package name")));
+        }
+        packages.push(line.to_string());
+    }
+    Ok(packages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packages_comments_and_blanks() {
+        let text =
+            "# base\nalpine-base\n\n  linux-lts   # kernel\nopenssh=9.9_p2-r0\nzfs@community\n";
+        assert_eq!(
+            parse_packages(text).unwrap(),
+            vec![
+                "alpine-base",
+                "linux-lts",
+                "openssh=9.9_p2-r0",
+                "zfs@community"
+            ]
+        );
+    }
+
+    #[test]
+    fn packages_malformed_lines() {
+        assert_eq!(
+            parse_packages("ok\nalpine-base linux-lts\n").unwrap_err().0,
+            2
+        );
+        assert_eq!(parse_packages("a\nb\n$(reboot)\n").unwrap_err().0, 3);
+        assert_eq!(parse_packages("-rf\n").unwrap_err().0, 1);
+    }
+
+    #[test]
+    fn toml_defaults_and_unknown_keys() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.initramfs.compression, Compression::Zstd);
+        let config =
+            Config::parse("[alpine]\nbranch = \"v3.22\"\n[initramfs]\ncompression = \"xz\"\n")
+                .unwrap();
+        assert_eq!(config.alpine.branch, "v3.22");
+        assert_eq!(config.alpine.mirror, Alpine::default().mirror);
+        assert_eq!(config.initramfs.compression, Compression::Xz);
+        let err = format!(
+            "{:#}",
+            Config::parse("[kernel]\nflavor = \"lts\"\n").unwrap_err()
+        );
+        assert!(err.contains("flavor"), "{err}");
+        let err = format!("{:#}", Config::parse("colour = 1\n").unwrap_err());
+        assert!(err.contains("colour"), "{err}");
+    }
+}

@@ -22,6 +22,11 @@ pub enum Cmd {
     /// compressed newc cpio archive.
     Build(BuildFlags),
     /// Make a bootable stick image (OUT/boot.img) holding the build in slot a.
+    ///
+    /// One MBR partition (FAT32, labelled RAMNAS, from 1 MiB) with syslinux in /syslinux, the build in
+    /// /slots/a, an empty /slots/b and /persist. Made without root: mkfs.vfat, syslinux's mtools installer,
+    /// mtools. The same build gives the same bytes. syslinux's mbr.bin and modules are looked for where
+    /// Debian/Ubuntu, Alpine, Fedora and Arch install them; RAMNAS_SYSLINUX_DIR names another directory.
     Image(ImageFlags),
     /// Boot the build in qemu with persistent ZFS data disks from vm/disks/.
     Vm(VmFlags),
@@ -82,7 +87,8 @@ pub enum Compression {
 pub struct ImageFlags {
     #[command(flatten)]
     pub out: OutFlags,
-    /// Image size, such as 512M or 2G.
+    /// Image size, such as 512M or 2G: at least three times the build plus 16 MiB (slots a and b, and the
+    /// temporary copy a deploy writes before it replaces a slot).
     #[arg(long, default_value = "1G", value_name = "SIZE")]
     pub size: String,
     /// Where to write the image [default: OUT/boot.img].

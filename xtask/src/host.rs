@@ -1,1 +1,256 @@
 //! Host tools each command needs, and the package that provides each per distro.
+
+use anyhow::Context;
+use xshell::{cmd, Shell};
+
+/// A program ramnas runs on the host, and the package that has it on each distro family.
+#[derive(Debug, Clone, Copy)]
+pub struct Tool {
+    /// Command name (looked up in PATH) or absolute path of a file.
+    pub program: &'static str,
+    /// What needs it.
+    pub used_by: &'static str,
+    pub debian: &'static str,
+    pub fedora: &'static str,
+    pub arch: &'static str,
+}
+
+/// Everything any command or test needs. `build` needs only the first group (and sudo when not root).
+pub const TOOLS: &[Tool] = &[
+    // build: alpine-make-rootfs and its helpers
+    Tool {
+        program: "wget",
+        used_by: "build (alpine-make-rootfs)",
+        debian: "wget",
+        fedora: "wget",
+        arch: "wget",
+    },
+    Tool {
+        program: "getopt",
+        used_by: "build (alpine-make-rootfs)",
+        debian: "util-linux",
+        fedora: "util-linux",
+        arch: "util-linux",
+    },
+    Tool {
+        program: "rsync",
+        used_by: "build (alpine-make-rootfs)",
+        debian: "rsync",
+        fedora: "rsync",
+        arch: "rsync",
+    },
+    Tool {
+        program: "tar",
+        used_by: "build (--base tarballs)",
+        debian: "tar",
+        fedora: "tar",
+        arch: "tar",
+    },
+    // tests, image, vm
+    Tool {
+        program: "qemu-system-x86_64",
+        used_by: "vm, tests",
+        debian: "qemu-system-x86",
+        fedora: "qemu-system-x86",
+        arch: "qemu-system-x86",
+    },
+    Tool {
+        program: "qemu-img",
+        used_by: "vm, tests",
+        debian: "qemu-utils",
+        fedora: "qemu-img",
+        arch: "qemu-img",
+    },
+    Tool {
+        program: "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        used_by: "vm --uefi, tests",
+        debian: "ovmf",
+        fedora: "edk2-ovmf",
+        arch: "edk2-ovmf",
+    },
+    Tool {
+        program: "syslinux",
+        used_by: "image",
+        debian: "syslinux",
+        fedora: "syslinux",
+        arch: "syslinux",
+    },
+    Tool {
+        program: "/usr/lib/syslinux/mbr/mbr.bin",
+        used_by: "image",
+        debian: "syslinux-common",
+        fedora: "syslinux",
+        arch: "syslinux",
+    },
+    Tool {
+        program: "mcopy",
+        used_by: "image",
+        debian: "mtools",
+        fedora: "mtools",
+        arch: "mtools",
+    },
+    Tool {
+        program: "mkfs.vfat",
+        used_by: "image, flash",
+        debian: "dosfstools",
+        fedora: "dosfstools",
+        arch: "dosfstools",
+    },
+    Tool {
+        program: "sfdisk",
+        used_by: "image, flash",
+        debian: "fdisk",
+        fedora: "util-linux",
+        arch: "util-linux",
+    },
+    Tool {
+        program: "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+        used_by: "image (UEFI)",
+        debian: "systemd-boot-efi",
+        fedora: "systemd-boot-unsigned",
+        arch: "systemd",
+    },
+    Tool {
+        program: "objcopy",
+        used_by: "image (UEFI)",
+        debian: "binutils",
+        fedora: "binutils",
+        arch: "binutils",
+    },
+    Tool {
+        program: "cpio",
+        used_by: "tests",
+        debian: "cpio",
+        fedora: "cpio",
+        arch: "cpio",
+    },
+    Tool {
+        program: "busybox",
+        used_by: "tests (fixture)",
+        debian: "busybox-static",
+        fedora: "busybox",
+        arch: "busybox",
+    },
+    Tool {
+        program: "shellcheck",
+        used_by: "check, tests",
+        debian: "shellcheck",
+        fedora: "ShellCheck",
+        arch: "shellcheck",
+    },
+    Tool {
+        program: "zstd",
+        used_by: "bench",
+        debian: "zstd",
+        fedora: "zstd",
+        arch: "zstd",
+    },
+    Tool {
+        program: "xz",
+        used_by: "bench",
+        debian: "xz-utils",
+        fedora: "xz",
+        arch: "xz",
+    },
+];
+
+/// Debian packages `cargo test --workspace` needs (the fixture boots Debian's kernel and busybox).
+pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-utils",
+    "ovmf",
+    "linux-image-amd64",
+    "busybox-static",
+    "syslinux",
+    "syslinux-common",
+    "mtools",
+    "dosfstools",
+    "fdisk",
+    "cpio",
+    "systemd-boot-efi",
+    "binutils",
+    "shellcheck",
+    "zstd",
+    "xz-utils",
+    "tar",
+];
+
+/// Whether `program` is on this host (a command in PATH, or an existing absolute path).
+pub fn has(program: &str) -> bool {
+    if program.starts_with('/') {
+        std::path::Path::new(program).exists()
+    } else {
+        which::which(program).is_ok()
+    }
+}
+
+/// Whether this host installs packages with apt-get (Debian, Ubuntu).
+pub fn is_debian_like() -> bool {
+    has("apt-get") && has("dpkg-query")
+}
+
+/// The Debian packages in `packages` that are not installed.
+pub fn missing_debian(packages: &[&'static str]) -> anyhow::Result<Vec<&'static str>> {
+    let sh = Shell::new()?;
+    let mut missing = Vec::new();
+    let format = "--showformat=${db:Status-Abbrev}";
+    for &p in packages {
+        let status = cmd!(sh, "dpkg-query --show {format} {p}")
+            .quiet()
+            .ignore_status()
+            .ignore_stderr()
+            .read()
+            .unwrap_or_default();
+        if !status.starts_with("ii") {
+            missing.push(p);
+        }
+    }
+    Ok(missing)
+}
+
+/// Installs Debian packages with apt-get (through sudo when not root).
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let sh = Shell::new()?;
+    sh.set_var("DEBIAN_FRONTEND", "noninteractive");
+    // SAFETY: geteuid has no preconditions.
+    let (program, args): (&str, &[&str]) = if unsafe { libc::geteuid() } == 0 {
+        ("apt-get", &[])
+    } else {
+        ("sudo", &["apt-get"])
+    };
+    cmd!(sh, "{program} {args...} update -q")
+        .run()
+        .context("apt-get update")?;
+    cmd!(
+        sh,
+        "{program} {args...} install -y -q --no-install-recommends {packages...}"
+    )
+    .run()
+    .context("apt-get install (Debian 12 with backported qemu-utils: see .ci/run)")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_packages_cover_the_field_notes_list() {
+        // /work/shared/notes.md "Debian packages the tests use", plus zstd and xz-utils.
+        let notes = "qemu-system-x86 qemu-utils ovmf linux-image-amd64 busybox-static syslinux syslinux-common \
+                     mtools dosfstools fdisk cpio systemd-boot-efi binutils shellcheck zstd xz-utils";
+        for p in notes.split_whitespace() {
+            assert!(TEST_PACKAGES_DEBIAN.contains(&p), "{p} missing");
+        }
+        // Every test package provides a tool in the table (so the per-distro names exist too).
+        for p in TEST_PACKAGES_DEBIAN
+            .iter()
+            .filter(|p| **p != "linux-image-amd64")
+        {
+            assert!(
+                TOOLS.iter().any(|t| t.debian == *p),
+                "{p} has no row in TOOLS"
+            );
+        }
+    }
+}

@@ -1,5 +1,271 @@
 //! `cargo xtask image`: OUT/ → a bootable stick image with slots a and b.
+//!
+//! No root, no mount, no loop device: the MBR is written here, the FAT32 file system by `mkfs.vfat --offset`,
+//! syslinux by its mtools installer (`syslinux --install --offset`), everything else through [`crate::stick`].
+//! The same build gives the same bytes: fixed disk id and volume serial, fixed timestamps.
 
-pub fn run(_flags: crate::flags::ImageFlags) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::{
+    flags::ImageFlags,
+    slots::{self, Build, Slot},
+    stick::{self, Stick},
+    syslinux,
+};
+
+const MIB: u64 = 1 << 20;
+/// The partition starts 1 MiB into the disk.
+pub const PART_START: u64 = MIB;
+/// The MBR's disk identifier and the FAT volume serial: fixed, so images are reproducible.
+pub const DISK_ID: u32 = 0x52414d4e;
+/// Room kept free besides the slots: syslinux, /persist, FAT tables, cluster slack.
+const HEADROOM: u64 = 16 * MIB;
+
+pub fn run(flags: ImageFlags) -> Result<()> {
+    let size = parse_size(&flags.size)?;
+    let out = flags.out.out;
+    let output = flags.output.unwrap_or_else(|| out.join("boot.img"));
+    let build = Build::open(&out)?;
+    let needed = needed_bytes(&build);
+    if size < needed {
+        bail!(
+            "--size {}: too small for this build; the image needs at least {} MiB (--size {}M): two slots of {} MiB each, \
+             room for a deploy's temporary copy of one more, and {} MiB for the bootloader and /persist",
+            flags.size,
+            needed / MIB,
+            needed / MIB,
+            build.slot_bytes().div_ceil(MIB),
+            HEADROOM / MIB
+        );
+    }
+    let host = syslinux::find()?;
+    let tmp = PathBuf::from(format!("{}.tmp", output.display()));
+    let made = make(&tmp, size, &build, &host);
+    if let Err(err) = made {
+        let _ = fs::remove_file(&tmp);
+        return Err(err);
+    }
+    fs::rename(&tmp, &output)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
+    eprintln!(
+        "{}: {} MiB, build {} in slot a, slot b empty",
+        output.display(),
+        size / MIB,
+        build.manifest.build_id
+    );
+    Ok(())
+}
+
+/// Image size from `512M`, `2G`, `1T`, `1048576` (bytes), `512MiB`; binary units, whole MiB.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_uppercase()),
+        _ => (t, ' '),
+    };
+    let shift = match unit {
+        ' ' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        'T' => 40,
+        _ => bail!("--size {text}: unknown unit {unit:?}; use K, M, G or T, as in 512M or 2G"),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .with_context(|| format!("--size {text}: not a size such as 512M or 2G"))?;
+    let bytes = n
+        .checked_shl(shift)
+        .filter(|b| b >> shift == n)
+        .with_context(|| format!("--size {text}: too large"))?;
+    if bytes == 0 || bytes % MIB != 0 {
+        bail!("--size {text}: must be a positive whole number of MiB, such as 512M or 2G");
+    }
+    if bytes / 512 > u32::MAX as u64 {
+        bail!("--size {text}: an MBR partition table addresses at most 2 TiB");
+    }
+    Ok(bytes)
+}
+
+/// Bytes the image needs for this build: the 1 MiB before the partition, slots a and b, the temporary copy a
+/// deploy writes before it removes a slot's old build, the headroom, and FAT's own share (its two tables and
+/// cluster slack, at most 1/32 of the rest), rounded up to a MiB.
+pub fn needed_bytes(build: &Build) -> u64 {
+    let data = 3 * build.slot_bytes() + HEADROOM;
+    (PART_START + data + data / 32).div_ceil(MIB) * MIB
+}
+
+fn make(tmp: &Path, size: u64, build: &Build, host: &syslinux::Host) -> Result<()> {
+    let file = fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.set_len(size)
+        .with_context(|| format!("sizing {}", tmp.display()))?;
+    drop(file);
+    let sectors = (size - PART_START) / 512;
+    write_mbr(tmp, &syslinux::mbr_code(host)?, size)?;
+    mkfs(tmp, sectors)?;
+    let mut fat = stick::Fat::open_at(tmp, PART_START, sectors * 512)?;
+    for dir in [syslinux::DIR, "slots/a", "slots/b", "persist"] {
+        fat.create_dir_all(dir)?;
+    }
+    Box::new(fat).close()?;
+    install_syslinux(tmp, host)?;
+    copy_boot_sector_to_backup(tmp)?;
+    let mut stick = stick::open(
+        tmp.to_str()
+            .with_context(|| format!("{}: not a UTF-8 path", tmp.display()))?,
+    )?;
+    for module in syslinux::MODULES {
+        let src = host.modules.join(module);
+        let mut f = fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
+        stick.write(&format!("{}/{module}", syslinux::DIR), &mut f)?;
+    }
+    slots::install(&mut *stick, Slot::A, build)?;
+    slots::write_boot_config(&mut *stick, Slot::A)?;
+    stick.close()
+}
+
+/// The MBR: syslinux's boot code, the fixed disk id, one bootable FAT32 (LBA) partition from 1 MiB to the end.
+fn write_mbr(image: &Path, code: &[u8], size: u64) -> Result<()> {
+    let mut mbr = [0u8; 512];
+    mbr[..code.len()].copy_from_slice(code);
+    mbr[440..444].copy_from_slice(&DISK_ID.to_le_bytes());
+    mbr[446..462].copy_from_slice(&partition_entry(
+        (PART_START / 512) as u32,
+        ((size - PART_START) / 512) as u32,
+    ));
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0)
+        .with_context(|| format!("writing the MBR of {}", image.display()))
+}
+
+/// A bootable type-0x0c entry; CHS as fdisk writes it for 255 heads and 63 sectors per track.
+pub fn partition_entry(start: u32, sectors: u32) -> [u8; 16] {
+    let mut e = [0u8; 16];
+    e[0] = 0x80;
+    e[1..4].copy_from_slice(&chs(start));
+    e[4] = 0x0c;
+    e[5..8].copy_from_slice(&chs(start + sectors - 1));
+    e[8..12].copy_from_slice(&start.to_le_bytes());
+    e[12..16].copy_from_slice(&sectors.to_le_bytes());
+    e
+}
+
+fn chs(lba: u32) -> [u8; 3] {
+    let (heads, per_track) = (255, 63);
+    let cylinder = lba / (heads * per_track);
+    if cylinder > 1023 {
+        return [0xfe, 0xff, 0xff];
+    }
+    let head = (lba / per_track) % heads;
+    let sector = lba % per_track + 1;
+    [
+        head as u8,
+        (sector as u8) | (((cylinder >> 8) as u8) << 6),
+        cylinder as u8,
+    ]
+}
+
+fn mkfs(image: &Path, sectors: u64) -> Result<()> {
+    let sh = Shell::new()?;
+    let offset = (PART_START / 512).to_string();
+    let serial = format!("{DISK_ID:08x}");
+    let blocks = (sectors / 2).to_string();
+    // -i after --invariant: --invariant also fixes the serial, to its own constant.
+    cmd!(
+        sh,
+        "mkfs.vfat -F 32 -n RAMNAS --invariant -i {serial} --offset {offset} {image} {blocks}"
+    )
+    .quiet()
+    .ignore_stdout()
+    .run()
+    .with_context(|| {
+        format!(
+            "making the FAT32 file system in {} (mkfs.vfat: Debian/Ubuntu/Alpine/Fedora/Arch package dosfstools)",
+            image.display()
+        )
+    })
+}
+
+/// ldlinux.sys, ldlinux.c32 and the volume boot record, through mtools, with fixed timestamps.
+fn install_syslinux(image: &Path, host: &syslinux::Host) -> Result<()> {
+    let sh = Shell::new()?;
+    let installer = &host.installer;
+    let offset = PART_START.to_string();
+    let dir = format!("/{}", syslinux::DIR);
+    cmd!(
+        sh,
+        "{installer} --install --offset {offset} --directory {dir} {image}"
+    )
+    .env("SOURCE_DATE_EPOCH", stick::FIXED_EPOCH)
+    .env("TZ", "UTC")
+    .quiet()
+    .run()
+    .with_context(|| format!("installing syslinux into {}", image.display()))
+}
+
+/// syslinux rewrites the FAT32 boot sector but not its backup copy; fsck.vfat wants them equal.
+fn copy_boot_sector_to_backup(image: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let mut boot = [0u8; 512];
+    f.read_exact_at(&mut boot, PART_START)
+        .with_context(|| format!("reading the boot sector of {}", image.display()))?;
+    let backup = u16::from_le_bytes([boot[0x32], boot[0x33]]) as u64;
+    if backup == 0 || backup == 0xffff {
+        bail!("{}: the FAT32 boot sector names no backup", image.display());
+    }
+    f.write_all_at(&boot, PART_START + backup * 512)
+        .with_context(|| format!("writing the backup boot sector of {}", image.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512M").unwrap(), 512 * MIB);
+        assert_eq!(parse_size("2G").unwrap(), 2048 * MIB);
+        assert_eq!(parse_size("2GiB").unwrap(), 2048 * MIB);
+        assert_eq!(parse_size("1048576").unwrap(), MIB);
+        assert_eq!(parse_size("4096k").unwrap(), 4 * MIB);
+        for bad in [
+            "",
+            "M",
+            "12X",
+            "1.5G",
+            "1000",
+            "-1G",
+            "3T",
+            "99999999999999T",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chs_matches_fdisk() {
+        assert_eq!(chs(2048), [32, 33, 0]);
+        assert_eq!(chs(16 * 1024 * 1024), [0xfe, 0xff, 0xff]);
+    }
 }

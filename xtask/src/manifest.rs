@@ -1,1 +1,308 @@
 //! OUT/manifest.json: what a build is, and the difference between two builds.
+//!
+//! The manifest is written last (after every artifact it names), so a reader that finds the sizes and
+//! SHA-256 sums in it matching the files knows they belong together.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Identifies the build: the first 16 hex digits of the SHA-256 over the artifacts' names and sums,
+    /// so the same inputs give the same id.
+    pub build_id: String,
+    /// SOURCE_DATE_EPOCH the archive's mtimes were clamped to.
+    pub source_date: u64,
+    /// Git commit of the system definition, when it lives in a git work tree.
+    pub git_commit: Option<String>,
+    /// Whether that work tree had uncommitted changes.
+    pub git_dirty: bool,
+    /// Alpine branch from system.toml (also for `--base` builds, where it is only what was configured).
+    pub alpine_branch: String,
+    /// Version of the kernel in OUT/vmlinuz, such as `6.12.13-0-lts`.
+    pub kernel_version: Option<String>,
+    /// Compression of OUT/initramfs.
+    pub compression: crate::flags::Compression,
+    /// Kernel command line (also in OUT/cmdline).
+    pub cmdline: String,
+    /// Installed Alpine packages and their versions, from /lib/apk/db/installed (empty without one).
+    pub packages: BTreeMap<String, String>,
+    /// Every artifact in OUT/ by file name.
+    pub artifacts: BTreeMap<String, Artifact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl Manifest {
+    pub const FILE_NAME: &'static str = "manifest.json";
+
+    /// Reads a manifest, e.g. `OUT/manifest.json`.
+    pub fn load(path: &Path) -> anyhow::Result<Manifest> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a ramnas build manifest", path.display()))
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut json = serde_json::to_string_pretty(self).expect("a manifest always serializes");
+        json.push('\n');
+        json
+    }
+
+    /// Computes the build id from the artifacts.
+    pub fn compute_build_id(artifacts: &BTreeMap<String, Artifact>) -> String {
+        let mut h = Sha256::new();
+        for (name, a) in artifacts {
+            h.update(format!("{name} {} {}\n", a.size, a.sha256));
+        }
+        hex(&h.finalize())[..16].to_string()
+    }
+
+    /// Checks that every artifact named in the manifest is in `dir` with its size and SHA-256.
+    pub fn verify(&self, dir: &Path) -> anyhow::Result<()> {
+        for (name, want) in &self.artifacts {
+            let got = Artifact::of(&dir.join(name))?;
+            if &got != want {
+                anyhow::bail!(
+                    "{}: does not match {} (size {} sha256 {}, expected size {} sha256 {})",
+                    dir.join(name).display(),
+                    Self::FILE_NAME,
+                    got.size,
+                    got.sha256,
+                    want.size,
+                    want.sha256
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Artifact {
+    /// Size and SHA-256 of a file.
+    pub fn of(path: &Path) -> anyhow::Result<Artifact> {
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(Artifact {
+            size,
+            sha256: hex(&h.finalize()),
+        })
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses apk's installed database: stanzas of `X:value` lines separated by blank lines; `P` is the
+/// package name, `V` its version.
+pub fn parse_apk_installed(text: &str) -> BTreeMap<String, String> {
+    let mut packages = BTreeMap::new();
+    let (mut name, mut version) = (None, None);
+    for line in text.lines().chain(std::iter::once("")) {
+        if line.is_empty() {
+            if let (Some(n), Some(v)) = (name.take(), version.take()) {
+                packages.insert(n, v);
+            }
+            name = None;
+            version = None;
+        } else if let Some(n) = line.strip_prefix("P:") {
+            name = Some(n.to_string());
+        } else if let Some(v) = line.strip_prefix("V:") {
+            version = Some(v.to_string());
+        }
+    }
+    packages
+}
+
+/// What changed from one build to the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Diff {
+    /// Packages only in the new build, with their versions.
+    pub added: BTreeMap<String, String>,
+    /// Packages only in the old build, with their versions.
+    pub removed: BTreeMap<String, String>,
+    /// Packages in both with another version: (old, new).
+    pub changed: BTreeMap<String, (String, String)>,
+    /// Kernel version (old, new) when it changed.
+    pub kernel: Option<(Option<String>, Option<String>)>,
+    /// Initramfs size in bytes (old, new) when it changed.
+    pub initramfs_size: Option<(u64, u64)>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self == &Diff::default()
+    }
+}
+
+impl std::fmt::Display for Diff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return writeln!(f, "no change in packages, kernel or initramfs size");
+        }
+        if let Some((old, new)) = &self.kernel {
+            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".to_string());
+            writeln!(f, "kernel: {} → {}", show(old), show(new))?;
+        }
+        if let Some((old, new)) = self.initramfs_size {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            writeln!(f, "initramfs: {:.1} MiB → {:.1} MiB", mib(old), mib(new))?;
+        }
+        for (name, version) in &self.added {
+            writeln!(f, "+ {name} {version}")?;
+        }
+        for (name, version) in &self.removed {
+            writeln!(f, "- {name} {version}")?;
+        }
+        for (name, (old, new)) in &self.changed {
+            writeln!(f, "~ {name} {old} → {new}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The difference from build `old` to build `new`.
+pub fn diff(old: &Manifest, new: &Manifest) -> Diff {
+    let mut d = Diff::default();
+    for (name, version) in &new.packages {
+        match old.packages.get(name) {
+            None => {
+                d.added.insert(name.clone(), version.clone());
+            }
+            Some(v) if v != version => {
+                d.changed.insert(name.clone(), (v.clone(), version.clone()));
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, version) in &old.packages {
+        if !new.packages.contains_key(name) {
+            d.removed.insert(name.clone(), version.clone());
+        }
+    }
+    if old.kernel_version != new.kernel_version {
+        d.kernel = Some((old.kernel_version.clone(), new.kernel_version.clone()));
+    }
+    let size = |m: &Manifest| m.artifacts.get("initramfs").map_or(0, |a| a.size);
+    if size(old) != size(new) {
+        d.initramfs_size = Some((size(old), size(new)));
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(packages: &[(&str, &str)], kernel: &str, initramfs: u64) -> Manifest {
+        let mut artifacts = BTreeMap::new();
+        artifacts.insert(
+            "initramfs".to_string(),
+            Artifact {
+                size: initramfs,
+                sha256: "00".repeat(32),
+            },
+        );
+        Manifest {
+            build_id: Manifest::compute_build_id(&artifacts),
+            source_date: 0,
+            git_commit: None,
+            git_dirty: false,
+            alpine_branch: "v3.22".into(),
+            kernel_version: Some(kernel.into()),
+            compression: crate::flags::Compression::Zstd,
+            cmdline: "console=ttyS0".into(),
+            packages: packages
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            artifacts,
+        }
+    }
+
+    #[test]
+    fn diff_packages_kernel_size() {
+        let old = manifest(
+            &[
+                ("busybox", "1.37.0-r12"),
+                ("linux-lts", "6.12.1-r0"),
+                ("nano", "8.0-r0"),
+            ],
+            "6.12.1-0-lts",
+            100,
+        );
+        let new = manifest(
+            &[
+                ("busybox", "1.37.0-r12"),
+                ("linux-lts", "6.12.9-r0"),
+                ("zfs", "2.3.0-r0"),
+            ],
+            "6.12.9-0-lts",
+            120,
+        );
+        let d = diff(&old, &new);
+        assert_eq!(d.added.keys().collect::<Vec<_>>(), ["zfs"]);
+        assert_eq!(d.removed.keys().collect::<Vec<_>>(), ["nano"]);
+        assert_eq!(
+            d.changed["linux-lts"],
+            ("6.12.1-r0".to_string(), "6.12.9-r0".to_string())
+        );
+        assert_eq!(d.changed.len(), 1);
+        assert_eq!(
+            d.kernel,
+            Some((Some("6.12.1-0-lts".into()), Some("6.12.9-0-lts".into())))
+        );
+        assert_eq!(d.initramfs_size, Some((100, 120)));
+        let text = d.to_string();
+        assert!(
+            text.contains("+ zfs 2.3.0-r0") && text.contains("~ linux-lts 6.12.1-r0 → 6.12.9-r0"),
+            "{text}"
+        );
+        assert!(diff(&new, &new).is_empty());
+        assert_eq!(diff(&new, &old).added.keys().collect::<Vec<_>>(), ["nano"]);
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let m = manifest(&[("musl", "1.2.5-r9")], "6.12.1-0-lts", 7);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        std::fs::write(&path, m.to_json()).unwrap();
+        assert_eq!(Manifest::load(&path).unwrap(), m);
+    }
+
+    #[test]
+    fn apk_installed_db() {
+        let db = "C:Q1abc=\nP:musl\nV:1.2.5-r9\nA:x86_64\n\nC:Q1def=\nP:busybox\nV:1.37.0-r12\nF:bin\nR:busybox\n";
+        let p = parse_apk_installed(db);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p["musl"], "1.2.5-r9");
+        assert_eq!(p["busybox"], "1.37.0-r12");
+    }
+}

@@ -1,1 +1,734 @@
 //! The stick's boot partition as an interface: FAT at an offset in a file or device, a directory, or ssh.
+//!
+//! Paths are `/`-separated and relative to the partition's root (`slots/a/vmlinuz`). Everything above this
+//! (slots, trial, commit, rollback) is written once against [`Stick`], whatever the target is.
+//!
+//! Implementations: [`Fat`] (the FAT32 partition labelled `RAMNAS` found through the MBR of an image file or a
+//! whole-disk block device, read and written with the `fatfs` crate, nothing mounted) and [`Dir`] (a directory
+//! where the stick's partition is mounted). An ssh implementation (the running NAS, stick at `/media/boot`)
+//! plugs into [`open`].
+
+use std::{
+    fs,
+    io::{self, Read, Seek, SeekFrom, Write},
+    os::unix::fs::FileTypeExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// The FAT volume label of a ramnas stick's boot partition.
+pub const LABEL: &str = "RAMNAS";
+/// SOURCE_DATE_EPOCH for mtools: 1980-01-01 00:00 UTC, the fixed date the fatfs crate (without chrono)
+/// writes, so every timestamp on the stick is the same.
+pub const FIXED_EPOCH: &str = "315532800";
+
+/// A directory entry on the stick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub is_dir: bool,
+    pub size: u64,
+}
+
+/// The boot partition of a stick.
+pub trait Stick {
+    /// The target, for messages: `boot.img (FAT at byte 1048576)`.
+    fn describe(&self) -> String;
+    /// The entries of a directory (`""` is the root), without `.` and `..`.
+    fn list(&mut self, dir: &str) -> Result<Vec<Entry>>;
+    /// Streams a file's contents into `out`; returns its size.
+    fn read_into(&mut self, path: &str, out: &mut dyn Write) -> Result<u64>;
+    /// Creates or truncates a file and fills it from `data`. Not atomic: write a temporary name, then
+    /// [`Stick::rename`] it.
+    fn write(&mut self, path: &str, data: &mut dyn Read) -> Result<u64>;
+    /// Renames a file, replacing `to` if it exists. Atomic on a directory target; on FAT it is a removal of
+    /// `to` followed by a rename, so a crash in between leaves `from` and no `to`.
+    fn rename(&mut self, from: &str, to: &str) -> Result<()>;
+    /// Removes a file or an empty directory.
+    fn remove(&mut self, path: &str) -> Result<()>;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&mut self, dir: &str) -> Result<()>;
+    /// Overwrites bytes inside an existing file without changing its size or moving its clusters (the ADV
+    /// inside ldlinux.sys).
+    fn patch(&mut self, path: &str, offset: u64, bytes: &[u8]) -> Result<()>;
+    /// Pushes every write so far to the device (the order of writes matters for crash safety).
+    fn sync(&mut self) -> Result<()>;
+    /// Finishes with the stick: flushes, marks a FAT volume clean, syncs.
+    fn close(self: Box<Self>) -> Result<()>;
+
+    /// The entry at `path`, if there is one.
+    fn entry(&mut self, path: &str) -> Result<Option<Entry>> {
+        let path = clean(path);
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        if name.is_empty() {
+            return Ok(Some(Entry {
+                name: String::new(),
+                is_dir: true,
+                size: 0,
+            }));
+        }
+        if !dir.is_empty() && !self.entry(dir)?.is_some_and(|e| e.is_dir) {
+            return Ok(None);
+        }
+        Ok(self
+            .list(dir)?
+            .into_iter()
+            .find(|e| e.name.eq_ignore_ascii_case(name)))
+    }
+
+    fn exists(&mut self, path: &str) -> Result<bool> {
+        Ok(self.entry(path)?.is_some())
+    }
+
+    /// A whole file.
+    fn read(&mut self, path: &str) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_into(path, &mut out)?;
+        Ok(out)
+    }
+
+    /// Writes `data` to `path` through a temporary name, so readers see the old or the new contents.
+    fn replace(&mut self, path: &str, data: &[u8]) -> Result<()> {
+        let tmp = temp_name(path);
+        self.write(&tmp, &mut &data[..])?;
+        self.rename(&tmp, path)
+    }
+
+    /// Size and SHA-256 (lowercase hex) of a file, read back from the stick.
+    fn sha256(&mut self, path: &str) -> Result<(u64, String)> {
+        let mut hasher = HashWriter(Sha256::new());
+        let size = self.read_into(path, &mut hasher)?;
+        Ok((size, hex(&hasher.0.finalize())))
+    }
+}
+
+/// The temporary name a file is written under before it is renamed into place.
+pub fn temp_name(path: &str) -> String {
+    format!("{path}.tmp")
+}
+
+struct HashWriter(Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn clean(path: &str) -> &str {
+    path.trim_matches('/')
+}
+
+/// Opens TARGET: `ssh://…`, a directory (the mounted partition), a whole-disk block device or an image file
+/// (the `RAMNAS` partition in its MBR).
+pub fn open(target: &str) -> Result<Box<dyn Stick>> {
+    if target.starts_with("ssh://") {
+        // The ssh implementation (commands over the system's OpenSSH client on /media/boot) goes here.
+        bail!("{target}: ssh targets are not supported yet");
+    }
+    let path = Path::new(target);
+    let meta = fs::metadata(path)
+        .with_context(|| format!("{target}: no such file, directory or device"))?;
+    if meta.is_dir() {
+        return Ok(Box::new(Dir::open(path)?));
+    }
+    if meta.file_type().is_block_device() {
+        refuse_partition(path)?;
+    } else if !meta.is_file() {
+        bail!("{target}: not an image file, block device or directory");
+    }
+    Ok(Box::new(Fat::open(path)?))
+}
+
+/// A partition device (`/dev/sdb1`) is refused: the MBR is on the whole disk.
+fn refuse_partition(dev: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = fs::metadata(dev)?.rdev();
+    let sys = format!(
+        "/sys/dev/block/{}:{}/partition",
+        libc::major(rdev),
+        libc::minor(rdev)
+    );
+    if Path::new(&sys).exists() {
+        bail!(
+            "{}: a partition; give the whole disk (such as /dev/sdb, not /dev/sdb1)",
+            dev.display()
+        );
+    }
+    Ok(())
+}
+
+/// A byte range of a file or device, seen as a file of its own (the partition for `fatfs`).
+pub struct Slice {
+    file: fs::File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Slice {
+    pub fn new(file: fs::File, start: u64, len: u64) -> Slice {
+        Slice {
+            file,
+            start,
+            len,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Slice {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.len.saturating_sub(self.pos) as usize);
+        let n = read_at(&self.file, &mut buf[..n], self.start + self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for Slice {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.len.saturating_sub(self.pos) as usize);
+        if n == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write past the end of the partition",
+            ));
+        }
+        let n = std::os::unix::fs::FileExt::write_at(&self.file, &buf[..n], self.start + self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Slice {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let new = match pos {
+            SeekFrom::Start(p) => p as i128,
+            SeekFrom::End(d) => self.len as i128 + d as i128,
+            SeekFrom::Current(d) => self.pos as i128 + d as i128,
+        };
+        if new < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start",
+            ));
+        }
+        self.pos = new as u64;
+        Ok(self.pos)
+    }
+}
+
+fn read_at(file: &fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+/// One MBR partition entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    pub bootable: bool,
+    pub kind: u8,
+    pub start_sector: u32,
+    pub sectors: u32,
+}
+
+/// The primary partitions of an MBR (first sector), or an error when there is no MBR signature.
+pub fn mbr_partitions(sector: &[u8; 512]) -> Result<Vec<Partition>> {
+    if sector[510..512] != [0x55, 0xaa] {
+        bail!("no MBR partition table (no 55aa signature)");
+    }
+    Ok((0..4)
+        .map(|i| &sector[446 + 16 * i..446 + 16 * (i + 1)])
+        .map(|e| Partition {
+            bootable: e[0] == 0x80,
+            kind: e[4],
+            start_sector: u32::from_le_bytes(e[8..12].try_into().unwrap()),
+            sectors: u32::from_le_bytes(e[12..16].try_into().unwrap()),
+        })
+        .filter(|p| p.kind != 0 && p.sectors != 0)
+        .collect())
+}
+
+/// FAT partition types in an MBR.
+const FAT_TYPES: &[u8] = &[0x01, 0x04, 0x06, 0x0b, 0x0c, 0x0e, 0xef];
+
+/// The FAT partition labelled `RAMNAS` of an image file or whole-disk device.
+pub struct Fat {
+    /// Always Some, except while mtools works on the partition (see [`Fat::mmd`]).
+    fs: Option<fatfs::FileSystem<Slice>>,
+    /// Another handle on the same open file, to fsync it.
+    file: fs::File,
+    path: PathBuf,
+    start: u64,
+    len: u64,
+    what: String,
+}
+
+impl Fat {
+    /// Opens the partition labelled `RAMNAS` in the MBR of `path`.
+    pub fn open(path: &Path) -> Result<Fat> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {} for reading and writing", path.display()))?;
+        let mut mbr = [0u8; 512];
+        file.read_exact_at_start(&mut mbr)
+            .with_context(|| format!("reading the first sector of {}", path.display()))?;
+        let parts = mbr_partitions(&mbr).with_context(|| format!("{}", path.display()))?;
+        for part in parts.iter().filter(|p| FAT_TYPES.contains(&p.kind)) {
+            let (start, len) = (part.start_sector as u64 * 512, part.sectors as u64 * 512);
+            let slice = Slice::new(file.try_clone()?, start, len);
+            let Ok(fs) = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()) else {
+                continue;
+            };
+            if fs.volume_label().trim_end() == LABEL {
+                return Ok(Fat {
+                    fs: Some(fs),
+                    file,
+                    path: path.to_path_buf(),
+                    start,
+                    len,
+                    what: format!("{} (FAT at byte {start})", path.display()),
+                });
+            }
+        }
+        bail!(
+            "{}: no FAT partition labelled {LABEL} in its MBR partition table; is it a ramnas stick (made by `cargo xtask image` and `flash`)?",
+            path.display()
+        )
+    }
+
+    /// Opens the FAT file system at byte `start` (length `len`) of `path`, whatever its label.
+    pub fn open_at(path: &Path, start: u64, len: u64) -> Result<Fat> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let slice = Slice::new(file.try_clone()?, start, len);
+        let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new())
+            .with_context(|| format!("{}: no FAT file system at byte {start}", path.display()))?;
+        Ok(Fat {
+            fs: Some(fs),
+            file,
+            path: path.to_path_buf(),
+            start,
+            len,
+            what: format!("{} (FAT at byte {start})", path.display()),
+        })
+    }
+
+    fn fs(&self) -> &fatfs::FileSystem<Slice> {
+        self.fs.as_ref().expect("the FAT file system is open")
+    }
+
+    /// Makes directories with mtools' `mmd`: fatfs 0.3 writes `.` and `..` entries that fsck.vfat rejects.
+    /// The fatfs view is closed meanwhile, so the two never hold different ideas of the FAT.
+    fn mmd(&mut self, dirs: &[String]) -> Result<()> {
+        if let Some(fs) = self.fs.take() {
+            fs.unmount()
+                .with_context(|| format!("flushing the FAT file system on {}", self.what))?;
+        }
+        let sh = xshell::Shell::new()?;
+        let mut image = self.path.clone().into_os_string();
+        image.push(format!("@@{}", self.start));
+        let targets: Vec<String> = dirs.iter().map(|d| format!("::/{d}")).collect();
+        let made = xshell::cmd!(sh, "mmd -i {image} {targets...}")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .env("SOURCE_DATE_EPOCH", FIXED_EPOCH)
+            .env("TZ", "UTC")
+            .quiet()
+            .run()
+            .with_context(|| {
+                format!(
+                    "creating {} on {} with mtools' mmd (package mtools)",
+                    dirs.join(", "),
+                    self.what
+                )
+            });
+        let slice = Slice::new(self.file.try_clone()?, self.start, self.len);
+        self.fs = Some(
+            fatfs::FileSystem::new(slice, fatfs::FsOptions::new())
+                .with_context(|| format!("reopening the FAT file system on {}", self.what))?,
+        );
+        made
+    }
+
+    fn err(&self, what: &str, path: &str) -> String {
+        format!("{what} {path} on {}", self.what)
+    }
+}
+
+trait ReadStart {
+    fn read_exact_at_start(&self, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl ReadStart for fs::File {
+    fn read_exact_at_start(&self, buf: &mut [u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, 0)
+    }
+}
+
+impl Stick for Fat {
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+
+    fn list(&mut self, dir: &str) -> Result<Vec<Entry>> {
+        let dir = clean(dir);
+        let root = self.fs().root_dir();
+        let d = if dir.is_empty() {
+            root
+        } else {
+            root.open_dir(dir)
+                .with_context(|| self.err("opening directory", dir))?
+        };
+        let mut out = Vec::new();
+        for e in d.iter() {
+            let e = e.with_context(|| self.err("listing", dir))?;
+            let name = e.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            out.push(Entry {
+                name,
+                is_dir: e.is_dir(),
+                size: e.len(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn read_into(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let path = clean(path);
+        let mut f = self
+            .fs()
+            .root_dir()
+            .open_file(path)
+            .with_context(|| self.err("opening", path))?;
+        copy(&mut f, out).with_context(|| self.err("reading", path))
+    }
+
+    fn write(&mut self, path: &str, data: &mut dyn Read) -> Result<u64> {
+        let path = clean(path);
+        let mut f = self
+            .fs()
+            .root_dir()
+            .create_file(path)
+            .with_context(|| self.err("creating", path))?;
+        f.truncate().with_context(|| self.err("truncating", path))?;
+        let n = copy(data, &mut f).with_context(|| self.err("writing", path))?;
+        f.flush().with_context(|| self.err("writing", path))?;
+        Ok(n)
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (clean(from), clean(to));
+        if self.exists(to)? {
+            self.remove(to)?;
+        }
+        let root = self.fs().root_dir();
+        root.rename(from, &root, to)
+            .with_context(|| self.err(&format!("renaming {from} to"), to))
+    }
+
+    fn remove(&mut self, path: &str) -> Result<()> {
+        let path = clean(path);
+        self.fs()
+            .root_dir()
+            .remove(path)
+            .with_context(|| self.err("removing", path))
+    }
+
+    fn create_dir_all(&mut self, dir: &str) -> Result<()> {
+        let dir = clean(dir);
+        let mut done = String::new();
+        let mut missing = Vec::new();
+        for part in dir.split('/').filter(|p| !p.is_empty()) {
+            if !done.is_empty() {
+                done.push('/');
+            }
+            done.push_str(part);
+            match self.entry(&done)? {
+                Some(e) if e.is_dir => {}
+                Some(_) => bail!(
+                    "{}: a file is in the way",
+                    self.err("creating directory", &done)
+                ),
+                None => missing.push(done.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.mmd(&missing)
+    }
+
+    fn patch(&mut self, path: &str, offset: u64, bytes: &[u8]) -> Result<()> {
+        let path = clean(path);
+        let mut f = self
+            .fs()
+            .root_dir()
+            .open_file(path)
+            .with_context(|| self.err("opening", path))?;
+        let size = f.seek(SeekFrom::End(0))?;
+        if offset + bytes.len() as u64 > size {
+            bail!(
+                "{}: {} bytes at {offset} reach past its end ({size} bytes)",
+                self.err("patching", path),
+                bytes.len()
+            );
+        }
+        f.seek(SeekFrom::Start(offset))?;
+        f.write_all(bytes)
+            .and_then(|_| f.flush())
+            .with_context(|| self.err("patching", path))
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.what))
+    }
+
+    fn close(self: Box<Self>) -> Result<()> {
+        let Fat { fs, file, what, .. } = *self;
+        if let Some(fs) = fs {
+            fs.unmount()
+                .with_context(|| format!("finishing the FAT file system on {what}"))?;
+        }
+        file.sync_all().with_context(|| format!("syncing {what}"))
+    }
+}
+
+fn copy(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+/// A directory where the stick's FAT partition is mounted (or a copy of its files).
+pub struct Dir {
+    root: PathBuf,
+}
+
+impl Dir {
+    pub fn open(root: &Path) -> Result<Dir> {
+        if !root.is_dir() {
+            bail!("{}: not a directory", root.display());
+        }
+        Ok(Dir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn path(&self, path: &str) -> PathBuf {
+        self.root.join(clean(path))
+    }
+}
+
+impl Stick for Dir {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn list(&mut self, dir: &str) -> Result<Vec<Entry>> {
+        let path = self.path(dir);
+        let mut out = Vec::new();
+        for e in fs::read_dir(&path).with_context(|| format!("listing {}", path.display()))? {
+            let e = e?;
+            let meta = e.metadata()?;
+            out.push(Entry {
+                name: e.file_name().to_string_lossy().into_owned(),
+                is_dir: meta.is_dir(),
+                size: meta.len(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn read_into(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let path = self.path(path);
+        let mut f = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        copy(&mut f, out).with_context(|| format!("reading {}", path.display()))
+    }
+
+    fn write(&mut self, path: &str, data: &mut dyn Read) -> Result<u64> {
+        let path = self.path(path);
+        let mut f =
+            fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        copy(data, &mut f).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (self.path(from), self.path(to));
+        fs::rename(&from, &to)
+            .with_context(|| format!("renaming {} to {}", from.display(), to.display()))
+    }
+
+    fn remove(&mut self, path: &str) -> Result<()> {
+        let path = self.path(path);
+        if path.is_dir() {
+            fs::remove_dir(&path)
+        } else {
+            fs::remove_file(&path)
+        }
+        .with_context(|| format!("removing {}", path.display()))
+    }
+
+    fn create_dir_all(&mut self, dir: &str) -> Result<()> {
+        let path = self.path(dir);
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))
+    }
+
+    fn patch(&mut self, path: &str, offset: u64, bytes: &[u8]) -> Result<()> {
+        let path = self.path(path);
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let size = f.metadata()?.len();
+        if offset + bytes.len() as u64 > size {
+            bail!(
+                "patching {}: {} bytes at {offset} reach past its end ({size} bytes)",
+                path.display(),
+                bytes.len()
+            );
+        }
+        std::os::unix::fs::FileExt::write_all_at(&f, bytes, offset)
+            .and_then(|_| f.sync_data())
+            .with_context(|| format!("patching {}", path.display()))
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let d = fs::File::open(&self.root)?;
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("syncing {}", self.root.display()));
+        }
+        Ok(())
+    }
+
+    fn close(mut self: Box<Self>) -> Result<()> {
+        self.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every operation, the same way on both implementations.
+    fn exercise(stick: &mut dyn Stick) {
+        stick.create_dir_all("slots/a").unwrap();
+        stick.create_dir_all("slots/a").unwrap();
+        stick
+            .write("slots/a/f.tmp", &mut &b"hello world"[..])
+            .unwrap();
+        stick.rename("slots/a/f.tmp", "slots/a/file").unwrap();
+        assert!(!stick.exists("slots/a/f.tmp").unwrap());
+        assert_eq!(stick.read("slots/a/file").unwrap(), b"hello world");
+        stick.replace("slots/a/file", b"HELLO").unwrap();
+        assert_eq!(stick.read("slots/a/file").unwrap(), b"HELLO");
+        stick.patch("slots/a/file", 1, b"ey").unwrap();
+        assert_eq!(stick.read("slots/a/file").unwrap(), b"HeyLO");
+        assert!(stick.patch("slots/a/file", 4, b"xx").is_err());
+        assert_eq!(
+            stick.entry("slots/a/file").unwrap(),
+            Some(Entry {
+                name: "file".into(),
+                is_dir: false,
+                size: 5
+            })
+        );
+        assert!(stick.entry("slots/b/file").unwrap().is_none());
+        assert_eq!(
+            stick.sha256("slots/a/file").unwrap(),
+            (5, hex(&Sha256::digest(b"HeyLO")))
+        );
+        let names: Vec<String> = stick
+            .list("slots")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["a"]);
+        stick.remove("slots/a/file").unwrap();
+        assert!(stick.list("slots/a").unwrap().is_empty());
+        stick.sync().unwrap();
+    }
+
+    #[test]
+    fn dir_stick_does_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stick = Dir::open(dir.path()).unwrap();
+        exercise(&mut stick);
+        Box::new(stick).close().unwrap();
+    }
+
+    #[test]
+    fn fat_stick_does_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fat.img");
+        let f = fs::File::create(&img).unwrap();
+        f.set_len(40 << 20).unwrap();
+        let slice = Slice::new(f.try_clone().unwrap(), 1 << 20, 32 << 20);
+        fatfs::format_volume(
+            slice,
+            fatfs::FormatVolumeOptions::new().volume_label(*b"RAMNAS     "),
+        )
+        .unwrap();
+        let mut mbr = [0u8; 512];
+        mbr[446] = 0x80;
+        mbr[446 + 4] = 0x0c;
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&(32u32 << 11).to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0).unwrap();
+        let mut stick = open(img.to_str().unwrap()).unwrap();
+        exercise(&mut *stick);
+        stick.close().unwrap();
+        // Reopened, the root still holds the directories.
+        let mut stick = open(img.to_str().unwrap()).unwrap();
+        assert!(stick.entry("slots/a").unwrap().unwrap().is_dir);
+    }
+
+    #[test]
+    fn an_image_without_a_ramnas_partition_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("blank.img");
+        fs::write(&img, vec![0u8; 4096]).unwrap();
+        let err = open(img.to_str().unwrap()).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("no MBR partition table"),
+            "{err:#}"
+        );
+        assert!(open("ssh://nas").is_err());
+    }
+}

@@ -1,0 +1,990 @@
+//! `cargo xtask build`: the fixture packed by our packer boots for every compression; GNU cpio reads back
+//! what the tree holds; builds are reproducible; the alpine-make-rootfs seam gets what it must; every
+//! error is clear and leaves OUT/ as it was.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::{symlink, MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::{text, xtask, xtask_ok};
+use sha2::{Digest, Sha256};
+use xtask::{fixture::Fixture, manifest::Manifest, qemu::Outcome};
+
+// ---------------------------------------------------------------------------------------------------
+// Boots: every compression format, proven by the Debian kernel unpacking it.
+
+fn boot_with(compression: &str) {
+    let dir = common::tempdir();
+    let marker = format!("packed-{compression}");
+    let mut fixture = Fixture::new(&marker);
+    // 40 MiB more than the fixture: several zstd frames' worth of jobs and several xz blocks (24 MiB
+    // each at preset 6), so the kernel must handle a multi-block stream. Zeros keep it fast.
+    fixture
+        .files
+        .push(("var/filler".into(), "\0".repeat(40 << 20), 0o644));
+    let out = common::build_fixture(dir.path(), &fixture, "out", &["--compression", compression]);
+    let manifest = Manifest::load(&out.join("manifest.json")).unwrap();
+    assert_eq!(
+        format!("{:?}", manifest.compression).to_lowercase(),
+        compression
+    );
+    manifest.verify(&out).unwrap();
+    let machine = common::direct_machine(&out, "panic=-1");
+    let mut vm = common::start(&machine, dir.path(), "boot");
+    let want = format!("ramnas: ready slot=none build={marker}");
+    let outcome = vm.wait_for(
+        &regex::Regex::new("ramnas: ready.*").unwrap(),
+        common::BOOT_TIMEOUT,
+    );
+    let lines = vm.output();
+    assert_eq!(outcome, Outcome::Matched(want), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l == "ramnas: fixture checks ok"),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("ramnas: FAIL")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn boots_zstd() {
+    boot_with("zstd");
+}
+
+#[test]
+fn boots_xz() {
+    boot_with("xz");
+}
+
+#[test]
+fn boots_gzip() {
+    boot_with("gzip");
+}
+
+#[test]
+fn boots_none() {
+    boot_with("none");
+}
+
+/// The bootloader loads ucode.img and the initramfs one after the other; the kernel must accept that.
+#[test]
+fn boots_with_microcode_in_front() {
+    let dir = common::tempdir();
+    let mut fixture = Fixture::new("ucode");
+    fixture.ucode = true;
+    let out = common::build_fixture(dir.path(), &fixture, "out", &[]);
+    let ucode = fs::read(out.join("ucode.img")).unwrap();
+    let intel = fs::read(dir.path().join("tree-out/boot/intel-ucode.img")).unwrap();
+    let amd = fs::read(dir.path().join("tree-out/boot/amd-ucode.img")).unwrap();
+    assert_eq!(
+        ucode,
+        [intel, amd].concat(),
+        "ucode.img is intel-ucode.img then amd-ucode.img"
+    );
+    let mut both = ucode;
+    both.extend(fs::read(out.join("initramfs")).unwrap());
+    fs::write(out.join("initramfs"), both).unwrap();
+    let machine = common::direct_machine(&out, "panic=-1 ramnas.slot=a");
+    let mut vm = common::start(&machine, dir.path(), "boot");
+    vm.expect("^ramnas: ready slot=a build=ucode$", common::BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}\n{:#?}", vm.output()));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// GNU cpio reads back the tree.
+
+#[derive(Debug, PartialEq, Eq)]
+struct Node {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    rdev: (u32, u32),
+    content: String,
+}
+
+/// Every path under `root` with what the archive must preserve; `(dev, ino)` of regular files too.
+fn describe(root: &Path) -> (BTreeMap<PathBuf, Node>, BTreeMap<PathBuf, (u64, u64)>) {
+    let mut nodes = BTreeMap::new();
+    let mut inodes = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let full = root.join(&rel);
+        let meta = fs::symlink_metadata(&full).unwrap();
+        let ft = meta.file_type();
+        let (kind, content) = if ft.is_dir() {
+            for e in fs::read_dir(&full).unwrap() {
+                stack.push(rel.join(e.unwrap().file_name()));
+            }
+            ("dir", String::new())
+        } else if ft.is_symlink() {
+            (
+                "symlink",
+                fs::read_link(&full).unwrap().to_string_lossy().into_owned(),
+            )
+        } else if ft.is_file() {
+            inodes.insert(rel.clone(), (meta.dev(), meta.ino()));
+            (
+                "file",
+                format!("{:x}", Sha256::digest(fs::read(&full).unwrap())),
+            )
+        } else {
+            ("special", String::new())
+        };
+        let rdev = meta.rdev();
+        nodes.insert(
+            rel,
+            Node {
+                kind,
+                mode: meta.mode(),
+                uid: meta.uid(),
+                gid: meta.gid(),
+                rdev: (libc::major(rdev), libc::minor(rdev)),
+                content,
+            },
+        );
+    }
+    (nodes, inodes)
+}
+
+#[test]
+fn gnu_cpio_extracts_the_tree() {
+    let dir = common::tempdir();
+    let out = common::build_fixture(
+        dir.path(),
+        &Fixture::new("cpio"),
+        "out",
+        &["--compression", "none"],
+    );
+    let tree = dir.path().join("tree-out");
+    // The manifest knows the kernel (from the bzImage header) and the packages (from apk's database).
+    let manifest = Manifest::load(&out.join("manifest.json")).unwrap();
+    let kernel = xtask::fixture::HostKernel::find().unwrap();
+    assert_eq!(
+        manifest.kernel_version.as_deref(),
+        Some(kernel.version.as_str())
+    );
+    assert_eq!(manifest.packages["ramnas-fixture"], "cpio-r0");
+    assert_eq!(manifest.artifacts["vmlinuz"].sha256, sha(&kernel.vmlinuz));
+    let extracted = dir.path().join("extracted");
+    fs::create_dir(&extracted).unwrap();
+    let status = Command::new("cpio")
+        .args([
+            "--quiet",
+            "-i",
+            "--make-directories",
+            "--no-absolute-filenames",
+            "-F",
+        ])
+        .arg(out.join("initramfs"))
+        .current_dir(&extracted)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let (mut want, want_inodes) = describe(&tree);
+    let (mut got, got_inodes) = describe(&extracted);
+    // /boot stays out; /dev/console and /dev/null come in.
+    want.retain(|p, _| !p.starts_with("boot"));
+    let console = got
+        .remove(Path::new("dev/console"))
+        .expect("dev/console in the archive");
+    assert_eq!(
+        (console.kind, console.mode, console.rdev),
+        ("special", 0o20600, (5, 1))
+    );
+    let null = got
+        .remove(Path::new("dev/null"))
+        .expect("dev/null in the archive");
+    assert_eq!(
+        (null.kind, null.mode, null.rdev),
+        ("special", 0o20666, (1, 3))
+    );
+    // The extraction directory itself is ours; the archive's "." only sets its mode.
+    want.remove(Path::new(""));
+    got.remove(Path::new(""));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (path, node) in &want {
+        assert_eq!(&got[path], node, "{}", path.display());
+    }
+    // Spot checks of what the fixture promises, so this test cannot pass on an empty tree.
+    assert_eq!(got[Path::new("fixture/setuid")].mode, 0o104755);
+    assert_eq!(got[Path::new("fixture/sticky")].mode, 0o41777);
+    assert_eq!(
+        (
+            got[Path::new("fixture/owned")].uid,
+            got[Path::new("fixture/owned")].gid
+        ),
+        (1234, 5678)
+    );
+    assert_eq!(got[Path::new("fixture/fifo")].mode, 0o10600);
+    assert_eq!(got[Path::new("fixture/null")].rdev, (1, 3));
+    assert_eq!(got[Path::new("fixture/link")].content, "hard1");
+    assert_eq!(
+        want_inodes[Path::new("fixture/hard1")],
+        want_inodes[Path::new("fixture/hard2")]
+    );
+    assert_eq!(
+        got_inodes[Path::new("fixture/hard1")],
+        got_inodes[Path::new("fixture/hard2")],
+        "hardlink kept"
+    );
+
+    // One data copy: the listing shows the pair with one inode number, and the archive holds the
+    // data once.
+    let archive = fs::read(out.join("initramfs")).unwrap();
+    let needle = b"hardlinked data\n";
+    assert_eq!(
+        archive
+            .windows(needle.len())
+            .filter(|w| w == needle)
+            .count(),
+        1
+    );
+    let listing = Command::new("cpio")
+        .args(["--quiet", "-t", "-v", "-F"])
+        .arg(out.join("initramfs"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let hard: Vec<_> = listing
+        .lines()
+        .filter(|l| l.ends_with("fixture/hard1") || l.ends_with("fixture/hard2"))
+        .collect();
+    assert_eq!(hard.len(), 2, "{listing}");
+    assert!(
+        hard.iter()
+            .all(|l| l.split_whitespace().nth(1) == Some("2")),
+        "link count 2: {hard:?}"
+    );
+    // Parents before children, names sorted: the order is the sorted order of the paths.
+    let names: Vec<&str> = listing
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .filter(|n| !n.contains("->"))
+        .collect();
+    let first: Vec<&str> = names.iter().copied().take(3).collect();
+    assert_eq!(first, [".", "bin", "bin/busybox"], "{listing}");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reproducibility and no-change builds.
+
+fn sha(path: &Path) -> String {
+    format!("{:x}", Sha256::digest(fs::read(path).unwrap()))
+}
+
+#[test]
+fn same_tree_gives_the_same_bytes() {
+    let dir = common::tempdir();
+    let out1 = common::build_fixture(dir.path(), &Fixture::new("same"), "one", &[]);
+    // A copy of the tree has other inode numbers, other directory order on disk, other mtimes.
+    let copy = dir.path().join("copy");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(dir.path().join("tree-one"))
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    fs::write(copy.join("etc/touched"), "").unwrap();
+    fs::remove_file(copy.join("etc/touched")).unwrap();
+    let out2 = dir.path().join("two");
+    xtask_ok(
+        dir.path(),
+        &[
+            "build",
+            "--base",
+            copy.to_str().unwrap(),
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+    );
+    for name in ["initramfs", "vmlinuz", "cmdline", "manifest.json"] {
+        assert_eq!(
+            sha(&out1.join(name)),
+            sha(&out2.join(name)),
+            "{name} differs"
+        );
+    }
+    // xz too (multi-threaded, so block boundaries must not depend on timing).
+    let out3 = dir.path().join("three");
+    let out4 = dir.path().join("four");
+    for out in [&out3, &out4] {
+        xtask_ok(
+            dir.path(),
+            &[
+                "build",
+                "--base",
+                copy.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--compression",
+                "xz",
+            ],
+        );
+    }
+    assert_eq!(sha(&out3.join("initramfs")), sha(&out4.join("initramfs")));
+    assert_ne!(sha(&out3.join("initramfs")), sha(&out1.join("initramfs")));
+}
+
+#[test]
+fn source_date_epoch_clamps_mtimes() {
+    let dir = common::tempdir();
+    let tree = mini_tree(dir.path());
+    let out = dir.path().join("out");
+    let run = |sde: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args([
+                "build",
+                "--base",
+                tree.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--compression",
+                "none",
+            ])
+            .current_dir(dir.path())
+            .env("SOURCE_DATE_EPOCH", sde)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let listing = Command::new("cpio")
+            .args(["--quiet", "-t", "-v", "-F"])
+            .arg(out.join("initramfs"))
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&listing.stdout).into_owned()
+    };
+    let listing = run("86400"); // 1970-01-02
+    assert!(
+        listing.lines().all(|l| l.contains("Jan  2  1970")),
+        "{listing}"
+    );
+    assert_eq!(
+        Manifest::load(&out.join("manifest.json"))
+            .unwrap()
+            .source_date,
+        86400
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "build",
+            "--base",
+            tree.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("SOURCE_DATE_EPOCH=\"yesterday\""),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn unchanged_build_rewrites_nothing() {
+    let dir = common::tempdir();
+    let tree = mini_tree(dir.path());
+    let out = dir.path().join("out");
+    let args = [
+        "build",
+        "--base",
+        tree.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let first = xtask_ok(dir.path(), &args);
+    assert!(
+        !text(&first).contains("nothing changed"),
+        "{}",
+        text(&first)
+    );
+    let before = snapshot(&out);
+    let inodes: Vec<u64> = ["vmlinuz", "initramfs", "manifest.json"]
+        .iter()
+        .map(|n| fs::metadata(out.join(n)).unwrap().ino())
+        .collect();
+    let second = xtask_ok(dir.path(), &args);
+    assert!(
+        text(&second).contains("nothing changed since the last build"),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(snapshot(&out), before);
+    let after: Vec<u64> = ["vmlinuz", "initramfs", "manifest.json"]
+        .iter()
+        .map(|n| fs::metadata(out.join(n)).unwrap().ino())
+        .collect();
+    assert_eq!(inodes, after, "files were rewritten");
+    // A change is built, and the diff is shown.
+    fs::write(tree.join("etc/motd"), "changed\n").unwrap();
+    let third = xtask_ok(dir.path(), &args);
+    assert!(text(&third).contains("initramfs:"), "{}", text(&third));
+    assert_ne!(snapshot(&out), before);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The alpine-make-rootfs seam.
+
+/// A stand-in for alpine-make-rootfs: records its arguments, environment and what it found in <dest>,
+/// then copies $FAKE_TREE into <dest>; fails when $FAKE_FAIL is set.
+const FAKE_TOOL: &str = r#"#!/bin/sh
+set -e
+{
+    echo "run"
+    for a in "$@"; do echo "arg=$a"; done
+    for v in ALPINE_BRANCH ALPINE_MIRROR PACKAGES FS_SKEL_DIR FS_SKEL_CHOWN SCRIPT_CHROOT; do
+        eval "echo \"env $v=\${$v-<unset>}\""
+    done
+    echo "mkinitfs=$(cat "$1/etc/mkinitfs/mkinitfs.conf")"
+} >> "$FAKE_RECORD"
+if [ -n "$FAKE_FAIL" ]; then echo "fake alpine-make-rootfs: failing on purpose" >&2; exit 3; fi
+cp -a "$FAKE_TREE"/. "$1"/
+"#;
+
+struct Seam {
+    dir: tempfile::TempDir,
+    system: PathBuf,
+    out: PathBuf,
+    tool: PathBuf,
+    record: PathBuf,
+    tree: PathBuf,
+}
+
+impl Seam {
+    fn new() -> Seam {
+        let dir = common::tempdir();
+        let system = dir.path().join("system");
+        write_system(
+            &system,
+            "# the base\nalpine-base\nlinux-lts   # kernel\n\nopenrc-init\n",
+            "[alpine]\nbranch = \"v3.22\"\nmirror = \"http://mirror.example/alpine\"\n",
+        );
+        let tool = dir.path().join("fake-alpine-make-rootfs");
+        fs::write(&tool, FAKE_TOOL).unwrap();
+        fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+        let tree = mini_tree(dir.path());
+        Seam {
+            out: dir.path().join("out"),
+            record: dir.path().join("record"),
+            system,
+            tool,
+            tree,
+            dir,
+        }
+    }
+
+    fn build(&self, extra: &[&str], fail: bool) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args([
+                "build",
+                "--system",
+                self.system.to_str().unwrap(),
+                "--out",
+                self.out.to_str().unwrap(),
+            ])
+            .args(extra)
+            .current_dir(self.dir.path())
+            .env("ALPINE_MAKE_ROOTFS", &self.tool)
+            .env("FAKE_RECORD", &self.record)
+            .env("FAKE_TREE", &self.tree)
+            .env("FAKE_FAIL", if fail { "1" } else { "" })
+            .output()
+            .unwrap()
+    }
+
+    fn runs(&self) -> usize {
+        fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "run")
+            .count()
+    }
+}
+
+fn write_system(dir: &Path, packages: &str, toml: &str) {
+    fs::create_dir_all(dir.join("root/etc")).unwrap();
+    fs::write(dir.join("packages"), packages).unwrap();
+    fs::write(dir.join("system.toml"), toml).unwrap();
+    fs::write(
+        dir.join("setup.sh"),
+        "#!/bin/sh\nln -sf /sbin/openrc-init /init\n",
+    )
+    .unwrap();
+    fs::write(dir.join("root/etc/hostname"), "nas\n").unwrap();
+}
+
+#[test]
+fn alpine_make_rootfs_contract() {
+    let s = Seam::new();
+    let o = s.build(&[], false);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("==> [2/5] the root tree"), "{}", text(&o));
+    let record = fs::read_to_string(&s.record).unwrap();
+    let system = &s.system;
+    let want = format!(
+        "run\narg={}\narg={}\nenv ALPINE_BRANCH=v3.22\nenv ALPINE_MIRROR=http://mirror.example/alpine\n\
+         env PACKAGES=alpine-base linux-lts openrc-init\nenv FS_SKEL_DIR={}\nenv FS_SKEL_CHOWN=root:root\n\
+         env SCRIPT_CHROOT=yes\nmkinitfs=disable_trigger=yes\n",
+        s.out.join("rootfs.new").display(),
+        system.join("setup.sh").display(),
+        system.join("root").display(),
+    );
+    assert_eq!(record, want);
+    // The build finished: every product, from the tree the tool made.
+    for name in ["vmlinuz", "initramfs", "cmdline", "manifest.json"] {
+        assert!(s.out.join(name).is_file(), "{name}");
+    }
+    assert!(s.out.join("rootfs/etc/mkinitfs/mkinitfs.conf").is_file());
+    assert!(!s.out.join("rootfs.new").exists());
+    assert_eq!(
+        fs::read_to_string(s.out.join("cmdline")).unwrap(),
+        "console=tty0 console=ttyS0,115200 panic=10\n"
+    );
+
+    // Nothing changed: the tool does not run, nothing is rewritten.
+    let o = s.build(&[], false);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(s.runs(), 1, "{}", text(&o));
+    assert!(
+        text(&o).contains("the root tree is up to date"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("nothing changed since the last build"),
+        "{}",
+        text(&o)
+    );
+
+    // Comments in packages are not inputs; a mode change in root/ is.
+    fs::write(
+        s.system.join("packages"),
+        "alpine-base # still\nlinux-lts\nopenrc-init\n",
+    )
+    .unwrap();
+    assert!(s.build(&[], false).status.success());
+    assert_eq!(s.runs(), 1);
+    fs::set_permissions(
+        s.system.join("root/etc/hostname"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    assert!(s.build(&[], false).status.success());
+    assert_eq!(s.runs(), 2);
+    fs::write(
+        s.system.join("setup.sh"),
+        "#!/bin/sh\nln -sf /sbin/openrc-init /init\nrc-update add sshd\n",
+    )
+    .unwrap();
+    assert!(s.build(&[], false).status.success());
+    assert_eq!(s.runs(), 3);
+    fs::write(
+        s.system.join("system.toml"),
+        "[alpine]\nbranch = \"edge\"\n",
+    )
+    .unwrap();
+    assert!(s.build(&[], false).status.success());
+    assert_eq!(s.runs(), 4);
+    // A compression change repacks but does not remake the tree.
+    let o = s.build(&["--compression", "gzip"], false);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(s.runs(), 4);
+    // --fresh always remakes it.
+    assert!(s.build(&["--fresh"], false).status.success());
+    assert_eq!(s.runs(), 5);
+
+    // A failing tool: a clear error, the previous build and tree untouched, no half-made tree.
+    let before = snapshot(&s.out);
+    let o = s.build(&["--fresh"], true);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("alpine-make-rootfs"), "{}", text(&o));
+    assert!(text(&o).contains("failing on purpose"), "{}", text(&o));
+    assert_eq!(snapshot(&s.out), before);
+    assert!(!s.out.join("rootfs.new").exists());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Errors: one clear message each, OUT/ as it was.
+
+/// A tiny tree: an executable /init, a "kernel", a file or two. Packs in milliseconds.
+fn mini_tree(dir: &Path) -> PathBuf {
+    let tree = dir.join("mini");
+    fs::create_dir_all(tree.join("boot")).unwrap();
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::create_dir_all(tree.join("sbin")).unwrap();
+    fs::write(tree.join("boot/vmlinuz-lts"), "not really a kernel\n").unwrap();
+    fs::write(tree.join("sbin/openrc-init"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(
+        tree.join("sbin/openrc-init"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    symlink("/sbin/openrc-init", tree.join("init")).unwrap();
+    fs::write(tree.join("etc/hostname"), "mini\n").unwrap();
+    tree
+}
+
+/// Every file under `dir` (except the root-owned tree) with its contents' hash.
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().unwrap().is_file() {
+            files.insert(name, sha(&e.path()));
+        } else {
+            files.insert(name, "dir".into());
+        }
+    }
+    files
+}
+
+/// Builds `tree` once successfully, breaks it with `breakage`, builds again: the error must contain
+/// `message` and OUT/ must be as the good build left it.
+fn fails_cleanly(breakage: impl FnOnce(&Path, &Path), message: &str) {
+    let dir = common::tempdir();
+    let tree = mini_tree(dir.path());
+    let system = dir.path().join("system");
+    write_system(&system, "alpine-base\n", "");
+    let out = dir.path().join("out");
+    let args = [
+        "build",
+        "--base",
+        tree.to_str().unwrap(),
+        "--system",
+        system.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    xtask_ok(dir.path(), &args);
+    let before = snapshot(&out);
+    breakage(&tree, &system);
+    let o = xtask(dir.path(), &args);
+    assert!(!o.status.success(), "the build should fail: {}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains(message), "want {message:?} in:\n{stderr}");
+    assert_eq!(snapshot(&out), before, "OUT/ changed:\n{stderr}");
+}
+
+#[test]
+fn error_malformed_package_line() {
+    fails_cleanly(
+        |_, system| fs::write(system.join("packages"), "alpine-base\n\nopenssh sshd\n").unwrap(),
+        "packages:3: \"openssh sshd\": one package per line",
+    );
+}
+
+#[test]
+fn error_unknown_toml_key() {
+    fails_cleanly(
+        |_, system| fs::write(system.join("system.toml"), "[kernel]\nflavor = \"lts\"\n").unwrap(),
+        "unknown field `flavor`",
+    );
+}
+
+#[test]
+fn error_no_kernel() {
+    fails_cleanly(
+        |tree, _| fs::remove_file(tree.join("boot/vmlinuz-lts")).unwrap(),
+        "no kernel in",
+    );
+}
+
+#[test]
+fn error_no_init() {
+    fails_cleanly(
+        |tree, _| fs::remove_file(tree.join("init")).unwrap(),
+        "/init is missing",
+    );
+}
+
+#[test]
+fn error_init_not_executable() {
+    fails_cleanly(
+        |tree, _| {
+            fs::set_permissions(
+                tree.join("sbin/openrc-init"),
+                fs::Permissions::from_mode(0o644),
+            )
+            .unwrap()
+        },
+        "/init (→ /sbin/openrc-init) is not an executable file",
+    );
+}
+
+#[test]
+fn error_file_of_4_gib() {
+    fails_cleanly(
+        |tree, _| {
+            fs::File::create(tree.join("etc/huge"))
+                .unwrap()
+                .set_len(4 << 30)
+                .unwrap()
+        },
+        "etc/huge: 4294967296 bytes; the initramfs (newc cpio) cannot hold a file of 4 GiB or more",
+    );
+}
+
+#[test]
+fn error_missing_base() {
+    fails_cleanly(
+        |tree, _| fs::remove_dir_all(tree).unwrap(),
+        "no such directory or tarball",
+    );
+}
+
+#[test]
+fn error_out_inside_the_tree() {
+    let dir = common::tempdir();
+    let tree = mini_tree(dir.path());
+    let o = xtask(
+        dir.path(),
+        &["build", "--base", "mini", "--out", "mini/out"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("the build would pack its own output"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        fs::read_dir(tree.join("out")).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+#[test]
+fn base_tarball_keeps_owners_and_devices() {
+    let dir = common::tempdir();
+    let tree = dir.path().join("tree");
+    Fixture::new("tar").write(&tree).unwrap();
+    let tarball = dir.path().join("tree.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .args(["-cf"])
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let from_dir = dir.path().join("from-dir");
+    let from_tar = dir.path().join("from-tar");
+    xtask_ok(
+        dir.path(),
+        &[
+            "build",
+            "--base",
+            tree.to_str().unwrap(),
+            "--out",
+            from_dir.to_str().unwrap(),
+        ],
+    );
+    xtask_ok(
+        dir.path(),
+        &[
+            "build",
+            "--base",
+            tarball.to_str().unwrap(),
+            "--out",
+            from_tar.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        sha(&from_dir.join("initramfs")),
+        sha(&from_tar.join("initramfs"))
+    );
+    assert!(
+        !from_tar.join(".base").exists(),
+        "the extracted tree is removed"
+    );
+}
+
+/// The example system/ of this repository parses and goes through the seam as written.
+#[test]
+fn example_system_builds_through_the_seam() {
+    let s = Seam::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system");
+    let example = fs::canonicalize(example).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "build",
+            "--system",
+            example.to_str().unwrap(),
+            "--out",
+            s.out.to_str().unwrap(),
+        ])
+        .current_dir(s.dir.path())
+        .env("ALPINE_MAKE_ROOTFS", &s.tool)
+        .env("FAKE_RECORD", &s.record)
+        .env("FAKE_TREE", &s.tree)
+        .env("FAKE_FAIL", "")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let record = fs::read_to_string(&s.record).unwrap();
+    let packages = record
+        .lines()
+        .find_map(|l| l.strip_prefix("env PACKAGES="))
+        .unwrap();
+    let packages: Vec<&str> = packages.split(' ').collect();
+    for p in [
+        "alpine-base",
+        "openrc-init",
+        "linux-lts",
+        "linux-firmware-none",
+        "openssh",
+    ] {
+        assert!(packages.contains(&p), "{p} not in {packages:?}");
+    }
+    assert!(record.contains("env ALPINE_BRANCH=v3.22\n"), "{record}");
+    assert!(
+        record.contains(&format!("arg={}\n", example.join("setup.sh").display())),
+        "{record}"
+    );
+    let manifest = Manifest::load(&s.out.join("manifest.json")).unwrap();
+    assert!(
+        manifest.git_commit.is_some(),
+        "the example lives in git: {manifest:?}"
+    );
+    let status = Command::new("shellcheck")
+        .arg(example.join("setup.sh"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "shellcheck system/setup.sh");
+}
+
+/// Through sudo, the products belong to the user who ran it (SUDO_UID/SUDO_GID).
+#[test]
+fn products_belong_to_the_sudo_user() {
+    let dir = common::tempdir();
+    let tree = mini_tree(dir.path());
+    let out = dir.path().join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "build",
+            "--base",
+            tree.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .env("SUDO_UID", "4321")
+        .env("SUDO_GID", "8765")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for name in ["", "vmlinuz", "initramfs", "cmdline", "manifest.json"] {
+        let meta = fs::metadata(out.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4321, 8765), "{name}");
+    }
+}
+
+/// A user who is not root gets told why, and the same build runs again through sudo with the
+/// environment it needs.
+#[test]
+fn not_root_reruns_through_sudo() {
+    let dir = common::tempdir();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let system = dir.path().join("system");
+    write_system(&system, "alpine-base\n", "");
+    let bin = dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let record = dir.path().join("sudo-args");
+    fs::write(
+        bin.join("sudo"),
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done > {}\nexit 7\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(bin.join("sudo"), fs::Permissions::from_mode(0o755)).unwrap();
+    let tool = dir.path().join("tool");
+    fs::write(&tool, "#!/bin/sh\nexit 1\n").unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(["build", "--system", "system", "--out", "out"])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("HOME", dir.path())
+        .env_remove("XDG_CACHE_HOME")
+        .env("ALPINE_MAKE_ROOTFS", &tool)
+        .env("SOURCE_DATE_EPOCH", "86400")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "sudo's exit status is the build's: {}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("alpine-make-rootfs must run as root"),
+        "{}",
+        text(&o)
+    );
+    let args = fs::read_to_string(&record).unwrap();
+    let want = format!(
+        "--\nenv\nXDG_CACHE_HOME={}/.cache\nALPINE_MAKE_ROOTFS={}\nSOURCE_DATE_EPOCH=86400\n{}\nbuild\n--system\nsystem\n--out\nout\n",
+        dir.path().display(),
+        tool.display(),
+        env!("CARGO_BIN_EXE_xtask"),
+    );
+    assert_eq!(args, want);
+    assert!(
+        !dir.path().join("out").exists(),
+        "nothing written before sudo"
+    );
+}
+
+/// A cached alpine-make-rootfs that does not match the pinned SHA-256 is refused, never run.
+#[test]
+fn tampered_cached_tool_is_refused() {
+    let dir = common::tempdir();
+    let system = dir.path().join("system");
+    write_system(&system, "alpine-base\n", "");
+    let cache = dir.path().join("cache/ramnas");
+    fs::create_dir_all(&cache).unwrap();
+    let ran = dir.path().join("ran");
+    let cached = cache.join(format!("alpine-make-rootfs-{}", xtask::rootfs::VERSION));
+    fs::write(&cached, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+    fs::set_permissions(&cached, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["build", "--system", "system", "--out", "out"])
+        .current_dir(dir.path())
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .env_remove("ALPINE_MAKE_ROOTFS")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let want = format!(
+        "expected {} (alpine-make-rootfs v0.8.1)",
+        xtask::rootfs::SHA256
+    );
+    assert!(text(&o).contains(&want), "{}", text(&o));
+    assert!(!ran.exists(), "the tampered tool ran");
+    assert!(!dir.path().join("out/rootfs").exists());
+}

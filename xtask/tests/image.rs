@@ -1,0 +1,429 @@
+//! `cargo xtask image`: the fixture build in a stick image, booted by SeaBIOS through syslinux; the image's
+//! partition table, file system and layout checked with sfdisk, fsck.vfat and mtools; reproducible bytes;
+//! the size and syslinux errors; and the ADV's boot-once, written by our code, obeyed by a real ldlinux.
+
+mod common;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use sha2::{Digest, Sha256};
+use xtask::{
+    fixture::{Fixture, HostKernel},
+    qemu::{Accel, Bus, Drive, Machine},
+    slots::{self, Build, Slot, Table},
+    stick, syslinux,
+};
+
+/// Stand-in for `cargo xtask build --base` until it lands: the host kernel, the fixture packed by GNU cpio,
+/// a command line and a manifest naming them.
+fn build(dir: &Path, marker: &str) -> PathBuf {
+    let tree = dir.join(format!("tree-{marker}"));
+    Fixture::new(marker).write(&tree).unwrap();
+    let out = dir.join(format!("out-{marker}"));
+    fs::create_dir_all(&out).unwrap();
+    fs::copy(HostKernel::find().unwrap().vmlinuz, out.join("vmlinuz")).unwrap();
+    let list = Command::new("find")
+        .arg(".")
+        .current_dir(&tree)
+        .output()
+        .unwrap();
+    let mut cpio = Command::new("cpio")
+        .args(["--quiet", "-o", "-H", "newc"])
+        .current_dir(&tree)
+        .stdin(std::process::Stdio::piped())
+        .stdout(fs::File::create(out.join("initramfs")).unwrap())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    cpio.stdin.take().unwrap().write_all(&list.stdout).unwrap();
+    assert!(cpio.wait().unwrap().success());
+    fs::write(out.join("cmdline"), "console=ttyS0 panic=-1\n").unwrap();
+    write_manifest(&out, marker);
+    out
+}
+
+fn write_manifest(out: &Path, build_id: &str) {
+    let mut artifacts = serde_json::Map::new();
+    for name in ["vmlinuz", "initramfs", "cmdline"] {
+        let data = fs::read(out.join(name)).unwrap();
+        let sha: String = Sha256::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        artifacts.insert(
+            name.into(),
+            serde_json::json!({ "size": data.len(), "sha256": sha }),
+        );
+    }
+    let manifest = serde_json::json!({ "build_id": build_id, "artifacts": artifacts });
+    fs::write(
+        out.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+}
+
+fn image(dir: &Path, out: &Path, extra: &[&str]) -> PathBuf {
+    let mut args = vec!["image", "--out", out.to_str().unwrap(), "--size", "128M"];
+    args.extend_from_slice(extra);
+    common::xtask_ok(dir, &args);
+    out.join("boot.img")
+}
+
+/// Boots `img` under SeaBIOS and waits for the fixture's ready line.
+fn boot(img: &Path, dir: &Path, name: &str) -> String {
+    boot_with_console(img, dir, name).0
+}
+
+/// Like [`boot`], also returning every console line.
+fn boot_with_console(img: &Path, dir: &Path, name: &str) -> (String, Vec<String>) {
+    let mut m = Machine::new(Accel::Tcg);
+    m.drives.push(Drive::raw(img, Bus::Ide));
+    let mut vm = common::start(&m, dir, name);
+    let line = vm
+        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        !vm.output().iter().any(|l| l.contains("ramnas: FAIL")),
+        "{}",
+        vm.tail(40)
+    );
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    (line, vm.output())
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        common::text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn image_boots_slot_a_under_seabios() {
+    let dir = common::tempdir();
+    let out = build(dir.path(), "img-a");
+    let img = image(dir.path(), &out, &[]);
+    let (line, console) = boot_with_console(&img, dir.path(), "boot");
+    assert_eq!(line, "ramnas: ready slot=a build=img-a");
+    // The menu was on the serial console too, slot a marked as the default.
+    assert!(
+        console
+            .iter()
+            .any(|l| l.contains("slot a: build img-a (default)")),
+        "{console:#?}"
+    );
+}
+
+#[test]
+fn image_layout_is_as_specified_and_reproducible() {
+    let dir = common::tempdir();
+    let out = build(dir.path(), "layout");
+    let img = image(dir.path(), &out, &[]);
+    assert_eq!(fs::metadata(&img).unwrap().len(), 128 << 20);
+    assert!(!out.join("boot.img.tmp").exists());
+
+    let dump = run("sfdisk", &["--dump", img.to_str().unwrap()]);
+    assert!(dump.contains("label: dos\n"), "{dump}");
+    assert!(dump.contains("label-id: 0x52414d4e\n"), "{dump}");
+    let parts: Vec<&str> = dump.lines().filter(|l| l.contains(" : start=")).collect();
+    assert_eq!(parts.len(), 1, "{dump}");
+    let fields: Vec<String> = parts[0]
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(|f| f.split_whitespace().collect::<Vec<_>>().join(""))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "start=2048",
+            &format!("size={}", (128 << 11) - 2048),
+            "type=c",
+            "bootable"
+        ],
+        "{dump}"
+    );
+
+    // fsck.vfat on the partition, cut out of the image.
+    let part = dir.path().join("part.img");
+    run(
+        "dd",
+        &[
+            &format!("if={}", img.display()),
+            &format!("of={}", part.display()),
+            "bs=1M",
+            "skip=1",
+            "status=none",
+        ],
+    );
+    let fsck = Command::new("fsck.vfat")
+        .args(["-n", part.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report = common::text(&fsck);
+    assert!(fsck.status.success(), "{report}");
+    assert!(!report.contains("Dirty"), "{report}");
+    // Its whole report: the version line and the summary line, nothing to fix.
+    assert_eq!(report.lines().count(), 2, "{report}");
+
+    let spec = format!("{}@@1M", img.display());
+    let mdir = |path: &str| run("mdir", &["-a", "-b", "-i", &spec, path]);
+    let root = mdir("::/");
+    for d in ["::/syslinux/", "::/slots/", "::/persist/"] {
+        assert!(root.contains(d), "{d} missing from {root}");
+    }
+    let minfo = run("minfo", &["-i", &spec, "::"]);
+    assert!(minfo.contains("serial number: 52414D4E"), "{minfo}");
+    assert!(minfo.contains("disk type=\"FAT32   \""), "{minfo}");
+    let syslinux = mdir("::/syslinux");
+    for f in [
+        "ldlinux.sys",
+        "ldlinux.c32",
+        "menu.c32",
+        "libutil.c32",
+        "libcom32.c32",
+        "syslinux.cfg",
+    ] {
+        assert!(
+            syslinux.contains(&format!("::/syslinux/{f}")),
+            "{f} missing from {syslinux}"
+        );
+    }
+    let slot_a = mdir("::/slots/a");
+    for f in ["vmlinuz", "initramfs", "cmdline", "manifest.json"] {
+        assert!(
+            slot_a.contains(&format!("::/slots/a/{f}")),
+            "{f} missing from {slot_a}"
+        );
+    }
+    assert_eq!(mdir("::/slots/b").trim(), "");
+    assert_eq!(mdir("::/persist").trim(), "");
+    assert!(root.contains("::/syslinux.cfg"), "{root}");
+    let cfg = run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
+    assert_eq!(cfg, run("mtype", &["-i", &spec, "::/syslinux.cfg"]));
+    assert!(cfg.contains("DEFAULT a\n"), "{cfg}");
+    assert!(
+        cfg.contains("APPEND console=ttyS0 panic=-1 ramnas.slot=a\n"),
+        "{cfg}"
+    );
+    assert!(!cfg.contains("LABEL b"), "{cfg}");
+    assert_eq!(
+        fs::read(out.join("initramfs")).unwrap(),
+        run_bytes("mtype", &["-i", &spec, "::/slots/a/initramfs"])
+    );
+
+    // Our own reader agrees.
+    let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    let table = Table::read(&mut *s).unwrap();
+    assert_eq!(table.default, Some(Slot::A));
+    assert_eq!(table.boot_once, None);
+    assert_eq!(table.slots.keys().copied().collect::<Vec<_>>(), [Slot::A]);
+    assert_eq!(table.slots[&Slot::A].manifest.build_id, "layout");
+    drop(s);
+
+    // A second run gives the same bytes.
+    let again = out.join("again.img");
+    image(dir.path(), &out, &["--output", again.to_str().unwrap()]);
+    assert!(
+        fs::read(&img).unwrap() == fs::read(&again).unwrap(),
+        "two images of the same build differ"
+    );
+}
+
+fn run_bytes(program: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(out.status.success(), "{program} {args:?}");
+    out.stdout
+}
+
+/// A build whose files are sparse and large, for the size check; never booted.
+fn big_fake_build(dir: &Path) -> PathBuf {
+    let out = dir.join("big");
+    fs::create_dir_all(&out).unwrap();
+    fs::File::create(out.join("vmlinuz"))
+        .unwrap()
+        .set_len(10 << 20)
+        .unwrap();
+    fs::File::create(out.join("initramfs"))
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    fs::write(out.join("cmdline"), "console=ttyS0\n").unwrap();
+    write_manifest(&out, "big");
+    out
+}
+
+#[test]
+fn too_small_says_how_much_is_needed_before_writing() {
+    let dir = common::tempdir();
+    let out = big_fake_build(dir.path());
+    let res = common::xtask(
+        dir.path(),
+        &["image", "--out", out.to_str().unwrap(), "--size", "512M"],
+    );
+    let text = common::text(&res);
+    assert!(!res.status.success(), "{text}");
+    assert!(text.contains("too small"), "{text}");
+    // 3 × 310 MiB + 16 MiB, plus 1/32, plus the MiB before the partition.
+    let needed = Build::open(&out)
+        .map(|b| xtask::image::needed_bytes(&b))
+        .unwrap()
+        >> 20;
+    assert!((960..1000).contains(&needed), "{needed}");
+    assert!(text.contains(&format!("--size {needed}M")), "{text}");
+    assert!(!out.join("boot.img").exists());
+    assert!(!out.join("boot.img.tmp").exists());
+    let ok = needed.to_string() + "M";
+    let res = common::xtask(
+        dir.path(),
+        &["image", "--out", out.to_str().unwrap(), "--size", &ok],
+    );
+    assert!(res.status.success(), "{}", common::text(&res));
+}
+
+#[test]
+fn missing_syslinux_names_the_package() {
+    let dir = common::tempdir();
+    let out = dir.path().join("small");
+    fs::create_dir_all(&out).unwrap();
+    for name in ["vmlinuz", "initramfs", "cmdline"] {
+        fs::write(out.join(name), name).unwrap();
+    }
+    write_manifest(&out, "small");
+    let empty = dir.path().join("no-syslinux");
+    fs::create_dir_all(&empty).unwrap();
+    let res = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["image", "--out", out.to_str().unwrap(), "--size", "64M"])
+        .env("RAMNAS_SYSLINUX_DIR", &empty)
+        .output()
+        .unwrap();
+    let text = common::text(&res);
+    assert!(!res.status.success(), "{text}");
+    assert!(text.contains("apt-get install syslinux"), "{text}");
+    assert!(text.contains(&empty.display().to_string()), "{text}");
+    assert!(!out.join("boot.img").exists());
+    assert!(!out.join("boot.img.tmp").exists());
+}
+
+#[test]
+fn boot_once_in_the_adv_boots_slot_b_once_then_slot_a() {
+    let dir = common::tempdir();
+    let out_a = build(dir.path(), "a");
+    let out_b = build(dir.path(), "b");
+    let img = image(dir.path(), &out_a, &[]);
+    {
+        let mut s = stick::open(img.to_str().unwrap()).unwrap();
+        slots::install(&mut *s, Slot::B, &Build::open(&out_b).unwrap()).unwrap();
+        slots::write_boot_config(&mut *s, Slot::A).unwrap();
+        slots::set_boot_once(&mut *s, Some("b")).unwrap();
+        let table = Table::read(&mut *s).unwrap();
+        assert_eq!(table.trial(), Some(Slot::B));
+        assert_eq!(table.default, Some(Slot::A));
+        s.close().unwrap();
+    }
+    assert_eq!(
+        boot(&img, dir.path(), "first"),
+        "ramnas: ready slot=b build=b"
+    );
+    // ldlinux cleared the boot-once command in its ADV; our reader sees that.
+    {
+        let mut s = stick::open(img.to_str().unwrap()).unwrap();
+        let table = Table::read(&mut *s).unwrap();
+        assert_eq!(table.boot_once, None);
+        assert_eq!(table.slots.len(), 2);
+    }
+    assert_eq!(
+        boot(&img, dir.path(), "second"),
+        "ramnas: ready slot=a build=a"
+    );
+}
+
+/// ldlinux reads /syslinux/syslinux.cfg, and the copy at the root when that one is gone (as after a crash
+/// between removing it and renaming its replacement into place).
+#[test]
+fn the_root_config_is_the_fallback() {
+    let dir = common::tempdir();
+    let out_a = build(dir.path(), "a");
+    let out_b = build(dir.path(), "b");
+    let img = image(dir.path(), &out_a, &[]);
+    let entries;
+    {
+        let mut s = stick::open(img.to_str().unwrap()).unwrap();
+        slots::install(&mut *s, Slot::B, &Build::open(&out_b).unwrap()).unwrap();
+        // Both copies say b; then the one in /syslinux goes back to a, as if a commit stopped halfway.
+        slots::write_boot_config(&mut *s, Slot::B).unwrap();
+        assert_eq!(
+            s.read(syslinux::FALLBACK_CONFIG).unwrap(),
+            s.read(syslinux::CONFIG).unwrap()
+        );
+        let cfg = String::from_utf8(s.read(syslinux::CONFIG).unwrap()).unwrap();
+        entries = syslinux::labels(&cfg);
+        let old = cfg.replace("DEFAULT b\n", "DEFAULT a\n");
+        s.replace(syslinux::CONFIG, old.as_bytes()).unwrap();
+        assert_eq!(Table::read(&mut *s).unwrap().default, Some(Slot::A));
+        s.close().unwrap();
+    }
+    assert_eq!(entries, ["a", "b"]);
+    assert_eq!(
+        boot(&img, dir.path(), "primary"),
+        "ramnas: ready slot=a build=a"
+    );
+    {
+        let mut s = stick::open(img.to_str().unwrap()).unwrap();
+        s.remove(syslinux::CONFIG).unwrap();
+        assert_eq!(Table::read(&mut *s).unwrap().default, Some(Slot::B));
+        s.close().unwrap();
+    }
+    assert_eq!(
+        boot(&img, dir.path(), "fallback"),
+        "ramnas: ready slot=b build=b"
+    );
+}
+
+/// Detaches a loop device when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// The same stick through a whole-disk block device (a loop device over the image).
+#[test]
+fn a_block_device_opens_like_the_image() {
+    let dir = common::tempdir();
+    let out = dir.path().join("small");
+    fs::create_dir_all(&out).unwrap();
+    for name in ["vmlinuz", "initramfs", "cmdline"] {
+        fs::write(out.join(name), name).unwrap();
+    }
+    write_manifest(&out, "small");
+    let img = image(dir.path(), &out, &[]);
+    let dev = run("losetup", &["-f", "-P", "--show", img.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let _guard = Loop(dev.clone());
+    let mut s = stick::open(&dev).unwrap();
+    assert!(s.describe().contains(&dev), "{}", s.describe());
+    let table = Table::read(&mut *s).unwrap();
+    assert_eq!(table.default, Some(Slot::A));
+    assert_eq!(table.slots[&Slot::A].manifest.build_id, "small");
+    slots::set_boot_once(&mut *s, Some("a ramnas.trial=1")).unwrap();
+    s.close().unwrap();
+    let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    assert_eq!(
+        Table::read(&mut *s).unwrap().boot_once.as_deref(),
+        Some("a ramnas.trial=1")
+    );
+}
