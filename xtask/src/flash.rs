@@ -25,7 +25,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, BufRead, Read, Seek, SeekFrom, Write},
+    io::{self, BufRead, Write},
     os::unix::{
         fs::{FileExt, OpenOptionsExt, PermissionsExt},
         io::AsRawFd,
@@ -35,7 +35,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -44,6 +44,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::{
     blockdev::{self, Device, Host, MbrEntry},
     flags::FlashFlags,
+    stick::{self, Stick},
 };
 
 /// How much is written or read per system call.
@@ -52,8 +53,6 @@ const CHUNK: u64 = 4 << 20;
 const GUARD: u64 = 1 << 20;
 /// Buffers in flight between the reader thread and the writer.
 const DEPTH: usize = 3;
-/// The FAT label of a ramnas stick's boot partition.
-const LABEL: &str = "RAMNAS";
 
 /// What [`write_image`] does besides writing.
 #[derive(Debug, Clone, Default)]
@@ -517,8 +516,7 @@ fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
                 "interrupted by Ctrl-C before /persist was restored"
             ));
         }
-        let saved = saved.as_deref().expect("saved with the persist");
-        restore_persist(path, persist, saved, &claim)
+        restore_persist(path, persist, &claim)
             .with_context(|| incomplete("restoring /persist failed"))?;
         stats.persist_files = Some(persist.files());
     }
@@ -771,7 +769,8 @@ impl Drop for SigintGuard {
 
 // ---- /persist ----------------------------------------------------------------------------------------
 
-/// The contents of a stick's /persist: directories and files, paths relative to it, parents first.
+/// The contents of a stick's /persist: directories and files, paths relative to it, parents first. (FAT
+/// keeps no owners or modes; timestamps are not carried over, the stick interface writes fixed ones.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Persist {
     nodes: Vec<Node>,
@@ -780,11 +779,7 @@ struct Persist {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Node {
     Dir(String),
-    File {
-        path: String,
-        data: Vec<u8>,
-        modified: fatfs::DateTime,
-    },
+    File { path: String, data: Vec<u8> },
 }
 
 impl Persist {
@@ -796,17 +791,18 @@ impl Persist {
     }
 }
 
-/// The RAMNAS FAT partition of the disk in `file`, if there is one.
-fn ramnas_partition(file: &mut File) -> Result<Option<MbrEntry>> {
-    for p in blockdev::mbr_partitions(file)? {
-        if !matches!(p.kind, 0x01 | 0x04 | 0x06 | 0x0b | 0x0c | 0x0e) {
+/// The RAMNAS FAT partition of the disk at `device`, if there is one.
+fn ramnas_partition(device: &Path) -> Result<Option<MbrEntry>> {
+    let mut file = File::open(device).with_context(|| format!("opening {}", device.display()))?;
+    for p in blockdev::mbr_partitions(&mut file)? {
+        if !matches!(p.kind, 0x01 | 0x04 | 0x06 | 0x0b | 0x0c | 0x0e | 0xef) {
             continue;
         }
-        let slice = Slice::new(file.try_clone()?, p.start, p.len)?;
+        let slice = stick::Slice::new(file.try_clone()?, p.start, p.len);
         let Ok(fs) = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()) else {
             continue;
         };
-        if fs.volume_label().trim() == LABEL {
+        if fs.volume_label().trim_end() == stick::LABEL {
             return Ok(Some(p));
         }
     }
@@ -815,53 +811,29 @@ fn ramnas_partition(file: &mut File) -> Result<Option<MbrEntry>> {
 
 /// /persist of the ramnas stick on `device`, or `None` when there is no ramnas stick there.
 fn read_persist(device: &Path) -> Result<Option<Persist>> {
-    let mut file = File::open(device).with_context(|| format!("opening {}", device.display()))?;
-    let Some(part) = ramnas_partition(&mut file)? else {
+    let Some(part) = ramnas_partition(device)? else {
         return Ok(None);
     };
-    let fs = fatfs::FileSystem::new(
-        Slice::new(file, part.start, part.len)?,
-        fatfs::FsOptions::new(),
-    )
-    .context("opening the RAMNAS partition")?;
-    let root = fs.root_dir();
-    let Ok(dir) = root.open_dir("persist") else {
-        return Ok(Some(Persist { nodes: Vec::new() }));
-    };
+    let mut fat = stick::Fat::open_at(device, part.start, part.len)?;
     let mut nodes = Vec::new();
-    walk(&dir, "", &mut nodes)?;
+    if fat.entry("persist")?.is_some_and(|e| e.is_dir) {
+        walk(&mut fat, "persist", &mut nodes)?;
+    }
     Ok(Some(Persist { nodes }))
 }
 
-fn walk<T: fatfs::ReadWriteSeek>(
-    dir: &fatfs::Dir<T>,
-    prefix: &str,
-    out: &mut Vec<Node>,
-) -> Result<()> {
-    let mut entries: Vec<_> = dir
-        .iter()
-        .collect::<io::Result<Vec<_>>>()
-        .with_context(|| format!("listing /persist/{prefix}"))?;
-    entries.sort_by_key(|e| e.file_name());
+fn walk(fat: &mut stick::Fat, dir: &str, out: &mut Vec<Node>) -> Result<()> {
+    let mut entries = fat.list(dir)?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
     for e in entries {
-        let name = e.file_name();
-        if name == "." || name == ".." {
-            continue;
-        }
-        let path = format!("{prefix}{name}");
-        if e.is_dir() {
-            out.push(Node::Dir(path.clone()));
-            walk(&e.to_dir(), &format!("{path}/"), out)?;
+        let on_stick = format!("{dir}/{}", e.name);
+        let path = on_stick["persist/".len()..].to_string();
+        if e.is_dir {
+            out.push(Node::Dir(path));
+            walk(fat, &on_stick, out)?;
         } else {
-            let mut data = Vec::new();
-            e.to_file()
-                .read_to_end(&mut data)
-                .with_context(|| format!("reading /persist/{path}"))?;
-            out.push(Node::File {
-                path,
-                data,
-                modified: e.modified(),
-            });
+            let data = fat.read(&on_stick)?;
+            out.push(Node::File { path, data });
         }
     }
     Ok(())
@@ -879,61 +851,40 @@ fn save_copy(persist: &Persist, device_name: &str) -> Result<PathBuf> {
     for node in &persist.nodes {
         match node {
             Node::Dir(p) => fs::create_dir_all(dir.join(p)),
-            Node::File {
-                path,
-                data,
-                modified,
-            } => fs::write(dir.join(path), data).and_then(|()| {
-                File::options()
-                    .write(true)
-                    .open(dir.join(path))?
-                    .set_modified(fat_time(*modified))
-            }),
+            Node::File { path, data } => fs::write(dir.join(path), data),
         }
         .with_context(|| format!("saving /persist to {}", dir.display()))?;
     }
     Ok(dir)
 }
 
-/// Copies the saved /persist (`saved`, from [`save_copy`]) into the freshly written stick's /persist with
-/// mtools, then reads it back from the device and compares. (Not with fatfs 0.3: it writes long-name entries
-/// in front of a new directory's `.` and `..`, which fsck.vfat rejects.)
-fn restore_persist(device: &Path, persist: &Persist, saved: &Path, claim: &File) -> Result<()> {
-    let mut file = File::open(device).with_context(|| format!("opening {}", device.display()))?;
-    let part = ramnas_partition(&mut file)?.with_context(|| {
-        format!("the image has no FAT partition labelled {LABEL} to hold /persist")
+/// Writes `persist` into the freshly written stick's /persist, then reads it back from the device.
+fn restore_persist(device: &Path, persist: &Persist, claim: &File) -> Result<()> {
+    let part = ramnas_partition(device)?.with_context(|| {
+        format!(
+            "the image has no FAT partition labelled {} to hold /persist",
+            stick::LABEL
+        )
     })?;
-    drop(file);
-    let target = format!("{}@@{}", device.display(), part.start);
-    let sh = xshell::Shell::new()?;
-    let _skip = sh.push_env("MTOOLS_SKIP_CHECK", "1");
-    let _utc = sh.push_env("TZ", "UTC");
-    if xshell::cmd!(sh, "mdir -i {target} -b ::/persist")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()
-        .is_err()
-    {
-        xshell::cmd!(sh, "mmd -i {target} ::/persist")
-            .quiet()
-            .run()
-            .context("creating /persist")?;
+    let mut fat = stick::Fat::open_at(device, part.start, part.len)?;
+    fat.create_dir_all("persist")?;
+    let dirs: Vec<&str> = persist
+        .nodes
+        .iter()
+        .filter_map(|n| match n {
+            Node::Dir(p) => Some(p.as_str()),
+            Node::File { .. } => None,
+        })
+        .collect();
+    for d in dirs {
+        fat.create_dir_all(&format!("persist/{d}"))?;
     }
-    let mut entries: Vec<PathBuf> = fs::read_dir(saved)
-        .with_context(|| format!("listing {}", saved.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<io::Result<_>>()?;
-    entries.sort();
-    if !entries.is_empty() {
-        xshell::cmd!(sh, "mcopy -i {target} -s -o -m -Q {entries...} ::/persist/")
-            .quiet()
-            .run()
-            .context("copying /persist back with mcopy")?;
+    for node in &persist.nodes {
+        if let Node::File { path, data } = node {
+            fat.write(&format!("persist/{path}"), &mut &data[..])?;
+        }
     }
-    File::open(device)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("flushing {}", device.display()))?;
+    Box::new(fat).close()?;
     drop_caches(claim);
     let back =
         read_persist(device)?.context("the RAMNAS partition vanished after writing /persist")?;
@@ -944,97 +895,6 @@ fn restore_persist(device: &Path, persist: &Persist, saved: &Path, claim: &File)
         );
     }
     Ok(())
-}
-
-/// A FAT timestamp (no zone: taken as UTC, as mtools writes it back under TZ=UTC).
-fn fat_time(dt: fatfs::DateTime) -> SystemTime {
-    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
-    let (y, m, d) = (
-        dt.date.year as i64,
-        dt.date.month as i64,
-        dt.date.day as i64,
-    );
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs =
-        days * 86_400 + dt.time.hour as i64 * 3600 + dt.time.min as i64 * 60 + dt.time.sec as i64;
-    UNIX_EPOCH
-        + Duration::from_secs(secs.max(0) as u64)
-        + Duration::from_millis(dt.time.millis as u64)
-}
-
-/// `len` bytes of `inner` from `start`, as a file of its own (fatfs wants the filesystem at offset 0).
-struct Slice<F> {
-    inner: F,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl<F: Seek> Slice<F> {
-    fn new(mut inner: F, start: u64, len: u64) -> io::Result<Slice<F>> {
-        inner.seek(SeekFrom::Start(start))?;
-        Ok(Slice {
-            inner,
-            start,
-            len,
-            pos: 0,
-        })
-    }
-}
-
-impl<F: Read + Seek> Read for Slice<F> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.inner.read(&mut buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl<F: Write + Seek> Write for Slice<F> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "past the end of the partition",
-            ));
-        }
-        self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.inner.write(&buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<F> Seek for Slice<F> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let pos = match to {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-        };
-        match pos {
-            Some(p) if p <= self.len => {
-                self.pos = p;
-                Ok(p)
-            }
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek outside the partition",
-            )),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1078,25 +938,6 @@ mod tests {
             4096,
         );
         assert_eq!(got, vec![r(0, 1 << 21)]);
-    }
-
-    #[test]
-    fn fat_times_are_utc() {
-        let dt = fatfs::DateTime {
-            date: fatfs::Date {
-                year: 2020,
-                month: 3,
-                day: 1,
-            },
-            time: fatfs::Time {
-                hour: 1,
-                min: 2,
-                sec: 4,
-                millis: 0,
-            },
-        };
-        let secs = fat_time(dt).duration_since(UNIX_EPOCH).unwrap().as_secs();
-        assert_eq!(secs, 1_583_024_524);
     }
 
     #[test]
