@@ -10,12 +10,13 @@ use std::{
     os::unix::{fs::FileExt, io::AsRawFd},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::OnceLock,
 };
 
 use sha2::{Digest, Sha256};
 use xtask::{
     blockdev::{self, Host},
-    fixture::{Fixture, HostKernel},
+    fixture::Fixture,
     flash,
     qemu::{Accel, Bus, Drive, Machine},
 };
@@ -115,105 +116,36 @@ fn old_disk(dir: &Path, name: &str, size: u64) -> PathBuf {
     file
 }
 
-/// A bootable stick image of `size` bytes, made with the reference tools: MBR with one bootable FAT32
-/// partition (type 0x0c) labelled RAMNAS at 1 MiB, syslinux, the fixture booted as slot a, /persist, and a
-/// patterned filler file so the image has several data ranges and holes between them.
+/// The fixture built once per test run with `cargo xtask build --base` (shared by every test here).
+fn fixture_build() -> &'static Path {
+    static BUILD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &BUILD
+        .get_or_init(|| {
+            let dir = common::tempdir();
+            let out = common::build_fixture(dir.path(), &Fixture::new("flash"), "out", &[]);
+            (dir, out)
+        })
+        .1
+}
+
+/// A stick image of `size` bytes made by `cargo xtask image` from the fixture build (boots slot a), plus
+/// `filler` bytes of patterned files and a 4 MiB file of zeros, with every zero block turned into a hole
+/// (as a sparse copy of an image would have them; also inside /zeros), so the image has several data
+/// ranges and holes inside allocated clusters.
 fn stick_image(dir: &Path, size: u64, filler: u64) -> PathBuf {
     let img = dir.join("stick.img");
     let s = img.to_str().unwrap();
-    File::create(&img).unwrap().set_len(size).unwrap();
-    let mut sfdisk = Command::new("sfdisk")
-        .args(["-q", s])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    sfdisk
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"label: dos\nstart=2048, type=c, bootable\n")
-        .unwrap();
-    assert!(sfdisk.wait().unwrap().success());
-    let sectors = (size - MIB) / 1024;
-    run(
-        "mkfs.vfat",
-        &[
-            "-F",
-            "32",
-            "-n",
-            "RAMNAS",
-            "--offset",
-            "2048",
-            s,
-            &sectors.to_string(),
-        ],
+    let out = fixture_build().to_str().unwrap();
+    let size_arg = format!("{}M", size / MIB);
+    common::xtask_ok(
+        dir,
+        &["image", "--out", out, "--size", &size_arg, "--output", s],
     );
-    let at = format!("{s}@@{MIB}");
-    run("mmd", &["-i", &at, "::/syslinux"]);
-    run(
-        "syslinux",
-        &[
-            "--install",
-            "--offset",
-            &MIB.to_string(),
-            "--directory",
-            "/syslinux",
-            s,
-        ],
-    );
-    let mbr = fs::read("/usr/lib/syslinux/mbr/mbr.bin").unwrap();
-    File::options()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .write_all_at(&mbr[..440], 0)
-        .unwrap();
-
-    let tree = dir.join("tree");
-    Fixture::new("flash").write(&tree).unwrap();
-    let initramfs = dir.join("initramfs");
-    cpio(&tree, &initramfs);
-    let cfg = dir.join("syslinux.cfg");
-    fs::write(
-        &cfg,
-        "SERIAL 0 115200\nPROMPT 0\nTIMEOUT 1\nDEFAULT a\nLABEL a\n  LINUX /slots/a/vmlinuz\n  \
-         INITRD /slots/a/initramfs\n  APPEND console=ttyS0 panic=-1 ramnas.slot=a\n",
-    )
-    .unwrap();
     let pattern: Vec<u8> = (0..filler / 2).map(|i| (i * 7 % 251) as u8 + 1).collect();
     fs::write(dir.join("filler1"), &pattern).unwrap();
     fs::write(dir.join("filler2"), &pattern).unwrap();
     fs::write(dir.join("zeros"), vec![0u8; 4 * MIB as usize]).unwrap();
     let at = format!("{s}@@{MIB}");
-    run(
-        "mmd",
-        &[
-            "-i",
-            &at,
-            "::/slots",
-            "::/slots/a",
-            "::/slots/b",
-            "::/persist",
-        ],
-    );
-    let kernel = HostKernel::find().unwrap().vmlinuz;
-    run(
-        "mcopy",
-        &["-i", &at, kernel.to_str().unwrap(), "::/slots/a/vmlinuz"],
-    );
-    run(
-        "mcopy",
-        &[
-            "-i",
-            &at,
-            initramfs.to_str().unwrap(),
-            "::/slots/a/initramfs",
-        ],
-    );
-    run(
-        "mcopy",
-        &["-i", &at, cfg.to_str().unwrap(), "::/syslinux/syslinux.cfg"],
-    );
     for f in ["filler1", "zeros", "filler2"] {
         let from = dir.join(f);
         run(
@@ -221,27 +153,8 @@ fn stick_image(dir: &Path, size: u64, filler: u64) -> PathBuf {
             &["-i", &at, from.to_str().unwrap(), &format!("::/{f}")],
         );
     }
-    // Zero blocks become holes, as a sparse copy of an image would make them: also inside /zeros.
     run("fallocate", &["--dig-holes", s]);
     img
-}
-
-/// `find . | cpio -o -H newc` of `tree` into `archive`.
-fn cpio(tree: &Path, archive: &Path) {
-    let list = Command::new("find")
-        .arg(".")
-        .current_dir(tree)
-        .output()
-        .unwrap();
-    let mut child = Command::new("cpio")
-        .args(["--quiet", "-o", "-H", "newc"])
-        .current_dir(tree)
-        .stdin(Stdio::piped())
-        .stdout(File::create(archive).unwrap())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&list.stdout).unwrap();
-    assert!(child.wait().unwrap().success());
 }
 
 /// The data ranges of a sparse file, by SEEK_DATA/SEEK_HOLE.
@@ -364,8 +277,8 @@ fn flashes_data_ranges_rereads_the_table_and_boots() {
 fn the_library_call_flashes_without_asking() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 48 * MIB, MIB);
-    let disk = old_disk(dir.path(), "disk", 48 * MIB);
+    let img = stick_image(dir.path(), 64 * MIB, MIB);
+    let disk = old_disk(dir.path(), "disk", 64 * MIB);
     let dev = Loop::attach(&disk, false);
     let opts = flash::Options {
         force: true,
@@ -423,7 +336,7 @@ fn refuses_what_is_not_a_block_device() {
 fn refuses_a_partition_naming_its_disk() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 40 * MIB, MIB);
+    let img = stick_image(dir.path(), 64 * MIB, MIB);
     let disk = dir.path().join("disk");
     fs::copy(&img, &disk).unwrap();
     let dev = Loop::attach(&disk, true);
@@ -452,7 +365,7 @@ fn refuses_a_partition_naming_its_disk() {
 fn refuses_a_disk_with_a_mounted_partition() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 40 * MIB, MIB);
+    let img = stick_image(dir.path(), 64 * MIB, MIB);
     let disk = dir.path().join("disk");
     fs::copy(&img, &disk).unwrap();
     let dev = Loop::attach(&disk, true);
@@ -476,7 +389,7 @@ fn refuses_a_disk_with_a_mounted_partition() {
 fn refuses_a_disk_used_as_swap() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 40 * MIB, MIB);
+    let img = stick_image(dir.path(), 64 * MIB, MIB);
     let disk = dir.path().join("disk");
     File::create(&disk).unwrap().set_len(64 * MIB).unwrap();
     let dev = Loop::attach(&disk, false);
@@ -517,7 +430,7 @@ fn refuses_a_disk_with_holders() {
 fn refuses_the_root_disk() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 40 * MIB, MIB);
+    let img = stick_image(dir.path(), 64 * MIB, MIB);
     let disk = old_disk(dir.path(), "disk", 64 * MIB);
     let dev = Loop::attach(&disk, false);
     let mut host = Host::read().unwrap();
@@ -546,7 +459,7 @@ fn refuses_the_root_disk() {
 fn refuses_a_disk_smaller_than_the_image() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 48 * MIB, MIB);
+    let img = stick_image(dir.path(), 64 * MIB, MIB);
     let disk = old_disk(dir.path(), "disk", 40 * MIB);
     let dev = Loop::attach(&disk, false);
     let before = sha256_of(&dev.dev);
@@ -558,8 +471,8 @@ fn refuses_a_disk_smaller_than_the_image() {
 fn refuses_a_fixed_disk_without_force_and_asks_for_its_name() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 40 * MIB, MIB);
-    let disk = old_disk(dir.path(), "disk", 40 * MIB);
+    let img = stick_image(dir.path(), 64 * MIB, MIB);
+    let disk = old_disk(dir.path(), "disk", 64 * MIB);
     let dev = Loop::attach(&disk, false);
     let before = sha256_of(&dev.dev);
     let out = flash_cli(&dev, &img, &["--yes"]);
@@ -600,8 +513,8 @@ fn refuses_a_fixed_disk_without_force_and_asks_for_its_name() {
 fn reflash_keeps_persist_and_wipe_drops_it() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 40 * MIB, MIB);
-    let disk = old_disk(dir.path(), "disk", 48 * MIB);
+    let img = stick_image(dir.path(), 64 * MIB, MIB);
+    let disk = old_disk(dir.path(), "disk", 80 * MIB);
     let dev = Loop::attach(&disk, true);
     flash_ok(&dev, &img, &["--yes", "--force"]);
 
