@@ -393,11 +393,13 @@ fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
         .write(true)
         .custom_flags(libc::O_EXCL | libc::O_DIRECT)
         .open(path)
-        .with_context(|| {
-            format!(
-                "opening {} exclusively (is it mounted or in use by another program?)",
-                path.display()
-            )
+        .map_err(|e| {
+            let why = match e.kind() {
+                io::ErrorKind::PermissionDenied => "run flash as root",
+                io::ErrorKind::ResourceBusy => "something mounted or claimed it since the check",
+                _ => "nothing was written",
+            };
+            anyhow::Error::new(e).context(format!("opening {} for writing ({why})", path.display()))
         })?;
 
     let persist = if opts.wipe {

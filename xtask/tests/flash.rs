@@ -110,7 +110,10 @@ fn sha256_of(path: &Path) -> [u8; 32] {
 fn old_disk(dir: &Path, name: &str, size: u64) -> PathBuf {
     let file = dir.join(name);
     fs::write(&file, vec![0xa5u8; size as usize]).unwrap();
-    run("mkfs.ext2", &["-q", "-F", "-E", "nodiscard", file.to_str().unwrap()]);
+    run(
+        "mkfs.ext2",
+        &["-q", "-F", "-E", "nodiscard", file.to_str().unwrap()],
+    );
     let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
     f.write_all_at(b"EFI PART", size - 512).unwrap();
     file
