@@ -109,11 +109,12 @@ pub fn run(flags: FlashFlags) -> Result<()> {
     };
     let stats = execute(&plan, &opts)?;
     eprintln!(
-        "flashed {} to {}: {} written in {:.1} s, read back and verified in {:.1} s",
+        "flashed {} to {}: {} written in {:.1} s ({}/s), read back and verified in {:.1} s",
         image.display(),
         flags.device.display(),
         blockdev::human(stats.written),
         stats.write_time.as_secs_f64(),
+        blockdev::human((stats.written as f64 / stats.write_time.as_secs_f64().max(1e-3)) as u64),
         stats.verify_time.as_secs_f64(),
     );
     match stats.persist_files {
@@ -405,7 +406,12 @@ fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
     let persist = if opts.wipe {
         None
     } else {
-        read_persist(path).with_context(|| format!("reading /persist from {}", path.display()))?
+        read_persist(path).with_context(|| {
+            format!(
+                "reading /persist from the ramnas stick on {} (nothing was written; --wipe flashes without keeping it)",
+                path.display()
+            )
+        })?
     };
     let saved = match &persist {
         Some(p) => Some(save_copy(p, &dev.name)?),
@@ -681,8 +687,16 @@ fn drop_caches(dev: &File) {
 /// itself and adds the partitions one by one. False when neither made the kernel show them (a loop device
 /// without partition scanning, say).
 fn reread_partitions(claim: &File, dev: &Device, expected: &[MbrEntry]) -> bool {
-    // SAFETY: an ioctl without arguments on an open descriptor.
-    unsafe { libc::ioctl(claim.as_raw_fd(), BLKRRPART as _, 0) };
+    // udev may be probing the old partitions for a moment (EBUSY): try a few times.
+    for _ in 0..5 {
+        // SAFETY: an ioctl without arguments on an open descriptor.
+        if unsafe { libc::ioctl(claim.as_raw_fd(), BLKRRPART as _, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() != Some(libc::EBUSY)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     if kernel_partitions(&dev.name) == table(expected) {
         return true;
     }
