@@ -1,33 +1,74 @@
 #!/bin/sh
-# Runs once inside the new root tree (chrooted, with system/ at /mnt), after the packages are installed
-# and root/ is copied over them. Everything here ends up in the initramfs.
+# ramnas setup: runs inside the new root tree (a chroot) after the packages are installed and root/ is
+# copied in. It wires what files alone cannot: /init, the runlevels, sharing, the ZFS import mode.
 set -eu
 
-# The kernel runs /init from the initramfs as PID 1.
-ln -sf /sbin/openrc-init /init
+# --- Sharing: off until enabled here (README "Sharing"). yes = start the server at boot. -----------------
+SHARE_SMB=no   # Samba: shares from /etc/samba/smb.conf (worked example: tank/share for the user `share`)
+SHARE_NFS=no   # NFS: exports from /etc/exports (worked example: tank/share)
+# ------------------------------------------------------------------------------------------------------
 
-# Services per runlevel, as setup-alpine would enable them.
-services() {
+die() {
+	echo "setup.sh: $*" >&2
+	exit 1
+}
+
+# Enables each service in runlevel $1, as `rc-update add` would; a missing init script is an error.
+runlevel() {
 	level=$1
 	shift
+	mkdir -p "/etc/runlevels/$level"
 	for service in "$@"; do
-		rc-update add "$service" "$level"
+		[ -e "/etc/init.d/$service" ] || die "no /etc/init.d/$service for runlevel $level: is its package listed?"
+		ln -sfn "/etc/init.d/$service" "/etc/runlevels/$level/$service"
 	done
 }
-services sysinit devfs dmesg mdev hwdrivers
-services boot modules sysctl hostname bootmisc syslog networking
-services default sshd
-services shutdown mount-ro killprocs savecache
-if [ -e /etc/init.d/seedrng ]; then
-	services boot seedrng
-fi
 
-# A login prompt on the serial console and on the screen.
-for tty in ttyS0 tty1; do
-	ln -sf agetty "/etc/init.d/agetty.$tty"
-	services default "agetty.$tty"
+# PID 1 is openrc-init (the kernel runs /init from the initramfs). Power off with openrc-shutdown.
+[ -x /sbin/openrc-init ] || die "/sbin/openrc-init missing: list openrc-init in packages"
+ln -sfn /sbin/openrc-init /init
+
+# Consoles: agetty on the first virtual terminal and on the serial port.
+for tty in tty1 ttyS0; do
+	ln -sfn agetty "/etc/init.d/agetty.$tty"
 done
 
-# sshd refuses keys in group- or world-writable places.
-chmod 0700 /root/.ssh
-chmod 0600 /root/.ssh/authorized_keys
+# The runlevels of a diskless Alpine, with udev (for /dev/disk/by-id) instead of mdev.
+runlevel sysinit devfs dmesg udev udev-trigger udev-settle
+runlevel boot modules sysctl hostname bootmisc hwclock syslog networking \
+	ramnas-persist seedrng ramnas-watchdog zfs-import zfs-mount
+runlevel default udev-postmount chronyd sshd crond smartd agetty.tty1 agetty.ttyS0 ramnas-ready
+runlevel shutdown killprocs savecache mount-ro
+
+# Sharing, as chosen at the top.
+if [ "$SHARE_SMB" = yes ]; then
+	id share >/dev/null 2>&1 || adduser -D -H -h /tank/share -s /sbin/nologin share
+	runlevel default samba
+fi
+if [ "$SHARE_NFS" = yes ]; then
+	runlevel default nfs
+fi
+
+# Nothing survives a reboot, not even zpool.cache: import every pool the disks hold (by id, see README).
+found=
+for defaults in /etc/default/zfs /etc/conf.d/zfs; do
+	[ -f "$defaults" ] || continue
+	found=yes
+	if grep -q '^ZPOOL_IMPORT_ALL_VISIBLE=' "$defaults"; then
+		sed -i "s/^ZPOOL_IMPORT_ALL_VISIBLE=.*/ZPOOL_IMPORT_ALL_VISIBLE='yes'/" "$defaults"
+	else
+		echo "ZPOOL_IMPORT_ALL_VISIBLE='yes'" >>"$defaults"
+	fi
+	if grep -q '^#*ZPOOL_IMPORT_PATH=' "$defaults"; then
+		sed -i 's|^#*ZPOOL_IMPORT_PATH=.*|ZPOOL_IMPORT_PATH="/dev/disk/by-id"|' "$defaults"
+	else
+		echo 'ZPOOL_IMPORT_PATH="/dev/disk/by-id"' >>"$defaults"
+	fi
+done
+[ -n "$found" ] || die "no ZFS defaults file (/etc/default/zfs or /etc/conf.d/zfs): is zfs listed in packages?"
+
+# Root logs in on the console without a password (there is no other way in without an ssh key);
+# sshd accepts keys only. No password hash is ever stored in system/.
+passwd -d root >/dev/null
+
+mkdir -p /media/boot

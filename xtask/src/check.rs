@@ -1,5 +1,68 @@
-//! `cargo xtask check`: lint system/ and the host's tools.
+//! `cargo xtask check`: lint system/ and check that the host has the tools each command needs.
+//!
+//! Prints every problem (system/ ones as file:line, then missing host tools with the command that installs
+//! them on this distribution) and fails when there is any.
 
-pub fn run(_flags: crate::flags::CheckFlags) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use anyhow::bail;
+
+use crate::{
+    flags::CheckFlags,
+    host::{self, Family, Tool},
+    lint,
+};
+
+pub fn run(flags: CheckFlags) -> anyhow::Result<()> {
+    let problems = lint::system(&flags.system);
+    for problem in &problems {
+        println!("{problem}");
+    }
+    let missing = missing_tools();
+    let family = Family::detect();
+    for tool in &missing {
+        println!(
+            "host: {} not found (needed by {}; package {})",
+            tool.program,
+            tool.used_by,
+            family.package(tool)
+        );
+    }
+    if !missing.is_empty() {
+        let mut packages: Vec<&str> = missing.iter().map(|t| family.package(t)).collect();
+        packages.sort();
+        packages.dedup();
+        println!(
+            "host: to install them: {}",
+            family.install_command(&packages)
+        );
+    }
+    let total = problems.len() + missing.len();
+    if total > 0 {
+        bail!(
+            "{total} problem(s): {} in {}, {} on this host",
+            problems.len(),
+            flags.system.display(),
+            missing.len()
+        );
+    }
+    println!("{}: ok; host: every tool present", flags.system.display());
+    Ok(())
+}
+
+/// The tools of the host table that are not here, plus sudo when the build would need it.
+fn missing_tools() -> Vec<Tool> {
+    let mut missing: Vec<Tool> = host::TOOLS
+        .iter()
+        .filter(|t| !host::has(t.program))
+        .copied()
+        .collect();
+    if unsafe { libc::geteuid() } != 0 && !host::has("sudo") {
+        missing.push(Tool {
+            program: "sudo",
+            used_by: "build (alpine-make-rootfs runs as root)",
+            debian: "sudo",
+            fedora: "sudo",
+            arch: "sudo",
+        });
+    }
+    missing
 }

@@ -29,6 +29,15 @@ pub enum Cmd {
     /// Debian/Ubuntu, Alpine, Fedora and Arch install them; RAMNAS_SYSLINUX_DIR names another directory.
     Image(ImageFlags),
     /// Boot the build in qemu with persistent ZFS data disks from vm/disks/.
+    ///
+    /// Boots OUT/vmlinuz with OUT/ucode.img + OUT/initramfs and OUT/cmdline (or, with --image, OUT/boot.img
+    /// through its bootloader), with OUT/boot.img attached as a USB stick when it exists and N virtio data
+    /// disks with serials ramnas-disk<i> (/dev/disk/by-id/virtio-ramnas-disk<i>). The serial console is on the
+    /// terminal (Ctrl-a x quits) and guest port 22 is forwarded to 127.0.0.1:--ssh-port; --check instead runs
+    /// headless until the console matches --expect.
+    ///
+    /// VM state (data disks, the UEFI variable store, last-boot.log) lives in vm/ at the repository root, or
+    /// in $RAMNAS_VM_DIR when set.
     Vm(VmFlags),
     /// Write the stick image to a whole-disk device, keeping the stick's /persist.
     Flash(FlashFlags),

@@ -139,6 +139,13 @@ pub const TOOLS: &[Tool] = &[
         arch: "shellcheck",
     },
     Tool {
+        program: "ssh",
+        used_by: "deploy, commit, rollback, status (ssh:// targets)",
+        debian: "openssh-client",
+        fedora: "openssh-clients",
+        arch: "openssh",
+    },
+    Tool {
         program: "zstd",
         used_by: "bench",
         debian: "zstd",
@@ -181,6 +188,65 @@ pub fn has(program: &str) -> bool {
         std::path::Path::new(program).exists()
     } else {
         which::which(program).is_ok()
+    }
+}
+
+/// The distribution family of this host, which decides the package names and the install command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Debian,
+    Fedora,
+    Arch,
+    Unknown,
+}
+
+impl Family {
+    /// From `/etc/os-release` (`ID` and `ID_LIKE`).
+    pub fn detect() -> Family {
+        let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+        Family::from_os_release(&text)
+    }
+
+    pub fn from_os_release(text: &str) -> Family {
+        let mut ids = Vec::new();
+        for line in text.lines() {
+            if let Some(v) = line
+                .strip_prefix("ID=")
+                .or_else(|| line.strip_prefix("ID_LIKE="))
+            {
+                ids.extend(v.trim_matches('"').split_whitespace().map(str::to_string));
+            }
+        }
+        let has = |names: &[&str]| ids.iter().any(|id| names.contains(&id.as_str()));
+        if has(&["debian", "ubuntu"]) {
+            Family::Debian
+        } else if has(&["fedora", "rhel", "centos"]) {
+            Family::Fedora
+        } else if has(&["arch"]) {
+            Family::Arch
+        } else {
+            Family::Unknown
+        }
+    }
+
+    /// The package that provides `tool` here.
+    pub fn package(self, tool: &Tool) -> &'static str {
+        match self {
+            Family::Debian | Family::Unknown => tool.debian,
+            Family::Fedora => tool.fedora,
+            Family::Arch => tool.arch,
+        }
+    }
+
+    /// The command that installs `packages` (Debian names when the family is unknown).
+    pub fn install_command(self, packages: &[&str]) -> String {
+        let list = packages.join(" ");
+        match self {
+            Family::Debian => format!("sudo apt-get install {list}"),
+            Family::Fedora => format!("sudo dnf install {list}"),
+            Family::Arch => format!("sudo pacman -S {list}"),
+            Family::Unknown => format!("install (Debian names): {list}"),
+        }
     }
 }
 
@@ -233,6 +299,26 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn families_from_os_release() {
+        assert_eq!(Family::from_os_release("ID=debian\n"), Family::Debian);
+        assert_eq!(
+            Family::from_os_release("ID=linuxmint\nID_LIKE=\"ubuntu debian\"\n"),
+            Family::Debian
+        );
+        assert_eq!(Family::from_os_release("ID=fedora\n"), Family::Fedora);
+        assert_eq!(
+            Family::from_os_release("ID=endeavouros\nID_LIKE=arch\n"),
+            Family::Arch
+        );
+        assert_eq!(Family::from_os_release("ID=alpine\n"), Family::Unknown);
+        let ssh = TOOLS.iter().find(|t| t.program == "ssh").unwrap();
+        assert_eq!(
+            Family::Fedora.install_command(&[Family::Fedora.package(ssh)]),
+            "sudo dnf install openssh-clients"
+        );
+    }
 
     #[test]
     fn test_packages_cover_the_field_notes_list() {

@@ -22,6 +22,8 @@ pub mod config;
 pub mod fixture;
 pub mod host;
 pub mod initramfs;
+pub mod keys;
+pub mod lint;
 pub mod manifest;
 pub mod qemu;
 pub mod rootfs;

@@ -1,0 +1,282 @@
+//! The NAS-side helper scripts of `system/root` (ramnas-slot, ramnas-persist, ramnas-ready) run under busybox
+//! inside the fixture VM, against a FAT stick image labelled RAMNAS attached as a USB disk: slot report,
+//! trial commit (the DEFAULT line rewritten), no commit when unhealthy or hand-picked, and first-boot ssh
+//! host keys saved on the stick and restored on the next boot. The image is inspected afterwards with mtools.
+
+mod common;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use xtask::{
+    fixture::{Fixture, HostKernel},
+    qemu::{Bus, Direct, Drive, Machine},
+};
+
+/// syslinux.cfg as `cargo xtask image` writes it (xtask::syslinux::config), slot a the default.
+const SYSLINUX_CFG: &str = "\
+# Written by cargo xtask; rewritten on every deploy, commit and rollback.
+SERIAL 0 115200
+CONSOLE 1
+UI menu.c32
+MENU TITLE ramnas
+TIMEOUT 30
+DEFAULT a
+
+LABEL a
+  MENU LABEL slot a: build-a (default)
+  KERNEL /slots/a/vmlinuz
+  INITRD /slots/a/ucode.img,/slots/a/initramfs
+  APPEND console=ttyS0 panic=10 ramnas.slot=a
+
+LABEL b
+  MENU LABEL slot b: build-b
+  KERNEL /slots/b/vmlinuz
+  INITRD /slots/b/ucode.img,/slots/b/initramfs
+  APPEND console=ttyS0 panic=10 ramnas.slot=b
+";
+
+/// The same with slot b the default.
+fn committed_b() -> String {
+    SYSLINUX_CFG
+        .replace("DEFAULT a", "DEFAULT b")
+        .replace("build-a (default)", "build-a")
+        .replace("build-b\n", "build-b (default)\n")
+}
+
+/// A stand-in for `ssh-keygen -A`: one host key pair with random contents, so a restore can be told apart
+/// from a regeneration.
+const FAKE_KEYGEN: &str = r#"#!/bin/sh
+[ "$1" = -A ] || exit 2
+id=$(cat /proc/sys/kernel/random/uuid)
+echo "stand-in private key $id" > "$RAMNAS_SSH_DIR/ssh_host_ed25519_key"
+echo "ssh-ed25519 AAAAstandin$id root@ramnas" > "$RAMNAS_SSH_DIR/ssh_host_ed25519_key.pub"
+"#;
+
+/// A stand-in for OpenRC's `rc-service NAME status`: every service is started except `broken`.
+const FAKE_RC_SERVICE: &str = r#"#!/bin/sh
+[ "$2" = status ] || exit 2
+[ "$1" = broken ] && exit 3
+exit 0
+"#;
+
+/// Boot 1: first boot of slot b on trial; healthy, so it commits b, and creates + saves the host keys.
+const BOOT1: &str = r#"
+export RAMNAS_SSH_DIR=/tmp/ssh RAMNAS_SSH_KEYGEN=/usr/local/bin/fake-keygen RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
+export RAMNAS_RUNLEVEL=/tmp/runlevel RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
+echo system-test > /tmp/build
+mkdir -p /tmp/runlevel && for s in sshd chronyd ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevel/$s; done
+ramnas-persist start
+for l in $(ramnas-slot); do echo "ramnas-test: $l"; done
+echo "ramnas-test: key $(cat /tmp/ssh/ssh_host_ed25519_key)"
+ramnas-ready
+ramnas-persist stop && echo "ramnas-test: unmounted"
+"#;
+
+/// Boot 2: slot a on trial with a failing service: no commit. Then the same as if a person had picked slot a
+/// at the boot prompt (no trial): healthy, still no commit. The host keys come back from the stick.
+const BOOT2: &str = r#"
+export RAMNAS_SSH_DIR=/tmp/ssh RAMNAS_SSH_KEYGEN=false RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
+export RAMNAS_RUNLEVEL=/tmp/runlevel RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
+echo system-test > /tmp/build
+mkdir -p /tmp/runlevel && for s in sshd broken ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevel/$s; done
+ramnas-persist start
+echo "ramnas-test: key $(cat /tmp/ssh/ssh_host_ed25519_key)"
+echo "ramnas-test: modes $(stat -c %a /tmp/ssh/ssh_host_ed25519_key) $(stat -c %a /tmp/ssh/ssh_host_ed25519_key.pub)"
+ramnas-ready || echo "ramnas-test: ready failed"
+rm /tmp/runlevel/broken
+echo "ramnas.slot=a" > /tmp/handpicked
+RAMNAS_CMDLINE=/tmp/handpicked ramnas-ready
+for l in $(RAMNAS_CMDLINE=/tmp/handpicked ramnas-slot); do echo "ramnas-test: handpicked $l"; done
+ramnas-persist stop && echo "ramnas-test: unmounted"
+"#;
+
+fn system_script(path: &str) -> String {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../system/root")
+        .join(path);
+    fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()))
+}
+
+/// A 32 MiB FAT partition image labelled RAMNAS with /syslinux/syslinux.cfg, made with mkfs.vfat + mtools.
+fn stick_image(dir: &Path) -> PathBuf {
+    let image = dir.join("stick.img");
+    run(Command::new("mkfs.vfat")
+        .args(["-n", "RAMNAS", "-C"])
+        .arg(&image)
+        .arg("32768"));
+    let cfg = dir.join("syslinux.cfg");
+    fs::write(&cfg, SYSLINUX_CFG).unwrap();
+    run(Command::new("mmd").arg("-i").arg(&image).arg("::/syslinux"));
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&image)
+        .arg(&cfg)
+        .arg("::/syslinux/syslinux.cfg"));
+    image
+}
+
+fn run(command: &mut Command) -> String {
+    let out = command.output().expect("running a host tool");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        common::text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mtype(image: &Path, path: &str) -> String {
+    run(Command::new("mtype")
+        .arg("-i")
+        .arg(image)
+        .arg(format!("::{path}")))
+}
+
+/// Packs a fixture whose hook is `hook` with GNU cpio and boots it with the stick attached over USB.
+fn boot(dir: &Path, name: &str, hook: &str, append: &str, stick: &Path) -> Vec<String> {
+    let mut fixture = Fixture::new(name);
+    for script in ["ramnas-slot", "ramnas-persist", "ramnas-ready"] {
+        fixture.files.push((
+            format!("usr/sbin/{script}"),
+            system_script(&format!("usr/sbin/{script}")),
+            0o755,
+        ));
+    }
+    fixture.files.push((
+        "usr/local/bin/fake-keygen".into(),
+        FAKE_KEYGEN.into(),
+        0o755,
+    ));
+    fixture.files.push((
+        "usr/local/bin/rc-service".into(),
+        FAKE_RC_SERVICE.into(),
+        0o755,
+    ));
+    fixture
+        .files
+        .push(("etc/fixture.d/system.sh".into(), hook.into(), 0o644));
+    let tree = dir.join(format!("tree-{name}"));
+    fixture.write(&tree).unwrap();
+    let archive = dir.join(format!("{name}.cpio"));
+    gnu_cpio(&tree, &archive);
+
+    let mut m = Machine::new(xtask::qemu::Accel::Tcg);
+    m.direct = Some(Direct {
+        kernel: HostKernel::find().unwrap().vmlinuz,
+        initrd: archive,
+        append: format!("console=ttyS0 panic=-1 {append}"),
+    });
+    m.drives.push(Drive::raw(stick, Bus::Usb));
+    let mut vm = common::start(&m, dir, name);
+    vm.expect(
+        &format!("^ramnas: ready slot=.* build={name}$"),
+        common::BOOT_TIMEOUT,
+    )
+    .unwrap();
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    vm.output()
+}
+
+fn gnu_cpio(tree: &Path, archive: &Path) {
+    let list = run(Command::new("find").arg(".").current_dir(tree));
+    let mut child = Command::new("cpio")
+        .args(["--quiet", "-o", "-H", "newc"])
+        .current_dir(tree)
+        .stdin(std::process::Stdio::piped())
+        .stdout(fs::File::create(archive).unwrap())
+        .spawn()
+        .expect("cpio");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(list.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+fn has(lines: &[String], want: &str) -> bool {
+    lines.iter().any(|l| l == want)
+}
+
+fn key_line(lines: &[String]) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("ramnas-test: key "))
+        .unwrap_or_else(|| panic!("no key line in {lines:#?}"))
+        .to_string()
+}
+
+#[test]
+fn slot_helper_health_check_and_persistence_on_a_stick() {
+    let dir = common::tempdir();
+    let stick = stick_image(dir.path());
+
+    // Boot 1: trial of slot b, healthy → committed; first boot → host keys created and saved.
+    let lines = boot(
+        dir.path(),
+        "boot1",
+        BOOT1,
+        "ramnas.slot=b ramnas.trial=1",
+        &stick,
+    );
+    for want in [
+        "ramnas-test: running=b",
+        "ramnas-test: default=a",
+        "ramnas-test: trial=yes",
+        "ramnas-persist: created 2 ssh host key files and saved them in /media/boot/persist/ssh",
+        "ramnas-slot: slot b is now the default",
+        "ramnas: ready slot=b build=system-test",
+        "ramnas-test: unmounted",
+    ] {
+        assert!(has(&lines, want), "missing {want:?} in {lines:#?}");
+    }
+    let key = key_line(&lines);
+    assert!(key.starts_with("stand-in private key "), "{key}");
+    let cfg = mtype(&stick, "/syslinux/syslinux.cfg");
+    assert_eq!(cfg, committed_b());
+    assert_eq!(
+        mtype(&stick, "/persist/ssh/ssh_host_ed25519_key").trim_end(),
+        key
+    );
+    assert!(mtype(&stick, "/persist/ssh/ssh_host_ed25519_key.pub").starts_with("ssh-ed25519 "));
+
+    // Boot 2: keys restored (the generator would fail); unhealthy trial of a and hand-picked a: no commit.
+    let lines = boot(
+        dir.path(),
+        "boot2",
+        BOOT2,
+        "ramnas.slot=a ramnas.trial=1 ramnas.build=b2-cmdline",
+        &stick,
+    );
+    for want in [
+        "ramnas-persist: restored 2 ssh host key files from /media/boot/persist/ssh",
+        "ramnas-test: modes 600 644",
+        "ramnas: unhealthy slot=a build=b2-cmdline failed=broken",
+        "ramnas: trial of slot a not committed: the next boot returns to the default slot",
+        "ramnas-test: ready failed",
+        "ramnas: ready slot=a build=system-test",
+        "ramnas-test: handpicked running=a",
+        "ramnas-test: handpicked default=b",
+        "ramnas-test: handpicked trial=no",
+        "ramnas-test: unmounted",
+    ] {
+        assert!(has(&lines, want), "missing {want:?} in {lines:#?}");
+    }
+    assert_eq!(
+        key_line(&lines),
+        key,
+        "boot 2 must restore the key of boot 1"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("is now the default")),
+        "{lines:#?}"
+    );
+    assert_eq!(mtype(&stick, "/syslinux/syslinux.cfg"), committed_b());
+}
