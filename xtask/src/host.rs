@@ -84,7 +84,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "mcopy",
-        used_by: "image",
+        used_by: "image, flash",
         debian: "mtools",
         fedora: "mtools",
         arch: "mtools",
@@ -139,6 +139,20 @@ pub const TOOLS: &[Tool] = &[
         arch: "shellcheck",
     },
     Tool {
+        program: "blkid",
+        used_by: "flash",
+        debian: "util-linux",
+        fedora: "util-linux",
+        arch: "util-linux",
+    },
+    Tool {
+        program: "partx",
+        used_by: "flash",
+        debian: "util-linux",
+        fedora: "util-linux",
+        arch: "util-linux",
+    },
+    Tool {
         program: "ssh",
         used_by: "deploy, commit, rollback, status (ssh:// targets)",
         debian: "openssh-client",
@@ -180,6 +194,10 @@ pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
     "zstd",
     "xz-utils",
     "tar",
+    // flash tests: losetup, mount (mount); mkswap, swapon, fallocate, blkid, partx (util-linux); mkfs.ext2.
+    "mount",
+    "util-linux",
+    "e2fsprogs",
 ];
 
 /// Whether `program` is on this host (a command in PATH, or an existing absolute path).
