@@ -153,6 +153,20 @@ pub const TOOLS: &[Tool] = &[
         arch: "util-linux",
     },
     Tool {
+        program: "losetup",
+        used_by: "tests (flash)",
+        debian: "mount",
+        fedora: "util-linux",
+        arch: "util-linux",
+    },
+    Tool {
+        program: "mkfs.ext2",
+        used_by: "tests (flash)",
+        debian: "e2fsprogs",
+        fedora: "e2fsprogs",
+        arch: "e2fsprogs",
+    },
+    Tool {
         program: "ssh",
         used_by: "deploy, commit, rollback, status (ssh:// targets)",
         debian: "openssh-client",
