@@ -87,11 +87,27 @@ pub fn run(flags: FlashFlags) -> Result<()> {
         .unwrap_or_else(|| flags.out.out.join("boot.img"));
     let host = Host::read()?;
     let plan = plan(&host, &image, &flags.device, flags.force)?;
-    eprintln!(
+    eprint!(
         "This erases everything on {}:\n{}",
         flags.device.display(),
         plan.device.summary()
     );
+    if plan.device.partitions.is_empty() {
+        // The kernel may not parse the table (no partition scanning, no MBR support): read it ourselves.
+        let table = File::open(&flags.device)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut f| blockdev::mbr_partitions(&mut f))
+            .unwrap_or_default();
+        for p in table {
+            eprintln!(
+                "    MBR partition {}: {} at {}, type 0x{:02x}",
+                p.index,
+                blockdev::human(p.len),
+                blockdev::human(p.start),
+                p.kind
+            );
+        }
+    }
     eprintln!(
         "  image:     {} ({} of data in {} ranges, {} written in all)",
         image.display(),
