@@ -105,18 +105,53 @@ fn sha256_of(path: &Path) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// A device of `size` bytes that looks used: old bytes everywhere, an ext2 filesystem on all of it and a GPT
-/// backup header in the last sector, so the flash has old data and signatures to get rid of.
+/// A device of `size` bytes that looks used: old bytes everywhere, a GPT (primary and backup) with an ext2
+/// partition at 1 MiB, and an ISO9660 signature at 32 KiB (a stick that once held a dd'ed installer), so the
+/// flash has old data and signatures to get rid of.
 fn old_disk(dir: &Path, name: &str, size: u64) -> PathBuf {
     let file = dir.join(name);
+    let f = file.to_str().unwrap();
     fs::write(&file, vec![0xa5u8; size as usize]).unwrap();
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["-q", "--wipe", "never", f])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let part_sectors = size / 512 - 2048 - 2048;
+    let script = format!("label: gpt\nstart=2048, size={part_sectors}, type=linux\n");
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let blocks = (part_sectors / 2).to_string();
     run(
         "mkfs.ext2",
-        &["-q", "-F", "-E", "nodiscard", file.to_str().unwrap()],
+        &[
+            "-q",
+            "-F",
+            "-E",
+            &format!("nodiscard,offset={MIB}"),
+            f,
+            &blocks,
+        ],
     );
-    let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
-    f.write_all_at(b"EFI PART", size - 512).unwrap();
+    let dev = fs::OpenOptions::new().write(true).open(&file).unwrap();
+    dev.write_all_at(b"\x01CD001\x01", 32768).unwrap();
     file
+}
+
+/// The signatures `wipefs` finds on a device (types, such as `dos`, `gpt`, `PMBR`, `ext2`, `iso9660`).
+fn signatures(dev: &str) -> Vec<String> {
+    run(
+        "wipefs",
+        &["--no-act", "--noheadings", "--output", "TYPE", dev],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
 }
 
 /// The fixture built once per test run with `cargo xtask build --base` (shared by every test here).
@@ -222,8 +257,10 @@ fn flashes_data_ranges_rereads_the_table_and_boots() {
     let img = stick_image(dir.path(), 64 * MIB, 3 * MIB);
     let disk = old_disk(dir.path(), "disk", 96 * MIB);
     let dev = Loop::attach(&disk, true);
+    let old = signatures(dev.path());
+    assert!(old.contains(&"gpt".to_string()), "{old:?}");
     assert!(
-        blkid(dev.path()).contains("TYPE=ext2"),
+        blkid(&format!("{}p1", dev.path())).contains("TYPE=ext2"),
         "the old disk should look used"
     );
 
@@ -250,10 +287,8 @@ fn flashes_data_ranges_rereads_the_table_and_boots() {
     // The old signatures are gone: the last MiB (GPT backup) is zero, blkid sees only the new table.
     assert!(read_at(&dev.dev, 95 * MIB, MIB).iter().all(|b| *b == 0));
     let whole = blkid(dev.path());
-    assert!(
-        whole.contains("PTTYPE=dos") && !whole.contains("ext2"),
-        "{whole}"
-    );
+    assert!(whole.contains("PTTYPE=dos"), "{whole}");
+    assert_eq!(signatures(dev.path()), ["dos"]);
     // The kernel re-read the table: the partition is there, a clean FAT32 labelled RAMNAS.
     let part = format!("{}p1", dev.path());
     assert!(Path::new(&format!("/sys/block/{}/{}p1", dev.name(), dev.name())).exists());
