@@ -115,6 +115,13 @@ pub fn run(flags: FlashFlags) -> Result<()> {
         plan.ranges.len(),
         blockdev::human(plan.total()),
     );
+    for dir in leftover_rescues() {
+        eprintln!(
+            "note: {} holds a /persist saved by a flash that did not finish; if that stick lost its /persist, \
+             copy these files back into it",
+            dir.display()
+        );
+    }
     if !flags.yes {
         confirm(&plan.device)?;
     }
@@ -871,10 +878,35 @@ fn walk(fat: &mut stick::Fat, dir: &str, out: &mut Vec<Node>) -> Result<()> {
     Ok(())
 }
 
+/// Where copies of /persist wait while a flash runs: $TMPDIR, else /var/tmp (kept across reboots).
+fn rescue_root() -> PathBuf {
+    match std::env::var_os("TMPDIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ if Path::new("/var/tmp").is_dir() => PathBuf::from("/var/tmp"),
+        _ => std::env::temp_dir(),
+    }
+}
+
+const RESCUE_PREFIX: &str = "ramnas-persist-";
+
+/// Copies of /persist left by flashes that did not finish.
+fn leftover_rescues() -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(rescue_root())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(RESCUE_PREFIX))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 /// Saves a copy of `persist` in a private temp directory, for the user should the flash not finish.
 fn save_copy(persist: &Persist, device_name: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "ramnas-persist-{device_name}-{}",
+    let dir = rescue_root().join(format!(
+        "{RESCUE_PREFIX}{device_name}-{}",
         std::process::id()
     ));
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

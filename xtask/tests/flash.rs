@@ -603,7 +603,24 @@ fn ctrl_c_says_the_stick_is_incomplete() {
     let disk = dir.path().join("disk");
     File::create(&disk).unwrap().set_len(400 * MIB).unwrap();
     let dev = Loop::attach(&disk, false);
+    // A ramnas stick with state in /persist.
+    let opts = flash::Options {
+        force: true,
+        ..Default::default()
+    };
+    flash::write_image(&img, &dev.dev, &opts).unwrap();
+    let seed = dir.path().join("seed");
+    fs::write(&seed, b"random seed bytes").unwrap();
+    let at = format!("{}@@{MIB}", dev.path());
+    run(
+        "mcopy",
+        &["-i", &at, seed.to_str().unwrap(), "::/persist/seed"],
+    );
+
+    let rescue = dir.path().join("rescue");
+    fs::create_dir(&rescue).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .env("TMPDIR", &rescue)
         .args([
             "flash",
             dev.path(),
@@ -635,5 +652,16 @@ fn ctrl_c_says_the_stick_is_incomplete() {
     assert!(
         seen.contains("interrupted by Ctrl-C") && seen.contains("INCOMPLETE"),
         "{seen}"
+    );
+    // The old /persist waits on the host, and the message says where.
+    let saved: Vec<PathBuf> = fs::read_dir(&rescue)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(seen.contains(saved[0].to_str().unwrap()), "{seen}");
+    assert_eq!(
+        fs::read(saved[0].join("seed")).unwrap(),
+        b"random seed bytes"
     );
 }
