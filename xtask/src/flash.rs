@@ -4,21 +4,23 @@
 //! The steps, in the order they happen:
 //! 1. [`blockdev::describe`] the device and refuse it when [`blockdev::refusal`] says so (nothing opened
 //!    for writing yet).
-//! 2. Plan the writes: the image's data ranges (SEEK_DATA/SEEK_HOLE), plus *guard* ranges written from the
-//!    image even where it has holes (so as zeros): the first and last MiB of the device (MBR, GPT header and
-//!    its backup at the very end, ISO9660, md/ZFS labels at the end) and the first and last MiB of every
-//!    partition of the image (filesystem signatures: ext*, btrfs, LVM, md, bcache, ZFS, swap, all within
-//!    these). Old bytes elsewhere lie in space the new partition table or FAT does not use.
+//! 2. Plan the writes: the image's data ranges (SEEK_DATA/SEEK_HOLE); for a FAT32 partition also its
+//!    reserved sectors, FATs and every allocated cluster (so a hole inside a file reaches the device as
+//!    zeros); and *guard* ranges written from the image even where it has holes (so as zeros): the first
+//!    and last MiB of the device (MBR, GPT header and its backup at the very end, ISO9660, md/ZFS labels)
+//!    and of every partition of the image (filesystem signatures: ext*, btrfs, LVM, md, bcache, ZFS, swap
+//!    all lie within these). Old bytes elsewhere lie in space the new partition table and FAT leave unused.
 //! 3. Show the device and ask for its name, unless `--yes`.
 //! 4. Claim the device exclusively (O_EXCL: the kernel refuses it if mounted or held since step 1).
 //! 5. Read the old stick's `/persist` (a FAT partition labelled RAMNAS), unless `--wipe`, and save a copy
-//!    in a temp directory in case the flash is interrupted.
+//!    in $TMPDIR or /var/tmp in case the flash is interrupted (removed once the new one is verified).
 //! 6. Write the planned ranges with O_DIRECT in 4 MiB chunks (a reader thread fills the next buffer while
 //!    the current one is written), then fsync.
 //! 7. Drop the device's buffer cache, read every written range back with O_DIRECT and compare it byte for
 //!    byte with the image (cheaper than hashing both sides, and stricter).
 //! 8. Put `/persist` back, flush, drop caches, read it back and compare.
-//! 9. Ask the kernel to re-read the partition table (BLKRRPART).
+//! 9. Ask the kernel to re-read the partition table (BLKRRPART, then `partx --update` if that did not
+//!    show the image's partitions).
 //!
 //! Ctrl-C from step 4 on sets a flag checked between chunks; the command stops and says the stick is
 //! incomplete.
