@@ -290,24 +290,14 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-/// `qemu-system-x86_64` on PATH, or an error naming the package to install.
+/// `qemu-system-x86_64`, or an error naming the package to install.
 pub fn qemu_binary() -> Result<PathBuf> {
-    which::which("qemu-system-x86_64").map_err(|_| {
-        anyhow::anyhow!(
-            "qemu-system-x86_64 not found: install it (Debian/Ubuntu: apt-get install qemu-system-x86; \
-             Alpine: apk add qemu-system-x86_64; Fedora: dnf install qemu-system-x86; Arch: pacman -S qemu-full)"
-        )
-    })
+    crate::host::find("qemu-system-x86_64")
 }
 
-/// `qemu-img` on PATH, or an error naming the package to install.
+/// `qemu-img`, or an error naming the package to install.
 pub fn qemu_img() -> Result<PathBuf> {
-    which::which("qemu-img").map_err(|_| {
-        anyhow::anyhow!(
-            "qemu-img not found: install it (Debian/Ubuntu: apt-get install qemu-utils; \
-             Alpine: apk add qemu-img; Fedora: dnf install qemu-img; Arch: pacman -S qemu-img)"
-        )
-    })
+    crate::host::find("qemu-img")
 }
 
 /// OVMF's code and variable-store template, from the places distributions install them.
@@ -342,10 +332,12 @@ pub fn ovmf() -> Result<(PathBuf, PathBuf)> {
         .iter()
         .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
         .find(|(c, v)| c.exists() && v.exists())
-        .context(
-            "OVMF (UEFI firmware for qemu) not found: install it (Debian/Ubuntu: apt-get install ovmf; \
-             Alpine: apk add ovmf; Fedora: dnf install edk2-ovmf; Arch: pacman -S edk2-ovmf)",
-        )
+        .with_context(|| {
+            format!(
+                "OVMF (UEFI firmware for qemu) not found: {}",
+                crate::host::install_hint("/usr/share/OVMF/OVMF_CODE_4M.fd")
+            )
+        })
 }
 
 fn spawn_reader(

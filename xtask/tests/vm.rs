@@ -19,64 +19,11 @@ fn build_fixture(dir: &Path, fixture: &Fixture, out: &str) -> PathBuf {
     common::build_fixture(dir, fixture, out, &[])
 }
 
-/// Runs a host tool, failing the test with its output when it fails.
-fn run_tool(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        common::text(&out)
-    );
-}
-
-/// OUT/boot.img from `cargo xtask image`, plus (a stand-in until the UEFI issue lands) a unified kernel image
-/// at /EFI/BOOT/BOOTX64.EFI on the same partition, booting the build with `ramnas.slot=a`.
+/// OUT/boot.img from `cargo xtask image`: syslinux for SeaBIOS and systemd-boot + a UKI per slot for OVMF.
 fn make_stick(dir: &Path, out: &Path) {
     common::xtask_ok(
         dir,
-        &["image", "--out", out.to_str().unwrap(), "--size", "128M"],
-    );
-    let part = format!("{}@@1048576", out.join("boot.img").display());
-    let vmlinuz = out.join("vmlinuz");
-    let initramfs = out.join("initramfs");
-    // A UKI: systemd's EFI stub with the command line, kernel and initramfs as sections past its own.
-    let (osrel, cmdline, uki) = (
-        dir.join("osrel"),
-        dir.join("uki-cmdline"),
-        dir.join("uki.efi"),
-    );
-    fs::write(&osrel, "ID=ramnas\n").unwrap();
-    fs::write(&cmdline, "console=ttyS0 panic=-1 ramnas.slot=a").unwrap();
-    let section = |name: &str, file: &Path, vma: &str| {
-        [
-            "--add-section".to_string(),
-            format!("{name}={}", file.display()),
-            "--change-section-vma".to_string(),
-            format!("{name}={vma}"),
-        ]
-    };
-    let mut args: Vec<String> = Vec::new();
-    args.extend(section(".osrel", &osrel, "0x14dfb0000"));
-    args.extend(section(".cmdline", &cmdline, "0x14dfb1000"));
-    args.extend(section(".linux", &vmlinuz, "0x14e000000"));
-    args.extend(section(".initrd", &initramfs, "0x150000000"));
-    args.push("/usr/lib/systemd/boot/efi/linuxx64.efi.stub".into());
-    args.push(uki.to_str().unwrap().into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_tool("objcopy", &args);
-    run_tool("mmd", &["-i", &part, "::/EFI", "::/EFI/BOOT"]);
-    run_tool(
-        "mcopy",
-        &[
-            "-i",
-            &part,
-            uki.to_str().unwrap(),
-            "::/EFI/BOOT/BOOTX64.EFI",
-        ],
+        &["image", "--out", out.to_str().unwrap(), "--size", "192M"],
     );
 }
 
