@@ -161,6 +161,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "flash",
         debian: "util-linux",
         fedora: "util-linux",
+        alpine: "blkid",
         arch: "util-linux",
     },
     Tool {
@@ -168,6 +169,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "flash",
         debian: "util-linux",
         fedora: "util-linux",
+        alpine: "partx",
         arch: "util-linux",
     },
     Tool {
@@ -175,6 +177,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "tests (flash)",
         debian: "mount",
         fedora: "util-linux",
+        alpine: "losetup",
         arch: "util-linux",
     },
     Tool {
@@ -182,6 +185,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "tests (flash)",
         debian: "e2fsprogs",
         fedora: "e2fsprogs",
+        alpine: "e2fsprogs",
         arch: "e2fsprogs",
     },
     Tool {
