@@ -22,6 +22,8 @@ use xtask::{
 };
 
 const MIB: u64 = 1 << 20;
+/// The test images' size: what `cargo xtask image` accepts for the fixture build, with room to spare.
+const IMAGE: u64 = 160 * MIB;
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -254,8 +256,8 @@ fn flash_ok(dev: &Loop, img: &Path, extra: &[&str]) -> String {
 fn flashes_data_ranges_rereads_the_table_and_boots() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 64 * MIB, 3 * MIB);
-    let disk = old_disk(dir.path(), "disk", 96 * MIB);
+    let img = stick_image(dir.path(), IMAGE, 3 * MIB);
+    let disk = old_disk(dir.path(), "disk", IMAGE + 32 * MIB);
     let dev = Loop::attach(&disk, true);
     let old = signatures(dev.path());
     assert!(old.contains(&"gpt".to_string()), "{old:?}");
@@ -275,7 +277,7 @@ fn flashes_data_ranges_rereads_the_table_and_boots() {
     );
     let data: u64 = ranges.iter().map(|(s, e)| e - s).sum();
     assert!(
-        data < 40 * MIB,
+        data < IMAGE / 2,
         "the test image should be sparse ({data} bytes of data)"
     );
     for (start, end) in ranges {
@@ -285,7 +287,9 @@ fn flashes_data_ranges_rereads_the_table_and_boots() {
         );
     }
     // The old signatures are gone: the last MiB (GPT backup) is zero, blkid sees only the new table.
-    assert!(read_at(&dev.dev, 95 * MIB, MIB).iter().all(|b| *b == 0));
+    assert!(read_at(&dev.dev, IMAGE + 31 * MIB, MIB)
+        .iter()
+        .all(|b| *b == 0));
     let whole = blkid(dev.path());
     assert!(whole.contains("PTTYPE=dos"), "{whole}");
     assert_eq!(signatures(dev.path()), ["dos"]);
@@ -315,8 +319,8 @@ fn flashes_data_ranges_rereads_the_table_and_boots() {
 fn the_library_call_flashes_without_asking() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 64 * MIB, MIB);
-    let disk = old_disk(dir.path(), "disk", 64 * MIB);
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let disk = old_disk(dir.path(), "disk", IMAGE);
     let dev = Loop::attach(&disk, false);
     let opts = flash::Options {
         force: true,
@@ -324,7 +328,7 @@ fn the_library_call_flashes_without_asking() {
     };
     let stats = flash::write_image(&img, &dev.dev, &opts).unwrap();
     assert!(
-        stats.written >= 2 * MIB && stats.written < 40 * MIB,
+        stats.written >= 2 * MIB && stats.written < IMAGE / 2,
         "{stats:?}"
     );
     let p1 = format!("/sys/block/{}/{}p1", dev.name(), dev.name());
@@ -374,7 +378,7 @@ fn refuses_what_is_not_a_block_device() {
 fn refuses_a_partition_naming_its_disk() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 64 * MIB, MIB);
+    let img = stick_image(dir.path(), IMAGE, MIB);
     let disk = dir.path().join("disk");
     fs::copy(&img, &disk).unwrap();
     let dev = Loop::attach(&disk, true);
@@ -403,7 +407,7 @@ fn refuses_a_partition_naming_its_disk() {
 fn refuses_a_disk_with_a_mounted_partition() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 64 * MIB, MIB);
+    let img = stick_image(dir.path(), IMAGE, MIB);
     let disk = dir.path().join("disk");
     fs::copy(&img, &disk).unwrap();
     let dev = Loop::attach(&disk, true);
@@ -427,7 +431,7 @@ fn refuses_a_disk_with_a_mounted_partition() {
 fn refuses_a_disk_used_as_swap() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 64 * MIB, MIB);
+    let img = stick_image(dir.path(), IMAGE, MIB);
     let disk = dir.path().join("disk");
     File::create(&disk).unwrap().set_len(64 * MIB).unwrap();
     let dev = Loop::attach(&disk, false);
@@ -468,7 +472,7 @@ fn refuses_a_disk_with_holders() {
 fn refuses_the_root_disk() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 64 * MIB, MIB);
+    let img = stick_image(dir.path(), IMAGE, MIB);
     let disk = old_disk(dir.path(), "disk", 64 * MIB);
     let dev = Loop::attach(&disk, false);
     let mut host = Host::read().unwrap();
@@ -497,7 +501,7 @@ fn refuses_the_root_disk() {
 fn refuses_a_disk_smaller_than_the_image() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 64 * MIB, MIB);
+    let img = stick_image(dir.path(), IMAGE, MIB);
     let disk = old_disk(dir.path(), "disk", 40 * MIB);
     let dev = Loop::attach(&disk, false);
     let before = sha256_of(&dev.dev);
@@ -509,8 +513,8 @@ fn refuses_a_disk_smaller_than_the_image() {
 fn refuses_a_fixed_disk_without_force_and_asks_for_its_name() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 64 * MIB, MIB);
-    let disk = old_disk(dir.path(), "disk", 64 * MIB);
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let disk = old_disk(dir.path(), "disk", IMAGE);
     let dev = Loop::attach(&disk, false);
     let before = sha256_of(&dev.dev);
     let out = flash_cli(&dev, &img, &["--yes"]);
@@ -551,8 +555,8 @@ fn refuses_a_fixed_disk_without_force_and_asks_for_its_name() {
 fn reflash_keeps_persist_and_wipe_drops_it() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), 64 * MIB, MIB);
-    let disk = old_disk(dir.path(), "disk", 80 * MIB);
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let disk = old_disk(dir.path(), "disk", IMAGE + 16 * MIB);
     let dev = Loop::attach(&disk, true);
     flash_ok(&dev, &img, &["--yes", "--force"]);
 
