@@ -40,6 +40,12 @@ pub enum Cmd {
     /// in $RAMNAS_VM_DIR when set.
     Vm(VmFlags),
     /// Write the stick image to a whole-disk device, keeping the stick's /persist.
+    ///
+    /// Refuses, writing nothing: a partition, a disk with a mounted or swap partition or a RAID/LVM/dm
+    /// holder, the disk under the running /, a disk smaller than the image; a disk that is not removable
+    /// needs --force. Shows the disk and asks for its name (unless --yes), writes only the image's data and
+    /// what must be zeroed so old partition tables and signatures cannot survive, reads everything back
+    /// from the device and compares, and carries /persist over from a ramnas stick (unless --wipe).
     Flash(FlashFlags),
     /// Put the build into the slot that is not committed and arm it for one trial boot.
     Deploy(DeployFlags),

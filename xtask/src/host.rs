@@ -94,7 +94,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "mcopy",
-        used_by: "image",
+        used_by: "image, flash",
         debian: "mtools",
         fedora: "mtools",
         alpine: "mtools",
@@ -157,6 +157,38 @@ pub const TOOLS: &[Tool] = &[
         arch: "shellcheck",
     },
     Tool {
+        program: "blkid",
+        used_by: "flash",
+        debian: "util-linux",
+        fedora: "util-linux",
+        alpine: "blkid",
+        arch: "util-linux",
+    },
+    Tool {
+        program: "partx",
+        used_by: "flash",
+        debian: "util-linux",
+        fedora: "util-linux",
+        alpine: "partx",
+        arch: "util-linux",
+    },
+    Tool {
+        program: "losetup",
+        used_by: "tests (flash)",
+        debian: "mount",
+        fedora: "util-linux",
+        alpine: "losetup",
+        arch: "util-linux",
+    },
+    Tool {
+        program: "mkfs.ext2",
+        used_by: "tests (flash)",
+        debian: "e2fsprogs",
+        fedora: "e2fsprogs",
+        alpine: "e2fsprogs",
+        arch: "e2fsprogs",
+    },
+    Tool {
         program: "ssh",
         used_by: "deploy, commit, rollback, status (ssh:// targets)",
         debian: "openssh-client",
@@ -201,6 +233,10 @@ pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
     "zstd",
     "xz-utils",
     "tar",
+    // flash tests: losetup, mount (mount); mkswap, swapon, fallocate, blkid, partx (util-linux); mkfs.ext2.
+    "mount",
+    "util-linux",
+    "e2fsprogs",
 ];
 
 /// Whether `program` is on this host (a command in PATH, or an existing absolute path).
