@@ -30,6 +30,7 @@ pub mod rootfs;
 pub mod slots;
 pub mod stick;
 pub mod syslinux;
+pub mod uefi;
 
 use flags::{Cmd, Xtask};
 

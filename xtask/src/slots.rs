@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::{
     stick::{self, Stick},
     syslinux::{self, Adv},
+    uefi,
 };
 
 /// One of the two boot slots.
@@ -108,7 +109,7 @@ impl Manifest {
     /// The line shown for this build in the boot menu.
     pub fn title(&self) -> String {
         match &self.kernel_version {
-            Some(k) => format!("build {} (kernel {k})", self.build_id),
+            Some(k) => format!("build {}, kernel {k}", self.build_id),
             None => format!("build {}", self.build_id),
         }
     }
@@ -165,6 +166,8 @@ impl Build {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filled {
     pub manifest: Manifest,
+    /// The slot's manifest.json as stored, for readers that want every field (`crate::manifest`).
+    pub manifest_json: Vec<u8>,
     /// The build's kernel command line (slots/<s>/cmdline).
     pub cmdline: String,
     /// slots/<s>/ucode.img exists and is loaded before the initramfs.
@@ -179,6 +182,8 @@ pub struct Table {
     pub default: Option<Slot>,
     /// The ADV's boot-once command (`b ramnas.trial=1`), None when not armed.
     pub boot_once: Option<String>,
+    /// The UEFI view: the UKIs under EFI/Linux and their roles (committed, trial, spare).
+    pub uefi: uefi::View,
 }
 
 impl Table {
@@ -198,10 +203,12 @@ impl Table {
         } else {
             None
         };
+        let uefi = uefi::read_view(stick)?;
         Ok(Table {
             slots,
             default,
             boot_once,
+            uefi,
         })
     }
 
@@ -233,8 +240,9 @@ pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
     if !stick.exists(&manifest_path)? {
         return Ok(None);
     }
+    let manifest_json = stick.read(&manifest_path)?;
     let Ok(manifest) = Manifest::parse(
-        &stick.read(&manifest_path)?,
+        &manifest_json,
         &format!("{manifest_path} on {}", stick.describe()),
     ) else {
         return Ok(None);
@@ -258,6 +266,7 @@ pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
     let ucode = manifest.artifacts.contains_key("ucode.img");
     Ok(Some(Filled {
         manifest,
+        manifest_json,
         cmdline,
         ucode,
     }))
