@@ -436,7 +436,8 @@ fn seed_archive(tree: &Path, work: &Path, out: &Path) -> Result<()> {
 }
 
 /// A sparse image of [`FLASH_IMAGE`] bytes holding [`FLASH_DATA`] bytes of incompressible data in 4 MiB
-/// extents spread over the whole image.
+/// extents spread over the whole image, without a partition table (so `flash` writes the data ranges and
+/// its guard ranges at both ends of the device, nothing else).
 fn write_sparse_image(path: &Path) -> Result<()> {
     let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.set_len(FLASH_IMAGE)?;
@@ -456,6 +457,8 @@ fn write_sparse_image(path: &Path) -> Result<()> {
         file.write_all_at(&buf, i * stride)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    // No partition table: sector 0 must not end in the MBR signature by chance.
+    file.write_all_at(&[0u8; 512], 0)?;
     file.sync_all()?;
     Ok(())
 }
