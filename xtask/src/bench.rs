@@ -122,7 +122,8 @@ const NOTES: &str = "\
 - memory: the packer process's peak resident set (`ru_maxrss`).
 - boot: qemu (TCG) from start to the `ramnas: ready` line; the baseline boots the seed's gzip archive.
 - flash: `cargo xtask flash --yes --force --wipe` (writes the data ranges, then reads every one back and \
-compares) against `dd bs=4M conv=fsync` of the whole image, to the same loop device.";
+compares) against `dd bs=4M conv=fsync` of the whole image, to the same loop device (direct I/O when the \
+file system allows it; `sync` before each run).";
 
 /// The hidden entry point: packs `--tree` into OUTPUT with FORMAT, as `cargo xtask build` would.
 fn pack_child(flags: &BenchFlags, spec: &str) -> Result<()> {
@@ -356,6 +357,7 @@ impl Bench {
             let measured = self.pairs(
                 case,
                 || {
+                    settle();
                     let (t, res) = timed(|| flash_child(&self.exe, &image, &device.0))?;
                     if let Err(why) = res {
                         unavailable = Some(why);
@@ -363,7 +365,10 @@ impl Bench {
                     }
                     Ok(t)
                 },
-                || timed(|| dd(&image, &device.0)).map(|(t, ())| t),
+                || {
+                    settle();
+                    timed(|| dd(&image, &device.0)).map(|(t, ())| t)
+                },
             );
             Ok(match (measured, unavailable) {
                 (_, Some(why)) => Row::skipped(case, &why),
@@ -499,15 +504,30 @@ fn dd(image: &Path, device: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes back every dirty page before a timed flash or dd, so that neither pays for the other's
+/// writeback.
+fn settle() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+}
+
 /// A loop device over a file, detached on drop.
 struct Loop(PathBuf);
 
 impl Loop {
+    /// In direct-I/O mode when the file system allows it: writes then reach the disk as they would a
+    /// stick's, instead of stopping in the host's page cache.
     fn attach(file: &Path) -> Result<Loop> {
-        let dev = duct::cmd!("losetup", "--find", "--show", file)
+        let direct = duct::cmd!("losetup", "--find", "--show", "--direct-io=on", file)
             .stderr_capture()
-            .read()
-            .context("losetup --find --show")?;
+            .read();
+        let dev = match direct {
+            Ok(dev) => dev,
+            Err(_) => duct::cmd!("losetup", "--find", "--show", file)
+                .stderr_capture()
+                .read()
+                .context("losetup --find --show")?,
+        };
         Ok(Loop(PathBuf::from(dev.trim())))
     }
 }

@@ -37,6 +37,7 @@ fn bench_prints_every_case() {
         ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
     let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ")).collect();
     assert_eq!(rows.len(), CASES.len() + 1, "{}", text(&out));
     for (row, case) in rows[1..].iter().zip(CASES) {
