@@ -120,7 +120,9 @@ const NOTES: &str = "\
 - pack: our packer (`initramfs::pack`, as `cargo xtask build` runs it) in a process of its own, against \
 `find . | cpio -o -H newc | <compressor>` in the tree (`/boot` pruned, as the packer leaves it out).
 - memory: the packer process's peak resident set (`ru_maxrss`).
-- boot: qemu (TCG) from start to the `ramnas: ready` line; the baseline boots the seed's gzip archive.
+- sizes: our output against the baseline's.
+- boot: qemu (TCG, 1 CPU, 2 GiB) from start to the `ramnas: ready` line, booting `cargo xtask build`'s \
+default format; the baseline boots the seed's gzip archive of the same tree (the sizes are the two archives).
 - flash: `cargo xtask flash --yes --force --wipe` (writes the data ranges, then reads every one back and \
 compares) against `dd bs=4M conv=fsync` of the whole image, to the same loop device (direct I/O when the \
 file system allows it; `sync` before each run).";
@@ -295,23 +297,24 @@ impl Bench {
         let case = "boot to `ramnas: ready` (TCG)";
         let out = self.work.join("boot-out");
         let seed = self.work.join("seed-initramfs.gz");
-        let result = (|| -> Result<(Vec<f64>, Vec<f64>)> {
+        let result = (|| -> Result<Row> {
             eprintln!("  {case}: building both archives");
             self.build(&out, &[])?;
             seed_archive(&self.tree, &self.work, &seed)?;
             let kernel = out.join("vmlinuz");
-            self.pairs(
+            let initramfs = out.join("initramfs");
+            let (ours, base) = self.pairs(
                 case,
-                || self.boot_once(&kernel, &out.join("initramfs"), "ours"),
+                || self.boot_once(&kernel, &initramfs, "ours"),
                 || self.boot_once(&kernel, &seed, "seed"),
-            )
+            )?;
+            let mut row = Row::compare(case, ours, base, Goal::Ratio(0.85));
+            row.sizes = Some((fs::metadata(&initramfs)?.len(), fs::metadata(&seed)?.len()));
+            Ok(row)
         })();
         let _ = fs::remove_dir_all(&out);
         let _ = fs::remove_file(&seed);
-        match result {
-            Ok((ours, base)) => Row::compare(case, ours, base, Goal::Ratio(0.85)),
-            Err(err) => Row::failed(case, &err),
-        }
+        result.unwrap_or_else(|err| Row::failed(case, &err))
     }
 
     fn boot_once(&self, kernel: &Path, initrd: &Path, name: &str) -> Result<f64> {
