@@ -20,9 +20,38 @@ use sha2::{Digest, Sha256};
 
 /// The FAT volume label of a ramnas stick's boot partition.
 pub const LABEL: &str = "RAMNAS";
-/// SOURCE_DATE_EPOCH for mtools: 1980-01-01 00:00 UTC, the fixed date the fatfs crate (without chrono)
-/// writes, so every timestamp on the stick is the same.
+/// SOURCE_DATE_EPOCH for mtools: 1980-01-01 00:00 UTC, the date [`FixedTime`] gives fatfs, so every
+/// timestamp on the stick is the same.
 pub const FIXED_EPOCH: &str = "315532800";
+
+/// Every date fatfs writes: 1980-01-01 00:00 (its own default without chrono is the invalid 1980-00-00).
+#[derive(Debug)]
+pub struct FixedTime;
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        fatfs::Date {
+            year: 1980,
+            month: 1,
+            day: 1,
+        }
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime {
+            date: self.get_current_date(),
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
+}
+
+fn fs_options() -> fatfs::FsOptions {
+    fatfs::FsOptions::new().time_provider(&FixedTime)
+}
 
 /// A directory entry on the stick.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,7 +321,7 @@ impl Fat {
         for part in parts.iter().filter(|p| FAT_TYPES.contains(&p.kind)) {
             let (start, len) = (part.start_sector as u64 * 512, part.sectors as u64 * 512);
             let slice = Slice::new(file.try_clone()?, start, len);
-            let Ok(fs) = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()) else {
+            let Ok(fs) = fatfs::FileSystem::new(slice, fs_options()) else {
                 continue;
             };
             if fs.volume_label().trim_end() == LABEL {
@@ -320,7 +349,7 @@ impl Fat {
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         let slice = Slice::new(file.try_clone()?, start, len);
-        let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new())
+        let fs = fatfs::FileSystem::new(slice, fs_options())
             .with_context(|| format!("{}: no FAT file system at byte {start}", path.display()))?;
         Ok(Fat {
             fs: Some(fs),
@@ -362,7 +391,7 @@ impl Fat {
             });
         let slice = Slice::new(self.file.try_clone()?, self.start, self.len);
         self.fs = Some(
-            fatfs::FileSystem::new(slice, fatfs::FsOptions::new())
+            fatfs::FileSystem::new(slice, fs_options())
                 .with_context(|| format!("reopening the FAT file system on {}", self.what))?,
         );
         made

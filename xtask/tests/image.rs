@@ -22,8 +22,14 @@ use xtask::{
 /// Stand-in for `cargo xtask build --base` until it lands: the host kernel, the fixture packed by GNU cpio,
 /// a command line and a manifest naming them.
 fn build(dir: &Path, marker: &str) -> PathBuf {
+    build_with(dir, Fixture::new(marker))
+}
+
+/// Like [`build`], for any fixture; with `ucode`, OUT/ucode.img is Alpine's two microcode archives, joined.
+fn build_with(dir: &Path, fixture: Fixture) -> PathBuf {
+    let marker = fixture.build.as_str();
     let tree = dir.join(format!("tree-{marker}"));
-    Fixture::new(marker).write(&tree).unwrap();
+    fixture.write(&tree).unwrap();
     let out = dir.join(format!("out-{marker}"));
     fs::create_dir_all(&out).unwrap();
     fs::copy(HostKernel::find().unwrap().vmlinuz, out.join("vmlinuz")).unwrap();
@@ -43,14 +49,21 @@ fn build(dir: &Path, marker: &str) -> PathBuf {
     cpio.stdin.take().unwrap().write_all(&list.stdout).unwrap();
     assert!(cpio.wait().unwrap().success());
     fs::write(out.join("cmdline"), "console=ttyS0 panic=-1\n").unwrap();
+    if fixture.ucode {
+        let mut ucode = fs::read(tree.join("boot/intel-ucode.img")).unwrap();
+        ucode.extend(fs::read(tree.join("boot/amd-ucode.img")).unwrap());
+        fs::write(out.join("ucode.img"), ucode).unwrap();
+    }
     write_manifest(&out, marker);
     out
 }
 
 fn write_manifest(out: &Path, build_id: &str) {
     let mut artifacts = serde_json::Map::new();
-    for name in ["vmlinuz", "initramfs", "cmdline"] {
-        let data = fs::read(out.join(name)).unwrap();
+    for name in ["vmlinuz", "initramfs", "cmdline", "ucode.img"] {
+        let Ok(data) = fs::read(out.join(name)) else {
+            continue;
+        };
         let sha: String = Sha256::digest(&data)
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -110,8 +123,16 @@ fn run(program: &str, args: &[&str]) -> String {
 #[test]
 fn image_boots_slot_a_under_seabios() {
     let dir = common::tempdir();
-    let out = build(dir.path(), "img-a");
+    let mut fixture = Fixture::new("img-a");
+    fixture.ucode = true;
+    let out = build_with(dir.path(), fixture);
     let img = image(dir.path(), &out, &[]);
+    let spec = format!("{}@@1M", img.display());
+    let cfg = run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
+    assert!(
+        cfg.contains("INITRD /slots/a/ucode.img,/slots/a/initramfs\n"),
+        "{cfg}"
+    );
     let (line, console) = boot_with_console(&img, dir.path(), "boot");
     assert_eq!(line, "ramnas: ready slot=a build=img-a");
     // The menu was on the serial console too, slot a marked as the default.
@@ -207,6 +228,14 @@ fn image_layout_is_as_specified_and_reproducible() {
         );
     }
     assert_eq!(mdir("::/slots/b").trim(), "");
+    // Every timestamp is 1980-01-01 00:00, whoever wrote the file.
+    let listing = run("mdir", &["-/", "-a", "-i", &spec, "::"]);
+    let date = regex::Regex::new(r" \d{4}-\d\d-\d\d ").unwrap();
+    let dated: Vec<&str> = listing.lines().filter(|l| date.is_match(l)).collect();
+    assert!(dated.len() > 10, "{listing}");
+    for line in dated {
+        assert!(line.contains(" 1980-01-01   0:00"), "{line}");
+    }
     assert_eq!(mdir("::/persist").trim(), "");
     assert!(root.contains("::/syslinux.cfg"), "{root}");
     let cfg = run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
