@@ -513,7 +513,11 @@ fn detach(stick: &mut dyn Stick, slot: Slot) -> Result<()> {
 }
 
 /// Which slot `commit` makes the default, and why.
-pub fn trial_to_commit(stick: &mut dyn Stick, table: &Table, running: Option<Running>) -> Result<Slot> {
+pub fn trial_to_commit(
+    stick: &mut dyn Stick,
+    table: &Table,
+    running: Option<Running>,
+) -> Result<Slot> {
     let default = table.default;
     match running {
         // A running NAS: its ldlinux already cleared the boot-once; the command line tells the trial.
@@ -722,7 +726,11 @@ mod tests {
         };
         let json = manifest_json(
             "x",
-            [("initramfs".to_string(), a.clone()), ("cmdline".to_string(), a)].into(),
+            [
+                ("initramfs".to_string(), a.clone()),
+                ("cmdline".to_string(), a),
+            ]
+            .into(),
         );
         let err = parse_manifest(json.as_bytes(), "m.json").unwrap_err();
         assert!(err.to_string().contains("no vmlinuz"), "{err}");
