@@ -26,7 +26,16 @@ pub fn deploy(flags: DeployFlags) -> Result<()> {
         old.build_id
     );
     println!("changes against slot {keep}:");
-    for line in manifest::diff(old, &build.manifest).to_string().lines() {
+    let diff = manifest::diff(old, &build.manifest);
+    if diff.kernel.is_none() {
+        let kernel = build
+            .manifest
+            .kernel_version
+            .as_deref()
+            .unwrap_or("unknown");
+        println!("  kernel: {kernel} (unchanged)");
+    }
+    for line in diff.to_string().lines() {
         println!("  {line}");
     }
     if let Some(running) = running(&mut *stick)? {
