@@ -161,15 +161,26 @@ fn a_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
     let a = build(d, &Fixture::new("pan-a"));
     let img = image(d, &a, "stick.img");
     // A build whose /init exits, with panic=1 on its command line.
-    fs::create_dir_all(d.join("system")).unwrap();
+    let system = d.join("panic-system");
+    fs::create_dir_all(&system).unwrap();
+    fs::write(system.join("packages"), "alpine-base\nlinux-lts\n").unwrap();
     fs::write(
-        d.join("system/system.toml"),
+        system.join("system.toml"),
         "[kernel]\ncmdline = \"console=ttyS0 panic=1\"\n",
     )
     .unwrap();
     let mut bad = Fixture::new("pan-b");
     bad.init = Init::Panic;
-    let b = build(d, &bad);
+    let b = common::build_fixture(
+        d,
+        &bad,
+        "out-pan-b",
+        &["--system", system.to_str().unwrap()],
+    );
+    assert_eq!(
+        fs::read_to_string(b.join("cmdline")).unwrap(),
+        "console=ttyS0 panic=1\n"
+    );
     deploy(d, &img, &b, &[]);
     assert_eq!(table(&img).trial(), Some(Slot::B));
 
