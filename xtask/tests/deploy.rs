@@ -95,10 +95,10 @@ fn copy_tree(from: &mut dyn Stick, to: &mut dyn Stick, path: &str) {
     }
 }
 
-/// A directory holding a copy of the image's partition files.
-fn partition_copy(img: &Path, dir: &Path) -> PathBuf {
+/// A directory holding a copy of the partition's files of an image (or of another such directory).
+fn partition_copy(from: &Path, dir: &Path) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
-    let mut fat = stick::open(img.to_str().unwrap()).unwrap();
+    let mut fat = stick::open(from.to_str().unwrap()).unwrap();
     let mut copy = stick::Dir::open(dir).unwrap();
     copy_tree(&mut *fat, &mut copy, "");
     dir.to_path_buf()
@@ -409,7 +409,35 @@ fn a_directory_target_works_like_the_image() {
         .file_name()
         .to_string_lossy()
         .ends_with(".tmp")));
+    // The NAS's own `ramnas-slot commit` (busybox sh), on a copy, after the trial boot it would run in.
+    let nas = partition_copy(&root, &d.join("nas-copy"));
+    fs::write(
+        d.join("cmdline"),
+        "console=ttyS0 ramnas.slot=b ramnas.trial=1\n",
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system/root/usr/sbin/ramnas-slot");
+    let res = Command::new("busybox")
+        .arg("sh")
+        .arg(&script)
+        .arg("commit")
+        .env("RAMNAS_BOOT", &nas)
+        .env("RAMNAS_CMDLINE", d.join("cmdline"))
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", common::text(&res));
     xtask(d, &["commit", root.to_str().unwrap()]);
+    // Both wrote the same two configs, byte for byte.
+    for cfg in ["syslinux.cfg", "syslinux/syslinux.cfg"] {
+        assert_eq!(
+            fs::read_to_string(nas.join(cfg)).unwrap(),
+            fs::read_to_string(root.join(cfg)).unwrap(),
+            "{cfg}"
+        );
+    }
+    assert!(
+        !nas.join("syslinux.cfg.tmp").exists() && !nas.join("syslinux/syslinux.cfg.tmp").exists()
+    );
     let st = status(d, &root);
     assert!(
         st.contains("slot b (default):") && st.contains("trial: none armed"),
