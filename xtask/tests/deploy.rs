@@ -448,6 +448,17 @@ fn a_directory_target_works_like_the_image() {
     assert_eq!(cfg, fs::read_to_string(root.join("syslinux.cfg")).unwrap());
     xtask(d, &["rollback", root.to_str().unwrap()]);
     assert!(status(d, &root).contains("slot a (default):"));
+    // A trial armed and not booted yet: rollback disarms it, a stays the default.
+    deploy(d, &root, &b, &[]);
+    let out = xtask(d, &["rollback", root.to_str().unwrap()]);
+    assert!(
+        out.contains("the trial boot of slot b is disarmed; slot a stays the default"),
+        "{out}"
+    );
+    let t = table(&root);
+    assert_eq!((t.default, t.boot_once), (Some(Slot::A), None));
+    let persist: Vec<_> = fs::read_dir(root.join("persist")).unwrap().collect();
+    assert!(persist.is_empty());
 }
 
 /// Detaches a loop device when dropped.
