@@ -43,7 +43,7 @@ pub fn deploy(flags: DeployFlags) -> Result<()> {
             println!("note: the NAS runs slot {target} (from memory); its files on the stick are replaced");
         }
     }
-    slots::deploy(&mut *stick, &build, flags.commit)?;
+    slots::deploy(&mut *stick, &table, &build, flags.commit)?;
     stick.close()?;
     let t = &flags.target.target;
     if flags.commit {

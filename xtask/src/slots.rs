@@ -466,12 +466,13 @@ pub fn committed(stick: &mut dyn Stick, table: &Table) -> Result<Slot> {
 /// 5. the trial is armed in the ADV (with `commit`: any boot-once is cleared).
 ///
 /// Until 4, every boot is the committed slot (or, before 2, the trial armed earlier of the old build).
-pub fn deploy(stick: &mut dyn Stick, build: &Build, commit: bool) -> Result<Slot> {
-    let table = Table::read(stick)?;
-    let keep = committed(stick, &table)?;
+///
+/// `table` is the stick's [`Table::read`], taken just before.
+pub fn deploy(stick: &mut dyn Stick, table: &Table, build: &Build, commit: bool) -> Result<Slot> {
+    let keep = committed(stick, table)?;
     let target = keep.other();
     write_temps(stick, target, build)?;
-    detach(stick, target)?;
+    detach(stick, table, target)?;
     rename_temps(stick, target, build)?;
     let table = Table::read(stick)?;
     if !table.slots.contains_key(&target) {
@@ -491,12 +492,12 @@ pub fn deploy(stick: &mut dyn Stick, build: &Build, commit: bool) -> Result<Slot
 }
 
 /// Makes sure nothing boots `slot`: clears a boot-once naming it, then drops its entry from syslinux.cfg.
-fn detach(stick: &mut dyn Stick, slot: Slot) -> Result<()> {
-    let table = Table::read(stick)?;
+/// `table` is still the stick's: only temporary files changed since it was read.
+fn detach(stick: &mut dyn Stick, table: &Table, slot: Slot) -> Result<()> {
     if table.trial() == Some(slot) {
         set_boot_once(stick, None)?;
     }
-    let keep = committed(stick, &table)?;
+    let keep = committed(stick, table)?;
     let mut stale = false;
     for path in [syslinux::FALLBACK_CONFIG, syslinux::CONFIG] {
         stale |= !stick.exists(path)?
