@@ -25,6 +25,8 @@ use xshell::{cmd, Shell};
 use crate::config::System;
 use crate::flags::{BuildFlags, Compression};
 use crate::initramfs;
+use crate::keys;
+use crate::lint;
 use crate::manifest::{self, Artifact, Manifest};
 use crate::rootfs;
 
@@ -46,6 +48,9 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
     } else {
         System::load(&flags.system)?
     };
+    if flags.base.is_none() {
+        lint_system(&flags.system)?;
+    }
     let compression = flags
         .compression
         .unwrap_or(system.config.initramfs.compression);
@@ -90,7 +95,9 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
                 tool.path.display(),
                 out.join("rootfs").display()
             );
-            rootfs::ensure(&system, &tool, out, flags.fresh)?
+            let tree = rootfs::ensure(&system, &tool, out, flags.fresh)?;
+            install_authorized_keys(&system, &tree)?;
+            tree
         }
     };
     if fs::canonicalize(out)?.starts_with(fs::canonicalize(&tree)?) {
@@ -196,6 +203,37 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The same lint as `cargo xtask check`, before the long step: every problem at once, with file:line.
+fn lint_system(dir: &Path) -> anyhow::Result<()> {
+    let problems = lint::system(dir);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let list: String = problems.iter().map(|p| format!("\n  {p}")).collect();
+    bail!(
+        "{} has problems (`cargo xtask check` lists them too):{list}",
+        dir.display()
+    )
+}
+
+/// Root's authorized_keys in the tree: from the configured file or the building user's ~/.ssh/*.pub,
+/// written on every build (keys are not an input of alpine-make-rootfs), removed when there are none.
+fn install_authorized_keys(system: &System, tree: &Path) -> anyhow::Result<()> {
+    let keys = keys::collect(
+        system.authorized_keys().as_deref(),
+        keys::build_user_home().as_deref(),
+    )?;
+    eprintln!("    {}", keys.report().replace('\n', "\n    "));
+    if keys.keys.is_empty() {
+        let stale = tree.join("root/.ssh/authorized_keys");
+        if stale.exists() {
+            fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
+        }
+        return Ok(());
+    }
+    keys.write_skel(tree)
 }
 
 fn step(n: usize, what: &str) {

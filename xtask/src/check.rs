@@ -61,6 +61,7 @@ fn missing_tools() -> Vec<Tool> {
             used_by: "build (alpine-make-rootfs runs as root)",
             debian: "sudo",
             fedora: "sudo",
+            alpine: "sudo",
             arch: "sudo",
         });
     }

@@ -13,6 +13,10 @@
 //!
 //! [initramfs]
 //! compression = "zstd"                              # zstd, xz, gzip or none
+//!
+//! [access]
+//! authorized_keys = "…"                             # root's ssh keys, relative to system/; unset:
+//!                                                   # the building user's ~/.ssh/*.pub
 //! ```
 //!
 //! An unknown key is an error naming it.
@@ -66,6 +70,15 @@ impl System {
     pub fn skel_dir(&self) -> PathBuf {
         self.dir.join("root")
     }
+
+    /// The configured authorized-keys file, resolved against the system directory.
+    pub fn authorized_keys(&self) -> Option<PathBuf> {
+        self.config
+            .access
+            .authorized_keys
+            .as_ref()
+            .map(|p| self.dir.join(p))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +87,15 @@ pub struct Config {
     pub alpine: Alpine,
     pub kernel: Kernel,
     pub initramfs: Initramfs,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Access {
+    /// File of ssh public keys for root, relative to the system directory; unset means the public keys
+    /// of the user running the build (`~/.ssh/*.pub`).
+    pub authorized_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

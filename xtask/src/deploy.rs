@@ -3,6 +3,8 @@
 //! Each command opens the target as a [`Stick`] and hands it to [`crate::slots`], where the A/B logic and the
 //! crash-safe order of writes live; here are only the words around it.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 
 use crate::{
@@ -10,6 +12,7 @@ use crate::{
     manifest::{self, Manifest},
     slots::{self, Build, Running, Slot, Table},
     stick::{self, Faulty, Stick},
+    uefi,
 };
 
 pub fn deploy(flags: DeployFlags) -> Result<()> {
@@ -43,7 +46,20 @@ pub fn deploy(flags: DeployFlags) -> Result<()> {
             println!("note: the NAS runs slot {target} (from memory); its files on the stick are replaced");
         }
     }
-    slots::deploy(&mut *stick, &table, &build, flags.commit)?;
+    let uki = if slots::has_uefi(&mut *stick)? {
+        Some(build_uki(&build, target)?)
+    } else {
+        None
+    };
+    let done = slots::deploy(
+        &mut *stick,
+        &table,
+        &build,
+        uki.as_ref().map(|u| u.0.as_path()),
+        flags.commit,
+    );
+    drop(uki);
+    done?;
     stick.close()?;
     let t = &flags.target.target;
     if flags.commit {
@@ -80,8 +96,8 @@ pub fn rollback(flags: TargetFlags) -> Result<()> {
     let mut stick = stick::open(&flags.target)?;
     let table = Table::read(&mut *stick)?;
     let default = slots::committed(&mut *stick, &table)?;
-    if let Some(armed) = table.trial() {
-        slots::set_boot_once(&mut *stick, None)?;
+    if let Some(armed) = slots::armed_trial(&table) {
+        slots::make_default(&mut *stick, default)?;
         stick.close()?;
         println!("the trial boot of slot {armed} is disarmed; slot {default} stays the default");
         return Ok(());
@@ -125,7 +141,7 @@ pub fn status(flags: TargetFlags) -> Result<()> {
         if table.default == Some(slot) {
             marks.push("default");
         }
-        if table.trial() == Some(slot) {
+        if slots::armed_trial(&table) == Some(slot) {
             marks.push("armed for trial");
         }
         if running.and_then(|r| r.slot) == Some(slot) {
@@ -157,11 +173,49 @@ pub fn status(flags: TargetFlags) -> Result<()> {
         ),
         None => println!("trial: none armed"),
     }
+    if !table.uefi.ukis.is_empty() {
+        let ukis: Vec<String> = table
+            .uefi
+            .ukis
+            .values()
+            .map(|(name, _)| name.clone())
+            .collect();
+        println!(
+            "uefi: default {}, trial {}, next boot {} ({})",
+            table.uefi.committed().unwrap_or("none"),
+            table.uefi.trial().unwrap_or("none"),
+            table.uefi.next_boot().unwrap_or("none"),
+            ukis.join(", ")
+        );
+    }
     if let Some(r) = running {
         let trial = if r.trial { " (trial boot)" } else { "" };
         println!("running: {}{trial}", show(r.slot));
     }
     stick.close()
+}
+
+/// A UKI built on this machine for `slot`, removed when dropped.
+struct TempUki(PathBuf);
+
+impl Drop for TempUki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The slot's unified kernel image (systemd's EFI stub from this machine), built in the temporary directory.
+fn build_uki(build: &Build, slot: Slot) -> Result<TempUki> {
+    let host = uefi::find()?;
+    let uki = TempUki(
+        std::env::temp_dir().join(format!("ramnas-slot-{slot}-{}.uki", std::process::id())),
+    );
+    uefi::build_uki(
+        &host,
+        &uefi::Uki::for_build(&build.dir, slot.name(), &slots::title(&build.manifest))?,
+        &uki.0,
+    )?;
+    Ok(uki)
 }
 
 /// What the running NAS says about itself; None unless the target is a running NAS.

@@ -29,8 +29,23 @@ pub enum Cmd {
     /// Debian/Ubuntu, Alpine, Fedora and Arch install them; RAMNAS_SYSLINUX_DIR names another directory.
     Image(ImageFlags),
     /// Boot the build in qemu with persistent ZFS data disks from vm/disks/.
+    ///
+    /// Boots OUT/vmlinuz with OUT/ucode.img + OUT/initramfs and OUT/cmdline (or, with --image, OUT/boot.img
+    /// through its bootloader), with OUT/boot.img attached as a USB stick when it exists and N virtio data
+    /// disks with serials ramnas-disk<i> (/dev/disk/by-id/virtio-ramnas-disk<i>). The serial console is on the
+    /// terminal (Ctrl-a x quits) and guest port 22 is forwarded to 127.0.0.1:--ssh-port; --check instead runs
+    /// headless until the console matches --expect.
+    ///
+    /// VM state (data disks, the UEFI variable store, last-boot.log) lives in vm/ at the repository root, or
+    /// in $RAMNAS_VM_DIR when set.
     Vm(VmFlags),
     /// Write the stick image to a whole-disk device, keeping the stick's /persist.
+    ///
+    /// Refuses, writing nothing: a partition, a disk with a mounted or swap partition or a RAID/LVM/dm
+    /// holder, the disk under the running /, a disk smaller than the image; a disk that is not removable
+    /// needs --force. Shows the disk and asks for its name (unless --yes), writes only the image's data and
+    /// what must be zeroed so old partition tables and signatures cannot survive, reads everything back
+    /// from the device and compares, and carries /persist over from a ramnas stick (unless --wipe).
     Flash(FlashFlags),
     /// Put the build into the slot that is not committed and arm it for one trial boot.
     Deploy(DeployFlags),
@@ -87,8 +102,8 @@ pub enum Compression {
 pub struct ImageFlags {
     #[command(flatten)]
     pub out: OutFlags,
-    /// Image size, such as 512M or 2G: at least three times the build plus 16 MiB (slots a and b, and the
-    /// temporary copy a deploy writes before it replaces a slot).
+    /// Image size, such as 512M or 2G: at least five times the build plus 16 MiB (slots a and b, the
+    /// temporary copy a deploy writes before it replaces a slot, and each slot's UKI for UEFI).
     #[arg(long, default_value = "1G", value_name = "SIZE")]
     pub size: String,
     /// Where to write the image [default: OUT/boot.img].

@@ -12,6 +12,7 @@ pub struct Tool {
     pub used_by: &'static str,
     pub debian: &'static str,
     pub fedora: &'static str,
+    pub alpine: &'static str,
     pub arch: &'static str,
 }
 
@@ -23,6 +24,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "build (alpine-make-rootfs)",
         debian: "wget",
         fedora: "wget",
+        alpine: "wget",
         arch: "wget",
     },
     Tool {
@@ -30,6 +32,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "build (alpine-make-rootfs)",
         debian: "util-linux",
         fedora: "util-linux",
+        alpine: "util-linux-misc",
         arch: "util-linux",
     },
     Tool {
@@ -37,6 +40,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "build (alpine-make-rootfs)",
         debian: "rsync",
         fedora: "rsync",
+        alpine: "rsync",
         arch: "rsync",
     },
     Tool {
@@ -44,6 +48,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "build (--base tarballs)",
         debian: "tar",
         fedora: "tar",
+        alpine: "tar",
         arch: "tar",
     },
     // tests, image, vm
@@ -52,6 +57,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "vm, tests",
         debian: "qemu-system-x86",
         fedora: "qemu-system-x86",
+        alpine: "qemu-system-x86_64",
         arch: "qemu-system-x86",
     },
     Tool {
@@ -59,6 +65,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "vm, tests",
         debian: "qemu-utils",
         fedora: "qemu-img",
+        alpine: "qemu-img",
         arch: "qemu-img",
     },
     Tool {
@@ -66,6 +73,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "vm --uefi, tests",
         debian: "ovmf",
         fedora: "edk2-ovmf",
+        alpine: "ovmf",
         arch: "edk2-ovmf",
     },
     Tool {
@@ -73,6 +81,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "image",
         debian: "syslinux",
         fedora: "syslinux",
+        alpine: "syslinux",
         arch: "syslinux",
     },
     Tool {
@@ -80,13 +89,15 @@ pub const TOOLS: &[Tool] = &[
         used_by: "image",
         debian: "syslinux-common",
         fedora: "syslinux",
+        alpine: "syslinux",
         arch: "syslinux",
     },
     Tool {
         program: "mcopy",
-        used_by: "image",
+        used_by: "image, flash",
         debian: "mtools",
         fedora: "mtools",
+        alpine: "mtools",
         arch: "mtools",
     },
     Tool {
@@ -94,6 +105,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "image, flash",
         debian: "dosfstools",
         fedora: "dosfstools",
+        alpine: "dosfstools",
         arch: "dosfstools",
     },
     Tool {
@@ -101,6 +113,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "image, flash",
         debian: "fdisk",
         fedora: "util-linux",
+        alpine: "sfdisk",
         arch: "util-linux",
     },
     Tool {
@@ -108,6 +121,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "image (UEFI)",
         debian: "systemd-boot-efi",
         fedora: "systemd-boot-unsigned",
+        alpine: "systemd-efistub",
         arch: "systemd",
     },
     Tool {
@@ -115,6 +129,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "image (UEFI)",
         debian: "binutils",
         fedora: "binutils",
+        alpine: "binutils",
         arch: "binutils",
     },
     Tool {
@@ -122,6 +137,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "tests",
         debian: "cpio",
         fedora: "cpio",
+        alpine: "cpio",
         arch: "cpio",
     },
     Tool {
@@ -129,6 +145,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "tests (fixture)",
         debian: "busybox-static",
         fedora: "busybox",
+        alpine: "busybox-static",
         arch: "busybox",
     },
     Tool {
@@ -136,13 +153,47 @@ pub const TOOLS: &[Tool] = &[
         used_by: "check, tests",
         debian: "shellcheck",
         fedora: "ShellCheck",
+        alpine: "shellcheck",
         arch: "shellcheck",
+    },
+    Tool {
+        program: "blkid",
+        used_by: "flash",
+        debian: "util-linux",
+        fedora: "util-linux",
+        alpine: "blkid",
+        arch: "util-linux",
+    },
+    Tool {
+        program: "partx",
+        used_by: "flash",
+        debian: "util-linux",
+        fedora: "util-linux",
+        alpine: "partx",
+        arch: "util-linux",
+    },
+    Tool {
+        program: "losetup",
+        used_by: "tests (flash)",
+        debian: "mount",
+        fedora: "util-linux",
+        alpine: "losetup",
+        arch: "util-linux",
+    },
+    Tool {
+        program: "mkfs.ext2",
+        used_by: "tests (flash)",
+        debian: "e2fsprogs",
+        fedora: "e2fsprogs",
+        alpine: "e2fsprogs",
+        arch: "e2fsprogs",
     },
     Tool {
         program: "ssh",
         used_by: "deploy, commit, rollback, status (ssh:// targets)",
         debian: "openssh-client",
         fedora: "openssh-clients",
+        alpine: "openssh-client",
         arch: "openssh",
     },
     Tool {
@@ -150,6 +201,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "bench",
         debian: "zstd",
         fedora: "zstd",
+        alpine: "zstd",
         arch: "zstd",
     },
     Tool {
@@ -157,6 +209,7 @@ pub const TOOLS: &[Tool] = &[
         used_by: "bench",
         debian: "xz-utils",
         fedora: "xz",
+        alpine: "xz",
         arch: "xz",
     },
 ];
@@ -180,14 +233,48 @@ pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
     "zstd",
     "xz-utils",
     "tar",
+    // flash tests: losetup, mount (mount); mkswap, swapon, fallocate, blkid, partx (util-linux); mkfs.ext2.
+    "mount",
+    "util-linux",
+    "e2fsprogs",
 ];
 
 /// Whether `program` is on this host (a command in PATH, or an existing absolute path).
 pub fn has(program: &str) -> bool {
-    if program.starts_with('/') {
-        std::path::Path::new(program).exists()
+    find(program).is_ok()
+}
+
+/// Where `program` is: an absolute path that exists, or a command in PATH or in the sbin directories an
+/// ordinary user's PATH often lacks (mkfs.vfat, sfdisk). Missing → an error naming the package to install
+/// on each distribution, from [`TOOLS`].
+pub fn find(program: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::path::Path::new(program);
+    if path.is_absolute() {
+        if path.exists() {
+            return Ok(path.to_path_buf());
+        }
+    } else if let Ok(found) = which::which(program) {
+        return Ok(found);
     } else {
-        which::which(program).is_ok()
+        for dir in ["/usr/sbin", "/sbin", "/usr/local/sbin"] {
+            let candidate = std::path::Path::new(dir).join(program);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    anyhow::bail!("{program} not found: {}", install_hint(program))
+}
+
+/// "install it (Debian/Ubuntu: apt-get install P; Alpine: apk add P; …)" for a program in [`TOOLS`].
+pub fn install_hint(program: &str) -> String {
+    match TOOLS.iter().find(|t| t.program == program) {
+        Some(t) => format!(
+            "install it (Debian/Ubuntu: apt-get install {}; Alpine: apk add {}; Fedora: dnf install {}; \
+             Arch: pacman -S {})",
+            t.debian, t.alpine, t.fedora, t.arch
+        ),
+        None => "install it with your distribution's package manager".to_string(),
     }
 }
 
@@ -196,6 +283,7 @@ pub fn has(program: &str) -> bool {
 pub enum Family {
     Debian,
     Fedora,
+    Alpine,
     Arch,
     Unknown,
 }
@@ -222,6 +310,8 @@ impl Family {
             Family::Debian
         } else if has(&["fedora", "rhel", "centos"]) {
             Family::Fedora
+        } else if has(&["alpine"]) {
+            Family::Alpine
         } else if has(&["arch"]) {
             Family::Arch
         } else {
@@ -234,6 +324,7 @@ impl Family {
         match self {
             Family::Debian | Family::Unknown => tool.debian,
             Family::Fedora => tool.fedora,
+            Family::Alpine => tool.alpine,
             Family::Arch => tool.arch,
         }
     }
@@ -244,6 +335,7 @@ impl Family {
         match self {
             Family::Debian => format!("sudo apt-get install {list}"),
             Family::Fedora => format!("sudo dnf install {list}"),
+            Family::Alpine => format!("doas apk add {list}"),
             Family::Arch => format!("sudo pacman -S {list}"),
             Family::Unknown => format!("install (Debian names): {list}"),
         }
@@ -312,7 +404,9 @@ mod tests {
             Family::from_os_release("ID=endeavouros\nID_LIKE=arch\n"),
             Family::Arch
         );
-        assert_eq!(Family::from_os_release("ID=alpine\n"), Family::Unknown);
+        assert_eq!(Family::from_os_release("ID=alpine\n"), Family::Alpine);
+        assert_eq!(Family::from_os_release("ID=gentoo\n"), Family::Unknown);
+        assert!(install_hint("qemu-img").contains("Alpine: apk add qemu-img"));
         let ssh = TOOLS.iter().find(|t| t.program == "ssh").unwrap();
         assert_eq!(
             Family::Fedora.install_command(&[Family::Fedora.package(ssh)]),

@@ -1,7 +1,8 @@
 //! `cargo xtask image`: OUT/ → a bootable stick image with slots a and b.
 //!
 //! No root, no mount, no loop device: the MBR is written here, the FAT32 file system by `mkfs.vfat --offset`,
-//! syslinux by its mtools installer (`syslinux --install --offset`), everything else through [`crate::stick`].
+//! syslinux by its mtools installer (`syslinux --install --offset`), everything else through [`crate::stick`],
+//! including the UEFI path ([`crate::uefi`]: systemd-boot and slot a's UKI as the committed slot).
 //! The same build gives the same bytes: fixed disk id and volume serial, fixed timestamps.
 
 use std::{
@@ -16,7 +17,7 @@ use crate::{
     flags::ImageFlags,
     slots::{self, Build, Slot},
     stick::{self, Stick},
-    syslinux,
+    syslinux, uefi,
 };
 
 const MIB: u64 = 1 << 20;
@@ -99,10 +100,11 @@ pub fn parse_size(text: &str) -> Result<u64> {
 }
 
 /// Bytes the image needs for this build: the 1 MiB before the partition, slots a and b, the temporary copy a
-/// deploy writes before it removes a slot's old build, the headroom, and FAT's own share (its two tables and
-/// cluster slack, at most 1/32 of the rest), rounded up to a MiB.
+/// deploy writes before it removes a slot's old build, two UKIs (each the build's kernel and initrds again,
+/// for UEFI), the headroom, and FAT's own share (its two tables and cluster slack, at most 1/32 of the rest),
+/// rounded up to a MiB.
 pub fn needed_bytes(build: &Build) -> u64 {
-    let data = 3 * build.slot_bytes() + HEADROOM;
+    let data = 5 * build.slot_bytes() + HEADROOM;
     (PART_START + data + data / 32).div_ceil(MIB) * MIB
 }
 
@@ -115,7 +117,10 @@ fn make(tmp: &Path, size: u64, build: &Build, host: &syslinux::Host) -> Result<(
     write_mbr(tmp, &syslinux::mbr_code(host)?, size)?;
     mkfs(tmp, sectors)?;
     let mut fat = stick::Fat::open_at(tmp, PART_START, sectors * 512)?;
-    for dir in [syslinux::DIR, "slots/a", "slots/b", "persist"] {
+    for dir in [syslinux::DIR, "slots/a", "slots/b", "persist"]
+        .iter()
+        .chain(uefi::DIRS)
+    {
         fat.create_dir_all(dir)?;
     }
     Box::new(fat).close()?;
@@ -132,7 +137,26 @@ fn make(tmp: &Path, size: u64, build: &Build, host: &syslinux::Host) -> Result<(
     }
     slots::install(&mut *stick, Slot::A, build)?;
     slots::write_boot_config(&mut *stick, Slot::A)?;
+    install_uefi(&mut *stick, tmp, build)?;
     stick.close()
+}
+
+/// The UEFI boot path on the same partition: systemd-boot, and slot a's UKI as the committed slot.
+fn install_uefi(stick: &mut dyn Stick, tmp: &Path, build: &Build) -> Result<()> {
+    let host = uefi::find()?;
+    let uki = PathBuf::from(format!("{}.uki", tmp.display()));
+    let made = uefi::build_uki(
+        &host,
+        &uefi::Uki::for_build(&build.dir, Slot::A.name(), &slots::title(&build.manifest))?,
+        &uki,
+    )
+    .and_then(|()| {
+        uefi::install_boot(stick, &host)?;
+        uefi::install_uki(stick, Slot::A.name(), &uki)?;
+        uefi::set_state(stick, Slot::A.name(), None)
+    });
+    let _ = fs::remove_file(&uki);
+    made
 }
 
 /// The MBR: syslinux's boot code, the fixed disk id, one bootable FAT32 (LBA) partition from 1 MiB to the end.
@@ -182,6 +206,7 @@ fn chs(lba: u32) -> [u8; 3] {
 }
 
 fn mkfs(image: &Path, sectors: u64) -> Result<()> {
+    let mkfs = crate::host::find("mkfs.vfat")?;
     let sh = Shell::new()?;
     let offset = (PART_START / 512).to_string();
     let serial = format!("{DISK_ID:08x}");
@@ -189,17 +214,12 @@ fn mkfs(image: &Path, sectors: u64) -> Result<()> {
     // -i after --invariant: --invariant also fixes the serial, to its own constant.
     cmd!(
         sh,
-        "mkfs.vfat -F 32 -n RAMNAS --invariant -i {serial} --offset {offset} {image} {blocks}"
+        "{mkfs} -F 32 -n RAMNAS --invariant -i {serial} --offset {offset} {image} {blocks}"
     )
     .quiet()
     .ignore_stdout()
     .run()
-    .with_context(|| {
-        format!(
-            "making the FAT32 file system in {} (mkfs.vfat: Debian/Ubuntu/Alpine/Fedora/Arch package dosfstools)",
-            image.display()
-        )
-    })
+    .with_context(|| format!("making the FAT32 file system in {}", image.display()))
 }
 
 /// ldlinux.sys, ldlinux.c32 and the volume boot record, through mtools, with fixed timestamps.

@@ -31,6 +31,7 @@ pub mod slots;
 pub mod ssh;
 pub mod stick;
 pub mod syslinux;
+pub mod uefi;
 
 use flags::{Cmd, Xtask};
 

@@ -112,6 +112,8 @@ pub struct Machine {
     pub drives: Vec<Drive>,
     /// Let the guest reboot (after a panic with `panic=N`, say); else qemu exits when the guest does.
     pub reboot: bool,
+    /// User-mode networking (NAT, DHCP from qemu); `ssh_port` implies it.
+    pub net: bool,
     /// Forward this host port (on 127.0.0.1) to the guest's port 22.
     pub ssh_port: Option<u16>,
 }
@@ -126,6 +128,7 @@ impl Machine {
             direct: None,
             drives: Vec::new(),
             reboot: false,
+            net: false,
             ssh_port: None,
         }
     }
@@ -201,6 +204,10 @@ impl Machine {
                 ]);
                 args.extend(["-device".into(), "virtio-net-pci,netdev=net0".into()]);
             }
+            None if self.net => {
+                args.extend(["-netdev".into(), "user,id=net0".into()]);
+                args.extend(["-device".into(), "virtio-net-pci,netdev=net0".into()]);
+            }
             None => args.extend(["-nic".into(), "none".into()]),
         }
         args
@@ -236,10 +243,18 @@ impl Machine {
         })
     }
 
-    /// Runs the machine on this terminal (serial console on stdio) until it exits.
-    pub fn run_interactive(&self) -> Result<ExitStatus> {
+    /// Runs the machine on this terminal until it exits: the serial console and qemu's monitor share stdio
+    /// (Ctrl-a x quits, Ctrl-a c switches to the monitor, Ctrl-C goes to the guest), and the console is also
+    /// written to `log`.
+    pub fn run_interactive(&self, log: &Path) -> Result<ExitStatus> {
+        let mut chardev = OsString::from("stdio,id=console,mux=on,signal=off,logfile=");
+        chardev.push(escape_commas(log));
         let mut command = Command::new(qemu_binary()?);
-        command.args(self.args()).arg("-nographic");
+        command
+            .args(self.args())
+            .args(["-display", "none", "-chardev"])
+            .arg(chardev)
+            .args(["-serial", "chardev:console", "-mon", "chardev=console"]);
         die_with_parent(&mut command);
         let mut child = command.spawn().context("starting qemu-system-x86_64")?;
         child.wait().context("waiting for qemu")
@@ -275,14 +290,14 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-/// `qemu-system-x86_64` on PATH, or an error naming the package to install.
+/// `qemu-system-x86_64`, or an error naming the package to install.
 pub fn qemu_binary() -> Result<PathBuf> {
-    which::which("qemu-system-x86_64").map_err(|_| {
-        anyhow::anyhow!(
-            "qemu-system-x86_64 not found: install it (Debian/Ubuntu: apt-get install qemu-system-x86; \
-             Alpine: apk add qemu-system-x86_64; Fedora: dnf install qemu-system-x86; Arch: pacman -S qemu-full)"
-        )
-    })
+    crate::host::find("qemu-system-x86_64")
+}
+
+/// `qemu-img`, or an error naming the package to install.
+pub fn qemu_img() -> Result<PathBuf> {
+    crate::host::find("qemu-img")
 }
 
 /// OVMF's code and variable-store template, from the places distributions install them.
@@ -317,10 +332,12 @@ pub fn ovmf() -> Result<(PathBuf, PathBuf)> {
         .iter()
         .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
         .find(|(c, v)| c.exists() && v.exists())
-        .context(
-            "OVMF (UEFI firmware for qemu) not found: install it (Debian/Ubuntu: apt-get install ovmf; \
-             Alpine: apk add ovmf; Fedora: dnf install edk2-ovmf; Arch: pacman -S edk2-ovmf)",
-        )
+        .with_context(|| {
+            format!(
+                "OVMF (UEFI firmware for qemu) not found: {}",
+                crate::host::install_hint("/usr/share/OVMF/OVMF_CODE_4M.fd")
+            )
+        })
 }
 
 fn spawn_reader(

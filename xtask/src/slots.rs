@@ -12,6 +12,7 @@ use crate::{
     manifest::Manifest,
     stick::{self, Stick},
     syslinux::{self, Adv},
+    uefi,
 };
 
 /// One of the two boot slots.
@@ -92,7 +93,7 @@ pub fn build_size(m: &Manifest) -> u64 {
 /// The line shown for a build in the boot menu.
 pub fn title(m: &Manifest) -> String {
     match &m.kernel_version {
-        Some(k) => format!("build {} (kernel {k})", m.build_id),
+        Some(k) => format!("build {}, kernel {k}", m.build_id),
         None => format!("build {}", m.build_id),
     }
 }
@@ -148,6 +149,8 @@ impl Build {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filled {
     pub manifest: Manifest,
+    /// The slot's manifest.json as stored, for readers that want every field (`crate::manifest`).
+    pub manifest_json: Vec<u8>,
     /// The build's kernel command line (slots/<s>/cmdline).
     pub cmdline: String,
     /// slots/<s>/ucode.img exists and is loaded before the initramfs.
@@ -162,6 +165,8 @@ pub struct Table {
     pub default: Option<Slot>,
     /// The ADV's boot-once command (`b ramnas.trial=1`), None when not armed.
     pub boot_once: Option<String>,
+    /// The UEFI view: the UKIs under EFI/Linux and their roles (committed, trial, spare).
+    pub uefi: uefi::View,
 }
 
 impl Table {
@@ -181,10 +186,12 @@ impl Table {
         } else {
             None
         };
+        let uefi = uefi::read_view(stick)?;
         Ok(Table {
             slots,
             default,
             boot_once,
+            uefi,
         })
     }
 
@@ -216,8 +223,9 @@ pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
     if !stick.exists(&manifest_path)? {
         return Ok(None);
     }
+    let manifest_json = stick.read(&manifest_path)?;
     let Ok(manifest) = parse_manifest(
-        &stick.read(&manifest_path)?,
+        &manifest_json,
         &format!("{manifest_path} on {}", stick.describe()),
     ) else {
         return Ok(None);
@@ -241,6 +249,7 @@ pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
     let ucode = manifest.artifacts.contains_key("ucode.img");
     Ok(Some(Filled {
         manifest,
+        manifest_json,
         cmdline,
         ucode,
     }))
@@ -454,26 +463,50 @@ pub fn committed(stick: &mut dyn Stick, table: &Table) -> Result<Slot> {
 }
 
 /// Puts `build` into the slot that is not committed and arms it for one trial boot (`commit`: makes it the
-/// default instead). Returns that slot.
+/// default instead). Returns that slot. `uki` is the slot's unified kernel image built on this machine, for
+/// a stick that also boots UEFI ([`has_uefi`]); both bootloaders are kept in step.
 ///
 /// The order of writes is what makes a stop at any point safe (each step is synced before the next):
 /// 1. the build under temporary names in the target slot, each file checked (the slot's old build, its boot
 ///    entry and any trial armed for it stay usable);
 /// 2. the target slot is detached: a boot-once naming it is cleared, then syslinux.cfg is rewritten without
-///    its entry (the committed slot as DEFAULT), so nothing boots the slot while its files change;
-/// 3. the files are renamed into place, manifest.json last;
+///    its entry (the committed slot as DEFAULT), so nothing boots the slot while its files change; on UEFI
+///    the UKIs are renamed so that the committed slot is the default and the target a spare (which never
+///    boots by itself);
+/// 3. the files are renamed into place, manifest.json last; then (UEFI) the new UKI replaces the target's
+///    spare, written under a temporary name and checked first (after the old files are gone, so the stick
+///    never holds more than five builds' worth: two slots, two UKIs, one temporary copy);
 /// 4. syslinux.cfg gets the slot's entry back (and, with `commit`, DEFAULT);
-/// 5. the trial is armed in the ADV (with `commit`: any boot-once is cleared).
+/// 5. the trial is armed: the ADV's boot-once, then the UKI renamed to a trial with one try (with
+///    `commit`: the boot-once cleared, the UKI renamed to the default).
 ///
 /// Until 4, every boot is the committed slot (or, before 2, the trial armed earlier of the old build).
 ///
 /// `table` is the stick's [`Table::read`], taken just before.
-pub fn deploy(stick: &mut dyn Stick, table: &Table, build: &Build, commit: bool) -> Result<Slot> {
+pub fn deploy(
+    stick: &mut dyn Stick,
+    table: &Table,
+    build: &Build,
+    uki: Option<&Path>,
+    commit: bool,
+) -> Result<Slot> {
     let keep = committed(stick, table)?;
     let target = keep.other();
+    if has_uefi(stick)? && uki.is_none() {
+        bail!(
+            "{} boots UEFI too: deploy needs the slot's UKI",
+            stick.describe()
+        );
+    }
     write_temps(stick, target, build)?;
     detach(stick, table, target)?;
+    if uki.is_some() && table.uefi.ukis.contains_key(keep.name()) {
+        uefi::set_state(stick, keep.name(), None)?;
+    }
     rename_temps(stick, target, build)?;
+    if let Some(uki) = uki {
+        uefi::install_uki(stick, target.name(), uki)?;
+    }
     let table = Table::read(stick)?;
     if !table.slots.contains_key(&target) {
         bail!(
@@ -484,11 +517,22 @@ pub fn deploy(stick: &mut dyn Stick, table: &Table, build: &Build, commit: bool)
     if commit {
         write_config(stick, &table.slots, target)?;
         set_boot_once(stick, None)?;
+        if uki.is_some() {
+            uefi::set_state(stick, target.name(), None)?;
+        }
     } else {
         write_config(stick, &table.slots, keep)?;
         set_boot_once(stick, Some(&trial_command(target)))?;
+        if uki.is_some() && table.uefi.ukis.contains_key(keep.name()) {
+            uefi::set_state(stick, keep.name(), Some(target.name()))?;
+        }
     }
     Ok(target)
+}
+
+/// Whether the stick also boots UEFI (systemd-boot and a UKI per slot).
+pub fn has_uefi(stick: &mut dyn Stick) -> Result<bool> {
+    stick.exists(uefi::BOOTLOADER)
 }
 
 /// Makes sure nothing boots `slot`: clears a boot-once naming it, then drops its entry from syslinux.cfg.
@@ -513,6 +557,24 @@ fn detach(stick: &mut dyn Stick, table: &Table, slot: Slot) -> Result<()> {
     Ok(())
 }
 
+/// The slot a running NAS runs on trial: its command line says `ramnas.trial=1` (BIOS), or its UKI is a
+/// trial (UEFI: systemd-boot has counted the try, so it has none left by now).
+fn running_trial(table: &Table, running: Running) -> Option<Slot> {
+    let slot = running.slot?;
+    let uefi_trial = matches!(
+        table.uefi.ukis.get(slot.name()),
+        Some((_, uefi::Role::Trial { .. }))
+    );
+    (running.trial || uefi_trial).then_some(slot)
+}
+
+/// The slot armed for a trial boot on either bootloader.
+pub fn armed_trial(table: &Table) -> Option<Slot> {
+    table
+        .trial()
+        .or_else(|| table.uefi.trial().and_then(Slot::parse))
+}
+
 /// Which slot `commit` makes the default, and why.
 pub fn trial_to_commit(
     stick: &mut dyn Stick,
@@ -521,26 +583,29 @@ pub fn trial_to_commit(
 ) -> Result<Slot> {
     let default = table.default;
     match running {
-        // A running NAS: its ldlinux already cleared the boot-once; the command line tells the trial.
-        Some(Running {
-            slot: Some(slot),
-            trial: true,
-        }) if Some(slot) != default => Ok(slot),
-        Some(Running { slot, trial }) => {
+        // A running NAS: its bootloader already spent the trial; the command line or the UKI's name tells.
+        Some(r) if running_trial(table, r).is_some_and(|s| Some(s) != default) => {
+            Ok(r.slot.expect("a trial runs a slot"))
+        }
+        Some(Running { slot, .. }) => {
             let runs = slot.map_or("no ramnas slot".to_string(), |s| format!("slot {s}"));
-            if let Some(armed) = table.trial() {
+            if let Some(armed) = armed_trial(table) {
                 bail!(
                     "{}: slot {armed} is armed for a trial boot the NAS has not made yet (it runs {runs}): reboot it; a healthy trial commits itself",
                     stick.describe()
                 );
             }
-            let why = if trial { "already the default" } else { "not a trial boot" };
+            let why = if slot.is_some() && slot == default {
+                "already the default"
+            } else {
+                "not a trial boot"
+            };
             bail!(
                 "{}: the NAS runs {runs}, {why}; nothing to commit (deploy first, or `rollback` to switch slots)",
                 stick.describe()
             )
         }
-        None => table.trial().with_context(|| {
+        None => armed_trial(table).with_context(|| {
             format!(
                 "{}: no trial boot is armed; nothing to commit (deploy first, or `rollback` to switch slots)",
                 stick.describe()
@@ -549,11 +614,24 @@ pub fn trial_to_commit(
     }
 }
 
-/// Makes `slot` the default: syslinux.cfg (both copies), then the boot-once is cleared.
+/// Makes `slot` the default on both bootloaders and disarms any trial: syslinux.cfg (both copies), the
+/// boot-once cleared, then the UKIs renamed (the slot's to the default, the other's to a spare).
 pub fn make_default(stick: &mut dyn Stick, slot: Slot) -> Result<()> {
     let table = Table::read(stick)?;
+    let uefi = has_uefi(stick)?;
+    if uefi && !table.uefi.ukis.contains_key(slot.name()) {
+        bail!(
+            "{}: slot {slot} has no UKI under /{}, so UEFI could not boot it; deploy it again",
+            stick.describe(),
+            uefi::LINUX_DIR
+        );
+    }
     write_config(stick, &table.slots, slot)?;
-    set_boot_once(stick, None)
+    set_boot_once(stick, None)?;
+    if uefi {
+        uefi::set_state(stick, slot.name(), None)?;
+    }
+    Ok(())
 }
 
 /// Checks every file of a filled slot against its manifest's SHA-256.

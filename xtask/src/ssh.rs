@@ -257,12 +257,12 @@ pub fn parse_target(target: &str) -> Result<(String, Option<String>)> {
     Ok((dest, port.map(str::to_string)))
 }
 
-/// Stick paths are relative names made of letters, digits, `.`, `_`, `-` and `/`, never `..`.
+/// Stick paths are relative names made of letters, digits, `.`, `_`, `-`, `+` and `/`, never `..`.
 fn checked(path: &str) -> Result<&str> {
     let p = path.trim_matches('/');
     let ok = p
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '/'))
         && !p.split('/').any(|part| part == ".." || part == ".");
     if !ok {
         bail!("{path:?}: not a path on the stick");

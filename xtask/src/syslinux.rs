@@ -133,6 +133,8 @@ pub fn config(entries: &[Entry], default: &str) -> String {
          PATH /{DIR}/\n\
          UI /{DIR}/menu.c32\n\
          MENU TITLE ramnas\n\
+         MENU WIDTH 78\n\
+         MENU MARGIN 2\n\
          TIMEOUT {}\n\
          DEFAULT {default}\n",
         TIMEOUT_SECS * 10

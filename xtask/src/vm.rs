@@ -1,5 +1,304 @@
-//! `cargo xtask vm`: boot the build in qemu with persistent data disks.
+//! `cargo xtask vm`: boot the build in qemu — the kernel directly, or the stick image through its firmware —
+//! with the stick on USB and persistent virtio data disks, on the terminal or as a headless pass/fail check.
 
-pub fn run(_flags: crate::flags::VmFlags) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use regex::Regex;
+use xshell::{cmd, Shell};
+
+use crate::{
+    flags::VmFlags,
+    qemu::{self, Accel, Bus, Direct, Drive, Firmware, Machine, Outcome},
+};
+
+/// Overrides where VM state lives (default: `vm/` at the repository root).
+pub const VM_DIR_ENV: &str = "RAMNAS_VM_DIR";
+
+pub fn run(flags: VmFlags) -> Result<()> {
+    let expect =
+        Regex::new(&flags.expect).with_context(|| format!("--expect {:?}", flags.expect))?;
+    let ovmf = check_host_tools(flags.uefi)?;
+    let out = &flags.out.out;
+    let dir = vm_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let accel = Accel::resolve(flags.accel);
+    let mut machine = Machine::new(accel);
+    machine.mem = flags.mem.clone();
+    machine.cpus = flags.cpus;
+    let stick = out.join("boot.img");
+    if flags.image {
+        if !stick.exists() {
+            bail!(
+                "{} not found: make it with `cargo xtask image --out {}`",
+                stick.display(),
+                out.display()
+            );
+        }
+        if let Some((code, template)) = ovmf {
+            machine.firmware = Firmware::Uefi {
+                code,
+                vars: uefi_vars(&dir, &template)?,
+            };
+        }
+    } else {
+        machine.direct = Some(direct_boot(out, &dir)?);
+    }
+    if stick.exists() {
+        let mut drive = Drive::raw(&stick, Bus::Usb);
+        drive.boot = flags.image;
+        machine.drives.push(drive);
+    }
+    machine.drives.extend(data_disks(
+        &dir.join("disks"),
+        flags.disks,
+        &flags.disk_size,
+        flags.fresh_disks,
+    )?);
+    describe_machine(&machine, flags.image, &stick);
+
+    let log = dir.join("last-boot.log");
+    if flags.check {
+        machine.net = true;
+        check(&machine, &log, &expect, Duration::from_secs(flags.timeout))
+    } else {
+        machine.ssh_port = Some(flags.ssh_port);
+        machine.reboot = true;
+        interactive(&machine, &log, flags.ssh_port)
+    }
+}
+
+/// `$RAMNAS_VM_DIR`, else `vm/` at the root of the workspace this tool was built from.
+fn vm_dir() -> PathBuf {
+    match env::var_os(VM_DIR_ENV) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask sits inside the workspace")
+            .join("vm"),
+    }
+}
+
+/// Every host tool this run needs, before anything is written: one error naming what to install. Returns
+/// OVMF's code and variable-store template when booting UEFI.
+fn check_host_tools(uefi: bool) -> Result<Option<(PathBuf, PathBuf)>> {
+    qemu::qemu_binary()?;
+    qemu::qemu_img()?;
+    uefi.then(qemu::ovmf).transpose()
+}
+
+/// Direct kernel boot: qemu takes one initrd, so the microcode archive (which must come first) and the
+/// initramfs are joined into `vm/initrd` when there is microcode.
+fn direct_boot(out: &Path, dir: &Path) -> Result<Direct> {
+    let kernel = out.join("vmlinuz");
+    let initramfs = out.join("initramfs");
+    for file in [&kernel, &initramfs] {
+        if !file.exists() {
+            bail!(
+                "{} not found: build first with `cargo xtask build --out {}`",
+                file.display(),
+                out.display()
+            );
+        }
+    }
+    let cmdline_file = out.join("cmdline");
+    let cmdline = fs::read_to_string(&cmdline_file)
+        .with_context(|| format!("reading {}", cmdline_file.display()))?;
+    let ucode = out.join("ucode.img");
+    let initrd = if ucode.exists() {
+        join_files(&[&ucode, &initramfs], &dir.join("initrd"))?
+    } else {
+        initramfs
+    };
+    Ok(Direct {
+        kernel,
+        initrd,
+        append: format!("{} console=ttyS0", cmdline.trim()),
+    })
+}
+
+/// Concatenates `parts` into `dest` (through a temporary file, renamed at the end).
+fn join_files(parts: &[&Path], dest: &Path) -> Result<PathBuf> {
+    let tmp = dest.with_extension("tmp");
+    let mut output =
+        fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    for part in parts {
+        let mut input =
+            fs::File::open(part).with_context(|| format!("opening {}", part.display()))?;
+        std::io::copy(&mut input, &mut output)
+            .with_context(|| format!("copying {} into {}", part.display(), tmp.display()))?;
+    }
+    drop(output);
+    fs::rename(&tmp, dest).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(dest.to_path_buf())
+}
+
+/// The writable UEFI variable store: a copy of OVMF's template, made once and kept like a machine's NVRAM.
+fn uefi_vars(dir: &Path, template: &Path) -> Result<PathBuf> {
+    let vars = dir.join(
+        template
+            .file_name()
+            .context("OVMF vars template has no name")?,
+    );
+    if !vars.exists() {
+        let tmp = vars.with_extension("tmp");
+        fs::copy(template, &tmp)
+            .with_context(|| format!("copying {} to {}", template.display(), tmp.display()))?;
+        fs::rename(&tmp, &vars).with_context(|| format!("renaming {}", tmp.display()))?;
+    }
+    Ok(vars)
+}
+
+/// `disks/disk<i>.qcow2` for i in 0..count, created sparse on first use, as virtio disks with serials
+/// `ramnas-disk<i>`. When `fresh`, new disks are made first and only then replace all the old ones.
+fn data_disks(disks: &Path, count: u32, size: &str, fresh: bool) -> Result<Vec<Drive>> {
+    if count > 0 {
+        fs::create_dir_all(disks).with_context(|| format!("creating {}", disks.display()))?;
+    }
+    let files: Vec<PathBuf> = (0..count)
+        .map(|i| disks.join(format!("disk{i}.qcow2")))
+        .collect();
+    let sh = Shell::new()?;
+    let mut made = Vec::new();
+    for file in &files {
+        if fresh || !file.exists() {
+            let tmp = file.with_extension("qcow2.tmp");
+            eprintln!("vm: creating {} ({size}, sparse)", file.display());
+            cmd!(sh, "qemu-img create -q -f qcow2 {tmp} {size}")
+                .quiet()
+                .run()
+                .with_context(|| format!("creating {} of size {size:?}", file.display()))?;
+            made.push((tmp, file));
+        }
+    }
+    if fresh && disks.exists() {
+        for entry in fs::read_dir(disks).with_context(|| format!("reading {}", disks.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with("disk") && name.ends_with(".qcow2") {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+    }
+    for (tmp, file) in made {
+        fs::rename(&tmp, file).with_context(|| format!("renaming {}", tmp.display()))?;
+    }
+    Ok(files
+        .into_iter()
+        .enumerate()
+        .map(|(i, file)| Drive {
+            file,
+            format: "qcow2",
+            bus: Bus::Virtio,
+            serial: Some(format!("ramnas-disk{i}")),
+            boot: false,
+        })
+        .collect())
+}
+
+/// One short paragraph on what is about to boot.
+fn describe_machine(machine: &Machine, image: bool, stick: &Path) {
+    let firmware = match machine.firmware {
+        Firmware::Bios => "SeaBIOS",
+        Firmware::Uefi { .. } => "OVMF (UEFI)",
+    };
+    match &machine.direct {
+        Some(direct) => eprintln!(
+            "vm: booting {} directly, initrd {}, command line {:?}",
+            direct.kernel.display(),
+            direct.initrd.display(),
+            direct.append
+        ),
+        None => eprintln!("vm: booting {} through {firmware}", stick.display()),
+    }
+    let accel = match machine.accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    };
+    eprintln!(
+        "vm: accel {accel}, {} memory, {} cpus",
+        machine.mem, machine.cpus
+    );
+    for drive in &machine.drives {
+        match (&drive.serial, drive.bus) {
+            (Some(serial), _) => eprintln!("vm: disk {} (serial {serial})", drive.file.display()),
+            (None, Bus::Usb) if !image => {
+                eprintln!("vm: stick {} on USB", drive.file.display())
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Headless: wait for `expect` on the console, then stop qemu. Anything else — timeout, panic, qemu exiting,
+/// or an interrupt — is an error naming it, with the console's last lines.
+fn check(machine: &Machine, log: &Path, pattern: &Regex, timeout: Duration) -> Result<()> {
+    let expect = pattern.as_str();
+    catch_interrupts();
+    let mut vm = machine.start(log, true)?;
+    let deadline = Instant::now() + timeout;
+    let outcome = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let step = left.min(Duration::from_millis(500));
+        let outcome = vm.wait_for(pattern, step);
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            vm.kill();
+            bail!("interrupted: qemu stopped\n{}", vm.tail(10));
+        }
+        if outcome != Outcome::Timeout || step == left {
+            break outcome;
+        }
+    };
+    match outcome {
+        Outcome::Matched(line) => {
+            vm.kill();
+            eprintln!(
+                "vm: check passed: {line:?} matched {expect:?}; qemu stopped (log: {})",
+                log.display()
+            );
+            Ok(())
+        }
+        other => bail!(
+            "vm check failed: {}\n{}",
+            qemu::describe(&other, expect, timeout),
+            vm.tail(25)
+        ),
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C, SIGTERM and SIGHUP set a flag the wait loop checks, so qemu is killed and reaped before we exit.
+fn catch_interrupts() {
+    let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        unsafe {
+            libc::signal(signal, handler);
+        }
+    }
+}
+
+/// On this terminal: the serial console (and a copy in `log`), ssh forwarded, until the guest powers off or
+/// the user quits.
+fn interactive(machine: &Machine, log: &Path, ssh_port: u16) -> Result<()> {
+    eprintln!("vm: ssh -p {ssh_port} -o NoHostAuthenticationForLocalhost=yes root@localhost");
+    eprintln!(
+        "vm: serial console follows (copy in {}); quit with Ctrl-a x, Ctrl-a h for help",
+        log.display()
+    );
+    let status = machine.run_interactive(log)?;
+    if !status.success() {
+        bail!("qemu exited with {status} (its message is above)");
+    }
+    Ok(())
 }

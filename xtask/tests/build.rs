@@ -475,7 +475,7 @@ impl Seam {
         let system = dir.path().join("system");
         write_system(
             &system,
-            "# the base\nalpine-base\nlinux-lts   # kernel\n\nopenrc-init\n",
+            "# the base\nalpine-base\nlinux-lts   # kernel\nlinux-firmware-none\n\nopenrc-init\n",
             "[alpine]\nbranch = \"v3.22\"\nmirror = \"http://mirror.example/alpine\"\n",
         );
         let tool = dir.path().join("fake-alpine-make-rootfs");
@@ -493,6 +493,11 @@ impl Seam {
     }
 
     fn build(&self, extra: &[&str], fail: bool) -> std::process::Output {
+        self.build_as(extra, fail, self.dir.path())
+    }
+
+    /// Builds with `home` as the building user's home (for ~/.ssh/*.pub).
+    fn build_as(&self, extra: &[&str], fail: bool, home: &Path) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_xtask"))
             .args([
                 "build",
@@ -507,6 +512,8 @@ impl Seam {
             .env("FAKE_RECORD", &self.record)
             .env("FAKE_TREE", &self.tree)
             .env("FAKE_FAIL", if fail { "1" } else { "" })
+            .env("HOME", home)
+            .env_remove("SUDO_USER")
             .output()
             .unwrap()
     }
@@ -520,6 +527,9 @@ impl Seam {
     }
 }
 
+/// A package list the system lint accepts.
+const PACKAGES: &str = "alpine-base\nlinux-lts\nlinux-firmware-none\n";
+
 fn write_system(dir: &Path, packages: &str, toml: &str) {
     fs::create_dir_all(dir.join("root/etc")).unwrap();
     fs::write(dir.join("packages"), packages).unwrap();
@@ -529,6 +539,7 @@ fn write_system(dir: &Path, packages: &str, toml: &str) {
         "#!/bin/sh\nln -sf /sbin/openrc-init /init\n",
     )
     .unwrap();
+    fs::set_permissions(dir.join("setup.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(dir.join("root/etc/hostname"), "nas\n").unwrap();
 }
 
@@ -542,7 +553,7 @@ fn alpine_make_rootfs_contract() {
     let system = &s.system;
     let want = format!(
         "run\narg={}\narg={}\nenv ALPINE_BRANCH=v3.22\nenv ALPINE_MIRROR=http://mirror.example/alpine\n\
-         env PACKAGES=alpine-base linux-lts openrc-init\nenv FS_SKEL_DIR={}\nenv FS_SKEL_CHOWN=root:root\n\
+         env PACKAGES=alpine-base linux-lts linux-firmware-none openrc-init\nenv FS_SKEL_DIR={}\nenv FS_SKEL_CHOWN=root:root\n\
          env SCRIPT_CHROOT=yes\nmkinitfs=disable_trigger=yes\n",
         s.out.join("rootfs.new").display(),
         system.join("setup.sh").display(),
@@ -578,7 +589,7 @@ fn alpine_make_rootfs_contract() {
     // Comments in packages are not inputs; a mode change in root/ is.
     fs::write(
         s.system.join("packages"),
-        "alpine-base # still\nlinux-lts\nopenrc-init\n",
+        "alpine-base # still\nlinux-lts\nlinux-firmware-none\nopenrc-init\n",
     )
     .unwrap();
     assert!(s.build(&[], false).status.success());
@@ -664,7 +675,7 @@ fn fails_cleanly(breakage: impl FnOnce(&Path, &Path), message: &str) {
     let dir = common::tempdir();
     let tree = mini_tree(dir.path());
     let system = dir.path().join("system");
-    write_system(&system, "alpine-base\n", "");
+    write_system(&system, PACKAGES, "");
     let out = dir.path().join("out");
     let args = [
         "build",
@@ -908,7 +919,7 @@ fn not_root_reruns_through_sudo() {
     let dir = common::tempdir();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let system = dir.path().join("system");
-    write_system(&system, "alpine-base\n", "");
+    write_system(&system, PACKAGES, "");
     let bin = dir.path().join("bin");
     fs::create_dir(&bin).unwrap();
     let record = dir.path().join("sudo-args");
@@ -966,7 +977,7 @@ fn not_root_reruns_through_sudo() {
 fn tampered_cached_tool_is_refused() {
     let dir = common::tempdir();
     let system = dir.path().join("system");
-    write_system(&system, "alpine-base\n", "");
+    write_system(&system, PACKAGES, "");
     let cache = dir.path().join("cache/ramnas");
     fs::create_dir_all(&cache).unwrap();
     let ran = dir.path().join("ran");
@@ -988,4 +999,92 @@ fn tampered_cached_tool_is_refused() {
     assert!(text(&o).contains(&want), "{}", text(&o));
     assert!(!ran.exists(), "the tampered tool ran");
     assert!(!dir.path().join("out/rootfs").exists());
+}
+
+/// The system lint runs before alpine-make-rootfs: a broken system/ fails at once, naming file:line, and
+/// the tool never runs.
+#[test]
+fn lint_problems_stop_the_build_before_the_tool_runs() {
+    let s = Seam::new();
+    fs::write(
+        s.system.join("packages"),
+        "alpine-base\nlinux-lts\nopenrc-init\nalpine-base\n",
+    )
+    .unwrap();
+    let o = s.build(&[], false);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = text(&o);
+    assert!(err.contains("packages:4:"), "the duplicate, by line: {err}");
+    assert!(
+        err.contains("linux-firmware"),
+        "the missing firmware provider: {err}"
+    );
+    assert_eq!(
+        s.runs(),
+        0,
+        "alpine-make-rootfs ran despite the lint: {err}"
+    );
+    assert!(!s.out.join("manifest.json").exists());
+}
+
+/// Root's authorized_keys come from the building user's ~/.ssh/*.pub, or from the file system.toml
+/// names; they land in the initramfs as /root/.ssh/authorized_keys, 0600, and go away with the keys.
+#[test]
+fn authorized_keys_from_the_user_or_the_config() {
+    let s = Seam::new();
+    let home = s.dir.path().join("home");
+    fs::create_dir_all(home.join(".ssh")).unwrap();
+    let user_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEJ2bm9ZYXJxYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5 me@laptop";
+    fs::write(home.join(".ssh/id_ed25519.pub"), format!("{user_key}\n")).unwrap();
+    let keys_in_archive = |s: &Seam| -> Option<(String, u32)> {
+        let dir = s.dir.path().join("extracted");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        let cpio = Command::new("sh")
+            .arg("-c")
+            .arg("zstd -dc \"$0\" | cpio --quiet -i --make-directories root/.ssh/authorized_keys")
+            .arg(s.out.join("initramfs"))
+            .current_dir(&dir)
+            .status()
+            .unwrap();
+        assert!(cpio.success());
+        let path = dir.join("root/.ssh/authorized_keys");
+        let mode = fs::metadata(&path).ok()?.permissions().mode() & 0o777;
+        Some((fs::read_to_string(&path).unwrap(), mode))
+    };
+
+    let o = s.build_as(&[], false, &home);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("id_ed25519.pub"),
+        "the build lists where keys came from: {}",
+        text(&o)
+    );
+    assert_eq!(keys_in_archive(&s), Some((format!("{user_key}\n"), 0o600)));
+
+    let config_key = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 nas-admin";
+    fs::write(s.system.join("admin.pub"), format!("{config_key}\n")).unwrap();
+    let toml = fs::read_to_string(s.system.join("system.toml")).unwrap();
+    fs::write(
+        s.system.join("system.toml"),
+        format!("{toml}[access]\nauthorized_keys = \"admin.pub\"\n"),
+    )
+    .unwrap();
+    let o = s.build_as(&[], false, &home);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        keys_in_archive(&s),
+        Some((format!("{config_key}\n"), 0o600))
+    );
+
+    fs::write(s.system.join("system.toml"), toml).unwrap();
+    let empty_home = s.dir.path().join("nobody");
+    let o = s.build_as(&[], false, &empty_home);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("console only"),
+        "a warning when there is no key: {}",
+        text(&o)
+    );
+    assert_eq!(keys_in_archive(&s), None);
 }

@@ -14,7 +14,7 @@ use std::{
 
 use xtask::{
     fixture::{Fixture, Init},
-    qemu::{Accel, Bus, Drive, Machine},
+    qemu::{self, Accel, Bus, Drive, Firmware, Machine},
     slots::{self, Slot, Table},
     stick::{self, Stick},
 };
@@ -28,7 +28,7 @@ fn build(dir: &Path, fixture: &Fixture) -> PathBuf {
 fn image(dir: &Path, out: &Path, name: &str) -> PathBuf {
     common::xtask_ok(
         dir,
-        &["image", "--out", out.to_str().unwrap(), "--size", "96M"],
+        &["image", "--out", out.to_str().unwrap(), "--size", "192M"],
     );
     let img = dir.join(name);
     fs::rename(out.join("boot.img"), &img).unwrap();
@@ -58,7 +58,24 @@ fn status(dir: &Path, target: &Path) -> String {
 fn boot(img: &Path, dir: &Path, name: &str) -> String {
     let mut m = Machine::new(Accel::Tcg);
     m.drives.push(Drive::raw(img, Bus::Ide));
-    let mut vm = common::start(&m, dir, name);
+    boot_machine(&m, dir, name)
+}
+
+/// Boots `img` under OVMF with the variable store DIR/OVMF_VARS.fd (made on first use: one machine).
+fn boot_uefi(img: &Path, dir: &Path, name: &str) -> String {
+    let (code, template) = qemu::ovmf().unwrap();
+    let vars = dir.join("OVMF_VARS.fd");
+    if !vars.exists() {
+        fs::copy(template, &vars).unwrap();
+    }
+    let mut m = Machine::new(Accel::Tcg);
+    m.firmware = Firmware::Uefi { code, vars };
+    m.drives.push(Drive::raw(img, Bus::Ide));
+    boot_machine(&m, dir, name)
+}
+
+fn boot_machine(m: &Machine, dir: &Path, name: &str) -> String {
+    let mut vm = common::start(m, dir, name);
     let line = vm
         .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
         .unwrap();
@@ -137,6 +154,22 @@ fn trial_boots_the_new_build_once_then_the_committed_one() {
     assert_eq!(
         t.slots[&Slot::B].manifest.packages["ramnas-fixture"],
         "dep-b-r0"
+    );
+
+    let t = table(&img);
+    assert_eq!((t.uefi.committed(), t.uefi.trial()), (Some("a"), Some("b")));
+    assert!(st.contains("uefi: default a, trial b, next boot b"), "{st}");
+    // The same stick under UEFI: the trial once, then the committed slot again.
+    let efi = d.join("efi.img");
+    fs::copy(&img, &efi).unwrap();
+    assert_eq!(
+        boot_uefi(&efi, d, "efi-first"),
+        "ramnas: ready slot=b build=dep-b"
+    );
+    assert_eq!(table(&efi).uefi.failed_trial(), Some("b"));
+    assert_eq!(
+        boot_uefi(&efi, d, "efi-second"),
+        "ramnas: ready slot=a build=dep-a"
     );
 
     assert_eq!(boot(&img, d, "first"), "ramnas: ready slot=b build=dep-b");
@@ -232,11 +265,20 @@ fn commit_keeps_the_new_build_and_rollback_returns() {
     for name in ["committed-1", "committed-2"] {
         assert_eq!(boot(&img, d, name), "ramnas: ready slot=b build=com-b");
     }
+    assert_eq!(table(&img).uefi.committed(), Some("b"));
+    assert_eq!(
+        boot_uefi(&img, d, "committed-efi"),
+        "ramnas: ready slot=b build=com-b"
+    );
     let out = xtask(d, &["rollback", img.to_str().unwrap()]);
     assert!(out.contains("slot a (build "), "{out}");
     assert!(status(d, &img).contains("slot a (default):"));
     assert_eq!(
         boot(&img, d, "rolled-back"),
+        "ramnas: ready slot=a build=com-a"
+    );
+    assert_eq!(
+        boot_uefi(&img, d, "rolled-back-efi"),
         "ramnas: ready slot=a build=com-a"
     );
 
@@ -276,6 +318,10 @@ fn deploy_killed_at(dir: &Path, target: &Path, out: &Path, n: u32, extra: &[&str
 fn bootable(target: &Path, markers: &[(&str, &Path)]) -> (Slot, String) {
     let mut s = stick::open(target.to_str().unwrap()).unwrap();
     let t = Table::read(&mut *s).unwrap();
+    // UEFI: one UKI per slot (Table::read refuses two), a default, and one of them boots next.
+    let efi = t.uefi.next_boot().expect("no UKI boots under UEFI");
+    assert!(t.uefi.committed().is_some(), "no default UKI: {:?}", t.uefi);
+    assert!(["a", "b"].contains(&efi));
     let slot = t.trial().or(t.default).expect("no default slot");
     slots::verify_slot(&mut *s, slot).unwrap_or_else(|e| panic!("slot {slot}: {e:#}"));
     let id = &t.slots[&slot].manifest.build_id;
@@ -340,6 +386,8 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
         assert!(!deploy_killed_at(d, &stick, &b2, n, &[]).status.success());
         deploy(d, &stick, &b2, &[]);
         assert_eq!(bootable(&stick, &markers), (Slot::B, "kill-b2".to_string()));
+        let t = table(&stick);
+        assert_eq!((t.uefi.committed(), t.uefi.trial()), (Some("a"), Some("b")));
         n += 1;
     }
     eprintln!("kill points: {seen:?}");
@@ -355,6 +403,10 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
     assert_eq!(
         boot(&stick, d, "finished"),
         "ramnas: ready slot=b build=kill-b2"
+    );
+    assert_eq!(
+        boot_uefi(&stick, d, "finished-efi"),
+        "ramnas: ready slot=a build=kill-a"
     );
 }
 
@@ -438,6 +490,16 @@ fn a_directory_target_works_like_the_image() {
     assert!(
         !nas.join("syslinux.cfg.tmp").exists() && !nas.join("syslinux/syslinux.cfg.tmp").exists()
     );
+    let ukis = |root: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(root.join("EFI/Linux"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(ukis(&nas), ["ramnas-a.efi", "ramnas-default-b.efi"]);
+    assert_eq!(ukis(&nas), ukis(&root));
     let st = status(d, &root);
     assert!(
         st.contains("slot b (default):") && st.contains("trial: none armed"),
@@ -672,12 +734,14 @@ fn an_ssh_target_works_like_the_image() {
     )
     .unwrap();
     let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
-    assert!(st.contains("slot b (running on trial):"), "{st}");
+    // (Its UKI is still armed: only ldlinux spent the BIOS trial.)
+    assert!(st.contains("slot b (armed for trial, running on trial):"), "{st}");
     assert!(st.contains("running: b (trial boot)"), "{st}");
     let out = ok(xtask_ssh(d, &wrapper, &["commit", &target]));
     assert!(out.contains("slot b (build "), "{out}");
     let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
     assert!(st.contains("slot b (default, running on trial):"), "{st}");
+    assert!(st.contains("uefi: default b, trial none, next boot b"), "{st}");
     let cfg = fs::read_to_string(boot.join("syslinux/syslinux.cfg")).unwrap();
     assert!(cfg.contains("DEFAULT b\n"), "{cfg}");
     assert_eq!(cfg, fs::read_to_string(boot.join("syslinux.cfg")).unwrap());

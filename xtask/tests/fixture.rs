@@ -3,31 +3,12 @@
 
 mod common;
 
-use std::{fs, process::Command, time::Duration};
+use std::{fs, time::Duration};
 
 use xtask::{
     fixture::{Fixture, HostKernel, Init},
     qemu::{Accel, Direct, Machine, Outcome},
 };
-
-/// Packs `tree` with `find . | cpio -o -H newc` into `archive`.
-fn gnu_cpio(tree: &std::path::Path, archive: &std::path::Path) {
-    let list = Command::new("find")
-        .arg(".")
-        .current_dir(tree)
-        .output()
-        .expect("find");
-    let mut child = Command::new("cpio")
-        .args(["--quiet", "-o", "-H", "newc"])
-        .current_dir(tree)
-        .stdin(std::process::Stdio::piped())
-        .stdout(fs::File::create(archive).unwrap())
-        .spawn()
-        .expect("cpio");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(&list.stdout).unwrap();
-    assert!(child.wait().unwrap().success());
-}
 
 fn boot(init: Init, append: &str) -> (Outcome, Vec<String>) {
     let dir = common::tempdir();
@@ -40,7 +21,7 @@ fn boot(init: Init, append: &str) -> (Outcome, Vec<String>) {
     ));
     fixture.write(&dir.path().join("tree")).unwrap();
     let archive = dir.path().join("initramfs.cpio");
-    gnu_cpio(&dir.path().join("tree"), &archive);
+    common::gnu_cpio(&dir.path().join("tree"), &archive);
     let mut m = Machine::new(Accel::Tcg);
     m.direct = Some(Direct {
         kernel: HostKernel::find().unwrap().vmlinuz,
@@ -94,7 +75,7 @@ fn silent_fixture_never_reports_ready() {
     fixture.init = Init::Silent;
     fixture.write(&dir.path().join("tree")).unwrap();
     let archive = dir.path().join("initramfs.cpio");
-    gnu_cpio(&dir.path().join("tree"), &archive);
+    common::gnu_cpio(&dir.path().join("tree"), &archive);
     let mut m = Machine::new(Accel::Tcg);
     m.direct = Some(Direct {
         kernel: HostKernel::find().unwrap().vmlinuz,
@@ -118,7 +99,7 @@ fn fixture_lists_virtio_disks_with_serials() {
         .write(&dir.path().join("tree"))
         .unwrap();
     let archive = dir.path().join("initramfs.cpio");
-    gnu_cpio(&dir.path().join("tree"), &archive);
+    common::gnu_cpio(&dir.path().join("tree"), &archive);
     let disk = dir.path().join("disk.raw");
     fs::File::create(&disk).unwrap().set_len(8 << 20).unwrap();
     let mut m = Machine::new(Accel::Tcg);

@@ -12,51 +12,23 @@ use std::{
 };
 
 use xtask::{
-    fixture::{Fixture, HostKernel},
+    fixture::Fixture,
     qemu::{Accel, Bus, Drive, Machine},
     slots::{self, Build, Slot, Table},
     stick, syslinux,
 };
 
-/// Stand-in for `cargo xtask build --base` until it lands: the host kernel, the fixture packed by GNU cpio,
-/// a command line and a manifest naming them.
+/// The fixture with `marker`, built by `cargo xtask build --base` into DIR/out-<marker>.
 fn build(dir: &Path, marker: &str) -> PathBuf {
     build_with(dir, Fixture::new(marker))
 }
 
-/// Like [`build`], for any fixture; with `ucode`, OUT/ucode.img is Alpine's two microcode archives, joined.
 fn build_with(dir: &Path, fixture: Fixture) -> PathBuf {
-    let marker = fixture.build.as_str();
-    let tree = dir.join(format!("tree-{marker}"));
-    fixture.write(&tree).unwrap();
-    let out = dir.join(format!("out-{marker}"));
-    fs::create_dir_all(&out).unwrap();
-    fs::copy(HostKernel::find().unwrap().vmlinuz, out.join("vmlinuz")).unwrap();
-    let list = Command::new("find")
-        .arg(".")
-        .current_dir(&tree)
-        .output()
-        .unwrap();
-    let mut cpio = Command::new("cpio")
-        .args(["--quiet", "-o", "-H", "newc"])
-        .current_dir(&tree)
-        .stdin(std::process::Stdio::piped())
-        .stdout(fs::File::create(out.join("initramfs")).unwrap())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    cpio.stdin.take().unwrap().write_all(&list.stdout).unwrap();
-    assert!(cpio.wait().unwrap().success());
-    fs::write(out.join("cmdline"), "console=ttyS0 panic=-1\n").unwrap();
-    if fixture.ucode {
-        let mut ucode = fs::read(tree.join("boot/intel-ucode.img")).unwrap();
-        ucode.extend(fs::read(tree.join("boot/amd-ucode.img")).unwrap());
-        fs::write(out.join("ucode.img"), ucode).unwrap();
-    }
-    write_manifest(&out, marker);
-    out
+    let name = format!("out-{}", fixture.build);
+    common::build_fixture(dir, &fixture, &name, &[])
 }
 
+/// A manifest for hand-made build files (the fake builds of the error tests), in `build`'s format.
 fn write_manifest(out: &Path, build_id: &str) {
     let mut artifacts = std::collections::BTreeMap::new();
     for name in ["vmlinuz", "initramfs", "cmdline", "ucode.img"] {
@@ -86,7 +58,7 @@ fn write_manifest(out: &Path, build_id: &str) {
 }
 
 fn image(dir: &Path, out: &Path, extra: &[&str]) -> PathBuf {
-    let mut args = vec!["image", "--out", out.to_str().unwrap(), "--size", "128M"];
+    let mut args = vec!["image", "--out", out.to_str().unwrap(), "--size", "192M"];
     args.extend_from_slice(extra);
     common::xtask_ok(dir, &args);
     out.join("boot.img")
@@ -130,6 +102,7 @@ fn image_boots_slot_a_under_seabios() {
     let mut fixture = Fixture::new("img-a");
     fixture.ucode = true;
     let out = build_with(dir.path(), fixture);
+    assert!(out.join("ucode.img").exists());
     let img = image(dir.path(), &out, &[]);
     let spec = format!("{}@@1M", img.display());
     let cfg = run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
@@ -140,11 +113,13 @@ fn image_boots_slot_a_under_seabios() {
     let (line, console) = boot_with_console(&img, dir.path(), "boot");
     assert_eq!(line, "ramnas: ready slot=a build=img-a");
     // The menu was on the serial console too, slot a marked as the default.
+    let id = Build::open(&out).unwrap().manifest.build_id;
+    let entry = format!("slot a: build {id}, kernel ");
     assert!(
         console
             .iter()
-            .any(|l| l.contains("slot a: build img-a (default)")),
-        "{console:#?}"
+            .any(|l| l.contains(&entry) && l.contains(" (default)")),
+        "{entry} not in {console:#?}"
     );
 }
 
@@ -153,7 +128,7 @@ fn image_layout_is_as_specified_and_reproducible() {
     let dir = common::tempdir();
     let out = build(dir.path(), "layout");
     let img = image(dir.path(), &out, &[]);
-    assert_eq!(fs::metadata(&img).unwrap().len(), 128 << 20);
+    assert_eq!(fs::metadata(&img).unwrap().len(), 192 << 20);
     assert!(!out.join("boot.img.tmp").exists());
 
     let dump = run("sfdisk", &["--dump", img.to_str().unwrap()]);
@@ -172,7 +147,7 @@ fn image_layout_is_as_specified_and_reproducible() {
         fields,
         [
             "start=2048",
-            &format!("size={}", (128 << 11) - 2048),
+            &format!("size={}", (192 << 11) - 2048),
             "type=c",
             "bootable"
         ],
@@ -225,7 +200,15 @@ fn image_layout_is_as_specified_and_reproducible() {
         );
     }
     let slot_a = mdir("::/slots/a");
-    for f in ["vmlinuz", "initramfs", "cmdline", "manifest.json"] {
+    let mut files: Vec<String> = Build::open(&out)
+        .unwrap()
+        .manifest
+        .artifacts
+        .into_keys()
+        .collect();
+    files.push("manifest.json".into());
+    assert!(files.len() >= 4, "{files:?}");
+    for f in &files {
         assert!(
             slot_a.contains(&format!("::/slots/a/{f}")),
             "{f} missing from {slot_a}"
@@ -241,12 +224,22 @@ fn image_layout_is_as_specified_and_reproducible() {
         assert!(line.contains(" 1980-01-01   0:00"), "{line}");
     }
     assert_eq!(mdir("::/persist").trim(), "");
+    // The UEFI path on the same partition: systemd-boot, its config, slot a's UKI as the committed slot.
+    let efi = mdir("::/EFI/BOOT") + &mdir("::/EFI/Linux") + &mdir("::/loader");
+    for f in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/EFI/Linux/ramnas-default-a.efi",
+        "::/loader/loader.conf",
+    ] {
+        assert!(efi.contains(f), "{f} missing from {efi}");
+    }
     assert!(root.contains("::/syslinux.cfg"), "{root}");
     let cfg = run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
     assert_eq!(cfg, run("mtype", &["-i", &spec, "::/syslinux.cfg"]));
     assert!(cfg.contains("DEFAULT a\n"), "{cfg}");
+    let cmdline = fs::read_to_string(out.join("cmdline")).unwrap();
     assert!(
-        cfg.contains("APPEND console=ttyS0 panic=-1 ramnas.slot=a\n"),
+        cfg.contains(&format!("APPEND {} ramnas.slot=a\n", cmdline.trim())),
         "{cfg}"
     );
     assert!(!cfg.contains("LABEL b"), "{cfg}");
@@ -257,11 +250,19 @@ fn image_layout_is_as_specified_and_reproducible() {
 
     // Our own reader agrees.
     let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    assert_adv_is_ours(&mut *s);
     let table = Table::read(&mut *s).unwrap();
     assert_eq!(table.default, Some(Slot::A));
     assert_eq!(table.boot_once, None);
     assert_eq!(table.slots.keys().copied().collect::<Vec<_>>(), [Slot::A]);
-    assert_eq!(table.slots[&Slot::A].manifest.build_id, "layout");
+    assert_eq!(
+        table.slots[&Slot::A].manifest,
+        Build::open(&out).unwrap().manifest
+    );
+    assert_eq!(
+        table.slots[&Slot::A].manifest_json,
+        fs::read(out.join("manifest.json")).unwrap()
+    );
     drop(s);
 
     // A second run gives the same bytes.
@@ -271,6 +272,15 @@ fn image_layout_is_as_specified_and_reproducible() {
         fs::read(&img).unwrap() == fs::read(&again).unwrap(),
         "two images of the same build differ"
     );
+}
+
+/// The ADV at the end of ldlinux.sys, as syslinux wrote it, is exactly what our parser and writer make of
+/// it (an ADV with a bad checksum would parse as empty and be written back differently).
+fn assert_adv_is_ours(s: &mut dyn stick::Stick) {
+    let ldlinux = s.read(syslinux::LDLINUX_SYS).unwrap();
+    let raw = &ldlinux[ldlinux.len() - syslinux::Adv::SIZE..];
+    let adv = slots::read_adv(s).unwrap();
+    assert_eq!(&adv.to_bytes()[..], raw);
 }
 
 fn run_bytes(program: &str, args: &[&str]) -> Vec<u8> {
@@ -307,12 +317,12 @@ fn too_small_says_how_much_is_needed_before_writing() {
     let text = common::text(&res);
     assert!(!res.status.success(), "{text}");
     assert!(text.contains("too small"), "{text}");
-    // 3 × 310 MiB + 16 MiB, plus 1/32, plus the MiB before the partition.
+    // 5 × 310 MiB (3 copies of the slot, 2 UKIs) + 16 MiB, plus 1/32, plus the MiB before the partition.
     let needed = Build::open(&out)
         .map(|b| xtask::image::needed_bytes(&b))
         .unwrap()
         >> 20;
-    assert!((960..1000).contains(&needed), "{needed}");
+    assert!((1580..1660).contains(&needed), "{needed}");
     assert!(text.contains(&format!("--size {needed}M")), "{text}");
     assert!(!out.join("boot.img").exists());
     assert!(!out.join("boot.img.tmp").exists());
@@ -371,6 +381,7 @@ fn boot_once_in_the_adv_boots_slot_b_once_then_slot_a() {
     // ldlinux cleared the boot-once command in its ADV; our reader sees that.
     {
         let mut s = stick::open(img.to_str().unwrap()).unwrap();
+        assert_adv_is_ours(&mut *s);
         let table = Table::read(&mut *s).unwrap();
         assert_eq!(table.boot_once, None);
         assert_eq!(table.slots.len(), 2);
@@ -459,4 +470,38 @@ fn a_block_device_opens_like_the_image() {
         Table::read(&mut *s).unwrap().boot_once.as_deref(),
         Some("a ramnas.trial=1")
     );
+}
+
+/// An ordinary user makes the image: no root, no mount, no loop device.
+#[test]
+fn an_ordinary_user_makes_the_image() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::tempdir();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.path().join("small");
+    fs::create_dir_all(&out).unwrap();
+    for name in ["vmlinuz", "initramfs", "cmdline"] {
+        fs::write(out.join(name), name).unwrap();
+    }
+    write_manifest(&out, "small");
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
+    let res = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--reset-env",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(["image", "--out", out.to_str().unwrap(), "--size", "64M"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", common::text(&res));
+    let img = out.join("boot.img");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&img).unwrap().uid(), 65534);
+    let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    assert_eq!(Table::read(&mut *s).unwrap().default, Some(Slot::A));
 }

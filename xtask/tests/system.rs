@@ -163,7 +163,7 @@ fn boot(dir: &Path, name: &str, hook: &str, append: &str, stick: &Path) -> Vec<S
     let tree = dir.join(format!("tree-{name}"));
     fixture.write(&tree).unwrap();
     let archive = dir.join(format!("{name}.cpio"));
-    gnu_cpio(&tree, &archive);
+    common::gnu_cpio(&tree, &archive);
 
     let mut m = Machine::new(xtask::qemu::Accel::Tcg);
     m.direct = Some(Direct {
@@ -180,25 +180,6 @@ fn boot(dir: &Path, name: &str, hook: &str, append: &str, stick: &Path) -> Vec<S
     .unwrap();
     vm.wait_exit(Duration::from_secs(60)).unwrap();
     vm.output()
-}
-
-fn gnu_cpio(tree: &Path, archive: &Path) {
-    let list = run(Command::new("find").arg(".").current_dir(tree));
-    let mut child = Command::new("cpio")
-        .args(["--quiet", "-o", "-H", "newc"])
-        .current_dir(tree)
-        .stdin(std::process::Stdio::piped())
-        .stdout(fs::File::create(archive).unwrap())
-        .spawn()
-        .expect("cpio");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(list.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
 }
 
 fn has(lines: &[String], want: &str) -> bool {

@@ -88,3 +88,27 @@ pub fn start(machine: &Machine, dir: &Path, name: &str) -> Running {
         .start(&dir.join(format!("{name}.log")), false)
         .expect("starting qemu")
 }
+
+/// Packs `tree` with GNU cpio (`find . | cpio -o -H newc`), the reference packer, into `archive`.
+pub fn gnu_cpio(tree: &Path, archive: &Path) {
+    use std::io::Write;
+    let list = Command::new("find")
+        .arg(".")
+        .current_dir(tree)
+        .output()
+        .expect("find");
+    assert!(list.status.success(), "find in {}", tree.display());
+    let mut child = Command::new("cpio")
+        .args(["--quiet", "-o", "-H", "newc"])
+        .current_dir(tree)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(archive).expect("creating the archive"))
+        .spawn()
+        .expect("cpio");
+    child.stdin.take().unwrap().write_all(&list.stdout).unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "cpio -o in {}",
+        tree.display()
+    );
+}

@@ -1,0 +1,671 @@
+//! `cargo xtask flash` on real loop devices (as root): the written bytes, the partition the kernel finds,
+//! a SeaBIOS boot from the flashed device, every refusal with the device left untouched, /persist carried
+//! over a re-flash, and Ctrl-C.
+
+mod common;
+
+use std::{
+    fs::{self, File},
+    io::{BufRead, BufReader, Read, Write},
+    os::unix::{fs::FileExt, io::AsRawFd},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+};
+
+use sha2::{Digest, Sha256};
+use xtask::{
+    blockdev::{self, Host},
+    fixture::Fixture,
+    flash,
+    qemu::{Accel, Bus, Drive, Machine},
+};
+
+const MIB: u64 = 1 << 20;
+/// The test images' size: what `cargo xtask image` accepts for the fixture build, with room to spare.
+const IMAGE: u64 = 160 * MIB;
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the flash tests need root (loop devices, mount, swapon)"
+    );
+}
+
+/// Runs a command, panicking with its output when it fails; returns stdout.
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed:\n{}",
+        common::text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop {
+    dev: PathBuf,
+}
+
+impl Loop {
+    fn attach(file: &Path, partscan: bool) -> Loop {
+        let mut args = vec!["-f", "--show"];
+        if partscan {
+            args.push("-P");
+        }
+        args.push(file.to_str().unwrap());
+        let dev = PathBuf::from(run("losetup", &args).trim());
+        if partscan {
+            // This workplace's kernel has no MBR parser (CONFIG_MSDOS_PARTITION unset): add the partitions
+            // from user space, as `flash` itself falls back to (fails harmlessly when there is no table).
+            let _ = Command::new("partx").arg("--update").arg(&dev).output();
+        }
+        Loop { dev }
+    }
+
+    fn path(&self) -> &str {
+        self.dev.to_str().unwrap()
+    }
+
+    fn name(&self) -> String {
+        self.dev.file_name().unwrap().to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// Undoes a mount or swapon on drop.
+struct Undo(&'static str, String);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let _ = Command::new(self.0).arg(&self.1).status();
+    }
+}
+
+fn sha256_of(path: &Path) -> [u8; 32] {
+    let mut f = File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().into()
+}
+
+/// A device of `size` bytes that looks used: old bytes everywhere, a GPT (primary and backup) with an ext2
+/// partition at 1 MiB, and an ISO9660 signature at 32 KiB (a stick that once held a dd'ed installer), so the
+/// flash has old data and signatures to get rid of.
+fn old_disk(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let file = dir.join(name);
+    let f = file.to_str().unwrap();
+    fs::write(&file, vec![0xa5u8; size as usize]).unwrap();
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["-q", "--wipe", "never", f])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let part_sectors = size / 512 - 2048 - 2048;
+    let script = format!("label: gpt\nstart=2048, size={part_sectors}, type=linux\n");
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let blocks = (part_sectors / 2).to_string();
+    run(
+        "mkfs.ext2",
+        &[
+            "-q",
+            "-F",
+            "-E",
+            &format!("nodiscard,offset={MIB}"),
+            f,
+            &blocks,
+        ],
+    );
+    let dev = fs::OpenOptions::new().write(true).open(&file).unwrap();
+    dev.write_all_at(b"\x01CD001\x01", 32768).unwrap();
+    file
+}
+
+/// The signatures `wipefs` finds on a device (types, such as `dos`, `gpt`, `PMBR`, `ext2`, `iso9660`).
+fn signatures(dev: &str) -> Vec<String> {
+    run(
+        "wipefs",
+        &["--no-act", "--noheadings", "--output", "TYPE", dev],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// The fixture built once per test run with `cargo xtask build --base` (shared by every test here).
+fn fixture_build() -> &'static Path {
+    static BUILD: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &BUILD
+        .get_or_init(|| {
+            let dir = common::tempdir();
+            let out = common::build_fixture(dir.path(), &Fixture::new("flash"), "out", &[]);
+            (dir, out)
+        })
+        .1
+}
+
+/// A stick image of `size` bytes made by `cargo xtask image` from the fixture build (boots slot a), plus
+/// `filler` bytes of patterned files and a 4 MiB file of zeros, with every zero block turned into a hole
+/// (as a sparse copy of an image would have them; also inside /zeros), so the image has several data
+/// ranges and holes inside allocated clusters.
+fn stick_image(dir: &Path, size: u64, filler: u64) -> PathBuf {
+    let img = dir.join("stick.img");
+    let s = img.to_str().unwrap();
+    let out = fixture_build().to_str().unwrap();
+    let size_arg = format!("{}M", size / MIB);
+    common::xtask_ok(
+        dir,
+        &["image", "--out", out, "--size", &size_arg, "--output", s],
+    );
+    let pattern: Vec<u8> = (0..filler / 2).map(|i| (i * 7 % 251) as u8 + 1).collect();
+    fs::write(dir.join("filler1"), &pattern).unwrap();
+    fs::write(dir.join("filler2"), &pattern).unwrap();
+    fs::write(dir.join("zeros"), vec![0u8; 4 * MIB as usize]).unwrap();
+    let at = format!("{s}@@{MIB}");
+    for f in ["filler1", "zeros", "filler2"] {
+        let from = dir.join(f);
+        run(
+            "mcopy",
+            &["-i", &at, from.to_str().unwrap(), &format!("::/{f}")],
+        );
+    }
+    run("fallocate", &["--dig-holes", s]);
+    img
+}
+
+/// The data ranges of a sparse file, by SEEK_DATA/SEEK_HOLE.
+fn data_ranges(path: &Path) -> Vec<(u64, u64)> {
+    let f = File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as i64;
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        // SAFETY: lseek on an open descriptor.
+        let start = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if start < 0 {
+            break;
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        out.push((start as u64, end as u64));
+        pos = end;
+    }
+    out
+}
+
+fn read_at(path: &Path, off: u64, len: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; len as usize];
+    File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, off)
+        .unwrap();
+    buf
+}
+
+/// `blkid -p -o export DEV` as KEY=VALUE lines (empty when it finds nothing).
+fn blkid(dev: &str) -> String {
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn flash_cli(dev: &Loop, img: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["flash", dev.path(), "--image", img.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    common::xtask(Path::new("/"), &args)
+}
+
+fn flash_ok(dev: &Loop, img: &Path, extra: &[&str]) -> String {
+    let out = flash_cli(dev, img, extra);
+    assert!(
+        out.status.success(),
+        "flash failed:\n{}",
+        common::text(&out)
+    );
+    common::text(&out)
+}
+
+#[test]
+fn flashes_data_ranges_rereads_the_table_and_boots() {
+    require_root();
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), IMAGE, 3 * MIB);
+    let disk = old_disk(dir.path(), "disk", IMAGE + 32 * MIB);
+    let dev = Loop::attach(&disk, true);
+    let old = signatures(dev.path());
+    assert!(old.contains(&"gpt".to_string()), "{old:?}");
+    assert!(
+        blkid(&format!("{}p1", dev.path())).contains("TYPE=ext2"),
+        "the old disk should look used"
+    );
+
+    let log = flash_ok(&dev, &img, &["--yes", "--force"]);
+    assert!(log.contains("verified"), "{log}");
+
+    // Every data range of the image is on the device, byte for byte.
+    let ranges = data_ranges(&img);
+    assert!(
+        ranges.len() >= 3,
+        "the test image should have holes: {ranges:?}"
+    );
+    let data: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+    assert!(
+        data < IMAGE / 2,
+        "the test image should be sparse ({data} bytes of data)"
+    );
+    for (start, end) in ranges {
+        assert!(
+            read_at(&img, start, end - start) == read_at(&dev.dev, start, end - start),
+            "bytes {start}..{end} differ"
+        );
+    }
+    // The old signatures are gone: the last MiB (GPT backup) is zero, blkid sees only the new table.
+    assert!(read_at(&dev.dev, IMAGE + 31 * MIB, MIB)
+        .iter()
+        .all(|b| *b == 0));
+    let whole = blkid(dev.path());
+    assert!(whole.contains("PTTYPE=dos"), "{whole}");
+    assert_eq!(signatures(dev.path()), ["dos"]);
+    // The kernel re-read the table: the partition is there, a clean FAT32 labelled RAMNAS.
+    let part = format!("{}p1", dev.path());
+    assert!(Path::new(&format!("/sys/block/{}/{}p1", dev.name(), dev.name())).exists());
+    let probe = blkid(&part);
+    assert!(
+        probe.contains("TYPE=vfat") && probe.contains("LABEL=RAMNAS"),
+        "{probe}"
+    );
+    run("fsck.vfat", &["-n", &part]);
+    // /zeros is all holes in the image, yet reads as zeros from the device, not as the old 0xa5 bytes.
+    let zeros = dir.path().join("zeros.back");
+    run("mcopy", &["-i", &part, "::/zeros", zeros.to_str().unwrap()]);
+    assert!(fs::read(&zeros).unwrap().iter().all(|b| *b == 0));
+
+    // SeaBIOS boots the flashed device.
+    let mut m = Machine::new(Accel::Tcg);
+    m.drives.push(Drive::raw(&dev.dev, Bus::Ide));
+    let mut vm = common::start(&m, dir.path(), "boot");
+    vm.expect("ramnas: ready slot=a", common::BOOT_TIMEOUT)
+        .unwrap();
+}
+
+#[test]
+fn the_library_call_flashes_without_asking() {
+    require_root();
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let disk = old_disk(dir.path(), "disk", IMAGE);
+    let dev = Loop::attach(&disk, false);
+    let opts = flash::Options {
+        force: true,
+        ..Default::default()
+    };
+    let stats = flash::write_image(&img, &dev.dev, &opts).unwrap();
+    assert!(
+        stats.written >= 2 * MIB && stats.written < IMAGE / 2,
+        "{stats:?}"
+    );
+    let p1 = format!("/sys/block/{}/{}p1", dev.name(), dev.name());
+    assert_eq!(stats.reread, Path::new(&p1).exists(), "{stats:?}");
+    assert_eq!(stats.persist_files, None);
+    for (start, end) in data_ranges(&img) {
+        assert!(read_at(&img, start, end - start) == read_at(&dev.dev, start, end - start));
+    }
+}
+
+/// Asserts `out` failed with a message containing `why`, and the device's bytes did not change.
+fn assert_refused(out: std::process::Output, why: &str, dev: &Path, before: [u8; 32]) {
+    let text = common::text(&out);
+    assert!(!out.status.success(), "should have refused:\n{text}");
+    assert!(text.contains(why), "message should say {why:?}:\n{text}");
+    assert_eq!(sha256_of(dev), before, "the device changed");
+}
+
+#[test]
+fn refuses_what_is_not_a_block_device() {
+    let dir = common::tempdir();
+    let img = dir.path().join("img");
+    File::create(&img).unwrap().set_len(4 * MIB).unwrap();
+    let target = dir.path().join("target");
+    fs::write(&target, b"precious").unwrap();
+    let out = common::xtask(
+        dir.path(),
+        &[
+            "flash",
+            target.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--yes",
+            "--force",
+        ],
+    );
+    let text = common::text(&out);
+    assert!(
+        !out.status.success() && text.contains("not a block device (it is a regular file)"),
+        "{text}"
+    );
+    assert!(text.contains(target.to_str().unwrap()), "{text}");
+    assert_eq!(fs::read(&target).unwrap(), b"precious");
+}
+
+#[test]
+fn refuses_a_partition_naming_its_disk() {
+    require_root();
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let disk = dir.path().join("disk");
+    fs::copy(&img, &disk).unwrap();
+    let dev = Loop::attach(&disk, true);
+    let part = PathBuf::from(format!("{}p1", dev.path()));
+    let before = sha256_of(&dev.dev);
+    let out = common::xtask(
+        dir.path(),
+        &[
+            "flash",
+            part.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--yes",
+            "--force",
+        ],
+    );
+    assert_refused(
+        out,
+        &format!("it is a partition of {}", dev.path()),
+        &dev.dev,
+        before,
+    );
+}
+
+#[test]
+fn refuses_a_disk_with_a_mounted_partition() {
+    require_root();
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let disk = dir.path().join("disk");
+    fs::copy(&img, &disk).unwrap();
+    let dev = Loop::attach(&disk, true);
+    let part = format!("{}p1", dev.path());
+    run("mkfs.ext2", &["-q", &part]);
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    run("mount", &[&part, mnt.to_str().unwrap()]);
+    let _unmount = Undo("umount", mnt.to_str().unwrap().to_string());
+    let before = sha256_of(&dev.dev);
+    let out = flash_cli(&dev, &img, &["--yes", "--force"]);
+    assert_refused(
+        out,
+        &format!("{part} is mounted on {}", mnt.display()),
+        &dev.dev,
+        before,
+    );
+}
+
+#[test]
+fn refuses_a_disk_used_as_swap() {
+    require_root();
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let disk = dir.path().join("disk");
+    File::create(&disk).unwrap().set_len(64 * MIB).unwrap();
+    let dev = Loop::attach(&disk, false);
+    run("mkswap", &[dev.path()]);
+    run("swapon", &[dev.path()]);
+    let _swapoff = Undo("swapoff", dev.path().to_string());
+    let before = sha256_of(&dev.dev);
+    let out = flash_cli(&dev, &img, &["--yes", "--force"]);
+    assert_refused(
+        out,
+        &format!("{} is in use as swap", dev.path()),
+        &dev.dev,
+        before,
+    );
+}
+
+/// device-mapper (dmsetup) and md are not available in this workplace's kernel, so the holder is injected
+/// into the description of a real loop device.
+#[test]
+fn refuses_a_disk_with_holders() {
+    require_root();
+    let dir = common::tempdir();
+    let disk = dir.path().join("disk");
+    File::create(&disk).unwrap().set_len(64 * MIB).unwrap();
+    let dev = Loop::attach(&disk, false);
+    let mut desc = blockdev::describe(&dev.dev, &Host::read().unwrap()).unwrap();
+    assert!(desc.holders.is_empty());
+    assert_eq!(blockdev::refusal(&desc, 32 * MIB, true), Ok(()));
+    desc.holders.push((dev.name(), "dm-7".into()));
+    let err = blockdev::refusal(&desc, 32 * MIB, true).unwrap_err();
+    assert!(
+        err.contains(&format!("{} is in use by dm-7", dev.path())),
+        "{err}"
+    );
+}
+
+#[test]
+fn refuses_the_root_disk() {
+    require_root();
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let disk = old_disk(dir.path(), "disk", 64 * MIB);
+    let dev = Loop::attach(&disk, false);
+    let mut host = Host::read().unwrap();
+    let desc = blockdev::describe(&dev.dev, &host).unwrap();
+    assert!(
+        !host.root_disks.is_empty(),
+        "this machine's / should sit on some disk"
+    );
+    assert!(!host.root_disks.contains(&desc.dev));
+    // Pretend the loop device holds `/`.
+    host.root_disks = vec![desc.dev];
+    let before = sha256_of(&dev.dev);
+    let opts = flash::Options {
+        force: true,
+        ..Default::default()
+    };
+    let err = flash::write_image_on(&host, &img, &dev.dev, &opts).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("holds the running system's /"),
+        "{err:#}"
+    );
+    assert_eq!(sha256_of(&dev.dev), before);
+}
+
+#[test]
+fn refuses_a_disk_smaller_than_the_image() {
+    require_root();
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let disk = old_disk(dir.path(), "disk", 40 * MIB);
+    let dev = Loop::attach(&disk, false);
+    let before = sha256_of(&dev.dev);
+    let out = flash_cli(&dev, &img, &["--yes", "--force"]);
+    assert_refused(out, "smaller than the image", &dev.dev, before);
+}
+
+#[test]
+fn refuses_a_fixed_disk_without_force_and_asks_for_its_name() {
+    require_root();
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let disk = old_disk(dir.path(), "disk", IMAGE);
+    let dev = Loop::attach(&disk, false);
+    let before = sha256_of(&dev.dev);
+    let out = flash_cli(&dev, &img, &["--yes"]);
+    assert_refused(out, "not a removable disk", &dev.dev, before);
+
+    // Without --yes, it asks: a wrong answer stops it, the device's name goes ahead.
+    let answer = |text: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args([
+                "flash",
+                dev.path(),
+                "--image",
+                img.to_str().unwrap(),
+                "--force",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = answer("/dev/sda\n");
+    assert!(common::text(&out).contains("This erases everything on"));
+    assert_refused(out, "not confirmed", &dev.dev, before);
+    let out = answer(&format!("{}\n", dev.path()));
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_ne!(sha256_of(&dev.dev), before);
+}
+
+#[test]
+fn reflash_keeps_persist_and_wipe_drops_it() {
+    require_root();
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let disk = old_disk(dir.path(), "disk", IMAGE + 16 * MIB);
+    let dev = Loop::attach(&disk, true);
+    flash_ok(&dev, &img, &["--yes", "--force"]);
+
+    // The running NAS wrote its state.
+    let key: Vec<u8> = (0..9000u32).map(|i| (i * 31 % 256) as u8).collect();
+    let key_file = dir.path().join("ssh_host_ed25519_key");
+    fs::write(&key_file, &key).unwrap();
+    let at = format!("{}@@{MIB}", dev.path());
+    run("mmd", &["-i", &at, "::/persist/ssh"]);
+    run(
+        "mcopy",
+        &["-i", &at, key_file.to_str().unwrap(), "::/persist/ssh/"],
+    );
+    run(
+        "mcopy",
+        &["-i", &at, key_file.to_str().unwrap(), "::/persist/seed"],
+    );
+
+    let log = flash_ok(&dev, &img, &["--yes", "--force"]);
+    assert!(log.contains("kept /persist (2 files)"), "{log}");
+    let back = dir.path().join("back");
+    run(
+        "mcopy",
+        &[
+            "-i",
+            &at,
+            "::/persist/ssh/ssh_host_ed25519_key",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(fs::read(&back).unwrap(), key);
+    run("fsck.vfat", &["-n", &format!("{}p1", dev.path())]);
+
+    let log = flash_ok(&dev, &img, &["--yes", "--force", "--wipe"]);
+    assert!(log.contains("--wipe"), "{log}");
+    let listing = run("mdir", &["-i", &at, "-b", "::/persist"]);
+    assert!(
+        !listing.contains("ssh") && !listing.contains("seed"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn ctrl_c_says_the_stick_is_incomplete() {
+    require_root();
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), 400 * MIB, 300 * MIB);
+    let disk = dir.path().join("disk");
+    File::create(&disk).unwrap().set_len(400 * MIB).unwrap();
+    let dev = Loop::attach(&disk, false);
+    // A ramnas stick with state in /persist.
+    let opts = flash::Options {
+        force: true,
+        ..Default::default()
+    };
+    flash::write_image(&img, &dev.dev, &opts).unwrap();
+    let seed = dir.path().join("seed");
+    fs::write(&seed, b"random seed bytes").unwrap();
+    let at = format!("{}@@{MIB}", dev.path());
+    run(
+        "mcopy",
+        &["-i", &at, seed.to_str().unwrap(), "::/persist/seed"],
+    );
+
+    let rescue = dir.path().join("rescue");
+    fs::create_dir(&rescue).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .env("TMPDIR", &rescue)
+        .args([
+            "flash",
+            dev.path(),
+            "--image",
+            img.to_str().unwrap(),
+            "--yes",
+            "--force",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("xtask ended before writing:\n{seen}");
+        }
+        seen.push_str(&line);
+        if line.starts_with("writing") {
+            break;
+        }
+    }
+    // SAFETY: kill on the child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    stderr.read_to_string(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{seen}");
+    assert!(
+        seen.contains("interrupted by Ctrl-C") && seen.contains("INCOMPLETE"),
+        "{seen}"
+    );
+    // The old /persist waits on the host, and the message says where.
+    let saved: Vec<PathBuf> = fs::read_dir(&rescue)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(seen.contains(saved[0].to_str().unwrap()), "{seen}");
+    assert_eq!(
+        fs::read(saved[0].join("seed")).unwrap(),
+        b"random seed bytes"
+    );
+}

@@ -1,0 +1,513 @@
+//! UEFI boot: UKIs built from systemd's stub, and A/B by file name under systemd-boot, proven on OVMF (TCG).
+//!
+//! The stick here is a FAT32 partition made with sfdisk, mkfs.vfat and mtools, holding what `uefi` says
+//! it should: systemd-boot as EFI/BOOT/BOOTX64.EFI, loader/loader.conf and one UKI per slot, each built from a
+//! fixture initramfs packed by GNU cpio and the host's Debian kernel. The last test takes `cargo xtask image`'s
+//! stick instead and boots it under both SeaBIOS and OVMF.
+
+mod common;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use xtask::{
+    fixture::{Fixture, HostKernel, Init},
+    qemu::{self, Accel, Bus, Drive, Firmware, Machine},
+    uefi::{self, Role, Uki, View},
+};
+
+/// The FAT partition starts 1 MiB into the image.
+const OFFSET: u64 = 1 << 20;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        common::text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fixture build's UKI for slot `label`: GNU-cpio initramfs with the fixture's microcode archive in front.
+fn fixture_uki(dir: &Path, label: &str, build: &str, init: Init, cmdline: &str) -> PathBuf {
+    let tree = dir.join(format!("tree-{build}"));
+    let mut fixture = Fixture::new(build);
+    fixture.init = init;
+    fixture.ucode = true;
+    fixture.write(&tree).unwrap();
+    let archive = dir.join(format!("{build}.cpio"));
+    common::gnu_cpio(&tree, &archive);
+    let out = dir.join(format!("{build}.efi"));
+    let uki = Uki {
+        label: label.into(),
+        title: format!("build {build}"),
+        cmdline: cmdline.into(),
+        kernel: HostKernel::find().unwrap().vmlinuz,
+        initrds: vec![tree.join("boot/intel-ucode.img"), archive],
+    };
+    uefi::build_uki(&uefi::find().unwrap(), &uki, &out).unwrap();
+    out
+}
+
+/// A raw disk image with one FAT32 partition (type 0x0c, bootable) at [`OFFSET`], edited with mtools.
+struct Stick {
+    image: PathBuf,
+}
+
+impl Stick {
+    fn create(dir: &Path) -> Stick {
+        let image = dir.join("stick.img");
+        let size: u64 = 160 << 20;
+        fs::File::create(&image).unwrap().set_len(size).unwrap();
+        let mut sfdisk = Command::new("sfdisk");
+        sfdisk
+            .args(["--quiet", image.to_str().unwrap()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = sfdisk.spawn().expect("sfdisk");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"label: dos\nstart=2048, type=c, bootable\n")
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        run(Command::new("mkfs.vfat").args([
+            "-F",
+            "32",
+            "-n",
+            "RAMNAS",
+            "--offset",
+            "2048",
+            image.to_str().unwrap(),
+            &((size - OFFSET) / 1024).to_string(),
+        ]));
+        let stick = Stick { image };
+        for dir in ["EFI", "EFI/BOOT", "EFI/Linux", "loader"] {
+            run(stick.mtool("mmd").arg(format!("::/{dir}")));
+        }
+        for (path, contents) in uefi::boot_files(&uefi::find().unwrap()).unwrap() {
+            let src = dir.join("boot-file");
+            fs::write(&src, contents).unwrap();
+            stick.put(&src, &path);
+        }
+        stick
+    }
+
+    fn mtool(&self, tool: &str) -> Command {
+        let mut c = Command::new(tool);
+        c.env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(format!("{}@@{OFFSET}", self.image.display()));
+        c
+    }
+
+    fn put(&self, src: &Path, path: &str) {
+        run(self
+            .mtool("mcopy")
+            .arg("-o")
+            .arg(src)
+            .arg(format!("::/{path}")));
+    }
+
+    /// The file names under EFI/Linux.
+    fn linux_names(&self) -> Vec<String> {
+        run(self
+            .mtool("mdir")
+            .args(["-b", &format!("::/{}", uefi::LINUX_DIR)]))
+        .lines()
+        .filter_map(|l| l.trim().rsplit('/').next().map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .collect()
+    }
+
+    fn view(&self) -> View {
+        View::from_names(self.linux_names()).unwrap()
+    }
+
+    /// Applies `uefi::renames` for this state, as deploy/commit/rollback and the NAS do.
+    fn set(&self, default: &str, trial: Option<&str>) {
+        for (from, to) in uefi::renames(&self.view(), default, trial).unwrap() {
+            let to_name = to.rsplit('/').next().unwrap();
+            run(self.mtool("mren").arg(format!("::/{from}")).arg(to_name));
+        }
+        assert_eq!(self.view().committed(), Some(default));
+        assert_eq!(self.view().trial(), trial);
+    }
+
+    /// A machine booting this stick under OVMF with the variable store `vars` (one per simulated machine).
+    fn machine(&self, vars: &Path) -> Machine {
+        let (code, _) = qemu::ovmf().unwrap();
+        let mut m = Machine::new(Accel::Tcg);
+        m.firmware = Firmware::Uefi {
+            code,
+            vars: vars.to_path_buf(),
+        };
+        m.drives.push(Drive::raw(&self.image, Bus::Ide));
+        m
+    }
+}
+
+/// A writable copy of OVMF's variable store template.
+fn fresh_vars(dir: &Path) -> PathBuf {
+    let (_, template) = qemu::ovmf().unwrap();
+    let vars = dir.join("OVMF_VARS.fd");
+    fs::copy(template, &vars).unwrap();
+    vars
+}
+
+/// Boots the stick once and returns the ready line (the guest powers off after it).
+fn boot_ready(stick: &Stick, vars: &Path, dir: &Path, name: &str) -> String {
+    let mut vm = common::start(&stick.machine(vars), dir, name);
+    let line = vm
+        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
+        .unwrap();
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    line
+}
+
+#[test]
+fn uki_sections_follow_the_stub_and_the_build_is_reproducible() {
+    let dir = common::tempdir();
+    let host = uefi::find().unwrap();
+    let kernel = dir.path().join("kernel");
+    fs::write(&kernel, vec![7u8; 100_000]).unwrap();
+    let (ucode, initramfs) = (dir.path().join("ucode"), dir.path().join("initramfs"));
+    fs::write(&ucode, b"UCODE").unwrap();
+    fs::write(&initramfs, b"INITRAMFS").unwrap();
+    let uki = Uki {
+        label: "b".into(),
+        title: "build x".into(),
+        cmdline: "console=ttyS0 panic=1\n".into(),
+        kernel: kernel.clone(),
+        initrds: vec![ucode, initramfs],
+    };
+    let (one, two) = (dir.path().join("one.efi"), dir.path().join("two.efi"));
+    uefi::build_uki(&host, &uki, &one).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    uefi::build_uki(&host, &uki, &two).unwrap();
+    assert!(
+        fs::read(&one).unwrap() == fs::read(&two).unwrap(),
+        "two builds differ"
+    );
+
+    let bytes = fs::read(&one).unwrap();
+    let pe_at = u32::from_le_bytes(bytes[0x3c..0x40].try_into().unwrap()) as usize;
+    assert_eq!(bytes[pe_at + 8..pe_at + 12], [0; 4], "TimeDateStamp not 0");
+    assert_eq!(
+        u32::from_le_bytes(bytes[pe_at + 88..pe_at + 92].try_into().unwrap()),
+        pe_checksum(&bytes, pe_at + 88),
+        "PE checksum"
+    );
+
+    let stub = uefi::Pe::parse(&fs::read(&host.stub).unwrap()).unwrap();
+    let pe = uefi::Pe::parse(&fs::read(&one).unwrap()).unwrap();
+    let added: Vec<_> = pe.sections[stub.sections.len()..].to_vec();
+    let names: Vec<&str> = added.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, [".osrel", ".cmdline", ".initrd", ".linux"]);
+    let mut end = stub.end_rva();
+    for (name, va, size) in &added {
+        assert!(*va >= end, "{name} at {va:#x} overlaps what precedes it");
+        assert_eq!(va % stub.section_alignment, 0, "{name} unaligned");
+        end = va + size;
+    }
+    // objdump reads the sections back: contents as written.
+    let dump = run(Command::new("objdump").args(["-s", "-j", ".cmdline", one.to_str().unwrap()]));
+    let text: String = dump
+        .lines()
+        .filter_map(|l| l.get(43..))
+        .collect::<Vec<_>>()
+        .concat();
+    assert!(
+        text.contains("console=ttyS0 pa"),
+        "objdump .cmdline: {dump}"
+    );
+    let copy = dir.path().join("cmdline");
+    run(Command::new("objcopy").args([
+        "-O",
+        "binary",
+        "--only-section=.cmdline",
+        one.to_str().unwrap(),
+        copy.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        fs::read_to_string(&copy).unwrap(),
+        "console=ttyS0 panic=1 ramnas.slot=b"
+    );
+    run(Command::new("objcopy").args([
+        "-O",
+        "binary",
+        "--only-section=.initrd",
+        one.to_str().unwrap(),
+        copy.to_str().unwrap(),
+    ]));
+    assert_eq!(fs::read(&copy).unwrap(), b"UCODEINITRAMFS");
+    run(Command::new("objcopy").args([
+        "-O",
+        "binary",
+        "--only-section=.linux",
+        one.to_str().unwrap(),
+        copy.to_str().unwrap(),
+    ]));
+    assert_eq!(fs::read(&copy).unwrap(), fs::read(&kernel).unwrap());
+}
+
+/// The PE image checksum (as binutils and Windows compute it): 16-bit one's-complement-style sum of the
+/// file without its checksum field, plus the file's length.
+fn pe_checksum(bytes: &[u8], field: usize) -> u32 {
+    let mut sum: u64 = 0;
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        if (field..field + 4).contains(&(2 * i)) {
+            continue;
+        }
+        sum += u16::from_le_bytes([pair[0], *pair.get(1).unwrap_or(&0)]) as u64;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (((sum & 0xffff) + (sum >> 16)) as u32).wrapping_add(bytes.len() as u32)
+}
+
+#[test]
+fn missing_systemd_boot_names_the_packages() {
+    let dir = common::tempdir();
+    let err = uefi::find_in(&[dir.path().to_path_buf()])
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "linuxx64.efi.stub",
+        dir.path().to_str().unwrap(),
+        "apt-get install systemd-boot-efi",
+        "apk add systemd-boot systemd-efistub",
+    ] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+}
+
+#[test]
+fn file_names_sort_the_way_systemd_boot_must_boot_them() {
+    let names = |v: &[(&str, Role)]| -> View {
+        View::from_names(v.iter().map(|(l, r)| uefi::file_name(l, *r))).unwrap()
+    };
+    let trial = Role::Trial { left: 1, done: 0 };
+    let spent = Role::Trial { left: 0, done: 1 };
+    for (d, o) in [("a", "b"), ("b", "a")] {
+        assert_eq!(
+            names(&[(d, Role::Default), (o, Role::Spare)]).next_boot(),
+            Some(d)
+        );
+        assert_eq!(
+            names(&[(d, Role::Default), (o, trial)]).next_boot(),
+            Some(o)
+        );
+        assert_eq!(
+            names(&[(d, Role::Default), (o, spent)]).next_boot(),
+            Some(d)
+        );
+        let v = names(&[(d, Role::Default), (o, spent)]);
+        assert_eq!(v.failed_trial(), Some(o));
+        assert_eq!(v.trial(), None);
+    }
+    assert_eq!(
+        uefi::parse_file_name("ramnas-trial-b+0-1.efi"),
+        Some(("b".into(), Role::Trial { left: 0, done: 1 }))
+    );
+    assert_eq!(
+        uefi::parse_file_name("ramnas-trial-b+3.efi"),
+        Some(("b".into(), Role::Trial { left: 3, done: 0 }))
+    );
+    assert_eq!(uefi::parse_file_name("ramnas-b.efi.tmp"), None);
+    assert_eq!(uefi::parse_file_name("other.efi"), None);
+    let err = View::from_names(["ramnas-a.efi", "ramnas-default-a.efi"]).unwrap_err();
+    assert!(err.to_string().contains("two UKIs for slot a"), "{err}");
+    // Commit: the trial is promoted before the old default steps down.
+    let v = names(&[("a", Role::Default), ("b", spent)]);
+    assert_eq!(
+        uefi::renames(&v, "b", None).unwrap(),
+        [
+            (
+                "EFI/Linux/ramnas-trial-b+0-1.efi".to_string(),
+                "EFI/Linux/ramnas-default-b.efi".to_string()
+            ),
+            (
+                "EFI/Linux/ramnas-default-a.efi".to_string(),
+                "EFI/Linux/ramnas-a.efi".to_string()
+            ),
+        ]
+    );
+    assert!(uefi::renames(&names(&[("a", Role::Default)]), "b", None).is_err());
+}
+
+#[test]
+fn ovmf_boots_the_committed_slot_then_a_trial_once_then_commit_and_rollback() {
+    let dir = common::tempdir();
+    let dir = dir.path();
+    let stick = Stick::create(dir);
+    let a = fixture_uki(dir, "a", "build-a", Init::Ready, "console=ttyS0 panic=1");
+    let b = fixture_uki(dir, "b", "build-b", Init::Ready, "console=ttyS0 panic=1");
+    stick.put(
+        &a,
+        &format!(
+            "{}/{}",
+            uefi::LINUX_DIR,
+            uefi::file_name("a", Role::Default)
+        ),
+    );
+    stick.put(
+        &b,
+        &format!("{}/{}", uefi::LINUX_DIR, uefi::file_name("b", Role::Spare)),
+    );
+    let vars = fresh_vars(dir);
+
+    assert_eq!(
+        boot_ready(&stick, &vars, dir, "1-committed-a"),
+        "ramnas: ready slot=a build=build-a"
+    );
+
+    stick.set("a", Some("b"));
+    assert_eq!(
+        boot_ready(&stick, &vars, dir, "2-trial-b"),
+        "ramnas: ready slot=b build=build-b"
+    );
+    // systemd-boot counted the try by renaming the file.
+    assert!(
+        stick
+            .linux_names()
+            .contains(&"ramnas-trial-b+0-1.efi".to_string()),
+        "{:?}",
+        stick.linux_names()
+    );
+    assert_eq!(
+        boot_ready(&stick, &vars, dir, "3-uncommitted-trial-falls-back"),
+        "ramnas: ready slot=a build=build-a"
+    );
+
+    stick.set("b", None);
+    assert_eq!(
+        boot_ready(&stick, &vars, dir, "4-committed-b"),
+        "ramnas: ready slot=b build=build-b"
+    );
+
+    stick.set("a", None);
+    assert_eq!(
+        boot_ready(&stick, &vars, dir, "5-rolled-back-a"),
+        "ramnas: ready slot=a build=build-a"
+    );
+}
+
+#[test]
+fn ovmf_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
+    let dir = common::tempdir();
+    let dir = dir.path();
+    let stick = Stick::create(dir);
+    let a = fixture_uki(dir, "a", "build-a", Init::Ready, "console=ttyS0 panic=1");
+    let b = fixture_uki(dir, "b", "build-b", Init::Panic, "console=ttyS0 panic=1");
+    stick.put(
+        &a,
+        &format!(
+            "{}/{}",
+            uefi::LINUX_DIR,
+            uefi::file_name("a", Role::Default)
+        ),
+    );
+    stick.put(
+        &b,
+        &format!("{}/{}", uefi::LINUX_DIR, uefi::file_name("b", Role::Spare)),
+    );
+    stick.set("a", Some("b"));
+    let vars = fresh_vars(dir);
+    let mut m = stick.machine(&vars);
+    m.reboot = true;
+    let mut vm = common::start(&m, dir, "trial-panics");
+    vm.expect(
+        r"Kernel command line: .*ramnas\.slot=b",
+        common::BOOT_TIMEOUT,
+    )
+    .unwrap();
+    vm.expect(qemu::PANIC, common::BOOT_TIMEOUT).unwrap();
+    let line = vm
+        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
+        .unwrap();
+    assert_eq!(line, "ramnas: ready slot=a build=build-a");
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let view = stick.view();
+    assert_eq!(view.failed_trial(), Some("b"), "{view:?}");
+    assert_eq!(view.committed(), Some("a"));
+}
+
+/// Stand-in for `cargo xtask build --base` until it lands: the host kernel, the fixture packed by GNU cpio,
+/// a command line and a manifest naming them.
+fn fixture_build(dir: &Path, marker: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let tree = dir.join(format!("tree-{marker}"));
+    Fixture::new(marker).write(&tree).unwrap();
+    let out = dir.join(format!("out-{marker}"));
+    fs::create_dir_all(&out).unwrap();
+    fs::copy(HostKernel::find().unwrap().vmlinuz, out.join("vmlinuz")).unwrap();
+    common::gnu_cpio(&tree, &out.join("initramfs"));
+    fs::write(out.join("cmdline"), "console=ttyS0 panic=-1\n").unwrap();
+    let mut artifacts = serde_json::Map::new();
+    for name in ["vmlinuz", "initramfs", "cmdline"] {
+        let data = fs::read(out.join(name)).unwrap();
+        let sha: String = Sha256::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        artifacts.insert(
+            name.into(),
+            serde_json::json!({ "size": data.len(), "sha256": sha }),
+        );
+    }
+    let manifest = serde_json::json!({ "build_id": marker, "artifacts": artifacts });
+    fs::write(out.join("manifest.json"), manifest.to_string()).unwrap();
+    out
+}
+
+#[test]
+fn the_image_boots_under_seabios_and_ovmf() {
+    let dir = common::tempdir();
+    let dir = dir.path();
+    let out = fixture_build(dir, "hybrid");
+    common::xtask_ok(
+        dir,
+        &["image", "--out", out.to_str().unwrap(), "--size", "256M"],
+    );
+    let img = out.join("boot.img");
+    let mut st = xtask::stick::open(img.to_str().unwrap()).unwrap();
+    let view = uefi::read_view(&mut *st).unwrap();
+    assert_eq!(view.committed(), Some("a"), "{view:?}");
+    assert_eq!(view.next_boot(), Some("a"));
+    assert_eq!(
+        st.read(uefi::LOADER_CONF).unwrap(),
+        uefi::loader_conf().into_bytes()
+    );
+    assert_eq!(
+        st.read(uefi::BOOTLOADER).unwrap(),
+        fs::read(uefi::find().unwrap().boot).unwrap()
+    );
+    st.close().unwrap();
+
+    let mut bios = Machine::new(Accel::Tcg);
+    bios.drives.push(Drive::raw(&img, Bus::Ide));
+    let mut vm = common::start(&bios, dir, "seabios");
+    let line = vm
+        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
+        .unwrap();
+    assert_eq!(line, "ramnas: ready slot=a build=hybrid");
+    drop(vm);
+
+    let vars = fresh_vars(dir);
+    let (code, _) = qemu::ovmf().unwrap();
+    let mut efi = Machine::new(Accel::Tcg);
+    efi.firmware = Firmware::Uefi { code, vars };
+    efi.drives.push(Drive::raw(&img, Bus::Ide));
+    let mut vm = common::start(&efi, dir, "ovmf");
+    let line = vm
+        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
+        .unwrap();
+    assert_eq!(line, "ramnas: ready slot=a build=hybrid");
+}

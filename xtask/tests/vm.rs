@@ -1,0 +1,401 @@
+//! `cargo xtask vm`, driven through the real binary under TCG: `--check` passes on the fixture and fails,
+//! naming why, on a panic or a timeout; the data disks show up with their serials and keep what was written
+//! to them; the stick from `cargo xtask image` boots with `--image` under SeaBIOS and OVMF; no qemu outlives
+//! the command, Ctrl-C included; missing tools or build files are one clear error.
+
+mod common;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use xtask::fixture::{Fixture, Init};
+
+/// The fixture built by `cargo xtask build --base` into DIR/OUT.
+fn build_fixture(dir: &Path, fixture: &Fixture, out: &str) -> PathBuf {
+    common::build_fixture(dir, fixture, out, &[])
+}
+
+/// OUT/boot.img from `cargo xtask image`: syslinux for SeaBIOS and systemd-boot + a UKI per slot for OVMF.
+fn make_stick(dir: &Path, out: &Path) {
+    common::xtask_ok(
+        dir,
+        &["image", "--out", out.to_str().unwrap(), "--size", "192M"],
+    );
+}
+
+/// A fixture hook that prints the first bytes of /dev/vda, then writes `written-<build>` there.
+const DISK_HOOK: &str = r#"old=$(dd if=/dev/vda bs=32 count=1 2>/dev/null | tr -d '\000')
+echo "ramnas: vda held '$old'"
+printf 'written-%s' "$(cat /etc/ramnas-build)" | dd of=/dev/vda bs=32 count=1 conv=fsync 2>/dev/null
+"#;
+
+fn disk_fixture(build: &str) -> Fixture {
+    let mut fixture = Fixture::new(build);
+    fixture
+        .files
+        .push(("etc/fixture.d/disk.sh".into(), DISK_HOOK.into(), 0o644));
+    fixture
+}
+
+/// `cargo xtask vm ARGS…` with its VM state in `vm_dir`, small and under TCG.
+fn vm(vm_dir: &Path, out: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command
+        .args(["vm", "--out"])
+        .arg(out)
+        .args(["--mem", "512M", "--cpus", "1"])
+        .args(args)
+        .env("RAMNAS_ACCEL", "tcg")
+        .env("RAMNAS_VM_DIR", vm_dir)
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(mut command: Command) -> Output {
+    command.output().expect("running xtask vm")
+}
+
+/// pids of processes whose command line mentions `path` (qemu names the VM directory in its disk paths).
+fn processes_naming(path: &Path) -> Vec<String> {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(path)
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn assert_no_qemu(vm_dir: &Path) {
+    let left = processes_naming(vm_dir);
+    assert!(left.is_empty(), "qemu processes remain: {left:?}");
+}
+
+fn log(vm_dir: &Path) -> String {
+    fs::read_to_string(vm_dir.join("last-boot.log")).expect("vm/last-boot.log")
+}
+
+#[test]
+fn check_boots_the_fixture_with_persistent_data_disks() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+
+    let mut fixture = disk_fixture("one");
+    fixture.ucode = true;
+    let one = build_fixture(dir.path(), &fixture, "one");
+    let out = run(vm(&vm_dir, &one, &["--check"]));
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert_no_qemu(&vm_dir);
+    let first = log(&vm_dir);
+    for line in [
+        "ramnas: disk vda serial=ramnas-disk0",
+        "ramnas: disk vdb serial=ramnas-disk1",
+        "ramnas: vda held ''",
+        "ramnas: ready slot=none build=one",
+    ] {
+        assert!(first.lines().any(|l| l == line), "no {line:?} in\n{first}");
+        assert!(text.contains(line), "{line:?} not on the terminal:\n{text}");
+    }
+    for i in 0..2 {
+        assert!(vm_dir.join(format!("disks/disk{i}.qcow2")).exists());
+    }
+    // qemu takes one initrd: the microcode archive first, then the initramfs.
+    let joined = fs::read(vm_dir.join("initrd")).unwrap();
+    let ucode = fs::read(one.join("ucode.img")).unwrap();
+    assert!(joined.starts_with(&ucode));
+    assert_eq!(
+        joined[ucode.len()..],
+        fs::read(one.join("initramfs")).unwrap()
+    );
+
+    let two = build_fixture(dir.path(), &disk_fixture("two"), "two");
+    let out = run(vm(&vm_dir, &two, &["--check", "--expect", "build=two"]));
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_no_qemu(&vm_dir);
+    let second = log(&vm_dir);
+    assert!(
+        second
+            .lines()
+            .any(|l| l == "ramnas: vda held 'written-one'"),
+        "the data disk lost what the first run wrote:\n{second}"
+    );
+
+    let out = run(vm(&vm_dir, &two, &["--check", "--fresh-disks"]));
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_no_qemu(&vm_dir);
+    let third = log(&vm_dir);
+    assert!(
+        third.lines().any(|l| l == "ramnas: vda held ''"),
+        "--fresh-disks kept the old disk:\n{third}"
+    );
+}
+
+#[test]
+fn check_fails_naming_a_kernel_panic() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let mut fixture = Fixture::new("panic");
+    fixture.init = Init::Panic;
+    let out_dir = build_fixture(dir.path(), &fixture, "out");
+    let out = run(vm(&vm_dir, &out_dir, &["--check", "--disks", "0"]));
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("the kernel panicked"), "{text}");
+    assert!(text.contains("Kernel panic - not syncing"), "{text}");
+    assert_no_qemu(&vm_dir);
+}
+
+#[test]
+fn check_fails_by_timeout_when_the_line_never_comes() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let mut fixture = Fixture::new("silent");
+    fixture.init = Init::Silent;
+    let out_dir = build_fixture(dir.path(), &fixture, "out");
+    let out = run(vm(
+        &vm_dir,
+        &out_dir,
+        &["--check", "--disks", "0", "--timeout", "15"],
+    ));
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("timed out after 15s waiting for \"ramnas: ready\""),
+        "{text}"
+    );
+    assert_no_qemu(&vm_dir);
+}
+
+#[test]
+fn ctrl_c_stops_qemu() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let mut fixture = Fixture::new("silent");
+    fixture.init = Init::Silent;
+    let out_dir = build_fixture(dir.path(), &fixture, "out");
+    let mut command = vm(&vm_dir, &out_dir, &["--check", "--disks", "1"]);
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting xtask vm");
+    let start = Instant::now();
+    while !fs::read_to_string(vm_dir.join("last-boot.log"))
+        .unwrap_or_default()
+        .contains("ramnas: fixture stays silent")
+    {
+        assert!(
+            start.elapsed() < common::BOOT_TIMEOUT,
+            "the fixture never booted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let qemu = processes_naming(&vm_dir);
+    assert_eq!(qemu.len(), 1, "one qemu expected: {qemu:?}");
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        !Path::new("/proc").join(&qemu[0]).exists(),
+        "qemu {} outlived xtask vm",
+        qemu[0]
+    );
+    assert_no_qemu(&vm_dir);
+}
+
+#[test]
+fn interactive_vm_runs_the_console_on_the_terminal() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let out_dir = build_fixture(dir.path(), &Fixture::new("tty"), "out");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    // The fixture powers off after its ready line, which ends qemu and the command.
+    let out = run(vm(
+        &vm_dir,
+        &out_dir,
+        &["--disks", "1", "--ssh-port", &port],
+    ));
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("ssh -p {port} ")),
+        "no ssh command:\n{text}"
+    );
+    assert!(text.contains("Ctrl-a x"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ramnas: ready slot=none build=tty"),
+        "{text}"
+    );
+    assert!(log(&vm_dir).contains("ramnas: disk vda serial=ramnas-disk0"));
+    assert_no_qemu(&vm_dir);
+}
+
+#[test]
+fn interactive_vm_forwards_ssh_and_quits_on_ctrl_a_x() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let mut fixture = Fixture::new("quit");
+    fixture.init = Init::Silent;
+    let out_dir = build_fixture(dir.path(), &fixture, "out");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let terminal = dir.path().join("terminal");
+    let mut child = vm(
+        &vm_dir,
+        &out_dir,
+        &["--disks", "0", "--ssh-port", &port.to_string()],
+    )
+    .stdin(Stdio::piped())
+    .stdout(fs::File::create(&terminal).unwrap())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("starting xtask vm");
+    let start = Instant::now();
+    while !fs::read_to_string(vm_dir.join("last-boot.log"))
+        .unwrap_or_default()
+        .contains("ramnas: fixture stays silent")
+    {
+        assert!(
+            start.elapsed() < common::BOOT_TIMEOUT,
+            "the fixture never booted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // qemu listens on the forwarded port (nothing answers inside this guest, but the host side is there).
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the ssh port is not forwarded");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"\x01x").unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        fs::read_to_string(&terminal).unwrap()
+    );
+    assert!(fs::read_to_string(&terminal)
+        .unwrap()
+        .contains("ramnas: fixture stays silent"));
+    assert_no_qemu(&vm_dir);
+}
+
+/// A directory holding only links to the given host tools, for a PATH that lacks the others.
+fn path_with(dir: &Path, tools: &[&str]) -> PathBuf {
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    for tool in tools {
+        let real = which::which(tool).unwrap();
+        std::os::unix::fs::symlink(real, bin.join(tool)).unwrap();
+    }
+    bin
+}
+
+#[test]
+fn missing_qemu_tools_are_one_clear_error() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let out_dir = dir.path().join("out");
+
+    let mut command = vm(&vm_dir, &out_dir, &["--check"]);
+    command.env("PATH", path_with(&dir.path().join("none"), &[]));
+    let out = run(command);
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("qemu-system-x86_64 not found"), "{text}");
+    assert!(text.contains("apt-get install qemu-system-x86"), "{text}");
+
+    let mut command = vm(&vm_dir, &out_dir, &["--check"]);
+    command.env(
+        "PATH",
+        path_with(&dir.path().join("qemu"), &["qemu-system-x86_64"]),
+    );
+    let out = run(command);
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("qemu-img not found"), "{text}");
+    assert!(text.contains("apt-get install qemu-utils"), "{text}");
+    assert_eq!(text.lines().count(), 1, "more than one error line:\n{text}");
+}
+
+#[test]
+fn image_boots_the_stick_through_seabios_and_ovmf() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let out_dir = build_fixture(dir.path(), &Fixture::new("stick"), "out");
+    make_stick(dir.path(), &out_dir);
+
+    // Direct boot: the stick is attached all the same, as the only USB disk.
+    let out = run(vm(&vm_dir, &out_dir, &["--check", "--disks", "1"]));
+    assert!(out.status.success(), "{}", common::text(&out));
+    let direct = log(&vm_dir);
+    assert!(direct.contains("ramnas: disk sda"), "no stick:\n{direct}");
+    assert!(direct.contains("ramnas: ready slot=none"), "{direct}");
+    assert_no_qemu(&vm_dir);
+
+    let out = run(vm(
+        &vm_dir,
+        &out_dir,
+        &["--image", "--check", "--disks", "1"],
+    ));
+    assert!(out.status.success(), "{}", common::text(&out));
+    let bios = log(&vm_dir);
+    assert!(bios.contains("SYSLINUX"), "{bios}");
+    assert!(
+        bios.contains("ramnas: disk vda serial=ramnas-disk0"),
+        "{bios}"
+    );
+    assert!(bios.contains("ramnas: ready slot=a build=stick"), "{bios}");
+    assert_no_qemu(&vm_dir);
+
+    let out = run(vm(
+        &vm_dir,
+        &out_dir,
+        &["--image", "--uefi", "--check", "--disks", "1"],
+    ));
+    assert!(out.status.success(), "{}", common::text(&out));
+    let uefi = log(&vm_dir);
+    assert!(uefi.contains("EFI stub"), "{uefi}");
+    assert!(uefi.contains("ramnas: ready slot=a build=stick"), "{uefi}");
+    let template = xtask::qemu::ovmf().unwrap().1;
+    assert!(vm_dir.join(template.file_name().unwrap()).exists());
+    assert_no_qemu(&vm_dir);
+}
+
+#[test]
+fn missing_build_or_stick_is_one_clear_error() {
+    let dir = common::tempdir();
+    let vm_dir = dir.path().join("vm");
+    let out_dir = dir.path().join("out");
+    fs::create_dir_all(&out_dir).unwrap();
+
+    let out = run(vm(&vm_dir, &out_dir, &["--check"]));
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("out/vmlinuz not found"), "{text}");
+    assert!(text.contains("cargo xtask build"), "{text}");
+
+    let out = run(vm(&vm_dir, &out_dir, &["--check", "--image"]));
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("out/boot.img not found"), "{text}");
+    assert!(text.contains("cargo xtask image"), "{text}");
+    assert!(
+        !vm_dir.join("disks").exists(),
+        "disks made for a run that could not start"
+    );
+}
