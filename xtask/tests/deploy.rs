@@ -174,10 +174,22 @@ fn trial_boots_the_new_build_once_then_the_committed_one() {
 
     assert_eq!(boot(&img, d, "first"), "ramnas: ready slot=b build=dep-b");
     let st = status(d, &img);
+    // ldlinux spent the BIOS trial; the UEFI one (each firmware has its own try) is still armed.
     assert!(st.contains("trial: none armed"), "{st}");
-    assert!(st.contains("slot b:\n"), "{st}");
+    assert!(st.contains("slot b (armed for trial):\n"), "{st}");
+    assert!(st.contains("uefi: default a, trial b"), "{st}");
     assert_eq!(boot(&img, d, "second"), "ramnas: ready slot=a build=dep-a");
-    // The trial was booted and not committed by the NAS: on an image there is nothing left to commit.
+    // Rollback disarms it; then there is nothing left to commit.
+    let out = xtask(d, &["rollback", img.to_str().unwrap()]);
+    assert!(
+        out.contains("the trial boot of slot b is disarmed"),
+        "{out}"
+    );
+    let st = status(d, &img);
+    assert!(
+        st.contains("slot b:\n") && st.contains("uefi: default a, trial none"),
+        "{st}"
+    );
     let res = common::xtask(d, &["commit", img.to_str().unwrap()]);
     assert!(!res.status.success());
     assert!(
@@ -735,13 +747,19 @@ fn an_ssh_target_works_like_the_image() {
     .unwrap();
     let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
     // (Its UKI is still armed: only ldlinux spent the BIOS trial.)
-    assert!(st.contains("slot b (armed for trial, running on trial):"), "{st}");
+    assert!(
+        st.contains("slot b (armed for trial, running on trial):"),
+        "{st}"
+    );
     assert!(st.contains("running: b (trial boot)"), "{st}");
     let out = ok(xtask_ssh(d, &wrapper, &["commit", &target]));
     assert!(out.contains("slot b (build "), "{out}");
     let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
     assert!(st.contains("slot b (default, running on trial):"), "{st}");
-    assert!(st.contains("uefi: default b, trial none, next boot b"), "{st}");
+    assert!(
+        st.contains("uefi: default b, trial none, next boot b"),
+        "{st}"
+    );
     let cfg = fs::read_to_string(boot.join("syslinux/syslinux.cfg")).unwrap();
     assert!(cfg.contains("DEFAULT b\n"), "{cfg}");
     assert_eq!(cfg, fs::read_to_string(boot.join("syslinux.cfg")).unwrap());
