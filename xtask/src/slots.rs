@@ -499,6 +499,16 @@ pub fn deploy(
         );
     }
     write_temps(stick, target, build)?;
+    // A running NAS may have committed a trial meanwhile (ramnas-ready): then the target is the default now.
+    let default = boot_config(stick)?.and_then(|c| syslinux::default_label(&c));
+    if default.as_deref() != Some(keep.name()) {
+        bail!(
+            "{}: the default slot changed while the build was being written (to {}): did the NAS commit a \
+             trial? Nothing was changed but temporary files; run the deploy again",
+            stick.describe(),
+            default.as_deref().unwrap_or("none")
+        );
+    }
     detach(stick, table, target)?;
     if uki.is_some() && table.uefi.ukis.contains_key(keep.name()) {
         uefi::set_state(stick, keep.name(), None)?;
