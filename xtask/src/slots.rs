@@ -807,6 +807,86 @@ mod tests {
         );
     }
 
+    /// A directory stick on which "the NAS" commits slot b the first time a file is checked.
+    struct Racing {
+        inner: Dir,
+        root: std::path::PathBuf,
+        raced: bool,
+    }
+
+    impl Stick for Racing {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn list(&mut self, dir: &str) -> Result<Vec<stick::Entry>> {
+            self.inner.list(dir)
+        }
+        fn read_into(&mut self, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+            self.inner.read_into(path, out)
+        }
+        fn write(&mut self, path: &str, data: &mut dyn std::io::Read) -> Result<u64> {
+            self.inner.write(path, data)
+        }
+        fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+            self.inner.rename(from, to)
+        }
+        fn remove(&mut self, path: &str) -> Result<()> {
+            self.inner.remove(path)
+        }
+        fn create_dir_all(&mut self, dir: &str) -> Result<()> {
+            self.inner.create_dir_all(dir)
+        }
+        fn patch(&mut self, path: &str, offset: u64, bytes: &[u8]) -> Result<()> {
+            self.inner.patch(path, offset, bytes)
+        }
+        fn sync(&mut self) -> Result<()> {
+            self.inner.sync()
+        }
+        fn close(self: Box<Self>) -> Result<()> {
+            Box::new(self.inner).close()
+        }
+        fn sha256(&mut self, path: &str) -> Result<(u64, String)> {
+            if !std::mem::replace(&mut self.raced, true) {
+                for cfg in [syslinux::FALLBACK_CONFIG, syslinux::CONFIG] {
+                    let cfg = self.root.join(cfg);
+                    let text = fs::read_to_string(&cfg).unwrap();
+                    fs::write(&cfg, text.replace("DEFAULT a\n", "DEFAULT b\n")).unwrap();
+                }
+            }
+            self.inner.sha256(path)
+        }
+    }
+
+    #[test]
+    fn a_deploy_stops_before_touching_a_slot_the_nas_committed_meanwhile() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("stick");
+        fs::create_dir_all(root.join("syslinux")).unwrap();
+        let files = [("vmlinuz", "k1"), ("initramfs", "i1"), ("cmdline", "c\n")];
+        let one = build(&tmp.path().join("one"), "one", &files);
+        let two = build(
+            &tmp.path().join("two"),
+            "two",
+            &[("vmlinuz", "k2"), ("initramfs", "i2"), ("cmdline", "c\n")],
+        );
+        let mut stick = Racing {
+            inner: Dir::open(&root).unwrap(),
+            root: root.clone(),
+            raced: true,
+        };
+        install(&mut stick, Slot::A, &one).unwrap();
+        install(&mut stick, Slot::B, &one).unwrap();
+        write_boot_config(&mut stick, Slot::A).unwrap();
+        stick.raced = false;
+        let table = Table::read(&mut stick).unwrap();
+        let err = deploy(&mut stick, &table, &two, None, false).unwrap_err();
+        assert!(err.to_string().contains("default slot changed"), "{err}");
+        let table = Table::read(&mut stick).unwrap();
+        assert_eq!(table.default, Some(Slot::B));
+        assert_eq!(table.slots[&Slot::B].manifest.build_id, "one");
+        verify_slot(&mut stick, Slot::B).unwrap();
+    }
+
     #[test]
     fn a_build_without_a_kernel_is_refused() {
         let a = crate::manifest::Artifact {
