@@ -145,11 +145,13 @@ pub fn status(flags: TargetFlags) -> Result<()> {
             marks.push("armed for trial");
         }
         if running.and_then(|r| r.slot) == Some(slot) {
-            marks.push(if running.is_some_and(|r| r.trial) {
-                "running on trial"
-            } else {
-                "running"
-            });
+            marks.push(
+                if running.is_some_and(|r| slots::running_trial(&table, r).is_some()) {
+                    "running on trial"
+                } else {
+                    "running"
+                },
+            );
         }
         let marks = if marks.is_empty() {
             String::new()
@@ -189,7 +191,11 @@ pub fn status(flags: TargetFlags) -> Result<()> {
         );
     }
     if let Some(r) = running {
-        let trial = if r.trial { " (trial boot)" } else { "" };
+        let trial = if slots::running_trial(&table, r).is_some() {
+            " (trial boot)"
+        } else {
+            ""
+        };
         println!("running: {}{trial}", show(r.slot));
     }
     stick.close()

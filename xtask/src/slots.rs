@@ -569,7 +569,7 @@ fn detach(stick: &mut dyn Stick, table: &Table, slot: Slot) -> Result<()> {
 
 /// The slot a running NAS runs on trial: its command line says `ramnas.trial=1` (BIOS), or its UKI is a
 /// trial (UEFI: systemd-boot has counted the try, so it has none left by now).
-fn running_trial(table: &Table, running: Running) -> Option<Slot> {
+pub fn running_trial(table: &Table, running: Running) -> Option<Slot> {
     let slot = running.slot?;
     let uefi_trial = matches!(
         table.uefi.ukis.get(slot.name()),

@@ -308,6 +308,20 @@ fn commit_keeps_the_new_build_and_rollback_returns() {
     assert_eq!(s.read("persist/keep").unwrap(), b"user data");
 }
 
+/// The file names in EFI/Linux (UKIs and their temporary copies), sorted.
+fn uki_names(img: &Path) -> Vec<String> {
+    let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    let mut names: Vec<String> = s
+        .list(xtask::uefi::LINUX_DIR)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| !n.ends_with(".tmp"))
+        .collect();
+    names.sort();
+    names
+}
+
 /// Runs one deploy with the kill hook at point `n`.
 fn deploy_killed_at(dir: &Path, target: &Path, out: &Path, n: u32, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -370,8 +384,10 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
     assert_eq!(table(&base).trial(), Some(Slot::B));
 
     let stick = d.join("stick.img");
+    let efi_copy = d.join("efi.img");
     let mut n = 1;
     let mut seen = Vec::new();
+    let mut efi_seen: Vec<(u32, Vec<String>, String)> = Vec::new();
     loop {
         fs::copy(&base, &stick).unwrap();
         let res = deploy_killed_at(d, &stick, &b2, n, &[]);
@@ -386,6 +402,18 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
             common::text(&res)
         );
         let (slot, marker) = bootable(&stick, &markers);
+        // UEFI: booted (on a copy) at every point where the UKIs' names differ from the last one booted.
+        let names = uki_names(&stick);
+        if efi_seen.last().map(|(_, last, _)| last) != Some(&names) {
+            fs::copy(&stick, &efi_copy).unwrap();
+            let want = table(&stick).uefi.next_boot().unwrap().to_string();
+            let line = boot_uefi(&efi_copy, d, &format!("killed-{n}-efi"));
+            assert!(
+                line.starts_with(&format!("ramnas: ready slot={want} build=kill-")),
+                "killed at point {n}, UKIs {names:?}: {line}"
+            );
+            efi_seen.push((n, names, line));
+        }
         let line = boot(&stick, d, &format!("killed-{n}"));
         assert_eq!(
             line,
@@ -403,6 +431,18 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
         n += 1;
     }
     eprintln!("kill points: {seen:?}");
+    eprintln!("UEFI states booted: {efi_seen:#?}");
+    // Under UEFI too: the earlier trial, then the committed slot, then (once armed) the new trial.
+    let efi_lines: Vec<&str> = efi_seen.iter().map(|(_, _, l)| l.as_str()).collect();
+    assert_eq!(
+        efi_lines.first(),
+        Some(&"ramnas: ready slot=b build=kill-b1")
+    );
+    assert!(efi_lines.contains(&"ramnas: ready slot=a build=kill-a"));
+    assert_eq!(
+        efi_lines.last(),
+        Some(&"ramnas: ready slot=b build=kill-b2")
+    );
     // Every point was reached: the whole deploy has at least the writes of five files and two configs, and
     // the stops saw all three builds come up (the earlier trial, the committed build, the new trial).
     assert!(n > 20, "only {} kill points", n - 1);
@@ -416,9 +456,10 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
         boot(&stick, d, "finished"),
         "ramnas: ready slot=b build=kill-b2"
     );
+    // The BIOS boot spent only the BIOS trial: UEFI boots the new trial once too.
     assert_eq!(
         boot_uefi(&stick, d, "finished-efi"),
-        "ramnas: ready slot=a build=kill-a"
+        "ramnas: ready slot=b build=kill-b2"
     );
 }
 
