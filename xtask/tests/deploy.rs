@@ -432,17 +432,14 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
     }
     eprintln!("kill points: {seen:?}");
     eprintln!("UEFI states booted: {efi_seen:#?}");
-    // Under UEFI too: the earlier trial, then the committed slot, then (once armed) the new trial.
+    // Under UEFI too: the earlier trial, then the committed slot (the new trial is armed by the very last
+    // change, a rename, so no stop sees it; the finished deploy's UEFI boot below does).
     let efi_lines: Vec<&str> = efi_seen.iter().map(|(_, _, l)| l.as_str()).collect();
-    assert_eq!(
-        efi_lines.first(),
-        Some(&"ramnas: ready slot=b build=kill-b1")
-    );
-    assert!(efi_lines.contains(&"ramnas: ready slot=a build=kill-a"));
-    assert_eq!(
-        efi_lines.last(),
-        Some(&"ramnas: ready slot=b build=kill-b2")
-    );
+    assert_eq!(efi_lines[0], "ramnas: ready slot=b build=kill-b1");
+    assert!(efi_lines[1..]
+        .iter()
+        .all(|l| *l == "ramnas: ready slot=a build=kill-a"));
+    assert!(efi_seen.len() >= 4, "{efi_seen:?}");
     // Every point was reached: the whole deploy has at least the writes of five files and two configs, and
     // the stops saw all three builds come up (the earlier trial, the committed build, the new trial).
     assert!(n > 20, "only {} kill points", n - 1);
