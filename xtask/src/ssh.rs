@@ -201,17 +201,16 @@ impl Ssh {
     }
 
     fn disconnect(&mut self) {
-        if !std::mem::take(&mut self.open) {
-            return;
+        if std::mem::take(&mut self.open) {
+            let mut args = self.base_args();
+            args.extend(["-O".into(), "exit".into(), self.dest.clone().into()]);
+            let _ = duct::cmd(&self.program, args)
+                .stdin_null()
+                .stdout_null()
+                .stderr_null()
+                .unchecked()
+                .run();
         }
-        let mut args = self.base_args();
-        args.extend(["-O".into(), "exit".into(), self.dest.clone().into()]);
-        let _ = duct::cmd(&self.program, args)
-            .stdin_null()
-            .stdout_null()
-            .stderr_null()
-            .unchecked()
-            .run();
         let _ = fs::remove_dir_all(&self.control);
     }
 }
