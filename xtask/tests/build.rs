@@ -441,6 +441,70 @@ fn unchanged_build_rewrites_nothing() {
     assert_ne!(snapshot(&out), before);
 }
 
+/// An unchanged tree is not even packed (OUT/.inputs records the tree's metadata and the products);
+/// a touched file, another setting or a product changed behind the build's back make it pack again.
+#[test]
+fn unchanged_tree_is_not_repacked() {
+    let dir = common::tempdir();
+    let tree = mini_tree(dir.path());
+    let out = dir.path().join("out");
+    let build = |extra: &[&str]| {
+        let mut args = vec![
+            "build",
+            "--base",
+            tree.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        text(&xtask_ok(dir.path(), &args))
+    };
+    let packs = |t: &str| t.contains("packing the initramfs");
+    assert!(packs(&build(&[])));
+    let before = snapshot(&out);
+    let second = build(&[]);
+    assert!(!packs(&second), "{second}");
+    assert!(second.contains("nothing changed"), "{second}");
+    assert_eq!(snapshot(&out), before);
+
+    // Same contents, new mtime: packed again, and then the products turn out the same.
+    let hostname = tree.join("etc/hostname");
+    let later =
+        fs::metadata(&hostname).unwrap().modified().unwrap() + std::time::Duration::from_secs(5);
+    fs::File::options()
+        .write(true)
+        .open(&hostname)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let touched = build(&[]);
+    assert!(packs(&touched), "{touched}");
+    assert!(
+        touched.contains("nothing changed since the last build"),
+        "{touched}"
+    );
+    assert_eq!(snapshot(&out).get("initramfs"), before.get("initramfs"));
+    assert!(!packs(&build(&[])), "the touch was recorded");
+
+    // Another compression: packed.
+    let gzip = build(&["--compression", "gzip"]);
+    assert!(packs(&gzip), "{gzip}");
+    assert!(!packs(&build(&["--compression", "gzip"])));
+
+    // A product changed behind the build's back: packed and put right.
+    fs::write(out.join("initramfs"), "garbage").unwrap();
+    let repaired = build(&["--compression", "gzip"]);
+    assert!(packs(&repaired), "{repaired}");
+    Manifest::load(&out.join("manifest.json"))
+        .unwrap()
+        .verify(&out)
+        .unwrap();
+
+    // A new file: packed.
+    fs::write(tree.join("etc/motd"), "hello\n").unwrap();
+    assert!(packs(&build(&["--compression", "gzip"])));
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The alpine-make-rootfs seam.
 
