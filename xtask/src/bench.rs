@@ -1,5 +1,893 @@
-//! `cargo xtask bench`: measure packing, booting and flashing against the shell pipeline.
+//! `cargo xtask bench`: measure packing, booting and flashing against the plain shell pipeline.
+//!
+//! Each case runs once to warm up, then `--runs` times, alternating with its baseline so that both see
+//! the same machine load; the table gives the median, the spread (min–max), the ratio of the medians and
+//! whether the goal of issue 9 holds. Speed is claimed only from here, never from a timed test.
+//!
+//! What runs, in order:
+//! 1. the tree: `--tree`, or a fixture with the Debian kernel's whole module directory (~500 MB);
+//! 2. pack → zstd, gzip, xz: our packer in a child process (this binary with [`PACK_CHILD`] set, so its
+//!    wall time and peak memory are its own) against `find . | cpio -o -H newc | <compressor>` run with
+//!    the tree as the working directory (`/boot` pruned from `find`, as our packer leaves it out too);
+//! 3. packer peak memory: the child's `ru_maxrss` from `wait4`, per format;
+//! 4. no-change rebuild: `cargo xtask build --base TREE` a second time;
+//! 5. boot to `ramnas: ready` under TCG: the default build against the seed's gzip archive of the same
+//!    tree (with `/dev/console` and `/dev/null` in a small archive in front, which the seed's tree needs
+//!    for a console);
+//! 6. flash a 1 GiB image holding 300 MiB of data to a loop device: `cargo xtask flash` against
+//!    `dd bs=4M conv=fsync` (needs root and a free loop device; skipped with the reason otherwise).
 
-pub fn run(_flags: crate::flags::BenchFlags) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::flags::{BenchFlags, Compression};
+use crate::{fixture, initramfs, qemu};
+
+/// Set (to `FORMAT OUTPUT`) in the environment of the child that packs `--tree`: the hidden entry point
+/// that lets the packer run in a process of its own.
+pub const PACK_CHILD: &str = "RAMNAS_BENCH_PACK";
+
+/// The source date the packer children use (the build's default).
+const SOURCE_DATE: u32 = 0;
+
+/// How long a benchmark boot may take before the case fails.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The flash case's image: its size, and how much of it holds data.
+const FLASH_IMAGE: u64 = 1 << 30;
+const FLASH_DATA: u64 = 300 << 20;
+
+pub fn run(flags: BenchFlags) -> Result<()> {
+    if let Some(spec) = std::env::var_os(PACK_CHILD) {
+        return pack_child(&flags, &spec.to_string_lossy());
+    }
+    if flags.runs == 0 {
+        bail!("--runs 0: nothing to measure; give at least 1");
+    }
+    let work = Work::new()?;
+    let tree = match &flags.tree {
+        Some(tree) => {
+            if !tree.is_dir() {
+                bail!("--tree {}: not a directory", tree.display());
+            }
+            fs::canonicalize(tree).with_context(|| format!("reading {}", tree.display()))?
+        }
+        None => default_tree(&work.0)?,
+    };
+    let exe = std::env::current_exe().context("finding this program")?;
+    let load_before = loadavg();
+    eprintln!(
+        "ramnas bench: {} ({} entries), {} runs after one warm-up, {} CPUs, load average {load_before}",
+        tree.display(),
+        initramfs::scan(&tree, SOURCE_DATE)?.len(),
+        flags.runs,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    let bench = Bench {
+        exe,
+        tree,
+        work: work.0.clone(),
+        runs: flags.runs,
+    };
+
+    let mut rows = Vec::new();
+    for format in [Compression::Zstd, Compression::Gzip, Compression::Xz] {
+        rows.extend(bench.pack(format));
+    }
+    rows.push(bench.rebuild());
+    rows.push(bench.boot());
+    rows.push(bench.flash());
+
+    let load_after = loadavg();
+    let table = table(&rows);
+    println!("{table}");
+    if let Some(path) = &flags.markdown {
+        let text = format!(
+            "# `cargo xtask bench`\n\n\
+             Tree: {} ({} runs after one warm-up). Machine: {} CPUs, load average {load_before} before, \
+             {load_after} after.\n\n{table}\n{}\n",
+            if flags.tree.is_some() {
+                bench.tree.display().to_string()
+            } else {
+                "the fixture with the Debian kernel's whole module directory".to_string()
+            },
+            flags.runs,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            NOTES,
+        );
+        write_atomically(path, text.as_bytes())?;
+        eprintln!("wrote {}", path.display());
+    }
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| matches!(r.result, Outcome::Failed(_)))
+        .map(|r| r.case.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("cases failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+const NOTES: &str = "\
+- Times are wall-clock seconds: median (min–max). Ratio: our median / the baseline's median.
+- pack: our packer (`initramfs::pack`, as `cargo xtask build` runs it) in a process of its own, against \
+`find . | cpio -o -H newc | <compressor>` in the tree (`/boot` pruned, as the packer leaves it out).
+- memory: the packer process's peak resident set (`ru_maxrss`).
+- sizes: our output against the baseline's.
+- boot: qemu (TCG, 1 CPU, 2 GiB) from start to the `ramnas: ready` line, booting `cargo xtask build`'s \
+default format; the baseline boots the seed's gzip archive of the same tree (the sizes are the two archives).
+- flash: `cargo xtask flash --yes --force --wipe` (writes the data ranges, then reads every one back and \
+compares) against `dd bs=4M conv=fsync` of the whole image, to the same loop device (direct I/O when the \
+file system allows it; `sync` before each run).";
+
+/// The hidden entry point: packs `--tree` into OUTPUT with FORMAT, as `cargo xtask build` would.
+fn pack_child(flags: &BenchFlags, spec: &str) -> Result<()> {
+    let (format, output) = spec
+        .split_once(' ')
+        .with_context(|| format!("{PACK_CHILD}={spec:?}: expected `FORMAT OUTPUT`"))?;
+    let format = <Compression as clap::ValueEnum>::from_str(format, false)
+        .map_err(|e| anyhow::anyhow!("{PACK_CHILD}: {e}"))?;
+    let tree = flags
+        .tree
+        .as_deref()
+        .context("the packer child needs --tree")?;
+    let out = fs::File::create(output).with_context(|| format!("creating {output}"))?;
+    initramfs::pack(tree, SOURCE_DATE, format, out)?;
+    Ok(())
+}
+
+struct Bench {
+    exe: PathBuf,
+    tree: PathBuf,
+    work: PathBuf,
+    runs: u32,
+}
+
+impl Bench {
+    /// Runs `ours` and `baseline` alternately: a warm-up of each, then `runs` measured pairs.
+    fn pairs<A, B>(
+        &self,
+        what: &str,
+        mut ours: impl FnMut() -> Result<A>,
+        mut baseline: impl FnMut() -> Result<B>,
+    ) -> Result<(Vec<A>, Vec<B>)> {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for run in 0..=self.runs {
+            let label = if run == 0 {
+                "warm-up".to_string()
+            } else {
+                format!("run {run}/{}", self.runs)
+            };
+            eprintln!("  {what}: {label}");
+            let x = baseline()?;
+            let y = ours()?;
+            if run > 0 {
+                b.push(x);
+                a.push(y);
+            }
+        }
+        Ok((a, b))
+    }
+
+    /// pack → FORMAT against the cpio pipeline, and the packer's peak memory.
+    fn pack(&self, format: Compression) -> Vec<Row> {
+        let name = format_name(format);
+        let case = format!("pack → {name}");
+        let ours_out = self.work.join(format!("pack.{name}"));
+        let base_out = self.work.join(format!("baseline.{name}"));
+        let measured = self.pairs(
+            &case,
+            || self.pack_in_child(format, &ours_out),
+            || timed(|| baseline_pack(&self.tree, format, &base_out)).map(|(t, ())| t),
+        );
+        let (ours, base) = match measured {
+            Ok(m) => m,
+            Err(err) => {
+                return vec![
+                    Row::failed(&case, &err),
+                    Row::failed(&format!("packer peak memory ({name})"), &err),
+                ]
+            }
+        };
+        let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let (ours_size, base_size) = (size(&ours_out), size(&base_out));
+        let _ = fs::remove_file(&ours_out);
+        let _ = fs::remove_file(&base_out);
+        let goal = match format {
+            Compression::Zstd => Goal::Ratio(0.6),
+            Compression::Gzip => Goal::Ratio(0.5),
+            _ => Goal::Ratio(1.0),
+        };
+        let mut time_row = Row::compare(&case, ours.iter().map(|(t, _)| *t).collect(), base, goal);
+        time_row.sizes = Some((ours_size, base_size));
+        if format == Compression::Xz {
+            time_row.size_goal = Some(1.01);
+        }
+        let memory = Row::alone(
+            &format!("packer peak memory ({name})"),
+            Samples::bytes(ours.iter().map(|(_, rss)| *rss).collect()),
+            Goal::Bytes(64 << 20),
+        );
+        vec![time_row, memory]
+    }
+
+    /// Runs this program as the packer child; returns its wall time and peak resident set in bytes.
+    fn pack_in_child(&self, format: Compression, output: &Path) -> Result<(f64, f64)> {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(["bench", "--tree"])
+            .arg(&self.tree)
+            .env(
+                PACK_CHILD,
+                format!("{} {}", format_name(format), output.display()),
+            )
+            .stdin(std::process::Stdio::null());
+        let started = Instant::now();
+        let (ok, rss) = run_with_rusage(command)?;
+        let elapsed = started.elapsed().as_secs_f64();
+        if !ok {
+            bail!("the packer failed on {}", self.tree.display());
+        }
+        Ok((elapsed, rss as f64))
+    }
+
+    /// `cargo xtask build --base TREE` once, then again with nothing changed.
+    fn rebuild(&self) -> Row {
+        let case = "no-change rebuild";
+        let out = self.work.join("rebuild-out");
+        let result = (|| -> Result<Vec<f64>> {
+            eprintln!("  {case}: first build");
+            self.build(&out, &[])?;
+            let mut samples = Vec::new();
+            for run in 0..=self.runs {
+                eprintln!("  {case}: run {run}/{}", self.runs);
+                let (t, text) = timed(|| self.build(&out, &[]))?;
+                if !text.contains("nothing changed") {
+                    bail!("the second build did not find the tree unchanged:\n{text}");
+                }
+                if run > 0 {
+                    samples.push(t);
+                }
+            }
+            Ok(samples)
+        })();
+        let _ = fs::remove_dir_all(&out);
+        match result {
+            Ok(samples) => Row::alone(case, Samples::seconds(samples), Goal::Seconds(1.0)),
+            Err(err) => Row::failed(case, &err),
+        }
+    }
+
+    /// `cargo xtask build --base TREE --out OUT EXTRA…` in the work directory (no system/ there: defaults);
+    /// returns its output.
+    fn build(&self, out: &Path, extra: &[&str]) -> Result<String> {
+        let output = Command::new(&self.exe)
+            .arg("build")
+            .arg("--base")
+            .arg(&self.tree)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .current_dir(&self.work)
+            .output()
+            .context("running cargo xtask build")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if !output.status.success() {
+            bail!(
+                "cargo xtask build --base {} failed:\n{text}",
+                self.tree.display()
+            );
+        }
+        Ok(text)
+    }
+
+    /// Boot to `ramnas: ready` under TCG: the default build against the seed's gzip archive.
+    fn boot(&self) -> Row {
+        let case = "boot to `ramnas: ready` (TCG)";
+        let out = self.work.join("boot-out");
+        let seed = self.work.join("seed-initramfs.gz");
+        let result = (|| -> Result<Row> {
+            eprintln!("  {case}: building both archives");
+            self.build(&out, &[])?;
+            seed_archive(&self.tree, &self.work, &seed)?;
+            let kernel = out.join("vmlinuz");
+            let initramfs = out.join("initramfs");
+            let (ours, base) = self.pairs(
+                case,
+                || self.boot_once(&kernel, &initramfs, "ours"),
+                || self.boot_once(&kernel, &seed, "seed"),
+            )?;
+            let mut row = Row::compare(case, ours, base, Goal::Ratio(0.85));
+            row.sizes = Some((fs::metadata(&initramfs)?.len(), fs::metadata(&seed)?.len()));
+            Ok(row)
+        })();
+        let _ = fs::remove_dir_all(&out);
+        let _ = fs::remove_file(&seed);
+        result.unwrap_or_else(|err| Row::failed(case, &err))
+    }
+
+    fn boot_once(&self, kernel: &Path, initrd: &Path, name: &str) -> Result<f64> {
+        let mut machine = qemu::Machine::new(qemu::Accel::Tcg);
+        // The unpacked tree, the archive and the kernel all live in RAM.
+        machine.mem = "2G".to_string();
+        machine.direct = Some(qemu::Direct {
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            append: "console=ttyS0 panic=-1".to_string(),
+        });
+        let started = Instant::now();
+        let mut vm = machine.start(&self.work.join(format!("boot-{name}.log")), false)?;
+        vm.expect("ramnas: ready", BOOT_TIMEOUT)
+            .with_context(|| format!("booting {}", initrd.display()))?;
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    /// Flash a 1 GiB image with 300 MiB of data to a loop device, against dd.
+    fn flash(&self) -> Row {
+        let case = "flash 1 GiB image (300 MiB data) to a loop device";
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Row::skipped(case, "needs root (loop devices); run the bench as root");
+        }
+        if which::which("losetup").is_err() {
+            return Row::skipped(case, "no losetup on this machine");
+        }
+        let image = self.work.join("flash.img");
+        let backing = self.work.join("flash-device.img");
+        let row = (|| -> Result<Row> {
+            write_sparse_image(&image)?;
+            let file = fs::File::create(&backing)
+                .with_context(|| format!("creating {}", backing.display()))?;
+            file.set_len(FLASH_IMAGE)?;
+            let device = match Loop::attach(&backing) {
+                Ok(device) => device,
+                Err(err) => {
+                    return Ok(Row::skipped(case, &format!("no free loop device: {err:#}")))
+                }
+            };
+            let mut unavailable = None;
+            let measured = self.pairs(
+                case,
+                || {
+                    settle();
+                    let (t, res) = timed(|| flash_child(&self.exe, &image, &device.0))?;
+                    if let Err(why) = res {
+                        unavailable = Some(why);
+                        bail!("flash not available");
+                    }
+                    Ok(t)
+                },
+                || {
+                    settle();
+                    timed(|| dd(&image, &device.0)).map(|(t, ())| t)
+                },
+            );
+            Ok(match (measured, unavailable) {
+                (_, Some(why)) => Row::skipped(case, &why),
+                (Ok((ours, base)), None) => Row::compare(case, ours, base, Goal::Ratio(0.5)),
+                (Err(err), None) => Row::failed(case, &err),
+            })
+        })()
+        .unwrap_or_else(|err| Row::failed(case, &err));
+        let _ = fs::remove_file(&image);
+        let _ = fs::remove_file(&backing);
+        row
+    }
+}
+
+/// The default tree: the fixture with every kernel module, written into the work directory.
+fn default_tree(work: &Path) -> Result<PathBuf> {
+    let tree = work.join("tree");
+    eprintln!(
+        "ramnas bench: writing the fixture tree (the Debian kernel's whole module directory) to {}",
+        tree.display()
+    );
+    let mut f = fixture::Fixture::new("bench");
+    f.all_modules = true;
+    f.write(&tree).context("writing the bench fixture")?;
+    Ok(tree)
+}
+
+/// `find . | cpio -o -H newc | <compressor>` in the tree, into `out`.
+fn baseline_pack(tree: &Path, format: Compression, out: &Path) -> Result<()> {
+    let find = duct::cmd!("find", ".", "-path", "./boot", "-prune", "-o", "-print").dir(tree);
+    let cpio = duct::cmd!("cpio", "-o", "-H", "newc", "--quiet").dir(tree);
+    let compress = match format {
+        Compression::Zstd => duct::cmd!("zstd", "-q", "-T0"),
+        Compression::Gzip => duct::cmd!("gzip"),
+        Compression::Xz => duct::cmd!("xz", "-T0", "--check=crc32"),
+        Compression::None => duct::cmd!("cat"),
+    };
+    find.pipe(cpio)
+        .pipe(compress)
+        .stdout_path(out)
+        .run()
+        .with_context(|| {
+            format!(
+                "running find | cpio -o -H newc | {} in {}",
+                format_name(format),
+                tree.display()
+            )
+        })?;
+    Ok(())
+}
+
+/// The seed's boot archive: `find . | cpio -o -H newc | gzip` of the tree, after a small gzip'd archive
+/// holding `/dev/console` and `/dev/null` (the kernel opens the console before /init; a tree made by
+/// alpine-make-rootfs has an empty /dev). The kernel unpacks concatenated archives one after the other.
+fn seed_archive(tree: &Path, work: &Path, out: &Path) -> Result<()> {
+    let empty = work.join("empty-tree");
+    fs::create_dir_all(&empty)?;
+    let nodes = work.join("dev-nodes.gz");
+    let file = fs::File::create(&nodes)?;
+    initramfs::pack(&empty, SOURCE_DATE, Compression::Gzip, file)?;
+    let body = work.join("seed-body.gz");
+    baseline_pack(tree, Compression::Gzip, &body)?;
+    let mut dst = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    for part in [&nodes, &body] {
+        std::io::copy(&mut fs::File::open(part)?, &mut dst)?;
+        fs::remove_file(part)?;
+    }
+    fs::remove_dir(&empty)?;
+    Ok(())
+}
+
+/// A sparse image of [`FLASH_IMAGE`] bytes holding [`FLASH_DATA`] bytes of incompressible data in 4 MiB
+/// extents spread over the whole image, without a partition table (so `flash` writes the data ranges and
+/// its guard ranges at both ends of the device, nothing else).
+fn write_sparse_image(path: &Path) -> Result<()> {
+    let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(FLASH_IMAGE)?;
+    let extent = 4u64 << 20;
+    let count = FLASH_DATA / extent;
+    let stride = (FLASH_IMAGE / count) & !((1 << 20) - 1);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = vec![0u8; extent as usize];
+    for i in 0..count {
+        for word in buf.chunks_exact_mut(8) {
+            // xorshift64: cheap bytes no compressor or deduplication could shortcut.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        file.write_all_at(&buf, i * stride)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    // No partition table: sector 0 must not end in the MBR signature by chance.
+    file.write_all_at(&[0u8; 512], 0)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// `cargo xtask flash DEVICE --image IMAGE --yes --force --wipe`: `Err(why)` when this build has no
+/// working flash command.
+fn flash_child(exe: &Path, image: &Path, device: &Path) -> Result<std::result::Result<(), String>> {
+    let output = Command::new(exe)
+        .arg("flash")
+        .arg(device)
+        .arg("--image")
+        .arg(image)
+        .args(["--yes", "--force", "--wipe"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running cargo xtask flash")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        return Ok(Ok(()));
+    }
+    if stderr.contains("not implemented") {
+        return Ok(Err(format!(
+            "flash not available in this build (`cargo xtask flash`: {})",
+            stderr.trim()
+        )));
+    }
+    bail!("cargo xtask flash {} failed:\n{stderr}", device.display())
+}
+
+fn dd(image: &Path, device: &Path) -> Result<()> {
+    let mut input = std::ffi::OsString::from("if=");
+    input.push(image);
+    let mut output = std::ffi::OsString::from("of=");
+    output.push(device);
+    duct::cmd!("dd", input, output, "bs=4M", "conv=fsync", "status=none")
+        .run()
+        .context("running dd")?;
+    Ok(())
+}
+
+/// Writes back every dirty page before a timed flash or dd, so that neither pays for the other's
+/// writeback.
+fn settle() {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(PathBuf);
+
+impl Loop {
+    /// In direct-I/O mode when the file system allows it: writes then reach the disk as they would a
+    /// stick's, instead of stopping in the host's page cache.
+    fn attach(file: &Path) -> Result<Loop> {
+        let direct = duct::cmd!("losetup", "--find", "--show", "--direct-io=on", file)
+            .stderr_capture()
+            .read();
+        let dev = match direct {
+            Ok(dev) => dev,
+            Err(_) => duct::cmd!("losetup", "--find", "--show", file)
+                .stderr_capture()
+                .read()
+                .context("losetup --find --show")?,
+        };
+        Ok(Loop(PathBuf::from(dev.trim())))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = duct::cmd!("losetup", "-d", &self.0).run();
+    }
+}
+
+/// Runs `command` and reaps it with wait4: (exited successfully, peak resident set in bytes).
+fn run_with_rusage(mut command: Command) -> Result<(bool, u64)> {
+    let child = command.spawn().context("starting the packer child")?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits for our own child; `status` and `usage` are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err).context("waiting for the packer child");
+        }
+    }
+    // The child is reaped: forget the handle so nothing waits for it again.
+    std::mem::forget(child);
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    Ok((ok, usage.ru_maxrss as u64 * 1024))
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
+    let started = Instant::now();
+    let value = f()?;
+    Ok((started.elapsed().as_secs_f64(), value))
+}
+
+fn format_name(c: Compression) -> &'static str {
+    match c {
+        Compression::Zstd => "zstd",
+        Compression::Xz => "xz",
+        Compression::Gzip => "gzip",
+        Compression::None => "none",
+    }
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| {
+            let parts: Vec<&str> = s.split_whitespace().take(3).collect();
+            (parts.len() == 3).then(|| parts.join(" "))
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The bench's scratch directory under $TMPDIR, removed on drop.
+struct Work(PathBuf);
+
+impl Work {
+    fn new() -> Result<Work> {
+        let dir = std::env::temp_dir().join(format!("ramnas-bench-{}", std::process::id()));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Work(dir))
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Results.
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Unit {
+    Seconds,
+    Bytes,
+}
+
+#[derive(Debug, Clone)]
+struct Samples {
+    values: Vec<f64>,
+    unit: Unit,
+}
+
+impl Samples {
+    fn seconds(values: Vec<f64>) -> Samples {
+        Samples {
+            values,
+            unit: Unit::Seconds,
+        }
+    }
+
+    fn bytes(values: Vec<f64>) -> Samples {
+        Samples {
+            values,
+            unit: Unit::Bytes,
+        }
+    }
+
+    fn median(&self) -> f64 {
+        let mut v = self.values.clone();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            f64::NAN
+        } else if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    }
+
+    fn min(&self) -> f64 {
+        self.values.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    fn max(&self) -> f64 {
+        self.values
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    fn number(&self, v: f64) -> String {
+        match self.unit {
+            Unit::Seconds => format!("{v:.2}"),
+            Unit::Bytes => format!("{:.1}", v / (1024.0 * 1024.0)),
+        }
+    }
+
+    /// `median unit (min–max unit)`.
+    fn summary(&self) -> String {
+        let unit = match self.unit {
+            Unit::Seconds => "s",
+            Unit::Bytes => "MiB",
+        };
+        format!(
+            "{} {unit} ({}–{} {unit})",
+            self.number(self.median()),
+            self.number(self.min()),
+            self.number(self.max())
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    /// Our median at most this times the baseline's.
+    Ratio(f64),
+    /// Our median at most this many seconds.
+    Seconds(f64),
+    /// Our median at most this many bytes.
+    Bytes(u64),
+}
+
+impl Goal {
+    fn show(&self) -> String {
+        match self {
+            Goal::Ratio(r) => format!("≤ {r:.2}×"),
+            Goal::Seconds(s) => format!("≤ {s} s"),
+            Goal::Bytes(b) => format!("≤ {} MB", b >> 20),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Measured {
+        ours: Samples,
+        baseline: Option<Samples>,
+    },
+    Skipped(String),
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct Row {
+    case: String,
+    goal: Goal,
+    result: Outcome,
+    /// Output sizes: ours and the baseline's.
+    sizes: Option<(u64, u64)>,
+    /// Our size at most this times the baseline's.
+    size_goal: Option<f64>,
+}
+
+impl Row {
+    fn compare(case: &str, ours: Vec<f64>, baseline: Vec<f64>, goal: Goal) -> Row {
+        Row {
+            case: case.to_string(),
+            goal,
+            result: Outcome::Measured {
+                ours: Samples::seconds(ours),
+                baseline: Some(Samples::seconds(baseline)),
+            },
+            sizes: None,
+            size_goal: None,
+        }
+    }
+
+    fn alone(case: &str, ours: Samples, goal: Goal) -> Row {
+        Row {
+            case: case.to_string(),
+            goal,
+            result: Outcome::Measured {
+                ours,
+                baseline: None,
+            },
+            sizes: None,
+            size_goal: None,
+        }
+    }
+
+    fn skipped(case: &str, why: &str) -> Row {
+        eprintln!("  {case}: skipped: {why}");
+        Row {
+            case: case.to_string(),
+            goal: Goal::Ratio(f64::NAN),
+            result: Outcome::Skipped(why.to_string()),
+            sizes: None,
+            size_goal: None,
+        }
+    }
+
+    fn failed(case: &str, err: &anyhow::Error) -> Row {
+        eprintln!("  {case}: FAILED: {err:#}");
+        Row {
+            case: case.to_string(),
+            goal: Goal::Ratio(f64::NAN),
+            result: Outcome::Failed(format!("{err:#}")),
+            sizes: None,
+            size_goal: None,
+        }
+    }
+
+    /// The ratio to the baseline (for comparisons), and whether the goal holds.
+    fn verdict(&self) -> (Option<f64>, bool) {
+        let Outcome::Measured { ours, baseline } = &self.result else {
+            return (None, false);
+        };
+        let ratio = baseline.as_ref().map(|b| ours.median() / b.median());
+        let time_ok = match self.goal {
+            Goal::Ratio(max) => ratio.is_some_and(|r| r <= max),
+            Goal::Seconds(max) => ours.median() <= max,
+            Goal::Bytes(max) => ours.median() <= max as f64,
+        };
+        let size_ok = match (self.size_goal, self.sizes) {
+            (Some(max), Some((o, b))) => b > 0 && o as f64 / b as f64 <= max,
+            _ => true,
+        };
+        (ratio, time_ok && size_ok)
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| case | ours: median (min–max) | baseline: median (min–max) | ratio | goal | holds | notes |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        let line = match &row.result {
+            Outcome::Skipped(why) => format!("| {} | — | — | — | — | skipped | {why} |", row.case),
+            Outcome::Failed(why) => {
+                let first = why.lines().next().unwrap_or("");
+                format!("| {} | — | — | — | — | FAILED | {first} |", row.case)
+            }
+            Outcome::Measured { ours, baseline } => {
+                let (ratio, holds) = row.verdict();
+                let mut goal = row.goal.show();
+                let mut notes = String::new();
+                if let Some((o, b)) = row.sizes {
+                    let mib = |x: u64| x as f64 / (1024.0 * 1024.0);
+                    notes = format!(
+                        "size {:.1} MiB vs {:.1} MiB ({:.3}×)",
+                        mib(o),
+                        mib(b),
+                        o as f64 / b.max(1) as f64
+                    );
+                }
+                if let Some(max) = row.size_goal {
+                    goal.push_str(&format!(", size ≤ {max:.2}×"));
+                }
+                format!(
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    row.case,
+                    ours.summary(),
+                    baseline.as_ref().map_or("—".to_string(), |b| b.summary()),
+                    ratio.map_or("—".to_string(), |r| format!("{r:.2}×")),
+                    goal,
+                    if holds { "yes" } else { "no" },
+                    notes
+                )
+            }
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        let s = Samples::seconds(vec![3.0, 1.0, 2.0, 10.0]);
+        assert_eq!(s.median(), 2.5);
+        assert_eq!((s.min(), s.max()), (1.0, 10.0));
+        assert_eq!(s.summary(), "2.50 s (1.00–10.00 s)");
+    }
+
+    #[test]
+    fn verdicts() {
+        let row = Row::compare(
+            "x",
+            vec![1.0, 1.2, 1.1],
+            vec![2.0, 2.0, 2.0],
+            Goal::Ratio(0.6),
+        );
+        assert_eq!(row.verdict(), (Some(0.55), true));
+        let row = Row::compare("x", vec![1.3], vec![2.0], Goal::Ratio(0.6));
+        assert!(!row.verdict().1);
+        let mut xz = Row::compare("xz", vec![1.0], vec![1.0], Goal::Ratio(1.0));
+        xz.size_goal = Some(1.01);
+        xz.sizes = Some((102, 100));
+        assert!(!xz.verdict().1, "a size 2% over the baseline fails");
+        xz.sizes = Some((100, 100));
+        assert!(xz.verdict().1);
+        let mem = Row::alone(
+            "m",
+            Samples::bytes(vec![70.0 * 1048576.0]),
+            Goal::Bytes(64 << 20),
+        );
+        assert!(!mem.verdict().1);
+    }
 }

@@ -8,6 +8,10 @@
 //! 4. everything else packed into a compressed newc cpio;
 //! 5. the manifest, then every product renamed into place — or nothing at all when nothing changed.
 //!
+//! A build that changes nothing stops after step 3 without packing: OUT/.inputs records what the last
+//! build was made from (the tree's metadata digest, the settings, this program, the git state) and its
+//! products as it left them (size, mtime, inode); when all of that is the same, nothing is rewritten.
+//!
 //! Products are written under temporary names (`OUT/.new.*`) and renamed only once all of them exist:
 //! a failed build leaves OUT/ as it was. manifest.json is removed first and renamed last, so OUT/ holds a
 //! complete build exactly when manifest.json exists and its sums match the files.
@@ -117,10 +121,31 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         kernel.display(),
         kernel_version.as_deref().unwrap_or("version unknown")
     );
-    let tmp = temps.add("vmlinuz");
-    fs::copy(&kernel, &tmp).with_context(|| format!("copying {}", kernel.display()))?;
     let ucode = ["intel-ucode.img", "amd-ucode.img"].map(|n| tree.join("boot").join(n));
     let ucode: Vec<&PathBuf> = ucode.iter().filter(|p| p.is_file()).collect();
+    let (git_commit, git_dirty) = git_state(&system.dir);
+    let inputs = Inputs {
+        tree: &tree,
+        kernel: &kernel,
+        compression,
+        source_date,
+        cmdline: &system.config.kernel.cmdline,
+        alpine_branch: &system.config.alpine.branch,
+        git_commit: git_commit.as_deref(),
+        git_dirty,
+    }
+    .describe()?;
+    let manifest_path = out.join(Manifest::FILE_NAME);
+    if unchanged(out, &inputs, &manifest_path) {
+        eprintln!(
+            "ramnas: nothing changed since the last build (tree, settings and products as it left them); \
+             {} left as it was",
+            out.display()
+        );
+        return Ok(());
+    }
+    let tmp = temps.add("vmlinuz");
+    fs::copy(&kernel, &tmp).with_context(|| format!("copying {}", kernel.display()))?;
     if !ucode.is_empty() {
         let tmp = temps.add("ucode.img");
         let mut dst =
@@ -156,8 +181,6 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         mib(stats.compressed_bytes),
         packing.elapsed().as_secs_f64()
     );
-    let tmp = temps.add("cmdline");
-    fs::write(&tmp, format!("{}\n", system.config.kernel.cmdline))?;
 
     step(5, "manifest");
     let mut artifacts = std::collections::BTreeMap::new();
@@ -165,9 +188,14 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
         artifacts.insert(name.clone(), Artifact::of(path)?);
     }
-    let (git_commit, git_dirty) = git_state(&system.dir);
+    let cmdline = &system.config.kernel.cmdline;
+    let build_id = Manifest::compute_build_id(&artifacts, cmdline);
+    let tmp = temps.add("cmdline");
+    fs::write(&tmp, Manifest::cmdline_file(cmdline, &build_id))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
+    artifacts.insert("cmdline".to_string(), Artifact::of(&tmp)?);
     let new = Manifest {
-        build_id: Manifest::compute_build_id(&artifacts),
+        build_id,
         source_date: source_date as u64,
         git_commit,
         git_dirty,
@@ -178,10 +206,11 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         packages: apk_packages(&tree)?,
         artifacts,
     };
-    let manifest_path = out.join(Manifest::FILE_NAME);
     let old = Manifest::load(&manifest_path).ok();
     if old.as_ref() == Some(&new) && new.verify(out).is_ok() {
         drop(temps);
+        let recorded = record_inputs(out, &inputs, &new)?;
+        give_to_invoking_user(out, &[recorded])?;
         eprintln!(
             "ramnas: nothing changed since the last build; {} left as it was",
             out.display()
@@ -194,7 +223,9 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
     let tmp = temps.add(Manifest::FILE_NAME);
     fs::write(&tmp, new.to_json())?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
-    let written = temps.commit()?;
+    remove_if_exists(&out.join(INPUTS_FILE))?;
+    let mut written = temps.commit()?;
+    written.push(record_inputs(out, &inputs, &new)?);
     give_to_invoking_user(out, &written)?;
     eprintln!(
         "ramnas: built {} (build {}) in {:.1} s",
@@ -203,6 +234,101 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// What the last build was made from, beside its products.
+const INPUTS_FILE: &str = ".inputs";
+
+/// Everything a build's products depend on besides the tree's contents.
+struct Inputs<'a> {
+    tree: &'a Path,
+    kernel: &'a Path,
+    compression: Compression,
+    source_date: u32,
+    cmdline: &'a str,
+    alpine_branch: &'a str,
+    git_commit: Option<&'a str>,
+    git_dirty: bool,
+}
+
+impl Inputs<'_> {
+    /// The inputs as lines of text: cheap to make (metadata only), compared whole.
+    fn describe(&self) -> anyhow::Result<String> {
+        let exe = std::env::current_exe().context("finding this program")?;
+        let tree = fs::canonicalize(self.tree)
+            .with_context(|| format!("reading {}", self.tree.display()))?;
+        Ok(format!(
+            "ramnas build inputs\n\
+             tool {} {}\n\
+             tree {}\n\
+             tree-metadata {}\n\
+             kernel {}\n\
+             compression {}\n\
+             source-date {}\n\
+             cmdline {}\n\
+             alpine-branch {}\n\
+             git {} {}\n",
+            exe.display(),
+            stamp(&exe)?,
+            tree.display(),
+            initramfs::metadata_digest(&tree)?,
+            self.kernel.display(),
+            name(self.compression),
+            self.source_date,
+            self.cmdline,
+            self.alpine_branch,
+            self.git_commit.unwrap_or("-"),
+            if self.git_dirty { "dirty" } else { "clean" },
+        ))
+    }
+}
+
+/// A file's size, mtime (ns) and inode: what changes when it is rewritten or replaced.
+fn stamp(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!(
+        "{} {}.{:09} {}",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    ))
+}
+
+/// `inputs` followed by a stamp of every product of the build in `manifest` and of the manifest itself.
+fn inputs_record(out: &Path, inputs: &str, manifest: &Manifest) -> anyhow::Result<String> {
+    let mut text = inputs.to_string();
+    for name in manifest
+        .artifacts
+        .keys()
+        .map(String::as_str)
+        .chain([Manifest::FILE_NAME])
+    {
+        text.push_str(&format!("product {name} {}\n", stamp(&out.join(name))?));
+    }
+    Ok(text)
+}
+
+/// Whether OUT/.inputs says the build in OUT was made from `inputs` and its products are as it left them.
+fn unchanged(out: &Path, inputs: &str, manifest_path: &Path) -> bool {
+    let Ok(recorded) = fs::read_to_string(out.join(INPUTS_FILE)) else {
+        return false;
+    };
+    let Ok(manifest) = Manifest::load(manifest_path) else {
+        return false;
+    };
+    inputs_record(out, inputs, &manifest).is_ok_and(|now| now == recorded)
+}
+
+/// Writes OUT/.inputs for the build in OUT (last, after every product is in place); returns its path.
+fn record_inputs(out: &Path, inputs: &str, manifest: &Manifest) -> anyhow::Result<PathBuf> {
+    let text = inputs_record(out, inputs, manifest)?;
+    let path = out.join(INPUTS_FILE);
+    let tmp = out.join(".new.inputs");
+    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// The same lint as `cargo xtask check`, before the long step: every problem at once, with file:line.

@@ -133,6 +133,65 @@ pub fn resolve_in_tree(root: &Path, path: &Path) -> io::Result<Option<PathBuf>> 
     Ok(Some(cur))
 }
 
+/// A digest of everything about the tree the build's products can depend on, without reading any file's
+/// contents: for every entry (`/boot` included, where the kernel and microcode come from) its path, type
+/// and mode, owner, size, mtime and ctime in nanoseconds, device and inode numbers (which also give the
+/// hardlink groups), link count, device numbers and symlink target. Writing to a file changes its mtime
+/// and ctime, and ctime cannot be set back: an unchanged digest means an unchanged tree.
+pub fn metadata_digest(root: &Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    fn visit(root: &Path, rel: &Path, h: &mut Sha256) -> anyhow::Result<()> {
+        let full = root.join(rel);
+        let m =
+            fs::symlink_metadata(&full).with_context(|| format!("reading {}", full.display()))?;
+        h.update(rel.as_os_str().as_bytes());
+        h.update(b"\0");
+        let fields = [
+            m.mode() as i64,
+            m.uid() as i64,
+            m.gid() as i64,
+            m.size() as i64,
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.dev() as i64,
+            m.ino() as i64,
+            m.nlink() as i64,
+            m.rdev() as i64,
+        ];
+        for f in fields {
+            h.update(f.to_le_bytes());
+        }
+        if m.file_type().is_symlink() {
+            let target =
+                fs::read_link(&full).with_context(|| format!("reading {}", full.display()))?;
+            h.update(target.as_os_str().as_bytes());
+        }
+        h.update(b"\0");
+        if m.is_dir() {
+            let mut names = Vec::new();
+            for child in
+                fs::read_dir(&full).with_context(|| format!("listing {}", full.display()))?
+            {
+                names.push(
+                    child
+                        .with_context(|| format!("listing {}", full.display()))?
+                        .file_name(),
+                );
+            }
+            names.sort();
+            for name in names {
+                visit(root, &rel.join(name), h)?;
+            }
+        }
+        Ok(())
+    }
+    let mut h = Sha256::new();
+    visit(root, Path::new(""), &mut h)?;
+    Ok(crate::manifest::hex(&h.finalize()))
+}
+
 /// One archive entry, decided before any byte is written.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -376,7 +435,7 @@ pub fn pack(
 ) -> anyhow::Result<Stats> {
     let entries = scan(root, source_date)?;
     let count = entries.len();
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(DEPTH);
     let root_owned = root.to_path_buf();
     let packer = std::thread::Builder::new()
         .name("cpio".into())
@@ -433,6 +492,9 @@ pub fn pack(
 }
 
 const CHUNK: usize = 1 << 20;
+/// Chunks in flight between the reader and the compressor: enough to keep both busy, few enough to keep
+/// the packer's memory small (the compressors buffer their own input).
+const DEPTH: usize = 4;
 
 /// Collects the cpio stream into chunks for the compressor thread. `flush` does nothing: the cpio crate
 /// flushes after every entry, which must not cost a channel message each.

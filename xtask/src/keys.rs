@@ -114,6 +114,14 @@ impl AuthorizedKeys {
         let path = dir.join("authorized_keys");
         let tmp = dir.join(".authorized_keys.tmp");
         let text: String = self.keys.iter().map(|k| format!("{k}\n")).collect();
+        // Already there as it would be written: leave it, so that an unchanged build finds the tree
+        // unchanged (a rewrite would give the file a new inode and ctime).
+        let same = fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == 0o600)
+            && fs::read(&path).is_ok_and(|old| old == text.as_bytes());
+        if same {
+            return Ok(());
+        }
         fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
         fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))

@@ -52,6 +52,14 @@ fn boot_with(compression: &str) {
         !lines.iter().any(|l| l.contains("ramnas: FAIL")),
         "{lines:#?}"
     );
+    // The kernel got OUT/cmdline, which names the build for the running system.
+    let build = format!("ramnas.build={}", manifest.build_id);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Command line:") && l.contains(&build)),
+        "{build} not on the kernel's command line: {lines:#?}"
+    );
 }
 
 #[test]
@@ -441,6 +449,70 @@ fn unchanged_build_rewrites_nothing() {
     assert_ne!(snapshot(&out), before);
 }
 
+/// An unchanged tree is not even packed (OUT/.inputs records the tree's metadata and the products);
+/// a touched file, another setting or a product changed behind the build's back make it pack again.
+#[test]
+fn unchanged_tree_is_not_repacked() {
+    let dir = common::tempdir();
+    let tree = mini_tree(dir.path());
+    let out = dir.path().join("out");
+    let build = |extra: &[&str]| {
+        let mut args = vec![
+            "build",
+            "--base",
+            tree.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        text(&xtask_ok(dir.path(), &args))
+    };
+    let packs = |t: &str| t.contains("packing the initramfs");
+    assert!(packs(&build(&[])));
+    let before = snapshot(&out);
+    let second = build(&[]);
+    assert!(!packs(&second), "{second}");
+    assert!(second.contains("nothing changed"), "{second}");
+    assert_eq!(snapshot(&out), before);
+
+    // Same contents, new mtime: packed again, and then the products turn out the same.
+    let hostname = tree.join("etc/hostname");
+    let later =
+        fs::metadata(&hostname).unwrap().modified().unwrap() + std::time::Duration::from_secs(5);
+    fs::File::options()
+        .write(true)
+        .open(&hostname)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let touched = build(&[]);
+    assert!(packs(&touched), "{touched}");
+    assert!(
+        touched.contains("nothing changed since the last build"),
+        "{touched}"
+    );
+    assert_eq!(snapshot(&out).get("initramfs"), before.get("initramfs"));
+    assert!(!packs(&build(&[])), "the touch was recorded");
+
+    // Another compression: packed.
+    let gzip = build(&["--compression", "gzip"]);
+    assert!(packs(&gzip), "{gzip}");
+    assert!(!packs(&build(&["--compression", "gzip"])));
+
+    // A product changed behind the build's back: packed and put right.
+    fs::write(out.join("initramfs"), "garbage").unwrap();
+    let repaired = build(&["--compression", "gzip"]);
+    assert!(packs(&repaired), "{repaired}");
+    Manifest::load(&out.join("manifest.json"))
+        .unwrap()
+        .verify(&out)
+        .unwrap();
+
+    // A new file: packed.
+    fs::write(tree.join("etc/motd"), "hello\n").unwrap();
+    assert!(packs(&build(&["--compression", "gzip"])));
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The alpine-make-rootfs seam.
 
@@ -566,9 +638,14 @@ fn alpine_make_rootfs_contract() {
     }
     assert!(s.out.join("rootfs/etc/mkinitfs/mkinitfs.conf").is_file());
     assert!(!s.out.join("rootfs.new").exists());
+    // The configured command line, plus the build's id for the running system's readiness line.
+    let manifest = Manifest::load(&s.out.join("manifest.json")).unwrap();
     assert_eq!(
         fs::read_to_string(s.out.join("cmdline")).unwrap(),
-        "console=tty0 console=ttyS0,115200 panic=10\n"
+        format!(
+            "console=tty0 console=ttyS0,115200 panic=10 ramnas.build={}\n",
+            manifest.build_id
+        )
     );
 
     // Nothing changed: the tool does not run, nothing is rewritten.
