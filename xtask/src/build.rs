@@ -181,8 +181,6 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         mib(stats.compressed_bytes),
         packing.elapsed().as_secs_f64()
     );
-    let tmp = temps.add("cmdline");
-    fs::write(&tmp, format!("{}\n", system.config.kernel.cmdline))?;
 
     step(5, "manifest");
     let mut artifacts = std::collections::BTreeMap::new();
@@ -190,8 +188,14 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
         artifacts.insert(name.clone(), Artifact::of(path)?);
     }
+    let cmdline = &system.config.kernel.cmdline;
+    let build_id = Manifest::compute_build_id(&artifacts, cmdline);
+    let tmp = temps.add("cmdline");
+    fs::write(&tmp, Manifest::cmdline_file(cmdline, &build_id))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
+    artifacts.insert("cmdline".to_string(), Artifact::of(&tmp)?);
     let new = Manifest {
-        build_id: Manifest::compute_build_id(&artifacts),
+        build_id,
         source_date: source_date as u64,
         git_commit,
         git_dirty,

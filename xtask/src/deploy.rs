@@ -1,17 +1,276 @@
 //! `cargo xtask deploy|commit|rollback|status`: A/B slots on a stick, whatever the target.
+//!
+//! Each command opens the target as a [`Stick`] and hands it to [`crate::slots`], where the A/B logic and the
+//! crash-safe order of writes live; here are only the words around it.
 
-pub fn deploy(_flags: crate::flags::DeployFlags) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use crate::{
+    flags::{DeployFlags, TargetFlags},
+    manifest::{self, Manifest},
+    slots::{self, Build, Running, Slot, Table},
+    stick::{self, Faulty, Stick},
+    uefi,
+};
+
+pub fn deploy(flags: DeployFlags) -> Result<()> {
+    let build = Build::open(&flags.out.out)?;
+    let mut stick = Faulty::wrap(stick::open(&flags.target.target)?)?;
+    let table = Table::read(&mut *stick)?;
+    let keep = slots::committed(&mut *stick, &table)?;
+    let target = keep.other();
+    let old = &table.slots[&keep].manifest;
+    println!(
+        "deploying build {} into slot {target} of {}; slot {keep} keeps build {} (committed)",
+        build.manifest.build_id,
+        stick.describe(),
+        old.build_id
+    );
+    println!("changes against slot {keep}:");
+    let diff = manifest::diff(old, &build.manifest);
+    if diff.kernel.is_none() {
+        let kernel = build
+            .manifest
+            .kernel_version
+            .as_deref()
+            .unwrap_or("unknown");
+        println!("  kernel: {kernel} (unchanged)");
+    }
+    for line in diff.to_string().lines() {
+        println!("  {line}");
+    }
+    if let Some(running) = running(&mut *stick)? {
+        if running.slot == Some(target) {
+            println!("note: the NAS runs slot {target} (from memory); its files on the stick are replaced");
+        }
+    }
+    let uki = if slots::has_uefi(&mut *stick)? {
+        Some(build_uki(&build, target)?)
+    } else {
+        None
+    };
+    let done = slots::deploy(
+        &mut *stick,
+        &table,
+        &build,
+        uki.as_ref().map(|u| u.0.as_path()),
+        flags.commit,
+    );
+    drop(uki);
+    done?;
+    stick.close()?;
+    let t = &flags.target.target;
+    if flags.commit {
+        println!(
+            "slot {target} is now the default: every boot runs build {}",
+            build.manifest.build_id
+        );
+    } else {
+        println!(
+            "slot {target} is armed for one trial boot: the next boot runs build {}; when it comes up healthy \
+             the NAS commits it (or run `cargo xtask commit {t}`); if it fails, the boot after returns to slot {keep}",
+            build.manifest.build_id
+        );
+    }
+    Ok(())
 }
 
-pub fn commit(_flags: crate::flags::TargetFlags) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn commit(flags: TargetFlags) -> Result<()> {
+    let mut stick = stick::open(&flags.target)?;
+    let table = Table::read(&mut *stick)?;
+    let running = running(&mut *stick)?;
+    let slot = slots::trial_to_commit(&mut *stick, &table, running)?;
+    slots::verify_slot(&mut *stick, slot)?;
+    slots::make_default(&mut *stick, slot)?;
+    stick.close()?;
+    println!(
+        "slot {slot} (build {}) is now the default",
+        table.slots[&slot].manifest.build_id
+    );
+    Ok(())
 }
 
-pub fn rollback(_flags: crate::flags::TargetFlags) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn rollback(flags: TargetFlags) -> Result<()> {
+    let mut stick = stick::open(&flags.target)?;
+    let table = Table::read(&mut *stick)?;
+    let default = slots::committed(&mut *stick, &table)?;
+    if let Some(armed) = slots::armed_trial(&table) {
+        slots::make_default(&mut *stick, default)?;
+        stick.close()?;
+        println!("the trial boot of slot {armed} is disarmed; slot {default} stays the default");
+        return Ok(());
+    }
+    if let Some(Running {
+        slot: Some(slot),
+        trial: true,
+    }) = running(&mut *stick)?
+    {
+        if slot != default {
+            bail!(
+                "{}: the NAS runs a trial of slot {slot}, not committed; slot {default} stays the default: reboot the NAS to return to it",
+                stick.describe()
+            );
+        }
+    }
+    let other = default.other();
+    if !table.slots.contains_key(&other) {
+        bail!(
+            "{}: slot {other} holds no complete build; there is nothing to roll back to",
+            stick.describe()
+        );
+    }
+    slots::verify_slot(&mut *stick, other)?;
+    slots::make_default(&mut *stick, other)?;
+    stick.close()?;
+    println!(
+        "slot {other} (build {}) is the default again",
+        table.slots[&other].manifest.build_id
+    );
+    Ok(())
 }
 
-pub fn status(_flags: crate::flags::TargetFlags) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn status(flags: TargetFlags) -> Result<()> {
+    let mut stick = stick::open(&flags.target)?;
+    let table = Table::read(&mut *stick)?;
+    let running = running(&mut *stick)?;
+    println!("{}", stick.describe());
+    for slot in Slot::ALL {
+        let mut marks = Vec::new();
+        if table.default == Some(slot) {
+            marks.push("default");
+        }
+        if slots::armed_trial(&table) == Some(slot) {
+            marks.push("armed for trial");
+        }
+        if running.and_then(|r| r.slot) == Some(slot) {
+            marks.push(
+                if running.is_some_and(|r| slots::running_trial(&table, r).is_some()) {
+                    "running on trial"
+                } else {
+                    "running"
+                },
+            );
+        }
+        let marks = if marks.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", marks.join(", "))
+        };
+        match table.slots.get(&slot) {
+            Some(filled) => {
+                println!("slot {slot}{marks}:");
+                print!("{}", describe_build(&filled.manifest));
+            }
+            None => println!("slot {slot}{marks}: no complete build"),
+        }
+    }
+    let show = |s: Option<Slot>| s.map_or("none".to_string(), |s| s.name().to_string());
+    println!("default: {}", show(table.default));
+    match &table.boot_once {
+        Some(cmd) => println!(
+            "trial: slot {} armed for the next boot ({cmd:?})",
+            show(table.trial())
+        ),
+        None => println!("trial: none armed"),
+    }
+    if !table.uefi.ukis.is_empty() {
+        let ukis: Vec<String> = table
+            .uefi
+            .ukis
+            .values()
+            .map(|(name, _)| name.clone())
+            .collect();
+        println!(
+            "uefi: default {}, trial {}, next boot {} ({})",
+            table.uefi.committed().unwrap_or("none"),
+            table.uefi.trial().unwrap_or("none"),
+            table.uefi.next_boot().unwrap_or("none"),
+            ukis.join(", ")
+        );
+    }
+    if let Some(r) = running {
+        let trial = if slots::running_trial(&table, r).is_some() {
+            " (trial boot)"
+        } else {
+            ""
+        };
+        println!("running: {}{trial}", show(r.slot));
+    }
+    stick.close()
+}
+
+/// A UKI built on this machine for `slot`, removed when dropped.
+struct TempUki(PathBuf);
+
+impl Drop for TempUki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The slot's unified kernel image (systemd's EFI stub from this machine), built in the temporary directory.
+fn build_uki(build: &Build, slot: Slot) -> Result<TempUki> {
+    let host = uefi::find()?;
+    let uki = TempUki(
+        std::env::temp_dir().join(format!("ramnas-slot-{slot}-{}.uki", std::process::id())),
+    );
+    uefi::build_uki(
+        &host,
+        &uefi::Uki::for_build(&build.dir, slot.name(), &slots::title(&build.manifest))?,
+        &uki.0,
+    )?;
+    Ok(uki)
+}
+
+/// What the running NAS says about itself; None unless the target is a running NAS.
+fn running(stick: &mut dyn Stick) -> Result<Option<Running>> {
+    Ok(stick.running_cmdline()?.map(|c| Running::from_cmdline(&c)))
+}
+
+fn describe_build(m: &Manifest) -> String {
+    let git = match &m.git_commit {
+        Some(c) if m.git_dirty => format!("{} (with uncommitted changes)", short(c)),
+        Some(c) => short(c).to_string(),
+        None => "unknown".to_string(),
+    };
+    format!(
+        "  build   {}\n  date    {}\n  kernel  {}\n  git     {git}\n  size    {:.1} MiB\n",
+        m.build_id,
+        date(m.source_date),
+        m.kernel_version.as_deref().unwrap_or("unknown"),
+        slots::build_size(m) as f64 / (1024.0 * 1024.0)
+    )
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+/// `2026-11-25 23:16 UTC` from seconds since 1970 (days to a civil date: Howard Hinnant's algorithm).
+pub fn date(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let (hour, min) = (secs % 86400 / 3600, secs % 3600 / 60);
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{min:02} UTC")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::date(315532800), "1980-01-01 00:00 UTC");
+        assert_eq!(super::date(1709208000), "2024-02-29 12:00 UTC");
+        assert_eq!(super::date(1795648560), "2026-11-25 23:16 UTC");
+    }
 }

@@ -197,6 +197,14 @@ pub const TOOLS: &[Tool] = &[
         arch: "openssh",
     },
     Tool {
+        program: "sshd",
+        used_by: "tests (deploy to an ssh:// target on 127.0.0.1)",
+        debian: "openssh-server",
+        fedora: "openssh-server",
+        alpine: "openssh-server",
+        arch: "openssh",
+    },
+    Tool {
         program: "zstd",
         used_by: "bench",
         debian: "zstd",
@@ -237,6 +245,9 @@ pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
     "mount",
     "util-linux",
     "e2fsprogs",
+    // deploy tests: a real sshd on 127.0.0.1 for ssh:// targets, and the client.
+    "openssh-server",
+    "openssh-client",
 ];
 
 /// Whether `program` is on this host (a command in PATH, or an existing absolute path).

@@ -147,7 +147,7 @@ fn install_uefi(stick: &mut dyn Stick, tmp: &Path, build: &Build) -> Result<()> 
     let uki = PathBuf::from(format!("{}.uki", tmp.display()));
     let made = uefi::build_uki(
         &host,
-        &uefi::Uki::for_build(&build.dir, Slot::A.name(), &build.manifest.title())?,
+        &uefi::Uki::for_build(&build.dir, Slot::A.name(), &slots::title(&build.manifest))?,
         &uki,
     )
     .and_then(|()| {

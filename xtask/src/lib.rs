@@ -28,6 +28,7 @@ pub mod manifest;
 pub mod qemu;
 pub mod rootfs;
 pub mod slots;
+pub mod ssh;
 pub mod stick;
 pub mod syslinux;
 pub mod uefi;

@@ -62,12 +62,19 @@ impl Manifest {
     }
 
     /// Computes the build id from the artifacts.
-    pub fn compute_build_id(artifacts: &BTreeMap<String, Artifact>) -> String {
+    pub fn compute_build_id(artifacts: &BTreeMap<String, Artifact>, cmdline: &str) -> String {
         let mut h = Sha256::new();
-        for (name, a) in artifacts {
+        for (name, a) in artifacts.iter().filter(|(name, _)| *name != "cmdline") {
             h.update(format!("{name} {} {}\n", a.size, a.sha256));
         }
+        h.update(format!("cmdline {cmdline}\n"));
         hex(&h.finalize())[..16].to_string()
+    }
+
+    /// OUT/cmdline: the configured command line plus `ramnas.build=<id>`, so the running system (and its
+    /// readiness line) knows which build it is.
+    pub fn cmdline_file(cmdline: &str, build_id: &str) -> String {
+        format!("{} ramnas.build={build_id}\n", cmdline.trim())
     }
 
     /// Checks that every artifact named in the manifest is in `dir` with its size and SHA-256.
@@ -230,7 +237,7 @@ mod tests {
             },
         );
         Manifest {
-            build_id: Manifest::compute_build_id(&artifacts),
+            build_id: Manifest::compute_build_id(&artifacts, "console=ttyS0"),
             source_date: 0,
             git_commit: None,
             git_dirty: false,

@@ -7,9 +7,9 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
 
 use crate::{
+    manifest::Manifest,
     stick::{self, Stick},
     syslinux::{self, Adv},
     uefi,
@@ -61,57 +61,40 @@ impl std::fmt::Display for Slot {
 }
 
 /// The name of a build's manifest, in OUT/ and in each slot.
-pub const MANIFEST: &str = "manifest.json";
+pub const MANIFEST: &str = Manifest::FILE_NAME;
 /// Files a build must have to boot.
 pub const REQUIRED: &[&str] = &["vmlinuz", "initramfs", "cmdline"];
 
-/// The part of a build's manifest.json that slots need, read tolerantly (other fields are ignored).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Manifest {
-    pub build_id: String,
-    #[serde(default)]
-    pub kernel_version: Option<String>,
-    /// Every file of the build by name: vmlinuz, initramfs, cmdline, ucode.img when present.
-    pub artifacts: BTreeMap<String, Artifact>,
+/// Parses a build's manifest.json (`what` names it in errors) and checks that it names a bootable build whose
+/// files can sit in a slot.
+pub fn parse_manifest(json: &[u8], what: &str) -> Result<Manifest> {
+    let m: Manifest = serde_json::from_slice(json)
+        .with_context(|| format!("{what}: not a ramnas build manifest"))?;
+    for name in REQUIRED {
+        if !m.artifacts.contains_key(*name) {
+            bail!("{what}: the build has no {name}");
+        }
+    }
+    if let Some(bad) = m
+        .artifacts
+        .keys()
+        .find(|n| n.contains('/') || n.as_str() == MANIFEST || n.ends_with(".tmp"))
+    {
+        bail!("{what}: artifact name {bad:?} cannot be a file in a slot");
+    }
+    Ok(m)
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Artifact {
-    pub size: u64,
-    pub sha256: String,
+/// Bytes of a build's files (without the manifest).
+pub fn build_size(m: &Manifest) -> u64 {
+    m.artifacts.values().map(|a| a.size).sum()
 }
 
-impl Manifest {
-    /// Parses manifest.json; `what` names it in errors.
-    pub fn parse(json: &[u8], what: &str) -> Result<Manifest> {
-        let m: Manifest = serde_json::from_slice(json)
-            .with_context(|| format!("{what}: not a ramnas build manifest"))?;
-        for name in REQUIRED {
-            if !m.artifacts.contains_key(*name) {
-                bail!("{what}: the build has no {name}");
-            }
-        }
-        if let Some(bad) = m
-            .artifacts
-            .keys()
-            .find(|n| n.contains('/') || n.as_str() == MANIFEST || n.ends_with(".tmp"))
-        {
-            bail!("{what}: artifact name {bad:?} cannot be a file in a slot");
-        }
-        Ok(m)
-    }
-
-    /// Bytes of the build's files (without the manifest).
-    pub fn size(&self) -> u64 {
-        self.artifacts.values().map(|a| a.size).sum()
-    }
-
-    /// The line shown for this build in the boot menu.
-    pub fn title(&self) -> String {
-        match &self.kernel_version {
-            Some(k) => format!("build {}, kernel {k}", self.build_id),
-            None => format!("build {}", self.build_id),
-        }
+/// The line shown for a build in the boot menu.
+pub fn title(m: &Manifest) -> String {
+    match &m.kernel_version {
+        Some(k) => format!("build {}, kernel {k}", m.build_id),
+        None => format!("build {}", m.build_id),
     }
 }
 
@@ -135,7 +118,7 @@ impl Build {
                 dir.display()
             )
         })?;
-        let manifest = Manifest::parse(&json, &path.display().to_string())?;
+        let manifest = parse_manifest(&json, &path.display().to_string())?;
         for (name, a) in &manifest.artifacts {
             let file = dir.join(name);
             let size = fs::metadata(&file)
@@ -158,7 +141,7 @@ impl Build {
 
     /// Bytes one slot of this build takes on the stick (its files and the manifest).
     pub fn slot_bytes(&self) -> u64 {
-        self.manifest.size() + self.manifest_json.len() as u64
+        build_size(&self.manifest) + self.manifest_json.len() as u64
     }
 }
 
@@ -241,7 +224,7 @@ pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
         return Ok(None);
     }
     let manifest_json = stick.read(&manifest_path)?;
-    let Ok(manifest) = Manifest::parse(
+    let Ok(manifest) = parse_manifest(
         &manifest_json,
         &format!("{manifest_path} on {}", stick.describe()),
     ) else {
@@ -272,13 +255,21 @@ pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
     }))
 }
 
-/// Puts the build into `slot`: every file under a temporary name, each read back and checked against the
-/// manifest's SHA-256, then renamed into place with manifest.json last. Until the renames start the slot's
-/// old build is untouched; from then on the slot counts as empty (its manifest is gone) until the new
-/// manifest lands. Does not touch the boot config or the other slot.
+/// Puts the build into `slot` in two halves: [`write_temps`] (every file under a temporary name, read back and
+/// checked against the manifest's SHA-256; the slot's old build untouched) and [`rename_temps`] (into place,
+/// manifest.json last). Does not touch the boot config or the other slot; [`deploy`] is the crash-safe whole.
 pub fn install(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<()> {
+    write_temps(stick, slot, build)?;
+    rename_temps(stick, slot, build)
+}
+
+/// Writes the build into `slot` under temporary names (`NAME.tmp`), after removing any left by a killed run,
+/// and checks every one read back from the stick against the manifest. The slot's build stays as it was.
+pub fn write_temps(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<()> {
     let dir = slot.dir();
-    stick.create_dir_all(&dir)?;
+    if !stick.exists(&dir)? {
+        stick.create_dir_all(&dir)?;
+    }
     for e in stick.list(&dir)? {
         if !e.is_dir && e.name.ends_with(".tmp") {
             stick.remove(&format!("{dir}/{}", e.name))?;
@@ -290,10 +281,8 @@ pub fn install(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<()> {
             fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
         stick.write(&stick::temp_name(&format!("{dir}/{name}")), &mut file)?;
     }
-    stick.write(
-        &stick::temp_name(&format!("{dir}/{MANIFEST}")),
-        &mut &build.manifest_json[..],
-    )?;
+    let manifest_tmp = stick::temp_name(&format!("{dir}/{MANIFEST}"));
+    stick.write(&manifest_tmp, &mut &build.manifest_json[..])?;
     for (name, want) in &build.manifest.artifacts {
         let tmp = stick::temp_name(&format!("{dir}/{name}"));
         let (size, sha256) = stick.sha256(&tmp)?;
@@ -307,7 +296,19 @@ pub fn install(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<()> {
             );
         }
     }
-    stick.sync()?;
+    if stick.read(&manifest_tmp)? != build.manifest_json {
+        bail!(
+            "{manifest_tmp} on {} does not read back as written: the stick is damaged",
+            stick.describe()
+        );
+    }
+    stick.sync()
+}
+
+/// Renames the checked temporary files of [`write_temps`] into place: the old manifest goes first (from then
+/// on the slot counts as empty), files the new build lacks go, then each file, then the new manifest.
+pub fn rename_temps(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<()> {
+    let dir = slot.dir();
     let manifest = format!("{dir}/{MANIFEST}");
     if stick.exists(&manifest)? {
         stick.remove(&manifest)?;
@@ -328,29 +329,41 @@ pub fn install(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<()> {
     stick.sync()
 }
 
-/// Rewrites syslinux.cfg with an entry per filled slot and `default` as DEFAULT: first the fallback copy,
-/// then the one in /syslinux, each through a temporary name, so ldlinux finds a complete config whenever
-/// the writing stops.
+/// Rewrites syslinux.cfg with an entry per filled slot and `default` as DEFAULT.
 pub fn write_boot_config(stick: &mut dyn Stick, default: Slot) -> Result<()> {
     let table = Table::read(stick)?;
-    if !table.slots.contains_key(&default) {
+    write_config(stick, &table.slots, default)
+}
+
+/// Writes syslinux.cfg with an entry for each of `slots` and `default` as DEFAULT: first the fallback copy at
+/// the root, then the one in /syslinux, each through a temporary name and synced, so ldlinux finds a
+/// complete config whenever the writing stops (while /syslinux/syslinux.cfg is missing, the root copy is
+/// already the new one).
+fn write_config(
+    stick: &mut dyn Stick,
+    slots: &BTreeMap<Slot, Filled>,
+    default: Slot,
+) -> Result<()> {
+    if !slots.contains_key(&default) {
         bail!(
             "slot {default} on {} holds no complete build; it cannot be the default",
             stick.describe()
         );
     }
-    let entries: Vec<syslinux::Entry> = table
-        .slots
+    let entries: Vec<syslinux::Entry> = slots
         .iter()
         .map(|(slot, f)| syslinux::Entry {
             label: slot.name().to_string(),
-            title: f.manifest.title(),
+            title: title(&f.manifest),
             ucode: f.ucode,
             cmdline: f.cmdline.clone(),
         })
         .collect();
     let cfg = syslinux::config(&entries, default.name());
     for path in [syslinux::FALLBACK_CONFIG, syslinux::CONFIG] {
+        if stick.exists(path)? && stick.read(path)? == cfg.as_bytes() {
+            continue;
+        }
         stick.replace(path, cfg.as_bytes())?;
         stick.sync()?;
     }
@@ -370,7 +383,9 @@ pub fn read_adv(stick: &mut dyn Stick) -> Result<Adv> {
     Adv::parse(&ldlinux[ldlinux.len() - Adv::SIZE..])
 }
 
-/// Writes the ADV over the end of ldlinux.sys, in place (its clusters must not move).
+/// Writes the ADV over the end of ldlinux.sys, in place (its clusters must not move): one copy, a sync, the
+/// other copy, a sync. ldlinux reads the first valid copy, so a write stopped anywhere leaves one whole copy,
+/// the old or the new.
 pub fn write_adv(stick: &mut dyn Stick, adv: &Adv) -> Result<()> {
     let size = stick
         .entry(syslinux::LDLINUX_SYS)?
@@ -379,19 +394,277 @@ pub fn write_adv(stick: &mut dyn Stick, adv: &Adv) -> Result<()> {
     if size < Adv::SIZE as u64 {
         bail!("{} is too short to hold an ADV", syslinux::LDLINUX_SYS);
     }
-    stick.patch(
-        syslinux::LDLINUX_SYS,
-        size - Adv::SIZE as u64,
-        &adv.to_bytes(),
-    )?;
+    let at = size - Adv::SIZE as u64;
+    let bytes = adv.to_bytes();
+    let half = Adv::SIZE / 2;
+    stick.patch(syslinux::LDLINUX_SYS, at, &bytes[..half])?;
+    stick.sync()?;
+    stick.patch(syslinux::LDLINUX_SYS, at + half as u64, &bytes[half..])?;
     stick.sync()
 }
 
 /// Arms a one-time boot of `command` (a label, optionally followed by kernel arguments), or clears it.
 pub fn set_boot_once(stick: &mut dyn Stick, command: Option<&str>) -> Result<()> {
     let mut adv = read_adv(stick)?;
+    if adv.boot_once().as_deref() == command {
+        return Ok(());
+    }
     adv.set_boot_once(command)?;
     write_adv(stick, &adv)
+}
+
+/// The kernel argument that marks a trial boot; the NAS commits a healthy trial (ramnas-ready).
+pub const TRIAL_ARG: &str = "ramnas.trial=1";
+
+/// The boot-once command of a trial boot of `slot`: its label with [`TRIAL_ARG`] appended to its APPEND line.
+pub fn trial_command(slot: Slot) -> String {
+    format!("{} {TRIAL_ARG}", slot.name())
+}
+
+/// What the system running from the stick says about itself (over ssh): its kernel command line's
+/// `ramnas.slot=` and `ramnas.trial=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Running {
+    /// None when the system was not booted from a slot.
+    pub slot: Option<Slot>,
+    pub trial: bool,
+}
+
+impl Running {
+    pub fn from_cmdline(cmdline: &str) -> Running {
+        let mut running = Running {
+            slot: None,
+            trial: false,
+        };
+        for arg in cmdline.split_whitespace() {
+            if let Some(s) = arg.strip_prefix("ramnas.slot=") {
+                running.slot = Slot::parse(s);
+            } else if let Some(t) = arg.strip_prefix("ramnas.trial=") {
+                running.trial = matches!(t, "1" | "yes");
+            }
+        }
+        running
+    }
+}
+
+/// The committed slot, which must hold a complete build: a deploy keeps it and writes the other one.
+pub fn committed(stick: &mut dyn Stick, table: &Table) -> Result<Slot> {
+    match table.default {
+        Some(slot) if table.slots.contains_key(&slot) => Ok(slot),
+        Some(slot) => bail!(
+            "{}: the default slot {slot} holds no complete build; flash the stick again (`cargo xtask flash`)",
+            stick.describe()
+        ),
+        None => bail!(
+            "{}: syslinux.cfg names no slot a or b as DEFAULT; is it a ramnas stick (made by `cargo xtask image`)?",
+            stick.describe()
+        ),
+    }
+}
+
+/// Puts `build` into the slot that is not committed and arms it for one trial boot (`commit`: makes it the
+/// default instead). Returns that slot. `uki` is the slot's unified kernel image built on this machine, for
+/// a stick that also boots UEFI ([`has_uefi`]); both bootloaders are kept in step.
+///
+/// The order of writes is what makes a stop at any point safe (each step is synced before the next):
+/// 1. the build under temporary names in the target slot, each file checked (the slot's old build, its boot
+///    entry and any trial armed for it stay usable);
+/// 2. the target slot is detached: a boot-once naming it is cleared, then syslinux.cfg is rewritten without
+///    its entry (the committed slot as DEFAULT), so nothing boots the slot while its files change; on UEFI
+///    the UKIs are renamed so that the committed slot is the default and the target a spare (which never
+///    boots by itself);
+/// 3. the files are renamed into place, manifest.json last; then (UEFI) the new UKI replaces the target's
+///    spare, written under a temporary name and checked first (after the old files are gone, so the stick
+///    never holds more than five builds' worth: two slots, two UKIs, one temporary copy);
+/// 4. syslinux.cfg gets the slot's entry back (and, with `commit`, DEFAULT);
+/// 5. the trial is armed: the ADV's boot-once, then the UKI renamed to a trial with one try (with
+///    `commit`: the boot-once cleared, the UKI renamed to the default).
+///
+/// Until 4, every boot is the committed slot (or, before 2, the trial armed earlier of the old build).
+///
+/// `table` is the stick's [`Table::read`], taken just before.
+pub fn deploy(
+    stick: &mut dyn Stick,
+    table: &Table,
+    build: &Build,
+    uki: Option<&Path>,
+    commit: bool,
+) -> Result<Slot> {
+    let keep = committed(stick, table)?;
+    let target = keep.other();
+    if has_uefi(stick)? && uki.is_none() {
+        bail!(
+            "{} boots UEFI too: deploy needs the slot's UKI",
+            stick.describe()
+        );
+    }
+    write_temps(stick, target, build)?;
+    // A running NAS may have committed a trial meanwhile (ramnas-ready): then the target is the default now.
+    let default = boot_config(stick)?.and_then(|c| syslinux::default_label(&c));
+    if default.as_deref() != Some(keep.name()) {
+        bail!(
+            "{}: the default slot changed while the build was being written (to {}): did the NAS commit a \
+             trial? Nothing was changed but temporary files; run the deploy again",
+            stick.describe(),
+            default.as_deref().unwrap_or("none")
+        );
+    }
+    detach(stick, table, target)?;
+    if uki.is_some() && table.uefi.ukis.contains_key(keep.name()) {
+        uefi::set_state(stick, keep.name(), None)?;
+    }
+    rename_temps(stick, target, build)?;
+    if let Some(uki) = uki {
+        uefi::install_uki(stick, target.name(), uki)?;
+    }
+    let table = Table::read(stick)?;
+    if !table.slots.contains_key(&target) {
+        bail!(
+            "slot {target} on {} is not complete after writing it",
+            stick.describe()
+        );
+    }
+    if commit {
+        write_config(stick, &table.slots, target)?;
+        set_boot_once(stick, None)?;
+        if uki.is_some() {
+            uefi::set_state(stick, target.name(), None)?;
+        }
+    } else {
+        write_config(stick, &table.slots, keep)?;
+        set_boot_once(stick, Some(&trial_command(target)))?;
+        if uki.is_some() && table.uefi.ukis.contains_key(keep.name()) {
+            uefi::set_state(stick, keep.name(), Some(target.name()))?;
+        }
+    }
+    Ok(target)
+}
+
+/// Whether the stick also boots UEFI (systemd-boot and a UKI per slot).
+pub fn has_uefi(stick: &mut dyn Stick) -> Result<bool> {
+    stick.exists(uefi::BOOTLOADER)
+}
+
+/// Makes sure nothing boots `slot`: clears a boot-once naming it, then drops its entry from syslinux.cfg.
+/// `table` is still the stick's: only temporary files changed since it was read.
+fn detach(stick: &mut dyn Stick, table: &Table, slot: Slot) -> Result<()> {
+    if table.trial() == Some(slot) {
+        set_boot_once(stick, None)?;
+    }
+    let keep = committed(stick, table)?;
+    let mut stale = false;
+    for path in [syslinux::FALLBACK_CONFIG, syslinux::CONFIG] {
+        stale |= !stick.exists(path)?
+            || syslinux::labels(&String::from_utf8_lossy(&stick.read(path)?))
+                .iter()
+                .any(|l| l == slot.name());
+    }
+    if stale {
+        let mut rest = table.slots.clone();
+        rest.remove(&slot);
+        write_config(stick, &rest, keep)?;
+    }
+    Ok(())
+}
+
+/// The slot a running NAS runs on trial: its command line says `ramnas.trial=1` (BIOS), or its UKI is a
+/// trial (UEFI: systemd-boot has counted the try, so it has none left by now).
+pub fn running_trial(table: &Table, running: Running) -> Option<Slot> {
+    let slot = running.slot?;
+    let uefi_trial = matches!(
+        table.uefi.ukis.get(slot.name()),
+        Some((_, uefi::Role::Trial { .. }))
+    );
+    (running.trial || uefi_trial).then_some(slot)
+}
+
+/// The slot armed for a trial boot on either bootloader.
+pub fn armed_trial(table: &Table) -> Option<Slot> {
+    table
+        .trial()
+        .or_else(|| table.uefi.trial().and_then(Slot::parse))
+}
+
+/// Which slot `commit` makes the default, and why.
+pub fn trial_to_commit(
+    stick: &mut dyn Stick,
+    table: &Table,
+    running: Option<Running>,
+) -> Result<Slot> {
+    let default = table.default;
+    match running {
+        // A running NAS: its bootloader already spent the trial; the command line or the UKI's name tells.
+        Some(r) if running_trial(table, r).is_some_and(|s| Some(s) != default) => {
+            Ok(r.slot.expect("a trial runs a slot"))
+        }
+        Some(Running { slot, .. }) => {
+            let runs = slot.map_or("no ramnas slot".to_string(), |s| format!("slot {s}"));
+            if let Some(armed) = armed_trial(table) {
+                bail!(
+                    "{}: slot {armed} is armed for a trial boot the NAS has not made yet (it runs {runs}): reboot it; a healthy trial commits itself",
+                    stick.describe()
+                );
+            }
+            let why = if slot.is_some() && slot == default {
+                "already the default"
+            } else {
+                "not a trial boot"
+            };
+            bail!(
+                "{}: the NAS runs {runs}, {why}; nothing to commit (deploy first, or `rollback` to switch slots)",
+                stick.describe()
+            )
+        }
+        None => armed_trial(table).with_context(|| {
+            format!(
+                "{}: no trial boot is armed; nothing to commit (deploy first, or `rollback` to switch slots)",
+                stick.describe()
+            )
+        }),
+    }
+}
+
+/// Makes `slot` the default on both bootloaders and disarms any trial: syslinux.cfg (both copies), the
+/// boot-once cleared, then the UKIs renamed (the slot's to the default, the other's to a spare).
+pub fn make_default(stick: &mut dyn Stick, slot: Slot) -> Result<()> {
+    let table = Table::read(stick)?;
+    let uefi = has_uefi(stick)?;
+    if uefi && !table.uefi.ukis.contains_key(slot.name()) {
+        bail!(
+            "{}: slot {slot} has no UKI under /{}, so UEFI could not boot it; deploy it again",
+            stick.describe(),
+            uefi::LINUX_DIR
+        );
+    }
+    write_config(stick, &table.slots, slot)?;
+    set_boot_once(stick, None)?;
+    if uefi {
+        uefi::set_state(stick, slot.name(), None)?;
+    }
+    Ok(())
+}
+
+/// Checks every file of a filled slot against its manifest's SHA-256.
+pub fn verify_slot(stick: &mut dyn Stick, slot: Slot) -> Result<()> {
+    let filled = read_slot(stick, slot)?.with_context(|| {
+        format!(
+            "slot {slot} on {} holds no complete build",
+            stick.describe()
+        )
+    })?;
+    for (name, want) in &filled.manifest.artifacts {
+        let path = format!("{}/{name}", slot.dir());
+        let (size, sha256) = stick.sha256(&path)?;
+        if size != want.size || sha256 != want.sha256 {
+            bail!(
+                "{path} on {} does not match its {MANIFEST} (size {size} sha256 {sha256}, expected size {} sha256 {})",
+                stick.describe(),
+                want.size,
+                want.sha256
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -400,22 +673,41 @@ mod tests {
     use crate::stick::Dir;
     use sha2::{Digest, Sha256};
 
+    /// A manifest naming `artifacts`, as `cargo xtask build` writes it.
+    pub(crate) fn manifest_json(
+        id: &str,
+        artifacts: BTreeMap<String, crate::manifest::Artifact>,
+    ) -> String {
+        Manifest {
+            build_id: id.to_string(),
+            source_date: 0,
+            git_commit: None,
+            git_dirty: false,
+            alpine_branch: "v3.22".into(),
+            kernel_version: None,
+            compression: crate::flags::Compression::Zstd,
+            cmdline: String::new(),
+            packages: BTreeMap::new(),
+            artifacts,
+        }
+        .to_json()
+    }
+
     /// A build directory with the given files and a manifest naming them.
     fn build(dir: &Path, id: &str, files: &[(&str, &str)]) -> Build {
         fs::create_dir_all(dir).unwrap();
-        let mut artifacts = serde_json::Map::new();
+        let mut artifacts = BTreeMap::new();
         for (name, data) in files {
             fs::write(dir.join(name), data).unwrap();
             artifacts.insert(
                 name.to_string(),
-                serde_json::json!({
-                    "size": data.len(),
-                    "sha256": stick::hex(&Sha256::digest(data.as_bytes())),
-                }),
+                crate::manifest::Artifact {
+                    size: data.len() as u64,
+                    sha256: stick::hex(&Sha256::digest(data.as_bytes())),
+                },
             );
         }
-        let json = serde_json::json!({ "build_id": id, "artifacts": artifacts, "extra": 1 });
-        fs::write(dir.join(MANIFEST), json.to_string()).unwrap();
+        fs::write(dir.join(MANIFEST), manifest_json(id, artifacts)).unwrap();
         Build::open(dir).unwrap()
     }
 
@@ -515,13 +807,101 @@ mod tests {
         );
     }
 
+    /// A directory stick on which "the NAS" commits slot b the first time a file is checked.
+    struct Racing {
+        inner: Dir,
+        root: std::path::PathBuf,
+        raced: bool,
+    }
+
+    impl Stick for Racing {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn list(&mut self, dir: &str) -> Result<Vec<stick::Entry>> {
+            self.inner.list(dir)
+        }
+        fn read_into(&mut self, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+            self.inner.read_into(path, out)
+        }
+        fn write(&mut self, path: &str, data: &mut dyn std::io::Read) -> Result<u64> {
+            self.inner.write(path, data)
+        }
+        fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+            self.inner.rename(from, to)
+        }
+        fn remove(&mut self, path: &str) -> Result<()> {
+            self.inner.remove(path)
+        }
+        fn create_dir_all(&mut self, dir: &str) -> Result<()> {
+            self.inner.create_dir_all(dir)
+        }
+        fn patch(&mut self, path: &str, offset: u64, bytes: &[u8]) -> Result<()> {
+            self.inner.patch(path, offset, bytes)
+        }
+        fn sync(&mut self) -> Result<()> {
+            self.inner.sync()
+        }
+        fn close(self: Box<Self>) -> Result<()> {
+            Box::new(self.inner).close()
+        }
+        fn sha256(&mut self, path: &str) -> Result<(u64, String)> {
+            if !std::mem::replace(&mut self.raced, true) {
+                for cfg in [syslinux::FALLBACK_CONFIG, syslinux::CONFIG] {
+                    let cfg = self.root.join(cfg);
+                    let text = fs::read_to_string(&cfg).unwrap();
+                    fs::write(&cfg, text.replace("DEFAULT a\n", "DEFAULT b\n")).unwrap();
+                }
+            }
+            self.inner.sha256(path)
+        }
+    }
+
+    #[test]
+    fn a_deploy_stops_before_touching_a_slot_the_nas_committed_meanwhile() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("stick");
+        fs::create_dir_all(root.join("syslinux")).unwrap();
+        let files = [("vmlinuz", "k1"), ("initramfs", "i1"), ("cmdline", "c\n")];
+        let one = build(&tmp.path().join("one"), "one", &files);
+        let two = build(
+            &tmp.path().join("two"),
+            "two",
+            &[("vmlinuz", "k2"), ("initramfs", "i2"), ("cmdline", "c\n")],
+        );
+        let mut stick = Racing {
+            inner: Dir::open(&root).unwrap(),
+            root: root.clone(),
+            raced: true,
+        };
+        install(&mut stick, Slot::A, &one).unwrap();
+        install(&mut stick, Slot::B, &one).unwrap();
+        write_boot_config(&mut stick, Slot::A).unwrap();
+        stick.raced = false;
+        let table = Table::read(&mut stick).unwrap();
+        let err = deploy(&mut stick, &table, &two, None, false).unwrap_err();
+        assert!(err.to_string().contains("default slot changed"), "{err}");
+        let table = Table::read(&mut stick).unwrap();
+        assert_eq!(table.default, Some(Slot::B));
+        assert_eq!(table.slots[&Slot::B].manifest.build_id, "one");
+        verify_slot(&mut stick, Slot::B).unwrap();
+    }
+
     #[test]
     fn a_build_without_a_kernel_is_refused() {
-        let err = Manifest::parse(
-            br#"{"build_id": "x", "artifacts": {"initramfs": {"size": 1, "sha256": "00"}, "cmdline": {"size": 1, "sha256": "00"}}}"#,
-            "m.json",
-        )
-        .unwrap_err();
+        let a = crate::manifest::Artifact {
+            size: 1,
+            sha256: "00".into(),
+        };
+        let json = manifest_json(
+            "x",
+            [
+                ("initramfs".to_string(), a.clone()),
+                ("cmdline".to_string(), a),
+            ]
+            .into(),
+        );
+        let err = parse_manifest(json.as_bytes(), "m.json").unwrap_err();
         assert!(err.to_string().contains("no vmlinuz"), "{err}");
     }
 }

@@ -52,6 +52,14 @@ fn boot_with(compression: &str) {
         !lines.iter().any(|l| l.contains("ramnas: FAIL")),
         "{lines:#?}"
     );
+    // The kernel got OUT/cmdline, which names the build for the running system.
+    let build = format!("ramnas.build={}", manifest.build_id);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Command line:") && l.contains(&build)),
+        "{build} not on the kernel's command line: {lines:#?}"
+    );
 }
 
 #[test]
@@ -630,9 +638,14 @@ fn alpine_make_rootfs_contract() {
     }
     assert!(s.out.join("rootfs/etc/mkinitfs/mkinitfs.conf").is_file());
     assert!(!s.out.join("rootfs.new").exists());
+    // The configured command line, plus the build's id for the running system's readiness line.
+    let manifest = Manifest::load(&s.out.join("manifest.json")).unwrap();
     assert_eq!(
         fs::read_to_string(s.out.join("cmdline")).unwrap(),
-        "console=tty0 console=ttyS0,115200 panic=10\n"
+        format!(
+            "console=tty0 console=ttyS0,115200 panic=10 ramnas.build={}\n",
+            manifest.build_id
+        )
     );
 
     // Nothing changed: the tool does not run, nothing is rewritten.

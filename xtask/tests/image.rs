@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use sha2::{Digest, Sha256};
 use xtask::{
     fixture::Fixture,
     qemu::{Accel, Bus, Drive, Machine},
@@ -31,26 +30,31 @@ fn build_with(dir: &Path, fixture: Fixture) -> PathBuf {
 
 /// A manifest for hand-made build files (the fake builds of the error tests), in `build`'s format.
 fn write_manifest(out: &Path, build_id: &str) {
-    let mut artifacts = serde_json::Map::new();
+    let mut artifacts = std::collections::BTreeMap::new();
     for name in ["vmlinuz", "initramfs", "cmdline", "ucode.img"] {
-        let Ok(data) = fs::read(out.join(name)) else {
-            continue;
-        };
-        let sha: String = Sha256::digest(&data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        artifacts.insert(
-            name.into(),
-            serde_json::json!({ "size": data.len(), "sha256": sha }),
-        );
+        if out.join(name).exists() {
+            artifacts.insert(
+                name.to_string(),
+                xtask::manifest::Artifact::of(&out.join(name)).unwrap(),
+            );
+        }
     }
-    let manifest = serde_json::json!({ "build_id": build_id, "artifacts": artifacts });
-    fs::write(
-        out.join("manifest.json"),
-        serde_json::to_string_pretty(&manifest).unwrap(),
-    )
-    .unwrap();
+    let manifest = xtask::manifest::Manifest {
+        build_id: build_id.to_string(),
+        source_date: 0,
+        git_commit: None,
+        git_dirty: false,
+        alpine_branch: "v3.22".into(),
+        kernel_version: None,
+        compression: xtask::flags::Compression::None,
+        cmdline: fs::read_to_string(out.join("cmdline"))
+            .unwrap()
+            .trim()
+            .to_string(),
+        packages: Default::default(),
+        artifacts,
+    };
+    fs::write(out.join("manifest.json"), manifest.to_json()).unwrap();
 }
 
 fn image(dir: &Path, out: &Path, extra: &[&str]) -> PathBuf {

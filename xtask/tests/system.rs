@@ -222,6 +222,8 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
     assert!(key.starts_with("stand-in private key "), "{key}");
     let cfg = mtype(&stick, "/syslinux/syslinux.cfg");
     assert_eq!(cfg, committed_b());
+    // The fallback copy at the root too, as cargo xtask writes both.
+    assert_eq!(mtype(&stick, "/syslinux.cfg"), committed_b());
     assert_eq!(
         mtype(&stick, "/persist/ssh/ssh_host_ed25519_key").trim_end(),
         key

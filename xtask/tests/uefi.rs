@@ -439,32 +439,9 @@ fn ovmf_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
     assert_eq!(view.committed(), Some("a"));
 }
 
-/// Stand-in for `cargo xtask build --base` until it lands: the host kernel, the fixture packed by GNU cpio,
-/// a command line and a manifest naming them.
+/// The fixture built by the real `cargo xtask build --base` (its full manifest: slots read it whole).
 fn fixture_build(dir: &Path, marker: &str) -> PathBuf {
-    use sha2::{Digest, Sha256};
-    let tree = dir.join(format!("tree-{marker}"));
-    Fixture::new(marker).write(&tree).unwrap();
-    let out = dir.join(format!("out-{marker}"));
-    fs::create_dir_all(&out).unwrap();
-    fs::copy(HostKernel::find().unwrap().vmlinuz, out.join("vmlinuz")).unwrap();
-    common::gnu_cpio(&tree, &out.join("initramfs"));
-    fs::write(out.join("cmdline"), "console=ttyS0 panic=-1\n").unwrap();
-    let mut artifacts = serde_json::Map::new();
-    for name in ["vmlinuz", "initramfs", "cmdline"] {
-        let data = fs::read(out.join(name)).unwrap();
-        let sha: String = Sha256::digest(&data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        artifacts.insert(
-            name.into(),
-            serde_json::json!({ "size": data.len(), "sha256": sha }),
-        );
-    }
-    let manifest = serde_json::json!({ "build_id": marker, "artifacts": artifacts });
-    fs::write(out.join("manifest.json"), manifest.to_string()).unwrap();
-    out
+    common::build_fixture(dir, &Fixture::new(marker), &format!("out-{marker}"), &[])
 }
 
 #[test]

@@ -1,0 +1,824 @@
+//! `cargo xtask deploy|commit|rollback|status` on every kind of target: an image file booted by SeaBIOS
+//! through syslinux (trial once then back, a panicking trial falling back by itself, commit, rollback), a
+//! deploy killed at every point where it changes the stick (each followed by a boot), a directory holding
+//! the partition's files, a loop block device, and a real sshd standing in for the NAS.
+
+mod common;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use xtask::{
+    fixture::{Fixture, Init},
+    qemu::{self, Accel, Bus, Drive, Firmware, Machine},
+    slots::{self, Slot, Table},
+    stick::{self, Stick},
+};
+
+/// Builds fixture `marker` with `cargo xtask build --base` into DIR/out-MARKER.
+fn build(dir: &Path, fixture: &Fixture) -> PathBuf {
+    common::build_fixture(dir, fixture, &format!("out-{}", fixture.build), &[])
+}
+
+/// A stick image (DIR/NAME) holding build `out` in slot a, committed.
+fn image(dir: &Path, out: &Path, name: &str) -> PathBuf {
+    common::xtask_ok(
+        dir,
+        &["image", "--out", out.to_str().unwrap(), "--size", "192M"],
+    );
+    let img = dir.join(name);
+    fs::rename(out.join("boot.img"), &img).unwrap();
+    img
+}
+
+fn xtask(dir: &Path, args: &[&str]) -> String {
+    common::text(&common::xtask_ok(dir, args))
+}
+
+fn deploy(dir: &Path, target: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "deploy",
+        target.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    xtask(dir, &args)
+}
+
+fn status(dir: &Path, target: &Path) -> String {
+    xtask(dir, &["status", target.to_str().unwrap()])
+}
+
+/// Boots `img` under SeaBIOS; returns the ready line, after checking that the fixture's checks passed.
+fn boot(img: &Path, dir: &Path, name: &str) -> String {
+    let mut m = Machine::new(Accel::Tcg);
+    m.drives.push(Drive::raw(img, Bus::Ide));
+    boot_machine(&m, dir, name)
+}
+
+/// Boots `img` under OVMF with the variable store DIR/OVMF_VARS.fd (made on first use: one machine).
+fn boot_uefi(img: &Path, dir: &Path, name: &str) -> String {
+    let (code, template) = qemu::ovmf().unwrap();
+    let vars = dir.join("OVMF_VARS.fd");
+    if !vars.exists() {
+        fs::copy(template, &vars).unwrap();
+    }
+    let mut m = Machine::new(Accel::Tcg);
+    m.firmware = Firmware::Uefi { code, vars };
+    m.drives.push(Drive::raw(img, Bus::Ide));
+    boot_machine(&m, dir, name)
+}
+
+fn boot_machine(m: &Machine, dir: &Path, name: &str) -> String {
+    let mut vm = common::start(m, dir, name);
+    let line = vm
+        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
+        .unwrap();
+    let console = vm.output();
+    assert!(
+        console.iter().any(|l| l == "ramnas: fixture checks ok"),
+        "{}",
+        vm.tail(40)
+    );
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    line
+}
+
+fn table(target: &Path) -> Table {
+    let mut s = stick::open(target.to_str().unwrap()).unwrap();
+    Table::read(&mut *s).unwrap()
+}
+
+/// Copies every file under `path` from one stick to another (the partition's files into a directory).
+fn copy_tree(from: &mut dyn Stick, to: &mut dyn Stick, path: &str) {
+    for e in from.list(path).unwrap() {
+        let child = if path.is_empty() {
+            e.name.clone()
+        } else {
+            format!("{path}/{}", e.name)
+        };
+        if e.is_dir {
+            to.create_dir_all(&child).unwrap();
+            copy_tree(from, to, &child);
+        } else {
+            let data = from.read(&child).unwrap();
+            to.write(&child, &mut &data[..]).unwrap();
+        }
+    }
+}
+
+/// A directory holding a copy of the partition's files of an image (or of another such directory).
+fn partition_copy(from: &Path, dir: &Path) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let mut fat = stick::open(from.to_str().unwrap()).unwrap();
+    let mut copy = stick::Dir::open(dir).unwrap();
+    copy_tree(&mut *fat, &mut copy, "");
+    dir.to_path_buf()
+}
+
+#[test]
+fn trial_boots_the_new_build_once_then_the_committed_one() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let a = build(d, &Fixture::new("dep-a"));
+    let b = build(d, &Fixture::new("dep-b"));
+    let img = image(d, &a, "stick.img");
+
+    let st = status(d, &img);
+    assert!(st.contains("slot a (default):\n  build   "), "{st}");
+    assert!(st.contains("slot b: no complete build"), "{st}");
+    assert!(st.contains("trial: none armed"), "{st}");
+
+    let out = deploy(d, &img, &b, &[]);
+    // The diff against the committed slot: the package that changed, and the kernel.
+    assert!(
+        out.contains("~ ramnas-fixture dep-a-r0 → dep-b-r0"),
+        "{out}"
+    );
+    assert!(out.contains("kernel: "), "{out}");
+    assert!(out.contains("into slot b"), "{out}");
+    let st = status(d, &img);
+    assert!(st.contains("slot a (default):"), "{st}");
+    assert!(st.contains("slot b (armed for trial):"), "{st}");
+    assert!(
+        st.contains("trial: slot b armed for the next boot (\"b ramnas.trial=1\")"),
+        "{st}"
+    );
+    let t = table(&img);
+    assert_eq!(t.slots[&Slot::B].manifest.build_id.len(), 16);
+    assert_eq!(
+        t.slots[&Slot::B].manifest.packages["ramnas-fixture"],
+        "dep-b-r0"
+    );
+
+    let t = table(&img);
+    assert_eq!((t.uefi.committed(), t.uefi.trial()), (Some("a"), Some("b")));
+    assert!(st.contains("uefi: default a, trial b, next boot b"), "{st}");
+    // The same stick under UEFI: the trial once, then the committed slot again.
+    let efi = d.join("efi.img");
+    fs::copy(&img, &efi).unwrap();
+    assert_eq!(
+        boot_uefi(&efi, d, "efi-first"),
+        "ramnas: ready slot=b build=dep-b"
+    );
+    assert_eq!(table(&efi).uefi.failed_trial(), Some("b"));
+    assert_eq!(
+        boot_uefi(&efi, d, "efi-second"),
+        "ramnas: ready slot=a build=dep-a"
+    );
+
+    assert_eq!(boot(&img, d, "first"), "ramnas: ready slot=b build=dep-b");
+    let st = status(d, &img);
+    // ldlinux spent the BIOS trial; the UEFI one (each firmware has its own try) is still armed.
+    assert!(st.contains("trial: none armed"), "{st}");
+    assert!(st.contains("slot b (armed for trial):\n"), "{st}");
+    assert!(st.contains("uefi: default a, trial b"), "{st}");
+    assert_eq!(boot(&img, d, "second"), "ramnas: ready slot=a build=dep-a");
+    // Rollback disarms it; then there is nothing left to commit.
+    let out = xtask(d, &["rollback", img.to_str().unwrap()]);
+    assert!(
+        out.contains("the trial boot of slot b is disarmed"),
+        "{out}"
+    );
+    let st = status(d, &img);
+    assert!(
+        st.contains("slot b:\n") && st.contains("uefi: default a, trial none"),
+        "{st}"
+    );
+    let res = common::xtask(d, &["commit", img.to_str().unwrap()]);
+    assert!(!res.status.success());
+    assert!(
+        common::text(&res).contains("no trial boot is armed"),
+        "{}",
+        common::text(&res)
+    );
+}
+
+#[test]
+fn a_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let a = build(d, &Fixture::new("pan-a"));
+    let img = image(d, &a, "stick.img");
+    // A build whose /init exits, with panic=1 on its command line.
+    let system = d.join("panic-system");
+    fs::create_dir_all(&system).unwrap();
+    fs::write(system.join("packages"), "alpine-base\nlinux-lts\n").unwrap();
+    fs::write(
+        system.join("system.toml"),
+        "[kernel]\ncmdline = \"console=ttyS0 panic=1\"\n",
+    )
+    .unwrap();
+    let mut bad = Fixture::new("pan-b");
+    bad.init = Init::Panic;
+    let b = common::build_fixture(
+        d,
+        &bad,
+        "out-pan-b",
+        &["--system", system.to_str().unwrap()],
+    );
+    assert!(
+        fs::read_to_string(b.join("cmdline"))
+            .unwrap()
+            .starts_with("console=ttyS0 panic=1 ramnas.build="),
+        "the panicking build's own command line"
+    );
+    deploy(d, &img, &b, &[]);
+    assert_eq!(table(&img).trial(), Some(Slot::B));
+
+    let mut m = Machine::new(Accel::Tcg);
+    m.drives.push(Drive::raw(&img, Bus::Ide));
+    m.reboot = true;
+    let mut vm = common::start(&m, d, "fallback");
+    vm.expect(
+        "ramnas.slot=b ramnas.trial=1|ramnas: fixture init exits",
+        common::BOOT_TIMEOUT,
+    )
+    .unwrap();
+    vm.expect(xtask::qemu::PANIC, common::BOOT_TIMEOUT).unwrap();
+    let line = vm
+        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
+        .unwrap();
+    assert_eq!(line, "ramnas: ready slot=a build=pan-a");
+    drop(vm);
+    assert_eq!(table(&img).boot_once, None);
+}
+
+#[test]
+fn commit_keeps_the_new_build_and_rollback_returns() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let a = build(d, &Fixture::new("com-a"));
+    let b = build(d, &Fixture::new("com-b"));
+    let img = image(d, &a, "stick.img");
+    {
+        let mut s = stick::open(img.to_str().unwrap()).unwrap();
+        s.write("persist/keep", &mut &b"user data"[..]).unwrap();
+        s.close().unwrap();
+    }
+    // Nothing to roll back to yet.
+    let res = common::xtask(d, &["rollback", img.to_str().unwrap()]);
+    assert!(!res.status.success());
+    assert!(
+        common::text(&res).contains("slot b holds no complete build"),
+        "{}",
+        common::text(&res)
+    );
+
+    deploy(d, &img, &b, &[]);
+    let out = xtask(d, &["commit", img.to_str().unwrap()]);
+    assert!(out.contains("slot b (build "), "{out}");
+    let st = status(d, &img);
+    assert!(st.contains("slot b (default):"), "{st}");
+    assert!(st.contains("default: b\ntrial: none armed"), "{st}");
+    for name in ["committed-1", "committed-2"] {
+        assert_eq!(boot(&img, d, name), "ramnas: ready slot=b build=com-b");
+    }
+    assert_eq!(table(&img).uefi.committed(), Some("b"));
+    assert_eq!(
+        boot_uefi(&img, d, "committed-efi"),
+        "ramnas: ready slot=b build=com-b"
+    );
+    let out = xtask(d, &["rollback", img.to_str().unwrap()]);
+    assert!(out.contains("slot a (build "), "{out}");
+    assert!(status(d, &img).contains("slot a (default):"));
+    assert_eq!(
+        boot(&img, d, "rolled-back"),
+        "ramnas: ready slot=a build=com-a"
+    );
+    assert_eq!(
+        boot_uefi(&img, d, "rolled-back-efi"),
+        "ramnas: ready slot=a build=com-a"
+    );
+
+    // The next deploy goes into b again (a is committed), with --commit straight to the default.
+    let out = deploy(d, &img, &a, &["--commit"]);
+    assert!(out.contains("no change in packages"), "{out}");
+    let t = table(&img);
+    assert_eq!((t.default, t.boot_once.as_deref()), (Some(Slot::B), None));
+    assert_eq!(
+        t.slots[&Slot::B].manifest.packages["ramnas-fixture"],
+        "com-a-r0"
+    );
+
+    let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    assert_eq!(s.read("persist/keep").unwrap(), b"user data");
+}
+
+/// The file names in EFI/Linux (UKIs and their temporary copies), sorted.
+fn uki_names(img: &Path) -> Vec<String> {
+    let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    let mut names: Vec<String> = s
+        .list(xtask::uefi::LINUX_DIR)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| !n.ends_with(".tmp"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs one deploy with the kill hook at point `n`.
+fn deploy_killed_at(dir: &Path, target: &Path, out: &Path, n: u32, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "deploy",
+        target.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .current_dir(dir)
+        .env(stick::KILL_AT_ENV, n.to_string())
+        .output()
+        .unwrap()
+}
+
+/// What the next boot runs, as the stick says: the armed trial, else the default; it must hold a complete
+/// build whose every file matches its manifest. Returns (slot, build marker).
+fn bootable(target: &Path, markers: &[(&str, &Path)]) -> (Slot, String) {
+    let mut s = stick::open(target.to_str().unwrap()).unwrap();
+    let t = Table::read(&mut *s).unwrap();
+    // UEFI: one UKI per slot (Table::read refuses two), a default, and one of them boots next.
+    let efi = t.uefi.next_boot().expect("no UKI boots under UEFI");
+    assert!(t.uefi.committed().is_some(), "no default UKI: {:?}", t.uefi);
+    assert!(["a", "b"].contains(&efi));
+    let slot = t.trial().or(t.default).expect("no default slot");
+    slots::verify_slot(&mut *s, slot).unwrap_or_else(|e| panic!("slot {slot}: {e:#}"));
+    let id = &t.slots[&slot].manifest.build_id;
+    let marker = markers
+        .iter()
+        .find(|(_, out)| {
+            &xtask::manifest::Manifest::load(&out.join("manifest.json"))
+                .unwrap()
+                .build_id
+                == id
+        })
+        .map(|(m, _)| m.to_string())
+        .expect("a build of ours");
+    (slot, marker)
+}
+
+/// A deploy killed at every point where it changes the stick, on a stick whose slot b holds an earlier build
+/// armed for a trial (the hardest case: the slot's entry, the armed trial and its files must all change):
+/// each stop leaves a stick that boots a complete build, and a rerun finishes the deploy.
+#[test]
+fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let a = build(d, &Fixture::new("kill-a"));
+    let b1 = build(d, &Fixture::new("kill-b1"));
+    let b2 = build(d, &Fixture::new("kill-b2"));
+    let markers = [
+        ("kill-a", a.as_path()),
+        ("kill-b1", b1.as_path()),
+        ("kill-b2", b2.as_path()),
+    ];
+    let base = image(d, &a, "base.img");
+    deploy(d, &base, &b1, &[]);
+    assert_eq!(table(&base).trial(), Some(Slot::B));
+
+    let stick = d.join("stick.img");
+    let efi_copy = d.join("efi.img");
+    let mut n = 1;
+    let mut seen = Vec::new();
+    let mut efi_seen: Vec<(u32, Vec<String>, String)> = Vec::new();
+    loop {
+        fs::copy(&base, &stick).unwrap();
+        let res = deploy_killed_at(d, &stick, &b2, n, &[]);
+        if res.status.success() {
+            break;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            res.status.signal(),
+            Some(9),
+            "point {n}: {}",
+            common::text(&res)
+        );
+        let (slot, marker) = bootable(&stick, &markers);
+        // UEFI: booted (on a copy) at every point where the UKIs' names differ from the last one booted.
+        let names = uki_names(&stick);
+        if efi_seen.last().map(|(_, last, _)| last) != Some(&names) {
+            fs::copy(&stick, &efi_copy).unwrap();
+            let want = table(&stick).uefi.next_boot().unwrap().to_string();
+            let line = boot_uefi(&efi_copy, d, &format!("killed-{n}-efi"));
+            assert!(
+                line.starts_with(&format!("ramnas: ready slot={want} build=kill-")),
+                "killed at point {n}, UKIs {names:?}: {line}"
+            );
+            efi_seen.push((n, names, line));
+        }
+        let line = boot(&stick, d, &format!("killed-{n}"));
+        assert_eq!(
+            line,
+            format!("ramnas: ready slot={slot} build={marker}"),
+            "killed at point {n}"
+        );
+        seen.push((n, slot, marker));
+        // The rerun finishes the deploy.
+        fs::copy(&base, &stick).unwrap();
+        assert!(!deploy_killed_at(d, &stick, &b2, n, &[]).status.success());
+        deploy(d, &stick, &b2, &[]);
+        assert_eq!(bootable(&stick, &markers), (Slot::B, "kill-b2".to_string()));
+        let t = table(&stick);
+        assert_eq!((t.uefi.committed(), t.uefi.trial()), (Some("a"), Some("b")));
+        n += 1;
+    }
+    eprintln!("kill points: {seen:?}");
+    eprintln!("UEFI states booted: {efi_seen:#?}");
+    // Under UEFI too: the earlier trial, then the committed slot (the new trial is armed by the very last
+    // change, a rename, so no stop sees it; the finished deploy's UEFI boot below does).
+    let efi_lines: Vec<&str> = efi_seen.iter().map(|(_, _, l)| l.as_str()).collect();
+    assert_eq!(efi_lines[0], "ramnas: ready slot=b build=kill-b1");
+    assert!(efi_lines[1..]
+        .iter()
+        .all(|l| *l == "ramnas: ready slot=a build=kill-a"));
+    assert!(efi_seen.len() >= 4, "{efi_seen:?}");
+    // Every point was reached: the whole deploy has at least the writes of five files and two configs, and
+    // the stops saw all three builds come up (the earlier trial, the committed build, the new trial).
+    assert!(n > 20, "only {} kill points", n - 1);
+    for marker in ["kill-a", "kill-b1", "kill-b2"] {
+        assert!(
+            seen.iter().any(|(_, _, m)| m == marker),
+            "{marker} never booted: {seen:?}"
+        );
+    }
+    assert_eq!(
+        boot(&stick, d, "finished"),
+        "ramnas: ready slot=b build=kill-b2"
+    );
+    // The BIOS boot spent only the BIOS trial: UEFI boots the new trial once too.
+    assert_eq!(
+        boot_uefi(&stick, d, "finished-efi"),
+        "ramnas: ready slot=b build=kill-b2"
+    );
+}
+
+/// The same stops with --commit, checked on the stick (a complete default or trial, every file matching).
+#[test]
+fn a_committing_deploy_killed_at_any_point_leaves_a_complete_default() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let a = build(d, &Fixture::new("kc-a"));
+    let b = build(d, &Fixture::new("kc-b"));
+    let markers = [("kc-a", a.as_path()), ("kc-b", b.as_path())];
+    let base = image(d, &a, "base.img");
+    deploy(d, &base, &b, &["--commit"]);
+    let stick = d.join("stick.img");
+    let mut n = 1;
+    loop {
+        fs::copy(&base, &stick).unwrap();
+        // Slot b is committed: this deploy writes a again.
+        if deploy_killed_at(d, &stick, &b, n, &["--commit"])
+            .status
+            .success()
+        {
+            break;
+        }
+        bootable(&stick, &markers);
+        deploy(d, &stick, &b, &["--commit"]);
+        let t = table(&stick);
+        assert!(t.slots.len() == 2 && t.boot_once.is_none(), "point {n}");
+        n += 1;
+    }
+    assert!(n > 20, "only {} kill points", n - 1);
+}
+
+#[test]
+fn a_directory_target_works_like_the_image() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let a = build(d, &Fixture::new("dir-a"));
+    let b = build(d, &Fixture::new("dir-b"));
+    let img = image(d, &a, "stick.img");
+    let root = partition_copy(&img, &d.join("mounted"));
+    assert!(root.join("syslinux/ldlinux.sys").is_file());
+
+    let out = deploy(d, &root, &b, &[]);
+    assert!(
+        out.contains("~ ramnas-fixture dir-a-r0 → dir-b-r0"),
+        "{out}"
+    );
+    assert!(status(d, &root).contains("slot b (armed for trial):"));
+    assert!(fs::read_dir(root.join("slots/b")).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tmp")));
+    // The NAS's own `ramnas-slot commit` (busybox sh), on a copy, after the trial boot it would run in.
+    let nas = partition_copy(&root, &d.join("nas-copy"));
+    fs::write(
+        d.join("cmdline"),
+        "console=ttyS0 ramnas.slot=b ramnas.trial=1\n",
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system/root/usr/sbin/ramnas-slot");
+    let res = Command::new("busybox")
+        .arg("sh")
+        .arg(&script)
+        .arg("commit")
+        .env("RAMNAS_BOOT", &nas)
+        .env("RAMNAS_CMDLINE", d.join("cmdline"))
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", common::text(&res));
+    xtask(d, &["commit", root.to_str().unwrap()]);
+    // Both wrote the same two configs, byte for byte.
+    for cfg in ["syslinux.cfg", "syslinux/syslinux.cfg"] {
+        assert_eq!(
+            fs::read_to_string(nas.join(cfg)).unwrap(),
+            fs::read_to_string(root.join(cfg)).unwrap(),
+            "{cfg}"
+        );
+    }
+    assert!(
+        !nas.join("syslinux.cfg.tmp").exists() && !nas.join("syslinux/syslinux.cfg.tmp").exists()
+    );
+    let ukis = |root: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(root.join("EFI/Linux"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(ukis(&nas), ["ramnas-a.efi", "ramnas-default-b.efi"]);
+    assert_eq!(ukis(&nas), ukis(&root));
+    let st = status(d, &root);
+    assert!(
+        st.contains("slot b (default):") && st.contains("trial: none armed"),
+        "{st}"
+    );
+    let cfg = fs::read_to_string(root.join("syslinux/syslinux.cfg")).unwrap();
+    assert!(cfg.contains("DEFAULT b\n"), "{cfg}");
+    assert_eq!(cfg, fs::read_to_string(root.join("syslinux.cfg")).unwrap());
+    xtask(d, &["rollback", root.to_str().unwrap()]);
+    assert!(status(d, &root).contains("slot a (default):"));
+    // A trial armed and not booted yet: rollback disarms it, a stays the default.
+    deploy(d, &root, &b, &[]);
+    let out = xtask(d, &["rollback", root.to_str().unwrap()]);
+    assert!(
+        out.contains("the trial boot of slot b is disarmed; slot a stays the default"),
+        "{out}"
+    );
+    let t = table(&root);
+    assert_eq!((t.default, t.boot_once), (Some(Slot::A), None));
+    let persist: Vec<_> = fs::read_dir(root.join("persist")).unwrap().collect();
+    assert!(persist.is_empty());
+}
+
+/// Detaches a loop device when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_block_device_target_works_like_the_image() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let a = build(d, &Fixture::new("blk-a"));
+    let b = build(d, &Fixture::new("blk-b"));
+    let img = image(d, &a, "stick.img");
+    let out = Command::new("losetup")
+        .args(["-f", "--show", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let dev = Loop(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    let target = Path::new(&dev.0);
+
+    deploy(d, target, &b, &[]);
+    let st = status(d, target);
+    assert!(
+        st.contains(&dev.0) && st.contains("slot b (armed for trial):"),
+        "{st}"
+    );
+    xtask(d, &["commit", &dev.0]);
+    assert!(status(d, target).contains("slot b (default):"));
+    assert_eq!(boot(target, d, "loop"), "ramnas: ready slot=b build=blk-b");
+}
+
+/// An sshd on 127.0.0.1 standing in for the NAS: its RAMNAS_BOOT is a directory holding the partition's
+/// files, its RAMNAS_CMDLINE a file saying which slot "runs".
+struct Sshd {
+    child: std::process::Child,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        common::text(&out)
+    );
+}
+
+/// Starts sshd; returns it, the port and an ssh wrapper that trusts it.
+fn sshd(dir: &Path, boot: &Path, cmdline: &Path) -> (Sshd, u16, PathBuf) {
+    let sshd = Path::new("/usr/sbin/sshd");
+    assert!(
+        sshd.exists(),
+        "the ssh test needs sshd: apt-get install openssh-server"
+    );
+    let keys = dir.join("ssh");
+    fs::create_dir_all(&keys).unwrap();
+    let host_key = keys.join("host_key");
+    let id = keys.join("id");
+    for key in [&host_key, &id] {
+        run(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
+        );
+    }
+    fs::copy(keys.join("id.pub"), keys.join("authorized_keys")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = keys.join("sshd_config");
+    fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nSetEnv RAMNAS_BOOT={} RAMNAS_CMDLINE={}\n",
+            host_key.display(),
+            keys.join("authorized_keys").display(),
+            keys.join("sshd.pid").display(),
+            boot.display(),
+            cmdline.display()
+        ),
+    )
+    .unwrap();
+    fs::create_dir_all("/run/sshd").unwrap();
+    let child = Command::new(sshd)
+        .args(["-D", "-e", "-f", config.to_str().unwrap()])
+        .stderr(fs::File::create(keys.join("sshd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let server = Sshd { child };
+    let client_config = keys.join("ssh_config");
+    fs::write(
+        &client_config,
+        format!(
+            "Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  LogLevel ERROR\n",
+            id.display()
+        ),
+    )
+    .unwrap();
+    let wrapper = keys.join("ssh");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec ssh -F {} \"$@\"\n",
+            client_config.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sshd did not start: {}",
+            fs::read_to_string(keys.join("sshd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (server, port, wrapper)
+}
+
+fn xtask_ssh(dir: &Path, wrapper: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .current_dir(dir)
+        .env(xtask::ssh::PROGRAM_ENV, wrapper)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+fn failed(out: Output) -> String {
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    text
+}
+
+#[test]
+fn an_ssh_target_works_like_the_image() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let a = build(d, &Fixture::new("ssh-a"));
+    let b = build(d, &Fixture::new("ssh-b"));
+    let img = image(d, &a, "stick.img");
+    let boot = partition_copy(&img, &d.join("media-boot"));
+    let cmdline = d.join("proc-cmdline");
+    fs::write(&cmdline, "console=ttyS0 panic=10 ramnas.slot=a\n").unwrap();
+    let (_sshd, port, wrapper) = sshd(d, &boot, &cmdline);
+    let target = format!("ssh://root@127.0.0.1:{port}");
+
+    let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
+    assert!(st.contains("slot a (default, running):"), "{st}");
+    assert!(st.contains("running: a\n"), "{st}");
+
+    let out = ok(xtask_ssh(
+        d,
+        &wrapper,
+        &["deploy", &target, "--out", b.to_str().unwrap()],
+    ));
+    assert!(
+        out.contains("~ ramnas-fixture ssh-a-r0 → ssh-b-r0"),
+        "{out}"
+    );
+    let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
+    assert!(st.contains("slot b (armed for trial):"), "{st}");
+    // The files on the "NAS" match the build, and no temporary file is left.
+    for name in ["vmlinuz", "initramfs", "cmdline", "manifest.json"] {
+        assert_eq!(
+            fs::read(boot.join("slots/b").join(name)).unwrap(),
+            fs::read(b.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(!boot.join("slots/b/initramfs.tmp").exists());
+
+    // The NAS still runs a: nothing to commit over ssh until it has booted the trial.
+    let err = failed(xtask_ssh(d, &wrapper, &["commit", &target]));
+    assert!(
+        err.contains("armed for a trial boot the NAS has not made yet"),
+        "{err}"
+    );
+
+    // The NAS reboots into the trial: ldlinux clears the boot-once, the command line says so.
+    {
+        let mut s = stick::Dir::open(&boot).unwrap();
+        slots::set_boot_once(&mut s, None).unwrap();
+    }
+    fs::write(
+        &cmdline,
+        "console=ttyS0 panic=10 ramnas.slot=b ramnas.trial=1\n",
+    )
+    .unwrap();
+    let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
+    // (Its UKI is still armed: only ldlinux spent the BIOS trial.)
+    assert!(
+        st.contains("slot b (armed for trial, running on trial):"),
+        "{st}"
+    );
+    assert!(st.contains("running: b (trial boot)"), "{st}");
+    let out = ok(xtask_ssh(d, &wrapper, &["commit", &target]));
+    assert!(out.contains("slot b (build "), "{out}");
+    let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
+    assert!(st.contains("slot b (default, running on trial):"), "{st}");
+    assert!(
+        st.contains("uefi: default b, trial none, next boot b"),
+        "{st}"
+    );
+    let cfg = fs::read_to_string(boot.join("syslinux/syslinux.cfg")).unwrap();
+    assert!(cfg.contains("DEFAULT b\n"), "{cfg}");
+    assert_eq!(cfg, fs::read_to_string(boot.join("syslinux.cfg")).unwrap());
+    let err = failed(xtask_ssh(d, &wrapper, &["commit", &target]));
+    assert!(err.contains("already the default"), "{err}");
+
+    // A target that is no NAS says so.
+    let err = failed(xtask_ssh(
+        d,
+        &wrapper,
+        &["status", &format!("ssh://root@127.0.0.1:{}", port_unused())],
+    ));
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+fn port_unused() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
