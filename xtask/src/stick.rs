@@ -182,26 +182,29 @@ pub fn open(target: &str) -> Result<Box<dyn Stick>> {
         return Ok(Box::new(Dir::open(path)?));
     }
     if meta.file_type().is_block_device() {
-        refuse_partition(path)?;
+        refuse_device_in_use(path)?;
     } else if !meta.is_file() {
         bail!("{target}: not an image file, block device or directory");
     }
     Ok(Box::new(Fat::open(path)?))
 }
 
-/// A partition device (`/dev/sdb1`) is refused: the MBR is on the whole disk.
-fn refuse_partition(dev: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let rdev = fs::metadata(dev)?.rdev();
-    let sys = format!(
-        "/sys/dev/block/{}:{}/partition",
-        libc::major(rdev),
-        libc::minor(rdev)
-    );
-    if Path::new(&sys).exists() {
+/// A block device must be the whole disk (the MBR is there, not on `/dev/sdb1`), and none of it may be
+/// mounted: writing the FAT under the kernel's own vfat driver would corrupt it.
+fn refuse_device_in_use(dev: &Path) -> Result<()> {
+    let device = crate::blockdev::describe(dev, &crate::blockdev::Host::read()?)?;
+    if let Some(disk) = &device.partition_of {
         bail!(
-            "{}: a partition; give the whole disk (such as /dev/sdb, not /dev/sdb1)",
+            "{}: a partition; give the whole disk (/dev/{disk}, not {})",
+            dev.display(),
             dev.display()
+        );
+    }
+    if let Some((name, mountpoint)) = device.mounted.first() {
+        bail!(
+            "{}: {name} is mounted at {}; use that directory as the target instead, or unmount it first",
+            dev.display(),
+            mountpoint.display()
         );
     }
     Ok(())

@@ -822,3 +822,47 @@ fn port_unused() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A block device any part of which is mounted is refused before anything is read or written: the kernel's
+/// vfat driver owns it then (deploy to the mount point instead).
+#[test]
+fn a_mounted_block_device_is_refused() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let file = d.join("mounted.img");
+    fs::File::create(&file).unwrap().set_len(16 << 20).unwrap();
+    let mkfs = Command::new("mkfs.ext2")
+        .args(["-q", "-F"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(mkfs.status.success(), "{}", common::text(&mkfs));
+    let out = Command::new("losetup")
+        .args(["-f", "--show", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let dev = Loop(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    let mnt = d.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mount = Command::new("mount")
+        .arg(&dev.0)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(mount.status.success(), "{}", common::text(&mount));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let out = common::xtask(d, &["status", &dev.0]);
+    assert!(!out.status.success(), "{}", common::text(&out));
+    let err = common::text(&out);
+    assert!(
+        err.contains("is mounted at") && err.contains(mnt.to_str().unwrap()),
+        "{err}"
+    );
+}
