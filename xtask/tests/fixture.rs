@@ -10,6 +10,21 @@ use xtask::{
     qemu::{Accel, Direct, Machine, Outcome},
 };
 
+/// The fixture packed by GNU cpio into DIR, booted directly by the host kernel under TCG with `append`.
+fn gnu_machine(dir: &std::path::Path, fixture: &Fixture, append: &str) -> Machine {
+    let tree = dir.join("tree");
+    fixture.write(&tree).unwrap();
+    let archive = dir.join("initramfs.cpio");
+    common::gnu_cpio(&tree, &archive);
+    let mut m = Machine::new(Accel::Tcg);
+    m.direct = Some(Direct {
+        kernel: HostKernel::find().unwrap().vmlinuz,
+        initrd: archive,
+        append: append.to_string(),
+    });
+    m
+}
+
 fn boot(init: Init, append: &str) -> (Outcome, Vec<String>) {
     let dir = common::tempdir();
     let mut fixture = Fixture::new("gnu");
@@ -19,15 +34,11 @@ fn boot(init: Init, append: &str) -> (Outcome, Vec<String>) {
         "echo \"ramnas: hook ran\"\n".into(),
         0o644,
     ));
-    fixture.write(&dir.path().join("tree")).unwrap();
-    let archive = dir.path().join("initramfs.cpio");
-    common::gnu_cpio(&dir.path().join("tree"), &archive);
-    let mut m = Machine::new(Accel::Tcg);
-    m.direct = Some(Direct {
-        kernel: HostKernel::find().unwrap().vmlinuz,
-        initrd: archive,
-        append: format!("console=ttyS0 panic=-1 {append}"),
-    });
+    let m = gnu_machine(
+        dir.path(),
+        &fixture,
+        &format!("console=ttyS0 panic=-1 {append}"),
+    );
     let mut vm = common::start(&m, dir.path(), "boot");
     let outcome = vm.wait_for(
         &regex::Regex::new("ramnas: ready").unwrap(),
@@ -73,15 +84,7 @@ fn silent_fixture_never_reports_ready() {
     let dir = common::tempdir();
     let mut fixture = Fixture::new("silent");
     fixture.init = Init::Silent;
-    fixture.write(&dir.path().join("tree")).unwrap();
-    let archive = dir.path().join("initramfs.cpio");
-    common::gnu_cpio(&dir.path().join("tree"), &archive);
-    let mut m = Machine::new(Accel::Tcg);
-    m.direct = Some(Direct {
-        kernel: HostKernel::find().unwrap().vmlinuz,
-        initrd: archive,
-        append: "console=ttyS0".into(),
-    });
+    let m = gnu_machine(dir.path(), &fixture, "console=ttyS0");
     let mut vm = common::start(&m, dir.path(), "boot");
     vm.expect("ramnas: fixture stays silent", common::BOOT_TIMEOUT)
         .unwrap();
@@ -95,19 +98,9 @@ fn silent_fixture_never_reports_ready() {
 #[test]
 fn fixture_lists_virtio_disks_with_serials() {
     let dir = common::tempdir();
-    Fixture::new("disks")
-        .write(&dir.path().join("tree"))
-        .unwrap();
-    let archive = dir.path().join("initramfs.cpio");
-    common::gnu_cpio(&dir.path().join("tree"), &archive);
     let disk = dir.path().join("disk.raw");
     fs::File::create(&disk).unwrap().set_len(8 << 20).unwrap();
-    let mut m = Machine::new(Accel::Tcg);
-    m.direct = Some(Direct {
-        kernel: HostKernel::find().unwrap().vmlinuz,
-        initrd: archive,
-        append: "console=ttyS0".into(),
-    });
+    let mut m = gnu_machine(dir.path(), &Fixture::new("disks"), "console=ttyS0");
     let mut d = xtask::qemu::Drive::raw(&disk, xtask::qemu::Bus::Virtio);
     d.serial = Some("ramnas-disk0".into());
     m.drives.push(d);
