@@ -1,5 +1,5 @@
-//! Helpers shared by the integration tests: temp dirs, running the real `cargo xtask` binary, fixture builds,
-//! and booting them in qemu under TCG.
+//! Helpers shared by the integration tests: temp dirs, running the real `cargo xtask` binary and other
+//! commands, fixture builds and stick images, loop devices, and booting them in qemu under TCG.
 #![allow(dead_code)]
 
 use std::{
@@ -10,7 +10,7 @@ use std::{
 
 use xtask::{
     fixture::Fixture,
-    qemu::{Accel, Direct, Machine, Running},
+    qemu::{self, Accel, Bus, Direct, Drive, Firmware, Machine, Running},
 };
 
 /// How long a test waits for a guest line: generous, since TCG on a loaded 2-core machine is slow.
@@ -23,14 +23,20 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("tempdir")
 }
 
-/// Runs `cargo xtask ARGS…` (the built binary) in `cwd`, returning its output.
-pub fn xtask(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
+/// `cargo xtask ARGS…` (the built binary) in `cwd` under TCG, for a test that sets more (environment,
+/// stdin) before running it.
+pub fn xtask_command(cwd: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command
         .args(args)
         .current_dir(cwd)
-        .env("RAMNAS_ACCEL", "tcg")
-        .output()
-        .expect("running xtask")
+        .env("RAMNAS_ACCEL", "tcg");
+    command
+}
+
+/// Runs `cargo xtask ARGS…` (the built binary) in `cwd`, returning its output.
+pub fn xtask(cwd: &Path, args: &[&str]) -> Output {
+    xtask_command(cwd, args).output().expect("running xtask")
 }
 
 /// Like [`xtask`], but panics with both streams when the command fails.
@@ -53,21 +59,62 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// stdout and stderr of a command that must have succeeded (else a panic showing them).
+pub fn ok(out: &Output) -> String {
+    let text = text(out);
+    assert!(out.status.success(), "the command failed:\n{text}");
+    text
+}
+
+/// stdout and stderr of a command that must have failed (else a panic showing them).
+pub fn failed(out: &Output) -> String {
+    let text = text(out);
+    assert!(
+        !out.status.success(),
+        "the command should have failed:\n{text}"
+    );
+    text
+}
+
+/// Runs `program ARGS…`, panicking with its output when it fails; returns its stdout.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Writes `fixture` into DIR/tree and builds it with `cargo xtask build --base` into DIR/OUT; returns OUT.
 pub fn build_fixture(dir: &Path, fixture: &Fixture, out: &str, extra: &[&str]) -> PathBuf {
     let tree = dir.join(format!("tree-{out}"));
     fixture.write(&tree).expect("writing the fixture tree");
     let out_dir = dir.join(out);
-    let mut args = vec![
-        "build",
-        "--base",
-        tree.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    xtask_ok(dir, &args);
+    ok(&build_command(dir, &tree, &out_dir, extra)
+        .output()
+        .expect("running xtask build"));
     out_dir
+}
+
+/// `cargo xtask build --base BASE --out OUT EXTRA…` in `cwd`, to run (with more environment, say).
+pub fn build_command(cwd: &Path, base: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut command = xtask_command(cwd, &["build", "--base"]);
+    command.arg(base).arg("--out").arg(out).args(extra);
+    command
+}
+
+/// `cargo xtask image --out OUT --size 192M` (room to spare for a fixture build); returns OUT/boot.img.
+pub fn make_stick(dir: &Path, out: &Path) -> PathBuf {
+    xtask_ok(
+        dir,
+        &["image", "--out", out.to_str().unwrap(), "--size", "192M"],
+    );
+    out.join("boot.img")
 }
 
 /// A TCG machine that boots OUT/vmlinuz with OUT/initramfs and OUT/cmdline plus `append`.
@@ -87,6 +134,102 @@ pub fn start(machine: &Machine, dir: &Path, name: &str) -> Running {
     machine
         .start(&dir.join(format!("{name}.log")), false)
         .expect("starting qemu")
+}
+
+/// A TCG machine whose IDE disk is `img` (a stick image or a block device), under SeaBIOS.
+pub fn bios_machine(img: &Path) -> Machine {
+    let mut m = Machine::new(Accel::Tcg);
+    m.drives.push(Drive::raw(img, Bus::Ide));
+    m
+}
+
+/// [`bios_machine`] under OVMF, with the variable store DIR/OVMF_VARS.fd, copied from OVMF's template on
+/// first use: a DIR is the NVRAM of one simulated machine.
+pub fn uefi_machine(img: &Path, dir: &Path) -> Machine {
+    let (code, template) = qemu::ovmf().expect("OVMF");
+    let vars = dir.join("OVMF_VARS.fd");
+    if !vars.exists() {
+        std::fs::copy(template, &vars).expect("copying OVMF's variable store");
+    }
+    let mut m = bios_machine(img);
+    m.firmware = Firmware::Uefi { code, vars };
+    m
+}
+
+/// Starts `machine` (console in DIR/NAME.log), waits for the fixture's ready line and for the guest to power
+/// off, and checks that the fixture's own checks passed. Returns the ready line and every console line.
+pub fn boot_to_ready(machine: &Machine, dir: &Path, name: &str) -> (String, Vec<String>) {
+    let mut vm = start(machine, dir, name);
+    let line = vm
+        .expect("^ramnas: ready slot=", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        vm.output().iter().any(|l| l == "ramnas: fixture checks ok"),
+        "{}",
+        vm.tail(40)
+    );
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    (line, vm.output())
+}
+
+/// Boots the stick `img` under SeaBIOS ([`boot_to_ready`]); returns the ready line.
+pub fn boot_bios(img: &Path, dir: &Path, name: &str) -> String {
+    boot_to_ready(&bios_machine(img), dir, name).0
+}
+
+/// Boots the stick `img` under OVMF ([`uefi_machine`], [`boot_to_ready`]); returns the ready line.
+pub fn boot_uefi(img: &Path, dir: &Path, name: &str) -> String {
+    boot_to_ready(&uefi_machine(img, dir), dir, name).0
+}
+
+/// A loop device over a file (the tests run as root), detached when dropped.
+pub struct Loop {
+    pub dev: PathBuf,
+}
+
+impl Loop {
+    /// `losetup -f --show FILE`: the whole file as one disk.
+    pub fn attach(file: &Path) -> Loop {
+        let dev = run("losetup", &["-f", "--show", file.to_str().unwrap()]);
+        Loop {
+            dev: PathBuf::from(dev.trim()),
+        }
+    }
+
+    /// [`Loop::attach`] with devices for the partitions too. This workplace's kernel has no MBR parser
+    /// (CONFIG_MSDOS_PARTITION unset), so `partx` adds them from user space, as `flash` itself falls back
+    /// to (it fails harmlessly when there is no table).
+    pub fn attach_partitioned(file: &Path) -> Loop {
+        let dev = run("losetup", &["-f", "-P", "--show", file.to_str().unwrap()]);
+        let dev = PathBuf::from(dev.trim());
+        let _ = Command::new("partx").arg("--update").arg(&dev).output();
+        Loop { dev }
+    }
+
+    /// The device's path, as a command-line argument.
+    pub fn path(&self) -> &str {
+        self.dev.to_str().unwrap()
+    }
+
+    /// The device's name in /sys/block (`loop3`).
+    pub fn name(&self) -> String {
+        self.dev.file_name().unwrap().to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Packs `tree` with GNU cpio (`find . | cpio -o -H newc`), the reference packer, into `archive`.
