@@ -9,10 +9,10 @@ use std::{
     fs,
     os::unix::fs::{symlink, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output},
 };
 
-use common::{text, xtask, xtask_ok};
+use common::{build_command, text, xtask};
 use sha2::{Digest, Sha256};
 use xtask::{fixture::Fixture, manifest::Manifest, qemu::Outcome};
 
@@ -202,20 +202,19 @@ fn gnu_cpio_extracts_the_tree() {
     let (mut got, got_inodes) = describe(&extracted);
     // /boot stays out; /dev/console and /dev/null come in.
     want.retain(|p, _| !p.starts_with("boot"));
-    let console = got
-        .remove(Path::new("dev/console"))
-        .expect("dev/console in the archive");
-    assert_eq!(
-        (console.kind, console.mode, console.rdev),
-        ("special", 0o20600, (5, 1))
-    );
-    let null = got
-        .remove(Path::new("dev/null"))
-        .expect("dev/null in the archive");
-    assert_eq!(
-        (null.kind, null.mode, null.rdev),
-        ("special", 0o20666, (1, 3))
-    );
+    for (path, mode, rdev) in [
+        ("dev/console", 0o20600, (5, 1)),
+        ("dev/null", 0o20666, (1, 3)),
+    ] {
+        let node = got
+            .remove(Path::new(path))
+            .unwrap_or_else(|| panic!("{path} not in the archive"));
+        assert_eq!(
+            (node.kind, node.mode, node.rdev),
+            ("special", mode, rdev),
+            "{path}"
+        );
+    }
     // The extraction directory itself is ours; the archive's "." only sets its mode.
     want.remove(Path::new(""));
     got.remove(Path::new(""));
@@ -293,6 +292,11 @@ fn sha(path: &Path) -> String {
     format!("{:x}", Sha256::digest(fs::read(path).unwrap()))
 }
 
+/// Runs `cargo xtask build --base BASE --out OUT EXTRA…` in `dir`, which must succeed; returns its output.
+fn build_ok(dir: &Path, base: &Path, out: &Path, extra: &[&str]) -> String {
+    common::ok(&build_command(dir, base, out, extra).output().unwrap())
+}
+
 #[test]
 fn same_tree_gives_the_same_bytes() {
     let dir = common::tempdir();
@@ -309,16 +313,7 @@ fn same_tree_gives_the_same_bytes() {
     fs::write(copy.join("etc/touched"), "").unwrap();
     fs::remove_file(copy.join("etc/touched")).unwrap();
     let out2 = dir.path().join("two");
-    xtask_ok(
-        dir.path(),
-        &[
-            "build",
-            "--base",
-            copy.to_str().unwrap(),
-            "--out",
-            out2.to_str().unwrap(),
-        ],
-    );
+    build_ok(dir.path(), &copy, &out2, &[]);
     for name in ["initramfs", "vmlinuz", "cmdline", "manifest.json"] {
         assert_eq!(
             sha(&out1.join(name)),
@@ -330,18 +325,7 @@ fn same_tree_gives_the_same_bytes() {
     let out3 = dir.path().join("three");
     let out4 = dir.path().join("four");
     for out in [&out3, &out4] {
-        xtask_ok(
-            dir.path(),
-            &[
-                "build",
-                "--base",
-                copy.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--compression",
-                "xz",
-            ],
-        );
+        build_ok(dir.path(), &copy, out, &["--compression", "xz"]);
     }
     assert_eq!(sha(&out3.join("initramfs")), sha(&out4.join("initramfs")));
     assert_ne!(sha(&out3.join("initramfs")), sha(&out1.join("initramfs")));
@@ -353,21 +337,11 @@ fn source_date_epoch_clamps_mtimes() {
     let tree = mini_tree(dir.path());
     let out = dir.path().join("out");
     let run = |sde: &str| {
-        let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args([
-                "build",
-                "--base",
-                tree.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--compression",
-                "none",
-            ])
-            .current_dir(dir.path())
+        let o = build_command(dir.path(), &tree, &out, &["--compression", "none"])
             .env("SOURCE_DATE_EPOCH", sde)
             .output()
             .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
+        common::ok(&o);
         let listing = Command::new("cpio")
             .args(["--quiet", "-t", "-v", "-F"])
             .arg(out.join("initramfs"))
@@ -387,24 +361,12 @@ fn source_date_epoch_clamps_mtimes() {
             .source_date,
         86400
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args([
-            "build",
-            "--base",
-            tree.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
+    let o = build_command(dir.path(), &tree, &out, &[])
         .env("SOURCE_DATE_EPOCH", "yesterday")
         .output()
         .unwrap();
-    assert!(!o.status.success());
-    assert!(
-        text(&o).contains("SOURCE_DATE_EPOCH=\"yesterday\""),
-        "{}",
-        text(&o)
-    );
+    let err = common::failed(&o);
+    assert!(err.contains("SOURCE_DATE_EPOCH=\"yesterday\""), "{err}");
 }
 
 #[test]
@@ -412,29 +374,17 @@ fn unchanged_build_rewrites_nothing() {
     let dir = common::tempdir();
     let tree = mini_tree(dir.path());
     let out = dir.path().join("out");
-    let args = [
-        "build",
-        "--base",
-        tree.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    let first = xtask_ok(dir.path(), &args);
-    assert!(
-        !text(&first).contains("nothing changed"),
-        "{}",
-        text(&first)
-    );
+    let first = build_ok(dir.path(), &tree, &out, &[]);
+    assert!(!first.contains("nothing changed"), "{first}");
     let before = snapshot(&out);
     let inodes: Vec<u64> = ["vmlinuz", "initramfs", "manifest.json"]
         .iter()
         .map(|n| fs::metadata(out.join(n)).unwrap().ino())
         .collect();
-    let second = xtask_ok(dir.path(), &args);
+    let second = build_ok(dir.path(), &tree, &out, &[]);
     assert!(
-        text(&second).contains("nothing changed since the last build"),
-        "{}",
-        text(&second)
+        second.contains("nothing changed since the last build"),
+        "{second}"
     );
     assert_eq!(snapshot(&out), before);
     let after: Vec<u64> = ["vmlinuz", "initramfs", "manifest.json"]
@@ -444,8 +394,8 @@ fn unchanged_build_rewrites_nothing() {
     assert_eq!(inodes, after, "files were rewritten");
     // A change is built, and the diff is shown.
     fs::write(tree.join("etc/motd"), "changed\n").unwrap();
-    let third = xtask_ok(dir.path(), &args);
-    assert!(text(&third).contains("initramfs:"), "{}", text(&third));
+    let third = build_ok(dir.path(), &tree, &out, &[]);
+    assert!(third.contains("initramfs:"), "{third}");
     assert_ne!(snapshot(&out), before);
 }
 
@@ -456,17 +406,7 @@ fn unchanged_tree_is_not_repacked() {
     let dir = common::tempdir();
     let tree = mini_tree(dir.path());
     let out = dir.path().join("out");
-    let build = |extra: &[&str]| {
-        let mut args = vec![
-            "build",
-            "--base",
-            tree.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        text(&xtask_ok(dir.path(), &args))
-    };
+    let build = |extra: &[&str]| build_ok(dir.path(), &tree, &out, extra);
     let packs = |t: &str| t.contains("packing the initramfs");
     assert!(packs(&build(&[])));
     let before = snapshot(&out);
@@ -564,32 +504,63 @@ impl Seam {
         }
     }
 
-    fn build(&self, extra: &[&str], fail: bool) -> std::process::Output {
-        self.build_as(extra, fail, self.dir.path())
-    }
-
-    /// Builds with `home` as the building user's home (for ~/.ssh/*.pub).
-    fn build_as(&self, extra: &[&str], fail: bool, home: &Path) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args([
+    /// `cargo xtask build --system SYSTEM --out OUT` through the fake tool, HOME being the temp dir (no
+    /// ~/.ssh keys) and no SUDO_USER.
+    fn command(&self, system: &Path) -> Command {
+        let mut command = common::xtask_command(
+            self.dir.path(),
+            &[
                 "build",
                 "--system",
-                self.system.to_str().unwrap(),
+                system.to_str().unwrap(),
                 "--out",
                 self.out.to_str().unwrap(),
-            ])
-            .args(extra)
-            .current_dir(self.dir.path())
+            ],
+        );
+        command
             .env("ALPINE_MAKE_ROOTFS", &self.tool)
             .env("FAKE_RECORD", &self.record)
             .env("FAKE_TREE", &self.tree)
-            .env("FAKE_FAIL", if fail { "1" } else { "" })
-            .env("HOME", home)
-            .env_remove("SUDO_USER")
+            .env("FAKE_FAIL", "")
+            .env("HOME", self.dir.path())
+            .env_remove("SUDO_USER");
+        command
+    }
+
+    /// Builds this seam's system/ with `extra` flags.
+    fn build(&self, extra: &[&str]) -> Output {
+        self.command(&self.system).args(extra).output().unwrap()
+    }
+
+    /// Like [`Seam::build`], with a fake tool that fails.
+    fn build_with_failing_tool(&self, extra: &[&str]) -> Output {
+        self.command(&self.system)
+            .args(extra)
+            .env("FAKE_FAIL", "1")
             .output()
             .unwrap()
     }
 
+    /// Builds with `home` as the building user's home (for ~/.ssh/*.pub).
+    fn build_as(&self, home: &Path) -> Output {
+        self.command(&self.system)
+            .env("HOME", home)
+            .output()
+            .unwrap()
+    }
+
+    /// Writes `contents` into system/NAME.
+    fn write(&self, name: &str, contents: impl AsRef<[u8]>) {
+        fs::write(self.system.join(name), contents).unwrap();
+    }
+
+    /// Builds (which must succeed); returns how often the tool has run so far.
+    fn build_and_count_runs(&self) -> usize {
+        common::ok(&self.build(&[]));
+        self.runs()
+    }
+
+    /// How often the tool has run so far.
     fn runs(&self) -> usize {
         fs::read_to_string(&self.record)
             .unwrap_or_default()
@@ -618,9 +589,8 @@ fn write_system(dir: &Path, packages: &str, toml: &str) {
 #[test]
 fn alpine_make_rootfs_contract() {
     let s = Seam::new();
-    let o = s.build(&[], false);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("==> [2/5] the root tree"), "{}", text(&o));
+    let first = common::ok(&s.build(&[]));
+    assert!(first.contains("==> [2/5] the root tree"), "{first}");
     let record = fs::read_to_string(&s.record).unwrap();
     let system = &s.system;
     let want = format!(
@@ -649,63 +619,45 @@ fn alpine_make_rootfs_contract() {
     );
 
     // Nothing changed: the tool does not run, nothing is rewritten.
-    let o = s.build(&[], false);
-    assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(s.runs(), 1, "{}", text(&o));
+    let again = common::ok(&s.build(&[]));
+    assert_eq!(s.runs(), 1, "{again}");
+    assert!(again.contains("the root tree is up to date"), "{again}");
     assert!(
-        text(&o).contains("the root tree is up to date"),
-        "{}",
-        text(&o)
-    );
-    assert!(
-        text(&o).contains("nothing changed since the last build"),
-        "{}",
-        text(&o)
+        again.contains("nothing changed since the last build"),
+        "{again}"
     );
 
     // Comments in packages are not inputs; a mode change in root/ is.
-    fs::write(
-        s.system.join("packages"),
+    s.write(
+        "packages",
         "alpine-base # still\nlinux-lts\nlinux-firmware-none\nopenrc-init\n",
-    )
-    .unwrap();
-    assert!(s.build(&[], false).status.success());
-    assert_eq!(s.runs(), 1);
+    );
+    assert_eq!(s.build_and_count_runs(), 1);
     fs::set_permissions(
         s.system.join("root/etc/hostname"),
         fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    assert!(s.build(&[], false).status.success());
-    assert_eq!(s.runs(), 2);
-    fs::write(
-        s.system.join("setup.sh"),
+    assert_eq!(s.build_and_count_runs(), 2);
+    s.write(
+        "setup.sh",
         "#!/bin/sh\nln -sf /sbin/openrc-init /init\nrc-update add sshd\n",
-    )
-    .unwrap();
-    assert!(s.build(&[], false).status.success());
-    assert_eq!(s.runs(), 3);
-    fs::write(
-        s.system.join("system.toml"),
-        "[alpine]\nbranch = \"edge\"\n",
-    )
-    .unwrap();
-    assert!(s.build(&[], false).status.success());
-    assert_eq!(s.runs(), 4);
+    );
+    assert_eq!(s.build_and_count_runs(), 3);
+    s.write("system.toml", "[alpine]\nbranch = \"edge\"\n");
+    assert_eq!(s.build_and_count_runs(), 4);
     // A compression change repacks but does not remake the tree.
-    let o = s.build(&["--compression", "gzip"], false);
-    assert!(o.status.success(), "{}", text(&o));
+    common::ok(&s.build(&["--compression", "gzip"]));
     assert_eq!(s.runs(), 4);
     // --fresh always remakes it.
-    assert!(s.build(&["--fresh"], false).status.success());
+    common::ok(&s.build(&["--fresh"]));
     assert_eq!(s.runs(), 5);
 
     // A failing tool: a clear error, the previous build and tree untouched, no half-made tree.
     let before = snapshot(&s.out);
-    let o = s.build(&["--fresh"], true);
-    assert!(!o.status.success());
-    assert!(text(&o).contains("alpine-make-rootfs"), "{}", text(&o));
-    assert!(text(&o).contains("failing on purpose"), "{}", text(&o));
+    let err = common::failed(&s.build_with_failing_tool(&["--fresh"]));
+    assert!(err.contains("alpine-make-rootfs"), "{err}");
+    assert!(err.contains("failing on purpose"), "{err}");
     assert_eq!(snapshot(&s.out), before);
     assert!(!s.out.join("rootfs.new").exists());
 }
@@ -754,20 +706,14 @@ fn fails_cleanly(breakage: impl FnOnce(&Path, &Path), message: &str) {
     let system = dir.path().join("system");
     write_system(&system, PACKAGES, "");
     let out = dir.path().join("out");
-    let args = [
-        "build",
-        "--base",
-        tree.to_str().unwrap(),
-        "--system",
-        system.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    xtask_ok(dir.path(), &args);
+    let with_system = ["--system", system.to_str().unwrap()];
+    build_ok(dir.path(), &tree, &out, &with_system);
     let before = snapshot(&out);
     breakage(&tree, &system);
-    let o = xtask(dir.path(), &args);
-    assert!(!o.status.success(), "the build should fail: {}", text(&o));
+    let o = build_command(dir.path(), &tree, &out, &with_system)
+        .output()
+        .unwrap();
+    common::failed(&o);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains(message), "want {message:?} in:\n{stderr}");
     assert_eq!(snapshot(&out), before, "OUT/ changed:\n{stderr}");
@@ -844,16 +790,11 @@ fn error_missing_base() {
 fn error_out_inside_the_tree() {
     let dir = common::tempdir();
     let tree = mini_tree(dir.path());
-    let o = xtask(
+    let err = common::failed(&xtask(
         dir.path(),
         &["build", "--base", "mini", "--out", "mini/out"],
-    );
-    assert!(!o.status.success());
-    assert!(
-        text(&o).contains("the build would pack its own output"),
-        "{}",
-        text(&o)
-    );
+    ));
+    assert!(err.contains("the build would pack its own output"), "{err}");
     assert_eq!(
         fs::read_dir(tree.join("out")).unwrap().count(),
         0,
@@ -878,26 +819,8 @@ fn base_tarball_keeps_owners_and_devices() {
         .success());
     let from_dir = dir.path().join("from-dir");
     let from_tar = dir.path().join("from-tar");
-    xtask_ok(
-        dir.path(),
-        &[
-            "build",
-            "--base",
-            tree.to_str().unwrap(),
-            "--out",
-            from_dir.to_str().unwrap(),
-        ],
-    );
-    xtask_ok(
-        dir.path(),
-        &[
-            "build",
-            "--base",
-            tarball.to_str().unwrap(),
-            "--out",
-            from_tar.to_str().unwrap(),
-        ],
-    );
+    build_ok(dir.path(), &tree, &from_dir, &[]);
+    build_ok(dir.path(), &tarball, &from_tar, &[]);
     assert_eq!(
         sha(&from_dir.join("initramfs")),
         sha(&from_tar.join("initramfs"))
@@ -914,22 +837,7 @@ fn example_system_builds_through_the_seam() {
     let s = Seam::new();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system");
     let example = fs::canonicalize(example).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args([
-            "build",
-            "--system",
-            example.to_str().unwrap(),
-            "--out",
-            s.out.to_str().unwrap(),
-        ])
-        .current_dir(s.dir.path())
-        .env("ALPINE_MAKE_ROOTFS", &s.tool)
-        .env("FAKE_RECORD", &s.record)
-        .env("FAKE_TREE", &s.tree)
-        .env("FAKE_FAIL", "")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    common::ok(&s.command(&example).output().unwrap());
     let record = fs::read_to_string(&s.record).unwrap();
     let packages = record
         .lines()
@@ -969,20 +877,12 @@ fn products_belong_to_the_sudo_user() {
     let dir = common::tempdir();
     let tree = mini_tree(dir.path());
     let out = dir.path().join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args([
-            "build",
-            "--base",
-            tree.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
+    let o = build_command(dir.path(), &tree, &out, &[])
         .env("SUDO_UID", "4321")
         .env("SUDO_GID", "8765")
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    common::ok(&o);
     for name in ["", "vmlinuz", "initramfs", "cmdline", "manifest.json"] {
         let meta = fs::metadata(out.join(name)).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (4321, 8765), "{name}");
@@ -1061,19 +961,17 @@ fn tampered_cached_tool_is_refused() {
     let cached = cache.join(format!("alpine-make-rootfs-{}", xtask::rootfs::VERSION));
     fs::write(&cached, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
     fs::set_permissions(&cached, fs::Permissions::from_mode(0o755)).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["build", "--system", "system", "--out", "out"])
-        .current_dir(dir.path())
+    let o = common::xtask_command(dir.path(), &["build", "--system", "system", "--out", "out"])
         .env("XDG_CACHE_HOME", dir.path().join("cache"))
         .env_remove("ALPINE_MAKE_ROOTFS")
         .output()
         .unwrap();
-    assert!(!o.status.success());
+    let err = common::failed(&o);
     let want = format!(
         "expected {} (alpine-make-rootfs v0.8.1)",
         xtask::rootfs::SHA256
     );
-    assert!(text(&o).contains(&want), "{}", text(&o));
+    assert!(err.contains(&want), "{err}");
     assert!(!ran.exists(), "the tampered tool ran");
     assert!(!dir.path().join("out/rootfs").exists());
 }
@@ -1083,14 +981,11 @@ fn tampered_cached_tool_is_refused() {
 #[test]
 fn lint_problems_stop_the_build_before_the_tool_runs() {
     let s = Seam::new();
-    fs::write(
-        s.system.join("packages"),
+    s.write(
+        "packages",
         "alpine-base\nlinux-lts\nopenrc-init\nalpine-base\n",
-    )
-    .unwrap();
-    let o = s.build(&[], false);
-    assert!(!o.status.success(), "{}", text(&o));
-    let err = text(&o);
+    );
+    let err = common::failed(&s.build(&[]));
     assert!(err.contains("packages:4:"), "the duplicate, by line: {err}");
     assert!(
         err.contains("linux-firmware"),
@@ -1130,38 +1025,32 @@ fn authorized_keys_from_the_user_or_the_config() {
         Some((fs::read_to_string(&path).unwrap(), mode))
     };
 
-    let o = s.build_as(&[], false, &home);
-    assert!(o.status.success(), "{}", text(&o));
+    let built = common::ok(&s.build_as(&home));
     assert!(
-        text(&o).contains("id_ed25519.pub"),
-        "the build lists where keys came from: {}",
-        text(&o)
+        built.contains("id_ed25519.pub"),
+        "the build lists where keys came from: {built}"
     );
     assert_eq!(keys_in_archive(&s), Some((format!("{user_key}\n"), 0o600)));
 
     let config_key = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 nas-admin";
-    fs::write(s.system.join("admin.pub"), format!("{config_key}\n")).unwrap();
+    s.write("admin.pub", format!("{config_key}\n"));
     let toml = fs::read_to_string(s.system.join("system.toml")).unwrap();
-    fs::write(
-        s.system.join("system.toml"),
+    s.write(
+        "system.toml",
         format!("{toml}[access]\nauthorized_keys = \"admin.pub\"\n"),
-    )
-    .unwrap();
-    let o = s.build_as(&[], false, &home);
-    assert!(o.status.success(), "{}", text(&o));
+    );
+    common::ok(&s.build_as(&home));
     assert_eq!(
         keys_in_archive(&s),
         Some((format!("{config_key}\n"), 0o600))
     );
 
-    fs::write(s.system.join("system.toml"), toml).unwrap();
+    s.write("system.toml", toml);
     let empty_home = s.dir.path().join("nobody");
-    let o = s.build_as(&[], false, &empty_home);
-    assert!(o.status.success(), "{}", text(&o));
+    let built = common::ok(&s.build_as(&empty_home));
     assert!(
-        text(&o).contains("console only"),
-        "a warning when there is no key: {}",
-        text(&o)
+        built.contains("console only"),
+        "a warning when there is no key: {built}"
     );
     assert_eq!(keys_in_archive(&s), None);
 }
