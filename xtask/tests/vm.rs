@@ -19,19 +19,19 @@ fn build_fixture(dir: &Path, fixture: &Fixture, out: &str) -> PathBuf {
     common::build_fixture(dir, fixture, out, &[])
 }
 
-/// OUT/boot.img from `cargo xtask image`: syslinux for SeaBIOS and systemd-boot + a UKI per slot for OVMF.
-fn make_stick(dir: &Path, out: &Path) {
-    common::xtask_ok(
-        dir,
-        &["image", "--out", out.to_str().unwrap(), "--size", "192M"],
-    );
-}
-
 /// A fixture hook that prints the first bytes of /dev/vda, then writes `written-<build>` there.
 const DISK_HOOK: &str = r#"old=$(dd if=/dev/vda bs=32 count=1 2>/dev/null | tr -d '\000')
 echo "ramnas: vda held '$old'"
 printf 'written-%s' "$(cat /etc/ramnas-build)" | dd of=/dev/vda bs=32 count=1 conv=fsync 2>/dev/null
 "#;
+
+/// The fixture whose /init never prints the ready line.
+fn silent_fixture(build: &str) -> Fixture {
+    Fixture {
+        init: Init::Silent,
+        ..Fixture::new(build)
+    }
+}
 
 fn disk_fixture(build: &str) -> Fixture {
     let mut fixture = Fixture::new(build);
@@ -39,6 +39,14 @@ fn disk_fixture(build: &str) -> Fixture {
         .files
         .push(("etc/fixture.d/disk.sh".into(), DISK_HOOK.into(), 0o644));
     fixture
+}
+
+/// A temp dir DIR with `fixture` built into DIR/out; returns it, the VM's directory DIR/vm and DIR/out.
+fn built(fixture: &Fixture) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = common::tempdir();
+    let out = build_fixture(dir.path(), fixture, "out");
+    let vm_dir = dir.path().join("vm");
+    (dir, vm_dir, out)
 }
 
 /// `cargo xtask vm ARGS…` with its VM state in `vm_dir`, small and under TCG.
@@ -57,6 +65,16 @@ fn vm(vm_dir: &Path, out: &Path, args: &[&str]) -> Command {
 
 fn run(mut command: Command) -> Output {
     command.output().expect("running xtask vm")
+}
+
+/// Runs [`vm`], which must succeed; returns both streams.
+fn vm_ok(vm_dir: &Path, out: &Path, args: &[&str]) -> String {
+    common::ok(&run(vm(vm_dir, out, args)))
+}
+
+/// Runs [`vm`], which must fail; returns both streams.
+fn vm_fails(vm_dir: &Path, out: &Path, args: &[&str]) -> String {
+    common::failed(&run(vm(vm_dir, out, args)))
 }
 
 /// pids of processes whose command line mentions `path` (qemu names the VM directory in its disk paths).
@@ -81,6 +99,21 @@ fn log(vm_dir: &Path) -> String {
     fs::read_to_string(vm_dir.join("last-boot.log")).expect("vm/last-boot.log")
 }
 
+/// Waits until the console log shows `line`, for as long as a boot may take.
+fn wait_for_log(vm_dir: &Path, line: &str) {
+    let start = Instant::now();
+    while !fs::read_to_string(vm_dir.join("last-boot.log"))
+        .unwrap_or_default()
+        .contains(line)
+    {
+        assert!(
+            start.elapsed() < common::BOOT_TIMEOUT,
+            "the fixture never booted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn check_boots_the_fixture_with_persistent_data_disks() {
     let dir = common::tempdir();
@@ -89,9 +122,7 @@ fn check_boots_the_fixture_with_persistent_data_disks() {
     let mut fixture = disk_fixture("one");
     fixture.ucode = true;
     let one = build_fixture(dir.path(), &fixture, "one");
-    let out = run(vm(&vm_dir, &one, &["--check"]));
-    let text = common::text(&out);
-    assert!(out.status.success(), "{text}");
+    let text = vm_ok(&vm_dir, &one, &["--check"]);
     assert_no_qemu(&vm_dir);
     let first = log(&vm_dir);
     for line in [
@@ -116,8 +147,7 @@ fn check_boots_the_fixture_with_persistent_data_disks() {
     );
 
     let two = build_fixture(dir.path(), &disk_fixture("two"), "two");
-    let out = run(vm(&vm_dir, &two, &["--check", "--expect", "build=two"]));
-    assert!(out.status.success(), "{}", common::text(&out));
+    vm_ok(&vm_dir, &two, &["--check", "--expect", "build=two"]);
     assert_no_qemu(&vm_dir);
     let second = log(&vm_dir);
     assert!(
@@ -127,8 +157,7 @@ fn check_boots_the_fixture_with_persistent_data_disks() {
         "the data disk lost what the first run wrote:\n{second}"
     );
 
-    let out = run(vm(&vm_dir, &two, &["--check", "--fresh-disks"]));
-    assert!(out.status.success(), "{}", common::text(&out));
+    vm_ok(&vm_dir, &two, &["--check", "--fresh-disks"]);
     assert_no_qemu(&vm_dir);
     let third = log(&vm_dir);
     assert!(
@@ -139,14 +168,12 @@ fn check_boots_the_fixture_with_persistent_data_disks() {
 
 #[test]
 fn check_fails_naming_a_kernel_panic() {
-    let dir = common::tempdir();
-    let vm_dir = dir.path().join("vm");
-    let mut fixture = Fixture::new("panic");
-    fixture.init = Init::Panic;
-    let out_dir = build_fixture(dir.path(), &fixture, "out");
-    let out = run(vm(&vm_dir, &out_dir, &["--check", "--disks", "0"]));
-    let text = common::text(&out);
-    assert!(!out.status.success(), "{text}");
+    let fixture = Fixture {
+        init: Init::Panic,
+        ..Fixture::new("panic")
+    };
+    let (_dir, vm_dir, out_dir) = built(&fixture);
+    let text = vm_fails(&vm_dir, &out_dir, &["--check", "--disks", "0"]);
     assert!(text.contains("the kernel panicked"), "{text}");
     assert!(text.contains("Kernel panic - not syncing"), "{text}");
     assert_no_qemu(&vm_dir);
@@ -154,18 +181,12 @@ fn check_fails_naming_a_kernel_panic() {
 
 #[test]
 fn check_fails_by_timeout_when_the_line_never_comes() {
-    let dir = common::tempdir();
-    let vm_dir = dir.path().join("vm");
-    let mut fixture = Fixture::new("silent");
-    fixture.init = Init::Silent;
-    let out_dir = build_fixture(dir.path(), &fixture, "out");
-    let out = run(vm(
+    let (_dir, vm_dir, out_dir) = built(&silent_fixture("silent"));
+    let text = vm_fails(
         &vm_dir,
         &out_dir,
         &["--check", "--disks", "0", "--timeout", "15"],
-    ));
-    let text = common::text(&out);
-    assert!(!out.status.success(), "{text}");
+    );
     assert!(
         text.contains("timed out after 15s waiting for \"ramnas: ready\""),
         "{text}"
@@ -175,28 +196,14 @@ fn check_fails_by_timeout_when_the_line_never_comes() {
 
 #[test]
 fn ctrl_c_stops_qemu() {
-    let dir = common::tempdir();
-    let vm_dir = dir.path().join("vm");
-    let mut fixture = Fixture::new("silent");
-    fixture.init = Init::Silent;
-    let out_dir = build_fixture(dir.path(), &fixture, "out");
+    let (_dir, vm_dir, out_dir) = built(&silent_fixture("silent"));
     let mut command = vm(&vm_dir, &out_dir, &["--check", "--disks", "1"]);
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("starting xtask vm");
-    let start = Instant::now();
-    while !fs::read_to_string(vm_dir.join("last-boot.log"))
-        .unwrap_or_default()
-        .contains("ramnas: fixture stays silent")
-    {
-        assert!(
-            start.elapsed() < common::BOOT_TIMEOUT,
-            "the fixture never booted"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_log(&vm_dir, "ramnas: fixture stays silent");
     let qemu = processes_naming(&vm_dir);
     assert_eq!(qemu.len(), 1, "one qemu expected: {qemu:?}");
     unsafe {
@@ -214,23 +221,15 @@ fn ctrl_c_stops_qemu() {
 
 #[test]
 fn interactive_vm_runs_the_console_on_the_terminal() {
-    let dir = common::tempdir();
-    let vm_dir = dir.path().join("vm");
-    let out_dir = build_fixture(dir.path(), &Fixture::new("tty"), "out");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let (_dir, vm_dir, out_dir) = built(&Fixture::new("tty"));
+    let port = common::free_port().to_string();
     // The fixture powers off after its ready line, which ends qemu and the command.
     let out = run(vm(
         &vm_dir,
         &out_dir,
         &["--disks", "1", "--ssh-port", &port],
     ));
-    let text = common::text(&out);
-    assert!(out.status.success(), "{text}");
+    let text = common::ok(&out);
     assert!(
         text.contains(&format!("ssh -p {port} ")),
         "no ssh command:\n{text}"
@@ -246,16 +245,8 @@ fn interactive_vm_runs_the_console_on_the_terminal() {
 
 #[test]
 fn interactive_vm_forwards_ssh_and_quits_on_ctrl_a_x() {
-    let dir = common::tempdir();
-    let vm_dir = dir.path().join("vm");
-    let mut fixture = Fixture::new("quit");
-    fixture.init = Init::Silent;
-    let out_dir = build_fixture(dir.path(), &fixture, "out");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (dir, vm_dir, out_dir) = built(&silent_fixture("quit"));
+    let port = common::free_port();
     let terminal = dir.path().join("terminal");
     let mut child = vm(
         &vm_dir,
@@ -267,17 +258,7 @@ fn interactive_vm_forwards_ssh_and_quits_on_ctrl_a_x() {
     .stderr(Stdio::null())
     .spawn()
     .expect("starting xtask vm");
-    let start = Instant::now();
-    while !fs::read_to_string(vm_dir.join("last-boot.log"))
-        .unwrap_or_default()
-        .contains("ramnas: fixture stays silent")
-    {
-        assert!(
-            start.elapsed() < common::BOOT_TIMEOUT,
-            "the fixture never booted"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_log(&vm_dir, "ramnas: fixture stays silent");
     // qemu listens on the forwarded port (nothing answers inside this guest, but the host side is there).
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("the ssh port is not forwarded");
     use std::io::Write;
@@ -313,9 +294,7 @@ fn missing_qemu_tools_are_one_clear_error() {
 
     let mut command = vm(&vm_dir, &out_dir, &["--check"]);
     command.env("PATH", path_with(&dir.path().join("none"), &[]));
-    let out = run(command);
-    let text = common::text(&out);
-    assert!(!out.status.success(), "{text}");
+    let text = common::failed(&run(command));
     assert!(text.contains("qemu-system-x86_64 not found"), "{text}");
     assert!(text.contains("apt-get install qemu-system-x86"), "{text}");
 
@@ -324,9 +303,7 @@ fn missing_qemu_tools_are_one_clear_error() {
         "PATH",
         path_with(&dir.path().join("qemu"), &["qemu-system-x86_64"]),
     );
-    let out = run(command);
-    let text = common::text(&out);
-    assert!(!out.status.success(), "{text}");
+    let text = common::failed(&run(command));
     assert!(text.contains("qemu-img not found"), "{text}");
     assert!(text.contains("apt-get install qemu-utils"), "{text}");
     assert_eq!(text.lines().count(), 1, "more than one error line:\n{text}");
@@ -334,25 +311,17 @@ fn missing_qemu_tools_are_one_clear_error() {
 
 #[test]
 fn image_boots_the_stick_through_seabios_and_ovmf() {
-    let dir = common::tempdir();
-    let vm_dir = dir.path().join("vm");
-    let out_dir = build_fixture(dir.path(), &Fixture::new("stick"), "out");
-    make_stick(dir.path(), &out_dir);
+    let (dir, vm_dir, out_dir) = built(&Fixture::new("stick"));
+    common::make_stick(dir.path(), &out_dir);
 
     // Direct boot: the stick is attached all the same, as the only USB disk.
-    let out = run(vm(&vm_dir, &out_dir, &["--check", "--disks", "1"]));
-    assert!(out.status.success(), "{}", common::text(&out));
+    vm_ok(&vm_dir, &out_dir, &["--check", "--disks", "1"]);
     let direct = log(&vm_dir);
     assert!(direct.contains("ramnas: disk sda"), "no stick:\n{direct}");
     assert!(direct.contains("ramnas: ready slot=none"), "{direct}");
     assert_no_qemu(&vm_dir);
 
-    let out = run(vm(
-        &vm_dir,
-        &out_dir,
-        &["--image", "--check", "--disks", "1"],
-    ));
-    assert!(out.status.success(), "{}", common::text(&out));
+    vm_ok(&vm_dir, &out_dir, &["--image", "--check", "--disks", "1"]);
     let bios = log(&vm_dir);
     assert!(bios.contains("SYSLINUX"), "{bios}");
     assert!(
@@ -362,12 +331,11 @@ fn image_boots_the_stick_through_seabios_and_ovmf() {
     assert!(bios.contains("ramnas: ready slot=a build=stick"), "{bios}");
     assert_no_qemu(&vm_dir);
 
-    let out = run(vm(
+    vm_ok(
         &vm_dir,
         &out_dir,
         &["--image", "--uefi", "--check", "--disks", "1"],
-    ));
-    assert!(out.status.success(), "{}", common::text(&out));
+    );
     let uefi = log(&vm_dir);
     assert!(uefi.contains("EFI stub"), "{uefi}");
     assert!(uefi.contains("ramnas: ready slot=a build=stick"), "{uefi}");
@@ -383,15 +351,11 @@ fn missing_build_or_stick_is_one_clear_error() {
     let out_dir = dir.path().join("out");
     fs::create_dir_all(&out_dir).unwrap();
 
-    let out = run(vm(&vm_dir, &out_dir, &["--check"]));
-    let text = common::text(&out);
-    assert!(!out.status.success(), "{text}");
+    let text = vm_fails(&vm_dir, &out_dir, &["--check"]);
     assert!(text.contains("out/vmlinuz not found"), "{text}");
     assert!(text.contains("cargo xtask build"), "{text}");
 
-    let out = run(vm(&vm_dir, &out_dir, &["--check", "--image"]));
-    let text = common::text(&out);
-    assert!(!out.status.success(), "{text}");
+    let text = vm_fails(&vm_dir, &out_dir, &["--check", "--image"]);
     assert!(text.contains("out/boot.img not found"), "{text}");
     assert!(text.contains("cargo xtask image"), "{text}");
     assert!(
