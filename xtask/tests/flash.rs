@@ -9,16 +9,16 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     os::unix::{fs::FileExt, io::AsRawFd},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     sync::OnceLock,
 };
 
+use common::Loop;
 use sha2::{Digest, Sha256};
 use xtask::{
     blockdev::{self, Host},
     fixture::Fixture,
     flash,
-    qemu::{Accel, Bus, Drive, Machine},
 };
 
 const MIB: u64 = 1 << 20;
@@ -32,56 +32,6 @@ fn require_root() {
         0,
         "the flash tests need root (loop devices, mount, swapon)"
     );
-}
-
-/// Runs a command, panicking with its output when it fails; returns stdout.
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed:\n{}",
-        common::text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A loop device over a file, detached on drop.
-struct Loop {
-    dev: PathBuf,
-}
-
-impl Loop {
-    fn attach(file: &Path, partscan: bool) -> Loop {
-        let mut args = vec!["-f", "--show"];
-        if partscan {
-            args.push("-P");
-        }
-        args.push(file.to_str().unwrap());
-        let dev = PathBuf::from(run("losetup", &args).trim());
-        if partscan {
-            // This workplace's kernel has no MBR parser (CONFIG_MSDOS_PARTITION unset): add the partitions
-            // from user space, as `flash` itself falls back to (fails harmlessly when there is no table).
-            let _ = Command::new("partx").arg("--update").arg(&dev).output();
-        }
-        Loop { dev }
-    }
-
-    fn path(&self) -> &str {
-        self.dev.to_str().unwrap()
-    }
-
-    fn name(&self) -> String {
-        self.dev.file_name().unwrap().to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-    }
 }
 
 /// Undoes a mount or swapon on drop.
@@ -129,7 +79,7 @@ fn old_disk(dir: &Path, name: &str, size: u64) -> PathBuf {
         .unwrap();
     assert!(sfdisk.wait().unwrap().success());
     let blocks = (part_sectors / 2).to_string();
-    run(
+    common::run(
         "mkfs.ext2",
         &[
             "-q",
@@ -147,7 +97,7 @@ fn old_disk(dir: &Path, name: &str, size: u64) -> PathBuf {
 
 /// The signatures `wipefs` finds on a device (types, such as `dos`, `gpt`, `PMBR`, `ext2`, `iso9660`).
 fn signatures(dev: &str) -> Vec<String> {
-    run(
+    common::run(
         "wipefs",
         &["--no-act", "--noheadings", "--output", "TYPE", dev],
     )
@@ -188,12 +138,12 @@ fn stick_image(dir: &Path, size: u64, filler: u64) -> PathBuf {
     let at = format!("{s}@@{MIB}");
     for f in ["filler1", "zeros", "filler2"] {
         let from = dir.join(f);
-        run(
+        common::run(
             "mcopy",
             &["-i", &at, from.to_str().unwrap(), &format!("::/{f}")],
         );
     }
-    run("fallocate", &["--dig-holes", s]);
+    common::run("fallocate", &["--dig-holes", s]);
     img
 }
 
@@ -236,20 +186,50 @@ fn blkid(dev: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn flash_cli(dev: &Loop, img: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["flash", dev.path(), "--image", img.to_str().unwrap()];
+/// `cargo xtask flash TARGET --image IMG EXTRA…`, to run.
+fn flash_command(target: &str, img: &Path, extra: &[&str]) -> Command {
+    let mut args = vec!["flash", target, "--image", img.to_str().unwrap()];
     args.extend_from_slice(extra);
-    common::xtask(Path::new("/"), &args)
+    common::xtask_command(Path::new("/"), &args)
+}
+
+fn flash_cli(target: &str, img: &Path, extra: &[&str]) -> Output {
+    flash_command(target, img, extra).output().unwrap()
 }
 
 fn flash_ok(dev: &Loop, img: &Path, extra: &[&str]) -> String {
-    let out = flash_cli(dev, img, extra);
-    assert!(
-        out.status.success(),
-        "flash failed:\n{}",
-        common::text(&out)
-    );
-    common::text(&out)
+    common::ok(&flash_cli(dev.path(), img, extra))
+}
+
+/// The library's options for a disk that is not removable (as a loop device is not).
+fn forced() -> flash::Options {
+    flash::Options {
+        force: true,
+        ..Default::default()
+    }
+}
+
+/// A file of `size` zero bytes (sparse), to put a loop device over.
+fn blank_disk(dir: &Path, size: u64) -> PathBuf {
+    let disk = dir.join("disk");
+    File::create(&disk).unwrap().set_len(size).unwrap();
+    disk
+}
+
+/// A temp dir with a stick image from [`stick_image`] and a loop device over an [`old_disk`] of `size` bytes.
+fn stick_and_old_disk(size: u64) -> (tempfile::TempDir, PathBuf, Loop) {
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let dev = Loop::attach(&old_disk(dir.path(), "disk", size));
+    (dir, img, dev)
+}
+
+/// A stick image from [`stick_image`] and a loop device, with its partitions, over a copy of it.
+fn stick_on_a_loop_device(dir: &Path) -> (PathBuf, Loop) {
+    let img = stick_image(dir, IMAGE, MIB);
+    let disk = dir.join("disk");
+    fs::copy(&img, &disk).unwrap();
+    (img, Loop::attach_partitioned(&disk))
 }
 
 #[test]
@@ -258,7 +238,7 @@ fn flashes_data_ranges_rereads_the_table_and_boots() {
     let dir = common::tempdir();
     let img = stick_image(dir.path(), IMAGE, 3 * MIB);
     let disk = old_disk(dir.path(), "disk", IMAGE + 32 * MIB);
-    let dev = Loop::attach(&disk, true);
+    let dev = Loop::attach_partitioned(&disk);
     let old = signatures(dev.path());
     assert!(old.contains(&"gpt".to_string()), "{old:?}");
     assert!(
@@ -301,32 +281,24 @@ fn flashes_data_ranges_rereads_the_table_and_boots() {
         probe.contains("TYPE=vfat") && probe.contains("LABEL=RAMNAS"),
         "{probe}"
     );
-    run("fsck.vfat", &["-n", &part]);
+    common::run("fsck.vfat", &["-n", &part]);
     // /zeros is all holes in the image, yet reads as zeros from the device, not as the old 0xa5 bytes.
     let zeros = dir.path().join("zeros.back");
-    run("mcopy", &["-i", &part, "::/zeros", zeros.to_str().unwrap()]);
+    common::run("mcopy", &["-i", &part, "::/zeros", zeros.to_str().unwrap()]);
     assert!(fs::read(&zeros).unwrap().iter().all(|b| *b == 0));
 
     // SeaBIOS boots the flashed device.
-    let mut m = Machine::new(Accel::Tcg);
-    m.drives.push(Drive::raw(&dev.dev, Bus::Ide));
-    let mut vm = common::start(&m, dir.path(), "boot");
-    vm.expect("ramnas: ready slot=a", common::BOOT_TIMEOUT)
-        .unwrap();
+    assert_eq!(
+        common::boot_bios(&dev.dev, dir.path(), "boot"),
+        "ramnas: ready slot=a build=flash"
+    );
 }
 
 #[test]
 fn the_library_call_flashes_without_asking() {
     require_root();
-    let dir = common::tempdir();
-    let img = stick_image(dir.path(), IMAGE, MIB);
-    let disk = old_disk(dir.path(), "disk", IMAGE);
-    let dev = Loop::attach(&disk, false);
-    let opts = flash::Options {
-        force: true,
-        ..Default::default()
-    };
-    let stats = flash::write_image(&img, &dev.dev, &opts).unwrap();
+    let (_dir, img, dev) = stick_and_old_disk(IMAGE);
+    let stats = flash::write_image(&img, &dev.dev, &forced()).unwrap();
     assert!(
         stats.written >= 2 * MIB && stats.written < IMAGE / 2,
         "{stats:?}"
@@ -340,11 +312,18 @@ fn the_library_call_flashes_without_asking() {
 }
 
 /// Asserts `out` failed with a message containing `why`, and the device's bytes did not change.
-fn assert_refused(out: std::process::Output, why: &str, dev: &Path, before: [u8; 32]) {
+fn assert_refused(out: Output, why: &str, dev: &Path, before: [u8; 32]) {
     let text = common::text(&out);
     assert!(!out.status.success(), "should have refused:\n{text}");
     assert!(text.contains(why), "message should say {why:?}:\n{text}");
     assert_eq!(sha256_of(dev), before, "the device changed");
+}
+
+/// Flashes `img` onto `target` with `--yes --force` and asserts [`assert_refused`] of `dev`, the whole device.
+fn assert_forced_flash_refused(target: &str, img: &Path, why: &str, dev: &Loop) {
+    let before = sha256_of(&dev.dev);
+    let out = flash_cli(target, img, &["--yes", "--force"]);
+    assert_refused(out, why, &dev.dev, before);
 }
 
 #[test]
@@ -354,20 +333,13 @@ fn refuses_what_is_not_a_block_device() {
     File::create(&img).unwrap().set_len(4 * MIB).unwrap();
     let target = dir.path().join("target");
     fs::write(&target, b"precious").unwrap();
-    let out = common::xtask(
-        dir.path(),
-        &[
-            "flash",
-            target.to_str().unwrap(),
-            "--image",
-            img.to_str().unwrap(),
-            "--yes",
-            "--force",
-        ],
-    );
-    let text = common::text(&out);
+    let text = common::failed(&flash_cli(
+        target.to_str().unwrap(),
+        &img,
+        &["--yes", "--force"],
+    ));
     assert!(
-        !out.status.success() && text.contains("not a block device (it is a regular file)"),
+        text.contains("not a block device (it is a regular file)"),
         "{text}"
     );
     assert!(text.contains(target.to_str().unwrap()), "{text}");
@@ -378,28 +350,13 @@ fn refuses_what_is_not_a_block_device() {
 fn refuses_a_partition_naming_its_disk() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), IMAGE, MIB);
-    let disk = dir.path().join("disk");
-    fs::copy(&img, &disk).unwrap();
-    let dev = Loop::attach(&disk, true);
-    let part = PathBuf::from(format!("{}p1", dev.path()));
-    let before = sha256_of(&dev.dev);
-    let out = common::xtask(
-        dir.path(),
-        &[
-            "flash",
-            part.to_str().unwrap(),
-            "--image",
-            img.to_str().unwrap(),
-            "--yes",
-            "--force",
-        ],
-    );
-    assert_refused(
-        out,
+    let (img, dev) = stick_on_a_loop_device(dir.path());
+    let part = format!("{}p1", dev.path());
+    assert_forced_flash_refused(
+        &part,
+        &img,
         &format!("it is a partition of {}", dev.path()),
-        &dev.dev,
-        before,
+        &dev,
     );
 }
 
@@ -407,23 +364,18 @@ fn refuses_a_partition_naming_its_disk() {
 fn refuses_a_disk_with_a_mounted_partition() {
     require_root();
     let dir = common::tempdir();
-    let img = stick_image(dir.path(), IMAGE, MIB);
-    let disk = dir.path().join("disk");
-    fs::copy(&img, &disk).unwrap();
-    let dev = Loop::attach(&disk, true);
+    let (img, dev) = stick_on_a_loop_device(dir.path());
     let part = format!("{}p1", dev.path());
-    run("mkfs.ext2", &["-q", &part]);
+    common::run("mkfs.ext2", &["-q", &part]);
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    run("mount", &[&part, mnt.to_str().unwrap()]);
+    common::run("mount", &[&part, mnt.to_str().unwrap()]);
     let _unmount = Undo("umount", mnt.to_str().unwrap().to_string());
-    let before = sha256_of(&dev.dev);
-    let out = flash_cli(&dev, &img, &["--yes", "--force"]);
-    assert_refused(
-        out,
+    assert_forced_flash_refused(
+        dev.path(),
+        &img,
         &format!("{part} is mounted on {}", mnt.display()),
-        &dev.dev,
-        before,
+        &dev,
     );
 }
 
@@ -432,19 +384,15 @@ fn refuses_a_disk_used_as_swap() {
     require_root();
     let dir = common::tempdir();
     let img = stick_image(dir.path(), IMAGE, MIB);
-    let disk = dir.path().join("disk");
-    File::create(&disk).unwrap().set_len(64 * MIB).unwrap();
-    let dev = Loop::attach(&disk, false);
-    run("mkswap", &[dev.path()]);
-    run("swapon", &[dev.path()]);
+    let dev = Loop::attach(&blank_disk(dir.path(), 64 * MIB));
+    common::run("mkswap", &[dev.path()]);
+    common::run("swapon", &[dev.path()]);
     let _swapoff = Undo("swapoff", dev.path().to_string());
-    let before = sha256_of(&dev.dev);
-    let out = flash_cli(&dev, &img, &["--yes", "--force"]);
-    assert_refused(
-        out,
+    assert_forced_flash_refused(
+        dev.path(),
+        &img,
         &format!("{} is in use as swap", dev.path()),
-        &dev.dev,
-        before,
+        &dev,
     );
 }
 
@@ -454,9 +402,7 @@ fn refuses_a_disk_used_as_swap() {
 fn refuses_a_disk_with_holders() {
     require_root();
     let dir = common::tempdir();
-    let disk = dir.path().join("disk");
-    File::create(&disk).unwrap().set_len(64 * MIB).unwrap();
-    let dev = Loop::attach(&disk, false);
+    let dev = Loop::attach(&blank_disk(dir.path(), 64 * MIB));
     let mut desc = blockdev::describe(&dev.dev, &Host::read().unwrap()).unwrap();
     assert!(desc.holders.is_empty());
     assert_eq!(blockdev::refusal(&desc, 32 * MIB, true), Ok(()));
@@ -471,10 +417,7 @@ fn refuses_a_disk_with_holders() {
 #[test]
 fn refuses_the_root_disk() {
     require_root();
-    let dir = common::tempdir();
-    let img = stick_image(dir.path(), IMAGE, MIB);
-    let disk = old_disk(dir.path(), "disk", 64 * MIB);
-    let dev = Loop::attach(&disk, false);
+    let (_dir, img, dev) = stick_and_old_disk(64 * MIB);
     let mut host = Host::read().unwrap();
     let desc = blockdev::describe(&dev.dev, &host).unwrap();
     assert!(
@@ -485,11 +428,7 @@ fn refuses_the_root_disk() {
     // Pretend the loop device holds `/`.
     host.root_disks = vec![desc.dev];
     let before = sha256_of(&dev.dev);
-    let opts = flash::Options {
-        force: true,
-        ..Default::default()
-    };
-    let err = flash::write_image_on(&host, &img, &dev.dev, &opts).unwrap_err();
+    let err = flash::write_image_on(&host, &img, &dev.dev, &forced()).unwrap_err();
     assert!(
         format!("{err:#}").contains("holds the running system's /"),
         "{err:#}"
@@ -500,36 +439,21 @@ fn refuses_the_root_disk() {
 #[test]
 fn refuses_a_disk_smaller_than_the_image() {
     require_root();
-    let dir = common::tempdir();
-    let img = stick_image(dir.path(), IMAGE, MIB);
-    let disk = old_disk(dir.path(), "disk", 40 * MIB);
-    let dev = Loop::attach(&disk, false);
-    let before = sha256_of(&dev.dev);
-    let out = flash_cli(&dev, &img, &["--yes", "--force"]);
-    assert_refused(out, "smaller than the image", &dev.dev, before);
+    let (_dir, img, dev) = stick_and_old_disk(40 * MIB);
+    assert_forced_flash_refused(dev.path(), &img, "smaller than the image", &dev);
 }
 
 #[test]
 fn refuses_a_fixed_disk_without_force_and_asks_for_its_name() {
     require_root();
-    let dir = common::tempdir();
-    let img = stick_image(dir.path(), IMAGE, MIB);
-    let disk = old_disk(dir.path(), "disk", IMAGE);
-    let dev = Loop::attach(&disk, false);
+    let (_dir, img, dev) = stick_and_old_disk(IMAGE);
     let before = sha256_of(&dev.dev);
-    let out = flash_cli(&dev, &img, &["--yes"]);
+    let out = flash_cli(dev.path(), &img, &["--yes"]);
     assert_refused(out, "not a removable disk", &dev.dev, before);
 
     // Without --yes, it asks: a wrong answer stops it, the device's name goes ahead.
     let answer = |text: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args([
-                "flash",
-                dev.path(),
-                "--image",
-                img.to_str().unwrap(),
-                "--force",
-            ])
+        let mut child = flash_command(dev.path(), &img, &["--force"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -557,7 +481,7 @@ fn reflash_keeps_persist_and_wipe_drops_it() {
     let dir = common::tempdir();
     let img = stick_image(dir.path(), IMAGE, MIB);
     let disk = old_disk(dir.path(), "disk", IMAGE + 16 * MIB);
-    let dev = Loop::attach(&disk, true);
+    let dev = Loop::attach_partitioned(&disk);
     flash_ok(&dev, &img, &["--yes", "--force"]);
 
     // The running NAS wrote its state.
@@ -565,12 +489,12 @@ fn reflash_keeps_persist_and_wipe_drops_it() {
     let key_file = dir.path().join("ssh_host_ed25519_key");
     fs::write(&key_file, &key).unwrap();
     let at = format!("{}@@{MIB}", dev.path());
-    run("mmd", &["-i", &at, "::/persist/ssh"]);
-    run(
+    common::run("mmd", &["-i", &at, "::/persist/ssh"]);
+    common::run(
         "mcopy",
         &["-i", &at, key_file.to_str().unwrap(), "::/persist/ssh/"],
     );
-    run(
+    common::run(
         "mcopy",
         &["-i", &at, key_file.to_str().unwrap(), "::/persist/seed"],
     );
@@ -578,7 +502,7 @@ fn reflash_keeps_persist_and_wipe_drops_it() {
     let log = flash_ok(&dev, &img, &["--yes", "--force"]);
     assert!(log.contains("kept /persist (2 files)"), "{log}");
     let back = dir.path().join("back");
-    run(
+    common::run(
         "mcopy",
         &[
             "-i",
@@ -588,11 +512,11 @@ fn reflash_keeps_persist_and_wipe_drops_it() {
         ],
     );
     assert_eq!(fs::read(&back).unwrap(), key);
-    run("fsck.vfat", &["-n", &format!("{}p1", dev.path())]);
+    common::run("fsck.vfat", &["-n", &format!("{}p1", dev.path())]);
 
     let log = flash_ok(&dev, &img, &["--yes", "--force", "--wipe"]);
     assert!(log.contains("--wipe"), "{log}");
-    let listing = run("mdir", &["-i", &at, "-b", "::/persist"]);
+    let listing = common::run("mdir", &["-i", &at, "-b", "::/persist"]);
     assert!(
         !listing.contains("ssh") && !listing.contains("seed"),
         "{listing}"
@@ -604,35 +528,21 @@ fn ctrl_c_says_the_stick_is_incomplete() {
     require_root();
     let dir = common::tempdir();
     let img = stick_image(dir.path(), 400 * MIB, 300 * MIB);
-    let disk = dir.path().join("disk");
-    File::create(&disk).unwrap().set_len(400 * MIB).unwrap();
-    let dev = Loop::attach(&disk, false);
+    let dev = Loop::attach(&blank_disk(dir.path(), 400 * MIB));
     // A ramnas stick with state in /persist.
-    let opts = flash::Options {
-        force: true,
-        ..Default::default()
-    };
-    flash::write_image(&img, &dev.dev, &opts).unwrap();
+    flash::write_image(&img, &dev.dev, &forced()).unwrap();
     let seed = dir.path().join("seed");
     fs::write(&seed, b"random seed bytes").unwrap();
     let at = format!("{}@@{MIB}", dev.path());
-    run(
+    common::run(
         "mcopy",
         &["-i", &at, seed.to_str().unwrap(), "::/persist/seed"],
     );
 
     let rescue = dir.path().join("rescue");
     fs::create_dir(&rescue).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let mut child = flash_command(dev.path(), &img, &["--yes", "--force"])
         .env("TMPDIR", &rescue)
-        .args([
-            "flash",
-            dev.path(),
-            "--image",
-            img.to_str().unwrap(),
-            "--yes",
-            "--force",
-        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
