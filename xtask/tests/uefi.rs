@@ -16,7 +16,7 @@ use std::{
 
 use xtask::{
     fixture::{Fixture, HostKernel, Init},
-    qemu::{self, Accel, Bus, Drive, Firmware, Machine},
+    qemu,
     uefi::{self, Role, Uki, View},
 };
 
@@ -141,35 +141,22 @@ impl Stick {
         assert_eq!(self.view().trial(), trial);
     }
 
-    /// A machine booting this stick under OVMF with the variable store `vars` (one per simulated machine).
-    fn machine(&self, vars: &Path) -> Machine {
-        let (code, _) = qemu::ovmf().unwrap();
-        let mut m = Machine::new(Accel::Tcg);
-        m.firmware = Firmware::Uefi {
-            code,
-            vars: vars.to_path_buf(),
-        };
-        m.drives.push(Drive::raw(&self.image, Bus::Ide));
-        m
+    /// Copies the UKI `uki` into EFI/Linux under the file name of slot `label` in `role`.
+    fn put_uki(&self, uki: &Path, label: &str, role: Role) {
+        let name = uefi::file_name(label, role);
+        self.put(uki, &format!("{}/{name}", uefi::LINUX_DIR));
     }
 }
 
-/// A writable copy of OVMF's variable store template.
-fn fresh_vars(dir: &Path) -> PathBuf {
-    let (_, template) = qemu::ovmf().unwrap();
-    let vars = dir.join("OVMF_VARS.fd");
-    fs::copy(template, &vars).unwrap();
-    vars
-}
-
-/// Boots the stick once and returns the ready line (the guest powers off after it).
-fn boot_ready(stick: &Stick, vars: &Path, dir: &Path, name: &str) -> String {
-    let mut vm = common::start(&stick.machine(vars), dir, name);
-    let line = vm
-        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
-        .unwrap();
-    vm.wait_exit(Duration::from_secs(60)).unwrap();
-    line
+/// A stick (in `dir`) holding the UKI of fixture build-a as slot a, the default, and of build-b, whose /init
+/// does `b_init`, as slot b, a spare; both with `panic=1`.
+fn stick_with_slots_a_and_b(dir: &Path, b_init: Init) -> Stick {
+    let stick = Stick::create(dir);
+    let a = fixture_uki(dir, "a", "build-a", Init::Ready, "console=ttyS0 panic=1");
+    let b = fixture_uki(dir, "b", "build-b", b_init, "console=ttyS0 panic=1");
+    stick.put_uki(&a, "a", Role::Default);
+    stick.put_uki(&b, "b", Role::Spare);
+    stick
 }
 
 #[test]
@@ -228,34 +215,17 @@ fn uki_sections_follow_the_stub_and_the_build_is_reproducible() {
         text.contains("console=ttyS0 pa"),
         "objdump .cmdline: {dump}"
     );
-    let copy = dir.path().join("cmdline");
-    run(Command::new("objcopy").args([
-        "-O",
-        "binary",
-        "--only-section=.cmdline",
-        one.to_str().unwrap(),
-        copy.to_str().unwrap(),
-    ]));
-    assert_eq!(
-        fs::read_to_string(&copy).unwrap(),
-        "console=ttyS0 panic=1 ramnas.slot=b"
-    );
-    run(Command::new("objcopy").args([
-        "-O",
-        "binary",
-        "--only-section=.initrd",
-        one.to_str().unwrap(),
-        copy.to_str().unwrap(),
-    ]));
-    assert_eq!(fs::read(&copy).unwrap(), b"UCODEINITRAMFS");
-    run(Command::new("objcopy").args([
-        "-O",
-        "binary",
-        "--only-section=.linux",
-        one.to_str().unwrap(),
-        copy.to_str().unwrap(),
-    ]));
-    assert_eq!(fs::read(&copy).unwrap(), fs::read(&kernel).unwrap());
+    // objcopy copies them out: the command line with the slot, the initrds in order, the kernel.
+    let section = |name: &str| {
+        let copy = dir.path().join(name);
+        let only = format!("--only-section={name}");
+        let args = ["-O", "binary", &only, one.to_str().unwrap()];
+        run(Command::new("objcopy").args(args).arg(&copy));
+        fs::read(&copy).unwrap()
+    };
+    assert_eq!(section(".cmdline"), b"console=ttyS0 panic=1 ramnas.slot=b");
+    assert_eq!(section(".initrd"), b"UCODEINITRAMFS");
+    assert_eq!(section(".linux"), fs::read(&kernel).unwrap());
 }
 
 /// The PE image checksum (as binutils and Windows compute it): 16-bit one's-complement-style sum of the
@@ -346,33 +316,13 @@ fn file_names_sort_the_way_systemd_boot_must_boot_them() {
 fn ovmf_boots_the_committed_slot_then_a_trial_once_then_commit_and_rollback() {
     let dir = common::tempdir();
     let dir = dir.path();
-    let stick = Stick::create(dir);
-    let a = fixture_uki(dir, "a", "build-a", Init::Ready, "console=ttyS0 panic=1");
-    let b = fixture_uki(dir, "b", "build-b", Init::Ready, "console=ttyS0 panic=1");
-    stick.put(
-        &a,
-        &format!(
-            "{}/{}",
-            uefi::LINUX_DIR,
-            uefi::file_name("a", Role::Default)
-        ),
-    );
-    stick.put(
-        &b,
-        &format!("{}/{}", uefi::LINUX_DIR, uefi::file_name("b", Role::Spare)),
-    );
-    let vars = fresh_vars(dir);
+    let stick = stick_with_slots_a_and_b(dir, Init::Ready);
+    let boot = |name: &str| common::boot_uefi(&stick.image, dir, name);
 
-    assert_eq!(
-        boot_ready(&stick, &vars, dir, "1-committed-a"),
-        "ramnas: ready slot=a build=build-a"
-    );
+    assert_eq!(boot("1-committed-a"), "ramnas: ready slot=a build=build-a");
 
     stick.set("a", Some("b"));
-    assert_eq!(
-        boot_ready(&stick, &vars, dir, "2-trial-b"),
-        "ramnas: ready slot=b build=build-b"
-    );
+    assert_eq!(boot("2-trial-b"), "ramnas: ready slot=b build=build-b");
     // systemd-boot counted the try by renaming the file.
     assert!(
         stick
@@ -382,19 +332,16 @@ fn ovmf_boots_the_committed_slot_then_a_trial_once_then_commit_and_rollback() {
         stick.linux_names()
     );
     assert_eq!(
-        boot_ready(&stick, &vars, dir, "3-uncommitted-trial-falls-back"),
+        boot("3-uncommitted-trial-falls-back"),
         "ramnas: ready slot=a build=build-a"
     );
 
     stick.set("b", None);
-    assert_eq!(
-        boot_ready(&stick, &vars, dir, "4-committed-b"),
-        "ramnas: ready slot=b build=build-b"
-    );
+    assert_eq!(boot("4-committed-b"), "ramnas: ready slot=b build=build-b");
 
     stick.set("a", None);
     assert_eq!(
-        boot_ready(&stick, &vars, dir, "5-rolled-back-a"),
+        boot("5-rolled-back-a"),
         "ramnas: ready slot=a build=build-a"
     );
 }
@@ -403,24 +350,9 @@ fn ovmf_boots_the_committed_slot_then_a_trial_once_then_commit_and_rollback() {
 fn ovmf_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
     let dir = common::tempdir();
     let dir = dir.path();
-    let stick = Stick::create(dir);
-    let a = fixture_uki(dir, "a", "build-a", Init::Ready, "console=ttyS0 panic=1");
-    let b = fixture_uki(dir, "b", "build-b", Init::Panic, "console=ttyS0 panic=1");
-    stick.put(
-        &a,
-        &format!(
-            "{}/{}",
-            uefi::LINUX_DIR,
-            uefi::file_name("a", Role::Default)
-        ),
-    );
-    stick.put(
-        &b,
-        &format!("{}/{}", uefi::LINUX_DIR, uefi::file_name("b", Role::Spare)),
-    );
+    let stick = stick_with_slots_a_and_b(dir, Init::Panic);
     stick.set("a", Some("b"));
-    let vars = fresh_vars(dir);
-    let mut m = stick.machine(&vars);
+    let mut m = common::uefi_machine(&stick.image, dir);
     m.reboot = true;
     let mut vm = common::start(&m, dir, "trial-panics");
     vm.expect(
@@ -449,11 +381,7 @@ fn the_image_boots_under_seabios_and_ovmf() {
     let dir = common::tempdir();
     let dir = dir.path();
     let out = fixture_build(dir, "hybrid");
-    common::xtask_ok(
-        dir,
-        &["image", "--out", out.to_str().unwrap(), "--size", "256M"],
-    );
-    let img = out.join("boot.img");
+    let img = common::make_stick(dir, &out);
     let mut st = xtask::stick::open(img.to_str().unwrap()).unwrap();
     let view = uefi::read_view(&mut *st).unwrap();
     assert_eq!(view.committed(), Some("a"), "{view:?}");
@@ -468,23 +396,12 @@ fn the_image_boots_under_seabios_and_ovmf() {
     );
     st.close().unwrap();
 
-    let mut bios = Machine::new(Accel::Tcg);
-    bios.drives.push(Drive::raw(&img, Bus::Ide));
-    let mut vm = common::start(&bios, dir, "seabios");
-    let line = vm
-        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
-        .unwrap();
-    assert_eq!(line, "ramnas: ready slot=a build=hybrid");
-    drop(vm);
-
-    let vars = fresh_vars(dir);
-    let (code, _) = qemu::ovmf().unwrap();
-    let mut efi = Machine::new(Accel::Tcg);
-    efi.firmware = Firmware::Uefi { code, vars };
-    efi.drives.push(Drive::raw(&img, Bus::Ide));
-    let mut vm = common::start(&efi, dir, "ovmf");
-    let line = vm
-        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
-        .unwrap();
-    assert_eq!(line, "ramnas: ready slot=a build=hybrid");
+    assert_eq!(
+        common::boot_bios(&img, dir, "seabios"),
+        "ramnas: ready slot=a build=hybrid"
+    );
+    assert_eq!(
+        common::boot_uefi(&img, dir, "ovmf"),
+        "ramnas: ready slot=a build=hybrid"
+    );
 }
