@@ -8,12 +8,10 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
 use xtask::{
     fixture::Fixture,
-    qemu::{Accel, Bus, Drive, Machine},
     slots::{self, Build, Slot, Table},
     stick, syslinux,
 };
@@ -57,43 +55,23 @@ fn write_manifest(out: &Path, build_id: &str) {
     fs::write(out.join("manifest.json"), manifest.to_json()).unwrap();
 }
 
-fn image(dir: &Path, out: &Path, extra: &[&str]) -> PathBuf {
-    let mut args = vec!["image", "--out", out.to_str().unwrap(), "--size", "192M"];
-    args.extend_from_slice(extra);
-    common::xtask_ok(dir, &args);
-    out.join("boot.img")
+/// A build of hand-made files DIR/small/{vmlinuz,initramfs,cmdline} and their manifest (build id `small`):
+/// enough for `cargo xtask image`, never booted.
+fn small_fake_build(dir: &Path) -> PathBuf {
+    let out = dir.join("small");
+    fs::create_dir_all(&out).unwrap();
+    for name in ["vmlinuz", "initramfs", "cmdline"] {
+        fs::write(out.join(name), name).unwrap();
+    }
+    write_manifest(&out, "small");
+    out
 }
 
-/// Boots `img` under SeaBIOS and waits for the fixture's ready line.
-fn boot(img: &Path, dir: &Path, name: &str) -> String {
-    boot_with_console(img, dir, name).0
-}
-
-/// Like [`boot`], also returning every console line.
-fn boot_with_console(img: &Path, dir: &Path, name: &str) -> (String, Vec<String>) {
-    let mut m = Machine::new(Accel::Tcg);
-    m.drives.push(Drive::raw(img, Bus::Ide));
-    let mut vm = common::start(&m, dir, name);
-    let line = vm
-        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
-        .unwrap();
-    assert!(
-        !vm.output().iter().any(|l| l.contains("ramnas: FAIL")),
-        "{}",
-        vm.tail(40)
-    );
-    vm.wait_exit(Duration::from_secs(60)).unwrap();
-    (line, vm.output())
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        common::text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The fixture builds `a` and `b`, and a stick made from `a` (slot a); returns the stick and build `b`.
+fn stick_of_a_and_build_b(dir: &Path) -> (PathBuf, PathBuf) {
+    let out_a = build(dir, "a");
+    let out_b = build(dir, "b");
+    (common::make_stick(dir, &out_a), out_b)
 }
 
 #[test]
@@ -103,14 +81,14 @@ fn image_boots_slot_a_under_seabios() {
     fixture.ucode = true;
     let out = build_with(dir.path(), fixture);
     assert!(out.join("ucode.img").exists());
-    let img = image(dir.path(), &out, &[]);
+    let img = common::make_stick(dir.path(), &out);
     let spec = format!("{}@@1M", img.display());
-    let cfg = run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
+    let cfg = common::run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
     assert!(
         cfg.contains("INITRD /slots/a/ucode.img,/slots/a/initramfs\n"),
         "{cfg}"
     );
-    let (line, console) = boot_with_console(&img, dir.path(), "boot");
+    let (line, console) = common::boot_to_ready(&common::bios_machine(&img), dir.path(), "boot");
     assert_eq!(line, "ramnas: ready slot=a build=img-a");
     // The menu was on the serial console too, slot a marked as the default.
     let id = Build::open(&out).unwrap().manifest.build_id;
@@ -127,11 +105,11 @@ fn image_boots_slot_a_under_seabios() {
 fn image_layout_is_as_specified_and_reproducible() {
     let dir = common::tempdir();
     let out = build(dir.path(), "layout");
-    let img = image(dir.path(), &out, &[]);
+    let img = common::make_stick(dir.path(), &out);
     assert_eq!(fs::metadata(&img).unwrap().len(), 192 << 20);
     assert!(!out.join("boot.img.tmp").exists());
 
-    let dump = run("sfdisk", &["--dump", img.to_str().unwrap()]);
+    let dump = common::run("sfdisk", &["--dump", img.to_str().unwrap()]);
     assert!(dump.contains("label: dos\n"), "{dump}");
     assert!(dump.contains("label-id: 0x52414d4e\n"), "{dump}");
     let parts: Vec<&str> = dump.lines().filter(|l| l.contains(" : start=")).collect();
@@ -156,7 +134,7 @@ fn image_layout_is_as_specified_and_reproducible() {
 
     // fsck.vfat on the partition, cut out of the image.
     let part = dir.path().join("part.img");
-    run(
+    common::run(
         "dd",
         &[
             &format!("if={}", img.display()),
@@ -177,12 +155,12 @@ fn image_layout_is_as_specified_and_reproducible() {
     assert_eq!(report.lines().count(), 2, "{report}");
 
     let spec = format!("{}@@1M", img.display());
-    let mdir = |path: &str| run("mdir", &["-a", "-b", "-i", &spec, path]);
+    let mdir = |path: &str| common::run("mdir", &["-a", "-b", "-i", &spec, path]);
     let root = mdir("::/");
     for d in ["::/syslinux/", "::/slots/", "::/persist/"] {
         assert!(root.contains(d), "{d} missing from {root}");
     }
-    let minfo = run("minfo", &["-i", &spec, "::"]);
+    let minfo = common::run("minfo", &["-i", &spec, "::"]);
     assert!(minfo.contains("serial number: 52414D4E"), "{minfo}");
     assert!(minfo.contains("disk type=\"FAT32   \""), "{minfo}");
     let syslinux = mdir("::/syslinux");
@@ -216,7 +194,7 @@ fn image_layout_is_as_specified_and_reproducible() {
     }
     assert_eq!(mdir("::/slots/b").trim(), "");
     // Every timestamp is 1980-01-01 00:00, whoever wrote the file.
-    let listing = run("mdir", &["-/", "-a", "-i", &spec, "::"]);
+    let listing = common::run("mdir", &["-/", "-a", "-i", &spec, "::"]);
     let date = regex::Regex::new(r" \d{4}-\d\d-\d\d ").unwrap();
     let dated: Vec<&str> = listing.lines().filter(|l| date.is_match(l)).collect();
     assert!(dated.len() > 10, "{listing}");
@@ -234,8 +212,8 @@ fn image_layout_is_as_specified_and_reproducible() {
         assert!(efi.contains(f), "{f} missing from {efi}");
     }
     assert!(root.contains("::/syslinux.cfg"), "{root}");
-    let cfg = run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
-    assert_eq!(cfg, run("mtype", &["-i", &spec, "::/syslinux.cfg"]));
+    let cfg = common::run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
+    assert_eq!(cfg, common::run("mtype", &["-i", &spec, "::/syslinux.cfg"]));
     assert!(cfg.contains("DEFAULT a\n"), "{cfg}");
     let cmdline = fs::read_to_string(out.join("cmdline")).unwrap();
     assert!(
@@ -267,11 +245,30 @@ fn image_layout_is_as_specified_and_reproducible() {
 
     // A second run gives the same bytes.
     let again = out.join("again.img");
-    image(dir.path(), &out, &["--output", again.to_str().unwrap()]);
+    common::xtask_ok(
+        dir.path(),
+        &[
+            "image",
+            "--out",
+            out.to_str().unwrap(),
+            "--size",
+            "192M",
+            "--output",
+            again.to_str().unwrap(),
+        ],
+    );
     assert!(
         fs::read(&img).unwrap() == fs::read(&again).unwrap(),
         "two images of the same build differ"
     );
+}
+
+/// Opens the stick image `img`, runs `f` on it and closes it (writing back what `f` changed).
+fn on_stick<T>(img: &Path, f: impl FnOnce(&mut dyn stick::Stick) -> T) -> T {
+    let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    let result = f(&mut *s);
+    s.close().unwrap();
+    result
 }
 
 /// The ADV at the end of ldlinux.sys, as syslinux wrote it, is exactly what our parser and writer make of
@@ -310,12 +307,10 @@ fn big_fake_build(dir: &Path) -> PathBuf {
 fn too_small_says_how_much_is_needed_before_writing() {
     let dir = common::tempdir();
     let out = big_fake_build(dir.path());
-    let res = common::xtask(
+    let text = common::failed(&common::xtask(
         dir.path(),
         &["image", "--out", out.to_str().unwrap(), "--size", "512M"],
-    );
-    let text = common::text(&res);
-    assert!(!res.status.success(), "{text}");
+    ));
     assert!(text.contains("too small"), "{text}");
     // 5 × 310 MiB (3 copies of the slot, 2 UKIs) + 16 MiB, plus 1/32, plus the MiB before the partition.
     let needed = Build::open(&out)
@@ -327,31 +322,26 @@ fn too_small_says_how_much_is_needed_before_writing() {
     assert!(!out.join("boot.img").exists());
     assert!(!out.join("boot.img.tmp").exists());
     let ok = needed.to_string() + "M";
-    let res = common::xtask(
+    common::xtask_ok(
         dir.path(),
         &["image", "--out", out.to_str().unwrap(), "--size", &ok],
     );
-    assert!(res.status.success(), "{}", common::text(&res));
 }
 
 #[test]
 fn missing_syslinux_names_the_package() {
     let dir = common::tempdir();
-    let out = dir.path().join("small");
-    fs::create_dir_all(&out).unwrap();
-    for name in ["vmlinuz", "initramfs", "cmdline"] {
-        fs::write(out.join(name), name).unwrap();
-    }
-    write_manifest(&out, "small");
+    let out = small_fake_build(dir.path());
     let empty = dir.path().join("no-syslinux");
     fs::create_dir_all(&empty).unwrap();
-    let res = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["image", "--out", out.to_str().unwrap(), "--size", "64M"])
-        .env("RAMNAS_SYSLINUX_DIR", &empty)
-        .output()
-        .unwrap();
-    let text = common::text(&res);
-    assert!(!res.status.success(), "{text}");
+    let res = common::xtask_command(
+        dir.path(),
+        &["image", "--out", out.to_str().unwrap(), "--size", "64M"],
+    )
+    .env("RAMNAS_SYSLINUX_DIR", &empty)
+    .output()
+    .unwrap();
+    let text = common::failed(&res);
     assert!(text.contains("apt-get install syslinux"), "{text}");
     assert!(text.contains(&empty.display().to_string()), "{text}");
     assert!(!out.join("boot.img").exists());
@@ -361,33 +351,28 @@ fn missing_syslinux_names_the_package() {
 #[test]
 fn boot_once_in_the_adv_boots_slot_b_once_then_slot_a() {
     let dir = common::tempdir();
-    let out_a = build(dir.path(), "a");
-    let out_b = build(dir.path(), "b");
-    let img = image(dir.path(), &out_a, &[]);
-    {
-        let mut s = stick::open(img.to_str().unwrap()).unwrap();
-        slots::install(&mut *s, Slot::B, &Build::open(&out_b).unwrap()).unwrap();
-        slots::write_boot_config(&mut *s, Slot::A).unwrap();
-        slots::set_boot_once(&mut *s, Some("b")).unwrap();
-        let table = Table::read(&mut *s).unwrap();
+    let (img, out_b) = stick_of_a_and_build_b(dir.path());
+    on_stick(&img, |s| {
+        slots::install(s, Slot::B, &Build::open(&out_b).unwrap()).unwrap();
+        slots::write_boot_config(s, Slot::A).unwrap();
+        slots::set_boot_once(s, Some("b")).unwrap();
+        let table = Table::read(s).unwrap();
         assert_eq!(table.trial(), Some(Slot::B));
         assert_eq!(table.default, Some(Slot::A));
-        s.close().unwrap();
-    }
+    });
     assert_eq!(
-        boot(&img, dir.path(), "first"),
+        common::boot_bios(&img, dir.path(), "first"),
         "ramnas: ready slot=b build=b"
     );
     // ldlinux cleared the boot-once command in its ADV; our reader sees that.
-    {
-        let mut s = stick::open(img.to_str().unwrap()).unwrap();
-        assert_adv_is_ours(&mut *s);
-        let table = Table::read(&mut *s).unwrap();
+    on_stick(&img, |s| {
+        assert_adv_is_ours(s);
+        let table = Table::read(s).unwrap();
         assert_eq!(table.boot_once, None);
         assert_eq!(table.slots.len(), 2);
-    }
+    });
     assert_eq!(
-        boot(&img, dir.path(), "second"),
+        common::boot_bios(&img, dir.path(), "second"),
         "ramnas: ready slot=a build=a"
     );
 }
@@ -397,69 +382,45 @@ fn boot_once_in_the_adv_boots_slot_b_once_then_slot_a() {
 #[test]
 fn the_root_config_is_the_fallback() {
     let dir = common::tempdir();
-    let out_a = build(dir.path(), "a");
-    let out_b = build(dir.path(), "b");
-    let img = image(dir.path(), &out_a, &[]);
-    let entries;
-    {
-        let mut s = stick::open(img.to_str().unwrap()).unwrap();
-        slots::install(&mut *s, Slot::B, &Build::open(&out_b).unwrap()).unwrap();
+    let (img, out_b) = stick_of_a_and_build_b(dir.path());
+    let entries = on_stick(&img, |s| {
+        slots::install(s, Slot::B, &Build::open(&out_b).unwrap()).unwrap();
         // Both copies say b; then the one in /syslinux goes back to a, as if a commit stopped halfway.
-        slots::write_boot_config(&mut *s, Slot::B).unwrap();
+        slots::write_boot_config(s, Slot::B).unwrap();
         assert_eq!(
             s.read(syslinux::FALLBACK_CONFIG).unwrap(),
             s.read(syslinux::CONFIG).unwrap()
         );
         let cfg = String::from_utf8(s.read(syslinux::CONFIG).unwrap()).unwrap();
-        entries = syslinux::labels(&cfg);
         let old = cfg.replace("DEFAULT b\n", "DEFAULT a\n");
         s.replace(syslinux::CONFIG, old.as_bytes()).unwrap();
-        assert_eq!(Table::read(&mut *s).unwrap().default, Some(Slot::A));
-        s.close().unwrap();
-    }
+        assert_eq!(Table::read(s).unwrap().default, Some(Slot::A));
+        syslinux::labels(&cfg)
+    });
     assert_eq!(entries, ["a", "b"]);
     assert_eq!(
-        boot(&img, dir.path(), "primary"),
+        common::boot_bios(&img, dir.path(), "primary"),
         "ramnas: ready slot=a build=a"
     );
-    {
-        let mut s = stick::open(img.to_str().unwrap()).unwrap();
+    on_stick(&img, |s| {
         s.remove(syslinux::CONFIG).unwrap();
-        assert_eq!(Table::read(&mut *s).unwrap().default, Some(Slot::B));
-        s.close().unwrap();
-    }
+        assert_eq!(Table::read(s).unwrap().default, Some(Slot::B));
+    });
     assert_eq!(
-        boot(&img, dir.path(), "fallback"),
+        common::boot_bios(&img, dir.path(), "fallback"),
         "ramnas: ready slot=b build=b"
     );
-}
-
-/// Detaches a loop device when dropped.
-struct Loop(String);
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
 }
 
 /// The same stick through a whole-disk block device (a loop device over the image).
 #[test]
 fn a_block_device_opens_like_the_image() {
     let dir = common::tempdir();
-    let out = dir.path().join("small");
-    fs::create_dir_all(&out).unwrap();
-    for name in ["vmlinuz", "initramfs", "cmdline"] {
-        fs::write(out.join(name), name).unwrap();
-    }
-    write_manifest(&out, "small");
-    let img = image(dir.path(), &out, &[]);
-    let dev = run("losetup", &["-f", "-P", "--show", img.to_str().unwrap()])
-        .trim()
-        .to_string();
-    let _guard = Loop(dev.clone());
-    let mut s = stick::open(&dev).unwrap();
-    assert!(s.describe().contains(&dev), "{}", s.describe());
+    let out = small_fake_build(dir.path());
+    let img = common::make_stick(dir.path(), &out);
+    let dev = common::Loop::attach_partitioned(&img);
+    let mut s = stick::open(dev.path()).unwrap();
+    assert!(s.describe().contains(dev.path()), "{}", s.describe());
     let table = Table::read(&mut *s).unwrap();
     assert_eq!(table.default, Some(Slot::A));
     assert_eq!(table.slots[&Slot::A].manifest.build_id, "small");
@@ -478,12 +439,7 @@ fn an_ordinary_user_makes_the_image() {
     use std::os::unix::fs::PermissionsExt;
     let dir = common::tempdir();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let out = dir.path().join("small");
-    fs::create_dir_all(&out).unwrap();
-    for name in ["vmlinuz", "initramfs", "cmdline"] {
-        fs::write(out.join(name), name).unwrap();
-    }
-    write_manifest(&out, "small");
+    let out = small_fake_build(dir.path());
     fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
     let res = Command::new("setpriv")
         .args([
