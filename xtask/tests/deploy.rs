@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{boot_bios, boot_uefi};
+
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -14,7 +16,6 @@ use std::{
 
 use xtask::{
     fixture::{Fixture, Init},
-    qemu::{self, Accel, Bus, Drive, Firmware, Machine},
     slots::{self, Slot, Table},
     stick::{self, Stick},
 };
@@ -26,20 +27,26 @@ fn build(dir: &Path, fixture: &Fixture) -> PathBuf {
 
 /// A stick image (DIR/NAME) holding build `out` in slot a, committed.
 fn image(dir: &Path, out: &Path, name: &str) -> PathBuf {
-    common::xtask_ok(
-        dir,
-        &["image", "--out", out.to_str().unwrap(), "--size", "192M"],
-    );
     let img = dir.join(name);
-    fs::rename(out.join("boot.img"), &img).unwrap();
+    fs::rename(common::make_stick(dir, out), &img).unwrap();
     img
+}
+
+/// Fixture builds PREFIX-a and PREFIX-b, and a stick image (DIR/stick.img) with PREFIX-a committed in slot
+/// a. Returns (build a, build b, the stick).
+fn builds_a_b_and_stick_of_a(dir: &Path, prefix: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let a = build(dir, &Fixture::new(&format!("{prefix}-a")));
+    let b = build(dir, &Fixture::new(&format!("{prefix}-b")));
+    let img = image(dir, &a, "stick.img");
+    (a, b, img)
 }
 
 fn xtask(dir: &Path, args: &[&str]) -> String {
     common::text(&common::xtask_ok(dir, args))
 }
 
-fn deploy(dir: &Path, target: &Path, out: &Path, extra: &[&str]) -> String {
+/// The arguments of `cargo xtask deploy TARGET --out OUT EXTRA…`.
+fn deploy_args<'a>(target: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "deploy",
         target.to_str().unwrap(),
@@ -47,46 +54,28 @@ fn deploy(dir: &Path, target: &Path, out: &Path, extra: &[&str]) -> String {
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    xtask(dir, &args)
+    args
+}
+
+fn deploy(dir: &Path, target: &Path, out: &Path, extra: &[&str]) -> String {
+    xtask(dir, &deploy_args(target, out, extra))
 }
 
 fn status(dir: &Path, target: &Path) -> String {
     xtask(dir, &["status", target.to_str().unwrap()])
 }
 
-/// Boots `img` under SeaBIOS; returns the ready line, after checking that the fixture's checks passed.
-fn boot(img: &Path, dir: &Path, name: &str) -> String {
-    let mut m = Machine::new(Accel::Tcg);
-    m.drives.push(Drive::raw(img, Bus::Ide));
-    boot_machine(&m, dir, name)
+fn commit(dir: &Path, target: &Path) -> String {
+    xtask(dir, &["commit", target.to_str().unwrap()])
 }
 
-/// Boots `img` under OVMF with the variable store DIR/OVMF_VARS.fd (made on first use: one machine).
-fn boot_uefi(img: &Path, dir: &Path, name: &str) -> String {
-    let (code, template) = qemu::ovmf().unwrap();
-    let vars = dir.join("OVMF_VARS.fd");
-    if !vars.exists() {
-        fs::copy(template, &vars).unwrap();
-    }
-    let mut m = Machine::new(Accel::Tcg);
-    m.firmware = Firmware::Uefi { code, vars };
-    m.drives.push(Drive::raw(img, Bus::Ide));
-    boot_machine(&m, dir, name)
+fn rollback(dir: &Path, target: &Path) -> String {
+    xtask(dir, &["rollback", target.to_str().unwrap()])
 }
 
-fn boot_machine(m: &Machine, dir: &Path, name: &str) -> String {
-    let mut vm = common::start(m, dir, name);
-    let line = vm
-        .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
-        .unwrap();
-    let console = vm.output();
-    assert!(
-        console.iter().any(|l| l == "ramnas: fixture checks ok"),
-        "{}",
-        vm.tail(40)
-    );
-    vm.wait_exit(Duration::from_secs(60)).unwrap();
-    line
+/// Runs `cargo xtask CMD TARGET`, which must fail; returns its output.
+fn refused(dir: &Path, cmd: &str, target: &Path) -> String {
+    common::failed(&common::xtask(dir, &[cmd, target.to_str().unwrap()]))
 }
 
 fn table(target: &Path) -> Table {
@@ -125,9 +114,7 @@ fn partition_copy(from: &Path, dir: &Path) -> PathBuf {
 fn trial_boots_the_new_build_once_then_the_committed_one() {
     let dir = common::tempdir();
     let d = dir.path();
-    let a = build(d, &Fixture::new("dep-a"));
-    let b = build(d, &Fixture::new("dep-b"));
-    let img = image(d, &a, "stick.img");
+    let (_, b, img) = builds_a_b_and_stick_of_a(d, "dep");
 
     let st = status(d, &img);
     assert!(st.contains("slot a (default):\n  build   "), "{st}");
@@ -172,15 +159,21 @@ fn trial_boots_the_new_build_once_then_the_committed_one() {
         "ramnas: ready slot=a build=dep-a"
     );
 
-    assert_eq!(boot(&img, d, "first"), "ramnas: ready slot=b build=dep-b");
+    assert_eq!(
+        boot_bios(&img, d, "first"),
+        "ramnas: ready slot=b build=dep-b"
+    );
     let st = status(d, &img);
     // ldlinux spent the BIOS trial; the UEFI one (each firmware has its own try) is still armed.
     assert!(st.contains("trial: none armed"), "{st}");
     assert!(st.contains("slot b (armed for trial):\n"), "{st}");
     assert!(st.contains("uefi: default a, trial b"), "{st}");
-    assert_eq!(boot(&img, d, "second"), "ramnas: ready slot=a build=dep-a");
+    assert_eq!(
+        boot_bios(&img, d, "second"),
+        "ramnas: ready slot=a build=dep-a"
+    );
     // Rollback disarms it; then there is nothing left to commit.
-    let out = xtask(d, &["rollback", img.to_str().unwrap()]);
+    let out = rollback(d, &img);
     assert!(
         out.contains("the trial boot of slot b is disarmed"),
         "{out}"
@@ -190,13 +183,8 @@ fn trial_boots_the_new_build_once_then_the_committed_one() {
         st.contains("slot b:\n") && st.contains("uefi: default a, trial none"),
         "{st}"
     );
-    let res = common::xtask(d, &["commit", img.to_str().unwrap()]);
-    assert!(!res.status.success());
-    assert!(
-        common::text(&res).contains("no trial boot is armed"),
-        "{}",
-        common::text(&res)
-    );
+    let err = refused(d, "commit", &img);
+    assert!(err.contains("no trial boot is armed"), "{err}");
 }
 
 #[test]
@@ -231,8 +219,7 @@ fn a_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
     deploy(d, &img, &b, &[]);
     assert_eq!(table(&img).trial(), Some(Slot::B));
 
-    let mut m = Machine::new(Accel::Tcg);
-    m.drives.push(Drive::raw(&img, Bus::Ide));
+    let mut m = common::bios_machine(&img);
     m.reboot = true;
     let mut vm = common::start(&m, d, "fallback");
     vm.expect(
@@ -253,42 +240,35 @@ fn a_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
 fn commit_keeps_the_new_build_and_rollback_returns() {
     let dir = common::tempdir();
     let d = dir.path();
-    let a = build(d, &Fixture::new("com-a"));
-    let b = build(d, &Fixture::new("com-b"));
-    let img = image(d, &a, "stick.img");
+    let (a, b, img) = builds_a_b_and_stick_of_a(d, "com");
     {
         let mut s = stick::open(img.to_str().unwrap()).unwrap();
         s.write("persist/keep", &mut &b"user data"[..]).unwrap();
         s.close().unwrap();
     }
     // Nothing to roll back to yet.
-    let res = common::xtask(d, &["rollback", img.to_str().unwrap()]);
-    assert!(!res.status.success());
-    assert!(
-        common::text(&res).contains("slot b holds no complete build"),
-        "{}",
-        common::text(&res)
-    );
+    let err = refused(d, "rollback", &img);
+    assert!(err.contains("slot b holds no complete build"), "{err}");
 
     deploy(d, &img, &b, &[]);
-    let out = xtask(d, &["commit", img.to_str().unwrap()]);
+    let out = commit(d, &img);
     assert!(out.contains("slot b (build "), "{out}");
     let st = status(d, &img);
     assert!(st.contains("slot b (default):"), "{st}");
     assert!(st.contains("default: b\ntrial: none armed"), "{st}");
     for name in ["committed-1", "committed-2"] {
-        assert_eq!(boot(&img, d, name), "ramnas: ready slot=b build=com-b");
+        assert_eq!(boot_bios(&img, d, name), "ramnas: ready slot=b build=com-b");
     }
     assert_eq!(table(&img).uefi.committed(), Some("b"));
     assert_eq!(
         boot_uefi(&img, d, "committed-efi"),
         "ramnas: ready slot=b build=com-b"
     );
-    let out = xtask(d, &["rollback", img.to_str().unwrap()]);
+    let out = rollback(d, &img);
     assert!(out.contains("slot a (build "), "{out}");
     assert!(status(d, &img).contains("slot a (default):"));
     assert_eq!(
-        boot(&img, d, "rolled-back"),
+        boot_bios(&img, d, "rolled-back"),
         "ramnas: ready slot=a build=com-a"
     );
     assert_eq!(
@@ -326,16 +306,7 @@ fn uki_names(img: &Path) -> Vec<String> {
 
 /// Runs one deploy with the kill hook at point `n`.
 fn deploy_killed_at(dir: &Path, target: &Path, out: &Path, n: u32, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "deploy",
-        target.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .current_dir(dir)
+    common::xtask_command(dir, &deploy_args(target, out, extra))
         .env(stick::KILL_AT_ENV, n.to_string())
         .output()
         .unwrap()
@@ -416,7 +387,7 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
             );
             efi_seen.push((n, names, line));
         }
-        let line = boot(&stick, d, &format!("killed-{n}"));
+        let line = boot_bios(&stick, d, &format!("killed-{n}"));
         assert_eq!(
             line,
             format!("ramnas: ready slot={slot} build={marker}"),
@@ -452,7 +423,7 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
         );
     }
     assert_eq!(
-        boot(&stick, d, "finished"),
+        boot_bios(&stick, d, "finished"),
         "ramnas: ready slot=b build=kill-b2"
     );
     // The BIOS boot spent only the BIOS trial: UEFI boots the new trial once too.
@@ -467,12 +438,10 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
 fn a_committing_deploy_killed_at_any_point_leaves_a_complete_default() {
     let dir = common::tempdir();
     let d = dir.path();
-    let a = build(d, &Fixture::new("kc-a"));
-    let b = build(d, &Fixture::new("kc-b"));
+    let (a, b, base) = builds_a_b_and_stick_of_a(d, "kc");
     let markers = [("kc-a", a.as_path()), ("kc-b", b.as_path())];
-    let base = image(d, &a, "base.img");
     deploy(d, &base, &b, &["--commit"]);
-    let stick = d.join("stick.img");
+    let stick = d.join("killed.img");
     let mut n = 1;
     loop {
         fs::copy(&base, &stick).unwrap();
@@ -496,9 +465,7 @@ fn a_committing_deploy_killed_at_any_point_leaves_a_complete_default() {
 fn a_directory_target_works_like_the_image() {
     let dir = common::tempdir();
     let d = dir.path();
-    let a = build(d, &Fixture::new("dir-a"));
-    let b = build(d, &Fixture::new("dir-b"));
-    let img = image(d, &a, "stick.img");
+    let (_, b, img) = builds_a_b_and_stick_of_a(d, "dir");
     let root = partition_copy(&img, &d.join("mounted"));
     assert!(root.join("syslinux/ldlinux.sys").is_file());
 
@@ -530,7 +497,7 @@ fn a_directory_target_works_like_the_image() {
         .output()
         .unwrap();
     assert!(res.status.success(), "{}", common::text(&res));
-    xtask(d, &["commit", root.to_str().unwrap()]);
+    commit(d, &root);
     // Both wrote the same two configs, byte for byte.
     for cfg in ["syslinux.cfg", "syslinux/syslinux.cfg"] {
         assert_eq!(
@@ -560,11 +527,11 @@ fn a_directory_target_works_like_the_image() {
     let cfg = fs::read_to_string(root.join("syslinux/syslinux.cfg")).unwrap();
     assert!(cfg.contains("DEFAULT b\n"), "{cfg}");
     assert_eq!(cfg, fs::read_to_string(root.join("syslinux.cfg")).unwrap());
-    xtask(d, &["rollback", root.to_str().unwrap()]);
+    rollback(d, &root);
     assert!(status(d, &root).contains("slot a (default):"));
     // A trial armed and not booted yet: rollback disarms it, a stays the default.
     deploy(d, &root, &b, &[]);
-    let out = xtask(d, &["rollback", root.to_str().unwrap()]);
+    let out = rollback(d, &root);
     assert!(
         out.contains("the trial boot of slot b is disarmed; slot a stays the default"),
         "{out}"
@@ -575,39 +542,26 @@ fn a_directory_target_works_like_the_image() {
     assert!(persist.is_empty());
 }
 
-/// Detaches a loop device when dropped.
-struct Loop(String);
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 #[test]
 fn a_block_device_target_works_like_the_image() {
     let dir = common::tempdir();
     let d = dir.path();
-    let a = build(d, &Fixture::new("blk-a"));
-    let b = build(d, &Fixture::new("blk-b"));
-    let img = image(d, &a, "stick.img");
-    let out = Command::new("losetup")
-        .args(["-f", "--show", img.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", common::text(&out));
-    let dev = Loop(String::from_utf8(out.stdout).unwrap().trim().to_string());
-    let target = Path::new(&dev.0);
+    let (_, b, img) = builds_a_b_and_stick_of_a(d, "blk");
+    let dev = common::Loop::attach(&img);
+    let target = dev.dev.as_path();
 
     deploy(d, target, &b, &[]);
     let st = status(d, target);
     assert!(
-        st.contains(&dev.0) && st.contains("slot b (armed for trial):"),
+        st.contains(dev.path()) && st.contains("slot b (armed for trial):"),
         "{st}"
     );
-    xtask(d, &["commit", &dev.0]);
+    commit(d, target);
     assert!(status(d, target).contains("slot b (default):"));
-    assert_eq!(boot(target, d, "loop"), "ramnas: ready slot=b build=blk-b");
+    assert_eq!(
+        boot_bios(target, d, "loop"),
+        "ramnas: ready slot=b build=blk-b"
+    );
 }
 
 /// An sshd on 127.0.0.1 standing in for the NAS: its RAMNAS_BOOT is a directory holding the partition's
@@ -623,15 +577,6 @@ impl Drop for Sshd {
     }
 }
 
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        common::text(&out)
-    );
-}
-
 /// Starts sshd; returns it, the port and an ssh wrapper that trusts it.
 fn sshd(dir: &Path, boot: &Path, cmdline: &Path) -> (Sshd, u16, PathBuf) {
     let sshd = Path::new("/usr/sbin/sshd");
@@ -644,17 +589,13 @@ fn sshd(dir: &Path, boot: &Path, cmdline: &Path) -> (Sshd, u16, PathBuf) {
     let host_key = keys.join("host_key");
     let id = keys.join("id");
     for key in [&host_key, &id] {
-        run(
+        common::run(
             "ssh-keygen",
             &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
         );
     }
     fs::copy(keys.join("id.pub"), keys.join("authorized_keys")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = keys.join("sshd_config");
     fs::write(
         &config,
@@ -709,45 +650,30 @@ fn sshd(dir: &Path, boot: &Path, cmdline: &Path) -> (Sshd, u16, PathBuf) {
     (server, port, wrapper)
 }
 
+/// Runs `cargo xtask ARGS…` with `wrapper` as its ssh.
 fn xtask_ssh(dir: &Path, wrapper: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .current_dir(dir)
+    common::xtask_command(dir, args)
         .env(xtask::ssh::PROGRAM_ENV, wrapper)
         .output()
         .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let text = common::text(&out);
-    assert!(out.status.success(), "{text}");
-    text
-}
-
-fn failed(out: Output) -> String {
-    let text = common::text(&out);
-    assert!(!out.status.success(), "{text}");
-    text
 }
 
 #[test]
 fn an_ssh_target_works_like_the_image() {
     let dir = common::tempdir();
     let d = dir.path();
-    let a = build(d, &Fixture::new("ssh-a"));
-    let b = build(d, &Fixture::new("ssh-b"));
-    let img = image(d, &a, "stick.img");
+    let (_, b, img) = builds_a_b_and_stick_of_a(d, "ssh");
     let boot = partition_copy(&img, &d.join("media-boot"));
     let cmdline = d.join("proc-cmdline");
     fs::write(&cmdline, "console=ttyS0 panic=10 ramnas.slot=a\n").unwrap();
     let (_sshd, port, wrapper) = sshd(d, &boot, &cmdline);
     let target = format!("ssh://root@127.0.0.1:{port}");
 
-    let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
+    let st = common::ok(&xtask_ssh(d, &wrapper, &["status", &target]));
     assert!(st.contains("slot a (default, running):"), "{st}");
     assert!(st.contains("running: a\n"), "{st}");
 
-    let out = ok(xtask_ssh(
+    let out = common::ok(&xtask_ssh(
         d,
         &wrapper,
         &["deploy", &target, "--out", b.to_str().unwrap()],
@@ -756,7 +682,7 @@ fn an_ssh_target_works_like_the_image() {
         out.contains("~ ramnas-fixture ssh-a-r0 → ssh-b-r0"),
         "{out}"
     );
-    let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
+    let st = common::ok(&xtask_ssh(d, &wrapper, &["status", &target]));
     assert!(st.contains("slot b (armed for trial):"), "{st}");
     // The files on the "NAS" match the build, and no temporary file is left.
     for name in ["vmlinuz", "initramfs", "cmdline", "manifest.json"] {
@@ -769,7 +695,7 @@ fn an_ssh_target_works_like_the_image() {
     assert!(!boot.join("slots/b/initramfs.tmp").exists());
 
     // The NAS still runs a: nothing to commit over ssh until it has booted the trial.
-    let err = failed(xtask_ssh(d, &wrapper, &["commit", &target]));
+    let err = common::failed(&xtask_ssh(d, &wrapper, &["commit", &target]));
     assert!(
         err.contains("armed for a trial boot the NAS has not made yet"),
         "{err}"
@@ -785,16 +711,16 @@ fn an_ssh_target_works_like_the_image() {
         "console=ttyS0 panic=10 ramnas.slot=b ramnas.trial=1\n",
     )
     .unwrap();
-    let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
+    let st = common::ok(&xtask_ssh(d, &wrapper, &["status", &target]));
     // (Its UKI is still armed: only ldlinux spent the BIOS trial.)
     assert!(
         st.contains("slot b (armed for trial, running on trial):"),
         "{st}"
     );
     assert!(st.contains("running: b (trial boot)"), "{st}");
-    let out = ok(xtask_ssh(d, &wrapper, &["commit", &target]));
+    let out = common::ok(&xtask_ssh(d, &wrapper, &["commit", &target]));
     assert!(out.contains("slot b (build "), "{out}");
-    let st = ok(xtask_ssh(d, &wrapper, &["status", &target]));
+    let st = common::ok(&xtask_ssh(d, &wrapper, &["status", &target]));
     assert!(st.contains("slot b (default, running on trial):"), "{st}");
     assert!(
         st.contains("uefi: default b, trial none, next boot b"),
@@ -803,24 +729,19 @@ fn an_ssh_target_works_like_the_image() {
     let cfg = fs::read_to_string(boot.join("syslinux/syslinux.cfg")).unwrap();
     assert!(cfg.contains("DEFAULT b\n"), "{cfg}");
     assert_eq!(cfg, fs::read_to_string(boot.join("syslinux.cfg")).unwrap());
-    let err = failed(xtask_ssh(d, &wrapper, &["commit", &target]));
+    let err = common::failed(&xtask_ssh(d, &wrapper, &["commit", &target]));
     assert!(err.contains("already the default"), "{err}");
 
     // A target that is no NAS says so.
-    let err = failed(xtask_ssh(
+    let err = common::failed(&xtask_ssh(
         d,
         &wrapper,
-        &["status", &format!("ssh://root@127.0.0.1:{}", port_unused())],
+        &[
+            "status",
+            &format!("ssh://root@127.0.0.1:{}", common::free_port()),
+        ],
     ));
     assert!(err.contains("cannot connect"), "{err}");
-}
-
-fn port_unused() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A block device any part of which is mounted is refused before anything is read or written: the kernel's
@@ -831,26 +752,11 @@ fn a_mounted_block_device_is_refused() {
     let d = dir.path();
     let file = d.join("mounted.img");
     fs::File::create(&file).unwrap().set_len(16 << 20).unwrap();
-    let mkfs = Command::new("mkfs.ext2")
-        .args(["-q", "-F"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(mkfs.status.success(), "{}", common::text(&mkfs));
-    let out = Command::new("losetup")
-        .args(["-f", "--show", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", common::text(&out));
-    let dev = Loop(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    common::run("mkfs.ext2", &["-q", "-F", file.to_str().unwrap()]);
+    let dev = common::Loop::attach(&file);
     let mnt = d.join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let mount = Command::new("mount")
-        .arg(&dev.0)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(mount.status.success(), "{}", common::text(&mount));
+    common::run("mount", &[dev.path(), mnt.to_str().unwrap()]);
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -858,9 +764,7 @@ fn a_mounted_block_device_is_refused() {
         }
     }
     let _unmount = Unmount(mnt.clone());
-    let out = common::xtask(d, &["status", &dev.0]);
-    assert!(!out.status.success(), "{}", common::text(&out));
-    let err = common::text(&out);
+    let err = refused(d, "status", &dev.dev);
     assert!(
         err.contains("is mounted at") && err.contains(mnt.to_str().unwrap()),
         "{err}"
