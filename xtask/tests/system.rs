@@ -57,19 +57,22 @@ echo "stand-in private key $id" > "$RAMNAS_SSH_DIR/ssh_host_ed25519_key"
 echo "ssh-ed25519 AAAAstandin$id root@ramnas" > "$RAMNAS_SSH_DIR/ssh_host_ed25519_key.pub"
 "#;
 
-/// A stand-in for OpenRC's `rc-service NAME status`: every service is started except `broken`.
+/// A stand-in for OpenRC's `rc-service NAME status`: every service is started except `broken` (stopped) and
+/// `agetty.ttyS1` (crashed, as on a board without that serial port).
 const FAKE_RC_SERVICE: &str = r#"#!/bin/sh
 [ "$2" = status ] || exit 2
 [ "$1" = broken ] && exit 3
+[ "$1" = agetty.ttyS1 ] && exit 32
 exit 0
 "#;
 
-/// Boot 1: first boot of slot b on trial; healthy, so it commits b, and creates + saves the host keys.
+/// Boot 1: first boot of slot b on trial; healthy (a crashed console login does not count), so it commits b,
+/// and creates + saves the host keys.
 const BOOT1: &str = r#"
 export RAMNAS_SSH_DIR=/tmp/ssh RAMNAS_SSH_KEYGEN=/usr/local/bin/fake-keygen RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
 export RAMNAS_RUNLEVEL=/tmp/runlevel RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
 echo system-test > /tmp/build
-mkdir -p /tmp/runlevel && for s in sshd chronyd ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevel/$s; done
+mkdir -p /tmp/runlevel && for s in sshd chronyd agetty.ttyS1 ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevel/$s; done
 ramnas-persist start
 for l in $(ramnas-slot); do echo "ramnas-test: $l"; done
 echo "ramnas-test: key $(cat /tmp/ssh/ssh_host_ed25519_key)"
