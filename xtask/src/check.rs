@@ -1,7 +1,8 @@
 //! `cargo xtask check`: lint system/ and check that the host has the tools each command needs.
 //!
 //! Prints every problem (system/ ones as file:line, then missing host tools with the command that installs
-//! them on this distribution) and fails when there is any.
+//! them on this distribution) and fails when there is any. Tools only the tests and the bench use are
+//! listed too, but do not fail the check.
 
 use anyhow::bail;
 
@@ -16,25 +17,16 @@ pub fn run(flags: CheckFlags) -> anyhow::Result<()> {
     for problem in &problems {
         println!("{problem}");
     }
-    let missing = missing_tools();
+    let (for_tests, missing): (Vec<Tool>, Vec<Tool>) =
+        missing_tools().into_iter().partition(|t| t.tests_only);
     let family = Family::detect();
-    for tool in &missing {
-        println!(
-            "host: {} not found (needed by {}; package {})",
-            tool.program,
-            tool.used_by,
-            family.package(tool)
-        );
-    }
-    if !missing.is_empty() {
-        let mut packages: Vec<&str> = missing.iter().map(|t| family.package(t)).collect();
-        packages.sort();
-        packages.dedup();
-        println!(
-            "host: to install them: {}",
-            family.install_command(&packages)
-        );
-    }
+    report(&missing, family, "host", "to install them");
+    report(
+        &for_tests,
+        family,
+        "host (tests and bench only)",
+        "to run `cargo xtask test` and `cargo xtask bench`, also install",
+    );
     let total = problems.len() + missing.len();
     if total > 0 {
         bail!(
@@ -44,8 +36,29 @@ pub fn run(flags: CheckFlags) -> anyhow::Result<()> {
             missing.len()
         );
     }
-    println!("{}: ok; host: every tool present", flags.system.display());
+    println!(
+        "{}: ok; host: every tool the commands need is present",
+        flags.system.display()
+    );
     Ok(())
+}
+
+/// One line per missing tool, then the command that installs them all.
+fn report(missing: &[Tool], family: Family, prefix: &str, install: &str) {
+    for tool in missing {
+        println!(
+            "{prefix}: {} not found (needed by {}; package {})",
+            tool.program,
+            tool.used_by,
+            family.package(tool)
+        );
+    }
+    if !missing.is_empty() {
+        let mut packages: Vec<&str> = missing.iter().map(|t| family.package(t)).collect();
+        packages.sort();
+        packages.dedup();
+        println!("{prefix}: {install}: {}", family.install_command(&packages));
+    }
 }
 
 /// The tools of the host table that are not here, plus sudo when the build would need it.
@@ -59,6 +72,7 @@ fn missing_tools() -> Vec<Tool> {
         missing.push(Tool {
             program: "sudo",
             used_by: "build (alpine-make-rootfs runs as root)",
+            tests_only: false,
             debian: "sudo",
             fedora: "sudo",
             alpine: "sudo",

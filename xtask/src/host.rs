@@ -10,18 +10,22 @@ pub struct Tool {
     pub program: &'static str,
     /// What needs it.
     pub used_by: &'static str,
+    /// Only `cargo xtask test` and `cargo xtask bench` need it: `check` lists it but does not fail.
+    pub tests_only: bool,
     pub debian: &'static str,
     pub fedora: &'static str,
     pub alpine: &'static str,
     pub arch: &'static str,
 }
 
-/// Everything any command or test needs. `build` needs only the first group (and sudo when not root).
+/// Everything any command or test needs. `build` needs only the first group (and sudo when not root); the
+/// rows marked `tests_only` only the tests and the bench.
 pub const TOOLS: &[Tool] = &[
     // build: alpine-make-rootfs and its helpers
     Tool {
         program: "wget",
         used_by: "build (alpine-make-rootfs)",
+        tests_only: false,
         debian: "wget",
         fedora: "wget",
         alpine: "wget",
@@ -30,6 +34,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "getopt",
         used_by: "build (alpine-make-rootfs)",
+        tests_only: false,
         debian: "util-linux",
         fedora: "util-linux",
         alpine: "util-linux-misc",
@@ -38,6 +43,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "rsync",
         used_by: "build (alpine-make-rootfs)",
+        tests_only: false,
         debian: "rsync",
         fedora: "rsync",
         alpine: "rsync",
@@ -46,6 +52,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "tar",
         used_by: "build (--base tarballs)",
+        tests_only: false,
         debian: "tar",
         fedora: "tar",
         alpine: "tar",
@@ -55,6 +62,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "qemu-system-x86_64",
         used_by: "vm, tests",
+        tests_only: false,
         debian: "qemu-system-x86",
         fedora: "qemu-system-x86",
         alpine: "qemu-system-x86_64",
@@ -63,6 +71,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "qemu-img",
         used_by: "vm, tests",
+        tests_only: false,
         debian: "qemu-utils",
         fedora: "qemu-img",
         alpine: "qemu-img",
@@ -71,6 +80,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "/usr/share/OVMF/OVMF_CODE_4M.fd",
         used_by: "vm --uefi, tests",
+        tests_only: false,
         debian: "ovmf",
         fedora: "edk2-ovmf",
         alpine: "ovmf",
@@ -79,6 +89,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "syslinux",
         used_by: "image",
+        tests_only: false,
         debian: "syslinux",
         fedora: "syslinux",
         alpine: "syslinux",
@@ -87,6 +98,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "/usr/lib/syslinux/mbr/mbr.bin",
         used_by: "image",
+        tests_only: false,
         debian: "syslinux-common",
         fedora: "syslinux",
         alpine: "syslinux",
@@ -95,6 +107,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "mcopy",
         used_by: "image, flash",
+        tests_only: false,
         debian: "mtools",
         fedora: "mtools",
         alpine: "mtools",
@@ -103,6 +116,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "mkfs.vfat",
         used_by: "image, flash",
+        tests_only: false,
         debian: "dosfstools",
         fedora: "dosfstools",
         alpine: "dosfstools",
@@ -111,6 +125,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "sfdisk",
         used_by: "image, flash",
+        tests_only: false,
         debian: "fdisk",
         fedora: "util-linux",
         alpine: "sfdisk",
@@ -119,6 +134,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
         used_by: "image (UEFI)",
+        tests_only: false,
         debian: "systemd-boot-efi",
         fedora: "systemd-boot-unsigned",
         alpine: "systemd-efistub",
@@ -127,6 +143,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "objcopy",
         used_by: "image (UEFI)",
+        tests_only: false,
         debian: "binutils",
         fedora: "binutils",
         alpine: "binutils",
@@ -135,6 +152,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "cpio",
         used_by: "tests",
+        tests_only: true,
         debian: "cpio",
         fedora: "cpio",
         alpine: "cpio",
@@ -143,6 +161,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "busybox",
         used_by: "tests (fixture)",
+        tests_only: true,
         debian: "busybox-static",
         fedora: "busybox",
         alpine: "busybox-static",
@@ -151,6 +170,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "shellcheck",
         used_by: "check, tests",
+        tests_only: false,
         debian: "shellcheck",
         fedora: "ShellCheck",
         alpine: "shellcheck",
@@ -159,6 +179,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "blkid",
         used_by: "flash",
+        tests_only: false,
         debian: "util-linux",
         fedora: "util-linux",
         alpine: "blkid",
@@ -167,6 +188,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "partx",
         used_by: "flash",
+        tests_only: false,
         debian: "util-linux",
         fedora: "util-linux",
         alpine: "partx",
@@ -175,6 +197,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "losetup",
         used_by: "tests (flash)",
+        tests_only: true,
         debian: "mount",
         fedora: "util-linux",
         alpine: "losetup",
@@ -183,6 +206,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "mkfs.ext2",
         used_by: "tests (flash)",
+        tests_only: true,
         debian: "e2fsprogs",
         fedora: "e2fsprogs",
         alpine: "e2fsprogs",
@@ -191,6 +215,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "ssh",
         used_by: "deploy, commit, rollback, status (ssh:// targets)",
+        tests_only: false,
         debian: "openssh-client",
         fedora: "openssh-clients",
         alpine: "openssh-client",
@@ -199,6 +224,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "sshd",
         used_by: "tests (deploy to an ssh:// target on 127.0.0.1)",
+        tests_only: true,
         debian: "openssh-server",
         fedora: "openssh-server",
         alpine: "openssh-server",
@@ -207,6 +233,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "zstd",
         used_by: "bench",
+        tests_only: true,
         debian: "zstd",
         fedora: "zstd",
         alpine: "zstd",
@@ -215,6 +242,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "xz",
         used_by: "bench",
+        tests_only: true,
         debian: "xz-utils",
         fedora: "xz",
         alpine: "xz",

@@ -272,3 +272,53 @@ fn the_binary_lists_every_problem_and_fails() {
     );
     assert!(text.contains("2 problem(s)"), "{text}");
 }
+
+/// With every tool the commands need on PATH but none of the test-only ones, `check` passes and still
+/// lists what `cargo xtask test` would need; take one command's tool away and it fails naming it.
+#[test]
+fn tools_only_the_tests_use_do_not_fail_the_check() {
+    let dir = common::tempdir();
+    let bin = dir.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let link = |program: &str| {
+        let found = xtask::host::find(program).unwrap();
+        std::os::unix::fs::symlink(found, bin.join(program)).unwrap();
+    };
+    link("sh");
+    let commands = xtask::host::TOOLS
+        .iter()
+        .filter(|t| !t.tests_only && !t.program.starts_with('/'));
+    for tool in commands {
+        link(tool.program);
+    }
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["check", "--system"])
+            .arg(example())
+            .env("PATH", &bin)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    // cpio and busybox live in /bin, which is not on this PATH (sbin directories are searched anyway).
+    for program in ["cpio", "busybox"] {
+        let line = format!("host (tests and bench only): {program} not found");
+        assert!(text.contains(&line), "{text}");
+    }
+    assert!(
+        text.contains("every tool the commands need is present"),
+        "{text}"
+    );
+
+    fs::remove_file(bin.join("mcopy")).unwrap();
+    let out = check();
+    let text = common::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("host: mcopy not found (needed by image, flash; package mtools)"),
+        "{text}"
+    );
+    assert!(text.contains("1 problem(s): 0 in"), "{text}");
+}
