@@ -13,7 +13,8 @@
 //! 4. no-change rebuild: `cargo xtask build --base TREE` a second time;
 //! 5. boot to `ramnas: ready` under TCG: the default build against the seed's gzip archive of the same
 //!    tree (with `/dev/console` and `/dev/null` in a small archive in front, which the seed's tree needs
-//!    for a console);
+//!    for a console); then the build packed uncompressed against the same seed archive, with no goal: it
+//!    shows how much of the boot is decompression, the only part a compression format can change;
 //! 6. flash a 1 GiB image holding 300 MiB of data to a loop device: `cargo xtask flash` against
 //!    `dd bs=4M conv=fsync` (needs root and a free loop device; skipped with the reason otherwise).
 
@@ -81,7 +82,7 @@ pub fn run(flags: BenchFlags) -> Result<()> {
         rows.extend(bench.pack(format));
     }
     rows.push(bench.rebuild());
-    rows.push(bench.boot());
+    rows.extend(bench.boot());
     rows.push(bench.flash());
 
     let load_after = loadavg();
@@ -122,7 +123,9 @@ const NOTES: &str = "\
 - memory: the packer process's peak resident set (`ru_maxrss`).
 - sizes: our output against the baseline's.
 - boot: qemu (TCG, 1 CPU, 2 GiB) from start to the `ramnas: ready` line, booting `cargo xtask build`'s \
-default format; the baseline boots the seed's gzip archive of the same tree (the sizes are the two archives).
+default format; the baseline boots the seed's gzip archive of the same tree (the sizes are the two archives). \
+The uncompressed row boots the same tree packed with `--compression none`: no decompression at all, the floor \
+for any format under TCG (on a real machine its size is read from the stick first).
 - flash: `cargo xtask flash --yes --force --wipe` (writes the data ranges, then reads every one back and \
 compares) against `dd bs=4M conv=fsync` of the whole image, to the same loop device (direct I/O when the \
 file system allows it; `sync` before each run).";
@@ -292,28 +295,41 @@ impl Bench {
         Ok(text)
     }
 
-    /// Boot to `ramnas: ready` under TCG: the default build against the seed's gzip archive.
-    fn boot(&self) -> Row {
+    /// Boot to `ramnas: ready` under TCG: the default build against the seed's gzip archive; then, for
+    /// comparison (no goal), the same tree packed uncompressed: the floor no compressed format can beat.
+    fn boot(&self) -> Vec<Row> {
         let case = "boot to `ramnas: ready` (TCG)";
-        let out = self.work.join("boot-out");
+        let floor = "boot, uncompressed archive (TCG, for comparison)";
         let seed = self.work.join("seed-initramfs.gz");
+        if let Err(err) = seed_archive(&self.tree, &self.work, &seed) {
+            return vec![Row::failed(case, &err), Row::failed(floor, &err)];
+        }
+        let rows = vec![
+            self.boot_build(case, &[], &seed, Goal::Ratio(0.85)),
+            self.boot_build(floor, &["--compression", "none"], &seed, Goal::None),
+        ];
+        let _ = fs::remove_file(&seed);
+        rows
+    }
+
+    /// Builds the tree with `cargo xtask build EXTRA…` and boots it against the seed's archive.
+    fn boot_build(&self, case: &str, extra: &[&str], seed: &Path, goal: Goal) -> Row {
+        let out = self.work.join("boot-out");
         let result = (|| -> Result<Row> {
-            eprintln!("  {case}: building both archives");
-            self.build(&out, &[])?;
-            seed_archive(&self.tree, &self.work, &seed)?;
+            eprintln!("  {case}: building");
+            self.build(&out, extra)?;
             let kernel = out.join("vmlinuz");
             let initramfs = out.join("initramfs");
             let (ours, base) = self.pairs(
                 case,
                 || self.boot_once(&kernel, &initramfs, "ours"),
-                || self.boot_once(&kernel, &seed, "seed"),
+                || self.boot_once(&kernel, seed, "seed"),
             )?;
-            let mut row = Row::compare(case, ours, base, Goal::Ratio(0.85));
-            row.sizes = Some((fs::metadata(&initramfs)?.len(), fs::metadata(&seed)?.len()));
+            let mut row = Row::compare(case, ours, base, goal);
+            row.sizes = Some((fs::metadata(&initramfs)?.len(), fs::metadata(seed)?.len()));
             Ok(row)
         })();
         let _ = fs::remove_dir_all(&out);
-        let _ = fs::remove_file(&seed);
         result.unwrap_or_else(|err| Row::failed(case, &err))
     }
 
@@ -707,6 +723,8 @@ enum Goal {
     Seconds(f64),
     /// Our median at most this many bytes.
     Bytes(u64),
+    /// Measured for comparison only.
+    None,
 }
 
 impl Goal {
@@ -715,6 +733,7 @@ impl Goal {
             Goal::Ratio(r) => format!("≤ {r:.2}×"),
             Goal::Seconds(s) => format!("≤ {s} s"),
             Goal::Bytes(b) => format!("≤ {} MB", b >> 20),
+            Goal::None => "—".to_string(),
         }
     }
 }
@@ -799,6 +818,7 @@ impl Row {
             Goal::Ratio(max) => ratio.is_some_and(|r| r <= max),
             Goal::Seconds(max) => ours.median() <= max,
             Goal::Bytes(max) => ours.median() <= max as f64,
+            Goal::None => true,
         };
         let size_ok = match (self.size_goal, self.sizes) {
             (Some(max), Some((o, b))) => b > 0 && o as f64 / b as f64 <= max,
@@ -843,7 +863,11 @@ fn table(rows: &[Row]) -> String {
                     baseline.as_ref().map_or("—".to_string(), |b| b.summary()),
                     ratio.map_or("—".to_string(), |r| format!("{r:.2}×")),
                     goal,
-                    if holds { "yes" } else { "no" },
+                    match (row.goal, holds) {
+                        (Goal::None, _) => "—",
+                        (_, true) => "yes",
+                        (_, false) => "no",
+                    },
                     notes
                 )
             }

@@ -5,7 +5,8 @@
 //! modules it needs (decompressed, loaded by `/init` in dependency order), busybox, and a set of files of every
 //! kind the packer must carry (owners, modes, a setuid bit, a hardlink pair, a symlink, a device node, a FIFO).
 //! Its `/init` checks those from inside the booted system, runs any `/etc/fixture.d/*.sh` hooks, prints
-//! `ramnas: ready slot=<ramnas.slot> build=<marker>` and powers off.
+//! `ramnas: ready slot=<ramnas.slot> build=<marker>` and powers off. Host programs busybox lacks (fsck.vfat)
+//! can be copied in with the shared libraries they load.
 
 use std::{
     collections::BTreeSet,
@@ -16,6 +17,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
 
 /// What the fixture's `/init` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,9 @@ pub struct Fixture {
     /// Extra files: (path inside the tree, contents, mode). `/etc/fixture.d/NAME.sh` files are run by /init
     /// before the ready line.
     pub files: Vec<(String, String, u32)>,
+    /// Host programs (names looked up on PATH, or paths) copied to the same path in the tree, with the shared
+    /// libraries and dynamic loader `ldd` lists for them.
+    pub host_programs: Vec<String>,
 }
 
 /// Modules the fixture loads at boot: virtio disks, a USB stick on xhci, an IDE disk, and FAT to read it.
@@ -71,6 +76,7 @@ impl Fixture {
             ],
             ucode: false,
             files: Vec::new(),
+            host_programs: Vec::new(),
         }
     }
 
@@ -102,6 +108,9 @@ impl Fixture {
         }
         for (path, contents, mode) in &self.files {
             write_file(dir, path, contents, *mode)?;
+        }
+        for program in &self.host_programs {
+            write_host_program(dir, program)?;
         }
         Ok(())
     }
@@ -148,6 +157,56 @@ fn write_file(root: &Path, path: &str, contents: &str, mode: u32) -> Result<()> 
     fs::write(&dest, contents).with_context(|| format!("writing {}", dest.display()))?;
     fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", dest.display()))
+}
+
+/// A host program and what `ldd` says it loads, each copied to the same absolute path under `root`.
+fn write_host_program(root: &Path, program: &str) -> Result<()> {
+    let path = which::which(program).with_context(|| format!("no {program} on this host"))?;
+    let sh = Shell::new()?;
+    let out = cmd!(sh, "ldd {path}").quiet().ignore_status().output()?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let libraries = if out.status.success() {
+        shared_libraries(&listing).with_context(|| format!("ldd {}", path.display()))?
+    } else if String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable") {
+        Vec::new()
+    } else {
+        bail!(
+            "ldd {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for file in std::iter::once(path).chain(libraries) {
+        let dest = root.join(file.strip_prefix("/").unwrap_or(&file));
+        fs::create_dir_all(dest.parent().unwrap())?;
+        // fs::copy follows symlinks (/lib64/ld-linux-x86-64.so.2, fsck.vfat -> fsck.fat) and keeps the mode.
+        fs::copy(&file, &dest)
+            .with_context(|| format!("copying {} into the fixture", file.display()))?;
+    }
+    Ok(())
+}
+
+/// The files in an `ldd` listing: `libc.so.6 => /lib/…/libc.so.6 (0x…)` and `/lib64/ld-linux-x86-64.so.2
+/// (0x…)`; the vDSO has no file.
+fn shared_libraries(listing: &str) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for line in listing.lines() {
+        let line = line.trim();
+        let file = match line.split_once("=>") {
+            Some((name, target)) => {
+                let target = target.split_whitespace().next().unwrap_or("");
+                if !target.starts_with('/') {
+                    bail!("{} not found", name.trim());
+                }
+                target
+            }
+            None => line.split_whitespace().next().unwrap_or(""),
+        };
+        if file.starts_with('/') {
+            files.push(PathBuf::from(file));
+        }
+    }
+    Ok(files)
 }
 
 /// `/bin/busybox` from busybox-static, with the applet links `/init` needs before `--install` runs.
@@ -376,3 +435,27 @@ echo "ramnas: ready slot=$slot build=$(cat /etc/ramnas-build)"
 sync
 poweroff -f
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_listing() {
+        let listing = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                       \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f1)\n\
+                       \t/lib64/ld-linux-x86-64.so.2 (0x00007f2)\n";
+        assert_eq!(
+            shared_libraries(listing).unwrap(),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+        let missing = "\tlibfoo.so.1 => not found\n";
+        assert_eq!(
+            shared_libraries(missing).unwrap_err().to_string(),
+            "libfoo.so.1 not found"
+        );
+    }
+}

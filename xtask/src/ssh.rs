@@ -160,6 +160,12 @@ impl Ssh {
             .unchecked()
             .run()
             .with_context(|| format!("running {:?}", self.program))?;
+        self.succeeded(op, args, &out)?;
+        Ok(out.stdout)
+    }
+
+    /// An error naming the operation and quoting the remote stderr, unless `out` says it succeeded.
+    fn succeeded(&self, op: &str, args: &[&str], out: &std::process::Output) -> Result<()> {
         if !out.status.success() {
             bail!(
                 "{}: {op} {} failed: {}",
@@ -168,7 +174,7 @@ impl Ssh {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok(out.stdout)
+        Ok(())
     }
 
     fn run_text(&self, op: &str, args: &[&str]) -> Result<String> {
@@ -189,14 +195,7 @@ impl Ssh {
         let copied = std::io::copy(data, &mut writer);
         drop(writer);
         let out = handle.wait().context("waiting for ssh")?;
-        if !out.status.success() {
-            bail!(
-                "{}: {op} {} failed: {}",
-                self.describe(),
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        self.succeeded(op, args, out)?;
         copied.with_context(|| format!("sending {} to {}", args.join(" "), self.describe()))
     }
 

@@ -1,12 +1,15 @@
 //! The NAS-side helper scripts of `system/root` (ramnas-slot, ramnas-persist, ramnas-ready) run under busybox
 //! inside the fixture VM, against a FAT stick image labelled RAMNAS attached as a USB disk: slot report,
-//! trial commit (the DEFAULT line rewritten), no commit when unhealthy or hand-picked, and first-boot ssh
-//! host keys saved on the stick and restored on the next boot. The image is inspected afterwards with mtools.
+//! trial commit (the DEFAULT line rewritten), no commit when unhealthy or hand-picked, first-boot ssh host
+//! keys saved on the stick and restored on the next boot, and the FAT a killed deploy left damaged repaired
+//! by the host's real fsck.vfat before the mount. The image is inspected afterwards with mtools and fsck.vfat.
 
 mod common;
 
 use std::{
+    ffi::OsStr,
     fs,
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -15,6 +18,8 @@ use std::{
 use xtask::{
     fixture::{Fixture, HostKernel},
     qemu::{Bus, Direct, Drive, Machine},
+    slots::{self, Slot},
+    stick,
 };
 
 /// syslinux.cfg as `cargo xtask image` writes it (xtask::syslinux::config), slot a the default.
@@ -57,19 +62,22 @@ echo "stand-in private key $id" > "$RAMNAS_SSH_DIR/ssh_host_ed25519_key"
 echo "ssh-ed25519 AAAAstandin$id root@ramnas" > "$RAMNAS_SSH_DIR/ssh_host_ed25519_key.pub"
 "#;
 
-/// A stand-in for OpenRC's `rc-service NAME status`: every service is started except `broken`.
+/// A stand-in for OpenRC's `rc-service NAME status`: every service is started except `broken` (stopped) and
+/// `agetty.ttyS1` (crashed, as on a board without that serial port).
 const FAKE_RC_SERVICE: &str = r#"#!/bin/sh
 [ "$2" = status ] || exit 2
 [ "$1" = broken ] && exit 3
+[ "$1" = agetty.ttyS1 ] && exit 32
 exit 0
 "#;
 
-/// Boot 1: first boot of slot b on trial; healthy, so it commits b, and creates + saves the host keys.
+/// Boot 1: first boot of slot b on trial; healthy (a crashed console login does not count), so it commits b,
+/// and creates + saves the host keys.
 const BOOT1: &str = r#"
 export RAMNAS_SSH_DIR=/tmp/ssh RAMNAS_SSH_KEYGEN=/usr/local/bin/fake-keygen RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
 export RAMNAS_RUNLEVEL=/tmp/runlevel RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
 echo system-test > /tmp/build
-mkdir -p /tmp/runlevel && for s in sshd chronyd ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevel/$s; done
+mkdir -p /tmp/runlevel && for s in sshd chronyd agetty.ttyS1 ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevel/$s; done
 ramnas-persist start
 for l in $(ramnas-slot); do echo "ramnas-test: $l"; done
 echo "ramnas-test: key $(cat /tmp/ssh/ssh_host_ed25519_key)"
@@ -92,6 +100,25 @@ rm /tmp/runlevel/broken
 echo "ramnas.slot=a" > /tmp/handpicked
 RAMNAS_CMDLINE=/tmp/handpicked ramnas-ready
 for l in $(RAMNAS_CMDLINE=/tmp/handpicked ramnas-slot); do echo "ramnas-test: handpicked $l"; done
+ramnas-persist stop && echo "ramnas-test: unmounted"
+"#;
+
+/// On a stick a killed deploy left dirty, with lost clusters: mounted first with no fsck.vfat (the kernel
+/// warns), then repaired, then with a checker that fails. The stick is mounted each time; the host keys
+/// written while it was damaged come back after the repair.
+const FSCK_BOOT: &str = r#"
+export RAMNAS_SSH_DIR=/tmp/ssh RAMNAS_SSH_KEYGEN=/usr/local/bin/fake-keygen RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
+RAMNAS_FSCK=/nowhere/fsck.vfat ramnas-persist start 2>/tmp/err
+sed 's/^/ramnas-test: stderr /' /tmp/err
+echo "ramnas-test: key $(cat /tmp/ssh/ssh_host_ed25519_key)"
+ramnas-persist stop && echo "ramnas-test: unmounted"
+rm -r /tmp/ssh
+ramnas-persist start
+echo "ramnas-test: restored $(cat /tmp/ssh/ssh_host_ed25519_key)"
+ramnas-persist stop && echo "ramnas-test: unmounted"
+RAMNAS_FSCK=false ramnas-persist start 2>/tmp/err
+sed 's/^/ramnas-test: stderr /' /tmp/err
+grep -q ' /media/boot vfat ' /proc/mounts && echo "ramnas-test: mounted after the failed check"
 ramnas-persist stop && echo "ramnas-test: unmounted"
 "#;
 
@@ -130,16 +157,49 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn mtype(image: &Path, path: &str) -> String {
+/// A file of the FAT in `image` (a partition image, or `DISK@@OFFSET` for one inside a disk image).
+fn mtype(image: impl AsRef<OsStr>, path: &str) -> String {
     run(Command::new("mtype")
         .arg("-i")
         .arg(image)
         .arg(format!("::{path}")))
 }
 
+/// The byte offset and length of the first partition in `disk`'s MBR.
+fn first_partition(disk: &Path) -> (u64, u64) {
+    let mut entry = [0u8; 16];
+    fs::File::open(disk)
+        .unwrap()
+        .read_exact_at(&mut entry, 446)
+        .unwrap();
+    let field = |at: usize| u32::from_le_bytes(entry[at..at + 4].try_into().unwrap()) as u64 * 512;
+    (field(8), field(12))
+}
+
+/// `fsck.vfat -n` (check, change nothing) on the first partition of `disk`, cut out into DIR/part.img:
+/// whether it found the FAT clean, and its report.
+fn fsck_check(disk: &Path, dir: &Path) -> (bool, String) {
+    let (start, len) = first_partition(disk);
+    let mut data = vec![0u8; len as usize];
+    fs::File::open(disk)
+        .unwrap()
+        .read_exact_at(&mut data, start)
+        .unwrap();
+    let part = dir.join("part.img");
+    fs::write(&part, data).unwrap();
+    let out = Command::new("fsck.vfat")
+        .arg("-n")
+        .arg(&part)
+        .output()
+        .unwrap();
+    (out.status.success(), common::text(&out))
+}
+
 /// Packs a fixture whose hook is `hook` with GNU cpio and boots it with the stick attached over USB.
 fn boot(dir: &Path, name: &str, hook: &str, append: &str, stick: &Path) -> Vec<String> {
     let mut fixture = Fixture::new(name);
+    // As the NAS has dosfstools: the host's fsck.vfat and the glibc it loads.
+    fixture.host_programs.push("fsck.vfat".into());
     for script in ["ramnas-slot", "ramnas-persist", "ramnas-ready"] {
         fixture.files.push((
             format!("usr/sbin/{script}"),
@@ -187,11 +247,27 @@ fn has(lines: &[String], want: &str) -> bool {
 }
 
 fn key_line(lines: &[String]) -> String {
+    prefixed(lines, "ramnas-test: key ")
+}
+
+/// The rest of the first line starting with `prefix`.
+fn prefixed(lines: &[String], prefix: &str) -> String {
     lines
         .iter()
-        .find_map(|l| l.strip_prefix("ramnas-test: key "))
-        .unwrap_or_else(|| panic!("no key line in {lines:#?}"))
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {lines:#?}"))
         .to_string()
+}
+
+/// A clean stick: fsck.vfat ran (it is in the VM; missing or failing it would say so) and found nothing, so
+/// ramnas-persist said nothing about it, and the kernel mounted a clean FAT.
+fn assert_quiet_check(lines: &[String]) {
+    for noise in ["FAT on", "fsck.vfat", "not properly unmounted"] {
+        assert!(
+            !lines.iter().any(|l| l.contains(noise)),
+            "{noise:?} on a clean stick: {lines:#?}"
+        );
+    }
 }
 
 #[test]
@@ -218,6 +294,7 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
     ] {
         assert!(has(&lines, want), "missing {want:?} in {lines:#?}");
     }
+    assert_quiet_check(&lines);
     let key = key_line(&lines);
     assert!(key.starts_with("stand-in private key "), "{key}");
     let cfg = mtype(&stick, "/syslinux/syslinux.cfg");
@@ -252,6 +329,7 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
     ] {
         assert!(has(&lines, want), "missing {want:?} in {lines:#?}");
     }
+    assert_quiet_check(&lines);
     assert_eq!(
         key_line(&lines),
         key,
@@ -262,4 +340,109 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
         "{lines:#?}"
     );
     assert_eq!(mtype(&stick, "/syslinux/syslinux.cfg"), committed_b());
+}
+
+/// A deploy killed at the first point where the stop leaves lost clusters and the dirty bit (fsck.vfat -n says
+/// so on the host). `ramnas-persist start` without fsck.vfat says so and mounts it (the kernel warns); with
+/// it, it repairs the FAT first; with a failing checker it says so on stderr and mounts all the same. After
+/// the boot the FAT is clean, and the host keys, a file in /persist and the build in slot a are intact.
+#[test]
+fn persist_repairs_the_fat_a_killed_deploy_left() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let out = common::build_fixture(d, &Fixture::new("fsck-a"), "out", &[]);
+    common::xtask_ok(
+        d,
+        &["image", "--out", out.to_str().unwrap(), "--size", "128M"],
+    );
+    let base = d.join("base.img");
+    fs::rename(out.join("boot.img"), &base).unwrap();
+    {
+        let mut s = stick::open(base.to_str().unwrap()).unwrap();
+        s.write("persist/keep", &mut &b"user data"[..]).unwrap();
+        s.close().unwrap();
+    }
+    let (clean, report) = fsck_check(&base, d);
+    assert!(clean, "the image must start clean: {report}");
+
+    // The first point where a killed deploy (of the same build into slot b) leaves lost clusters.
+    let stick = d.join("stick.img");
+    let damaged = (1..=40).find_map(|n| {
+        fs::copy(&base, &stick).unwrap();
+        let killed = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args([
+                "deploy",
+                stick.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .env(stick::KILL_AT_ENV, n.to_string())
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            !killed.status.success(),
+            "the deploy finished before any stop left lost clusters"
+        );
+        let (clean, report) = fsck_check(&stick, d);
+        (!clean && report.contains("unused cluster")).then_some((n, report))
+    });
+    let (n, report) = damaged.expect("no kill point leaves lost clusters");
+    eprintln!("killed at point {n}: {report}");
+    assert!(report.contains("Dirty bit is set"), "{report}");
+
+    let lines = boot(d, "fsck", FSCK_BOOT, "", &stick);
+    let dev = "/dev/sda1";
+    let at = |want: &str| {
+        lines
+            .iter()
+            .position(|l| l == want)
+            .unwrap_or_else(|| panic!("missing {want:?} in {lines:#?}"))
+    };
+    let missing = at(&format!(
+        "ramnas-test: stderr ramnas-persist: no /nowhere/fsck.vfat (dosfstools): mounting {dev} without checking its FAT"
+    ));
+    let repaired = at(&format!("ramnas-persist: repaired the FAT on {dev}"));
+    let failed = at(&format!(
+        "ramnas-test: stderr ramnas-persist: 'false -a -w {dev}' did not leave a clean FAT (exit 1); mounting it anyway"
+    ));
+    at("ramnas-test: mounted after the failed check");
+    assert!(missing < repaired && repaired < failed, "{lines:#?}");
+    // The kernel saw the dirty FAT when it was mounted unchecked (step 1), and never after the repair.
+    let warnings: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("Volume was not properly unmounted"))
+        .collect();
+    assert!(!warnings.is_empty(), "{lines:#?}");
+    assert!(warnings.iter().all(|&i| i < repaired), "{lines:#?}");
+    let key = key_line(&lines);
+    assert!(key.starts_with("stand-in private key "), "{key}");
+    assert_eq!(prefixed(&lines, "ramnas-test: restored "), key);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| *l
+                == "ramnas-persist: restored 2 ssh host key files from /media/boot/persist/ssh")
+            .count(),
+        2,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| *l == "ramnas-test: unmounted")
+            .count(),
+        3
+    );
+
+    let (clean, report) = fsck_check(&stick, d);
+    assert!(clean, "fsck.vfat -n after the boot: {report}");
+    let (start, _) = first_partition(&stick);
+    let fat = format!("{}@@{start}", stick.display());
+    assert_eq!(
+        mtype(&fat, "/persist/ssh/ssh_host_ed25519_key").trim_end(),
+        key
+    );
+    assert_eq!(mtype(&fat, "/persist/keep"), "user data");
+    let mut s = stick::open(stick.to_str().unwrap()).unwrap();
+    slots::verify_slot(&mut *s, Slot::A).unwrap();
 }
