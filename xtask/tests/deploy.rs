@@ -5,8 +5,6 @@
 
 mod common;
 
-use common::{boot_bios, boot_uefi};
-
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -14,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use common::{boot_bios, boot_uefi};
 use xtask::{
     fixture::{Fixture, Init},
     slots::{self, Slot, Table},
@@ -76,6 +75,13 @@ fn rollback(dir: &Path, target: &Path) -> String {
 /// Runs `cargo xtask CMD TARGET`, which must fail; returns its output.
 fn refused(dir: &Path, cmd: &str, target: &Path) -> String {
     common::failed(&common::xtask(dir, &[cmd, target.to_str().unwrap()]))
+}
+
+/// Boots `img` under SeaBIOS (console in DIR/NAME.log), then under OVMF (DIR/NAME-efi.log): both must come
+/// up with the ready line `want`.
+fn assert_boots_bios_then_uefi(img: &Path, dir: &Path, name: &str, want: &str) {
+    assert_eq!(boot_bios(img, dir, name), want, "SeaBIOS");
+    assert_eq!(boot_uefi(img, dir, &format!("{name}-efi")), want, "OVMF");
 }
 
 fn table(target: &Path) -> Table {
@@ -267,14 +273,7 @@ fn commit_keeps_the_new_build_and_rollback_returns() {
     let out = rollback(d, &img);
     assert!(out.contains("slot a (build "), "{out}");
     assert!(status(d, &img).contains("slot a (default):"));
-    assert_eq!(
-        boot_bios(&img, d, "rolled-back"),
-        "ramnas: ready slot=a build=com-a"
-    );
-    assert_eq!(
-        boot_uefi(&img, d, "rolled-back-efi"),
-        "ramnas: ready slot=a build=com-a"
-    );
+    assert_boots_bios_then_uefi(&img, d, "rolled-back", "ramnas: ready slot=a build=com-a");
 
     // The next deploy goes into b again (a is committed), with --commit straight to the default.
     let out = deploy(d, &img, &a, &["--commit"]);
@@ -422,15 +421,8 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
             "{marker} never booted: {seen:?}"
         );
     }
-    assert_eq!(
-        boot_bios(&stick, d, "finished"),
-        "ramnas: ready slot=b build=kill-b2"
-    );
-    // The BIOS boot spent only the BIOS trial: UEFI boots the new trial once too.
-    assert_eq!(
-        boot_uefi(&stick, d, "finished-efi"),
-        "ramnas: ready slot=b build=kill-b2"
-    );
+    // The BIOS boot spends only the BIOS trial: UEFI boots the new trial once too.
+    assert_boots_bios_then_uefi(&stick, d, "finished", "ramnas: ready slot=b build=kill-b2");
 }
 
 /// The same stops with --commit, checked on the stick (a complete default or trial, every file matching).
