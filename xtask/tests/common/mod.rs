@@ -16,6 +16,7 @@ use xtask::{
 /// How long a test waits for a guest line: generous, since TCG on a loaded 2-core machine is slow.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// A fresh temp dir (`ramnas-test-*`), removed when dropped.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("ramnas-test-")
