@@ -350,11 +350,8 @@ fn spawn_reader(
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::new();
-        while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
-            let line = String::from_utf8_lossy(&buf)
-                .trim_end_matches(['\r', '\n'])
-                .to_string();
-            buf.clear();
+        let mut rejoin = Rejoin::default();
+        let mut deliver = |line: String| {
             if let Some(log) = &mut log {
                 let _ = writeln!(log, "{line}");
             }
@@ -362,11 +359,70 @@ fn spawn_reader(
                 eprintln!("{line}");
             }
             lines.lock().unwrap().push(line.clone());
-            if tx.send(line).is_err() {
-                break;
+            tx.send(line).is_ok()
+        };
+        while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
+            let line = String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
+            buf.clear();
+            if !rejoin.push(line).into_iter().all(&mut deliver) {
+                return;
             }
         }
+        if let Some(rest) = rejoin.held() {
+            deliver(rest);
+        }
     });
+}
+
+/// Puts back together the console lines the kernel cut. The kernel writes its messages straight to the
+/// serial port, even in the middle of a line a program is writing: `ramnas: ready slot=a` can arrive as
+/// `ramnas: rea[    2.16] tsc: …`, more kernel lines, then `dy slot=a`. Every kernel message starts with its
+/// timestamp (`printk.time`, on in Debian's and Alpine's kernels), so the text before a timestamp in the middle
+/// of a line is held back, and joined to the next line that is not the kernel's. The kernel's lines come
+/// first, whole.
+#[derive(Default)]
+struct Rejoin {
+    held: String,
+}
+
+impl Rejoin {
+    /// The lines that `line` completes, in order.
+    fn push(&mut self, line: String) -> Vec<String> {
+        match kernel_message_at(&line) {
+            Some(0) => vec![line],
+            Some(at) => {
+                self.held.push_str(&line[..at]);
+                vec![line[at..].to_string()]
+            }
+            None => vec![std::mem::take(&mut self.held) + &line],
+        }
+    }
+
+    /// What is still held back when the console closes.
+    fn held(self) -> Option<String> {
+        Some(self.held).filter(|h| !h.is_empty())
+    }
+}
+
+/// Where the first kernel timestamp (`[    2.166154] `) in `line` starts.
+fn kernel_message_at(line: &str) -> Option<usize> {
+    line.match_indices('[').map(|(at, _)| at).find(|&at| {
+        let rest = &line[at + 1..];
+        let Some((stamp, _)) = rest.split_once("] ") else {
+            return false;
+        };
+        let Some((secs, micros)) = stamp.trim_start_matches(' ').split_once('.') else {
+            return false;
+        };
+        !secs.is_empty()
+            && micros.len() == 6
+            && secs
+                .bytes()
+                .chain(micros.bytes())
+                .all(|b| b.is_ascii_digit())
+    })
 }
 
 /// How a wait ended.
@@ -500,5 +556,69 @@ pub fn describe(outcome: &Outcome, pattern: &str, timeout: Duration) -> String {
             "timed out after {}s waiting for {pattern:?}",
             timeout.as_secs()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejoin(raw: &[&str]) -> Vec<String> {
+        let mut rejoin = Rejoin::default();
+        let mut out: Vec<String> = raw
+            .iter()
+            .flat_map(|l| rejoin.push(l.to_string()))
+            .collect();
+        out.extend(rejoin.held());
+        out
+    }
+
+    #[test]
+    fn kernel_messages_cut_into_a_line_come_out_before_it_whole() {
+        // As a CI run printed it: the echo's newline came after three kernel messages.
+        assert_eq!(
+            rejoin(&[
+                "ramnas: fixture checks ok[    2.166154] tsc: Refined TSC clocksource calibration",
+                "[    2.166691] clocksource: tsc: mask: 0xffffffffffffffff",
+                "",
+                "ramnas: disk sda serial=",
+            ]),
+            [
+                "[    2.166154] tsc: Refined TSC clocksource calibration",
+                "[    2.166691] clocksource: tsc: mask: 0xffffffffffffffff",
+                "ramnas: fixture checks ok",
+                "ramnas: disk sda serial=",
+            ]
+        );
+        assert_eq!(
+            rejoin(&[
+                "ramnas: rea[  123.000001] sd 0:0:0:0: [sda] Attached",
+                "dy slot=a"
+            ]),
+            [
+                "[  123.000001] sd 0:0:0:0: [sda] Attached",
+                "ramnas: ready slot=a"
+            ]
+        );
+    }
+
+    #[test]
+    fn other_lines_pass_unchanged() {
+        let lines = [
+            "[    0.000000] Linux version 6.12",
+            "SeaBIOS (version 1.16)",
+            "\u{1b}[2J\u{1b}[01;01H boot: [a] [1.5] [ 1.123456]",
+            "ramnas: ready slot=a build=x",
+            "",
+        ];
+        assert_eq!(rejoin(&lines), lines);
+    }
+
+    #[test]
+    fn a_line_cut_as_the_console_closes_is_kept() {
+        assert_eq!(
+            rejoin(&["ramnas: go[    9.000000] reboot: Power down"]),
+            ["[    9.000000] reboot: Power down", "ramnas: go"]
+        );
     }
 }

@@ -111,3 +111,46 @@ fn fixture_lists_virtio_disks_with_serials() {
     )
     .unwrap();
 }
+
+/// The kernel writes its messages to the serial port even in the middle of a line a program is writing; the
+/// console reader puts such lines back together. Here a program in the guest floods the kernel's log while
+/// another writes numbered lines, so the kernel cuts many of them.
+#[test]
+fn lines_the_kernel_cuts_arrive_whole() {
+    const LINES: usize = 300;
+    let dir = common::tempdir();
+    let mut fixture = Fixture::new("cut");
+    fixture.files.push((
+        "etc/fixture.d/cut.sh".into(),
+        format!(
+            "echo on > /proc/sys/kernel/printk_devkmsg\n\
+             ( i=0; while [ $i -lt {LINES} ]; do echo \"kmsg noise $i\" > /dev/kmsg; i=$((i+1)); done ) &\n\
+             i=0; while [ $i -lt {LINES} ]; do echo \"ramnas: line $i of a program's output, as one write\"; i=$((i+1)); done\n\
+             wait\n"
+        ),
+        0o644,
+    ));
+    let m = gnu_machine(dir.path(), &fixture, "console=ttyS0");
+    let mut vm = common::start(&m, dir.path(), "boot");
+    vm.expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
+        .unwrap();
+    let lines = vm.output();
+    let program: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("ramnas: line "))
+        .collect();
+    let want: Vec<String> = (0..LINES)
+        .map(|i| format!("ramnas: line {i} of a program's output, as one write"))
+        .collect();
+    assert_eq!(program, want.iter().collect::<Vec<_>>(), "{lines:#?}");
+    let noise = lines
+        .iter()
+        .filter(|l| l.contains("kmsg noise"))
+        .filter(|l| {
+            regex::Regex::new(r"^\[ *\d+\.\d{6}\] kmsg noise \d+$")
+                .unwrap()
+                .is_match(l)
+        })
+        .count();
+    assert_eq!(noise, LINES, "{lines:#?}");
+}
