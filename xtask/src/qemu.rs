@@ -393,7 +393,8 @@ impl Rejoin {
         match kernel_message_at(&line) {
             Some(0) => vec![line],
             Some(at) => {
-                self.held.push_str(&line[..at]);
+                // The cut can fall between the `\r` and `\n` that end the program's line.
+                self.held.push_str(line[..at].trim_end_matches('\r'));
                 vec![line[at..].to_string()]
             }
             None => vec![std::mem::take(&mut self.held) + &line],
@@ -599,6 +600,10 @@ mod tests {
                 "[  123.000001] sd 0:0:0:0: [sda] Attached",
                 "ramnas: ready slot=a"
             ]
+        );
+        assert_eq!(
+            rejoin(&["ramnas: ok\r[    3.000000] usb 1-1: new device", ""]),
+            ["[    3.000000] usb 1-1: new device", "ramnas: ok"]
         );
     }
 
