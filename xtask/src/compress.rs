@@ -4,7 +4,8 @@
 //! parallel (zlib-rs, flate2's `zlib-rs` backend, about 2.5 times faster than GNU gzip at the same
 //! level), each primed with the 32 KiB before it and ended with a sync flush, joined into one deflate
 //! stream in one gzip member: the plain gzip format the kernel reads. xz uses CRC32 checks: the kernel's xz decoder cannot verify
-//! CRC64 or SHA-256 and refuses such archives.
+//! CRC64 or SHA-256 and refuses such archives. xz runs no more threads than fit in a quarter of the RAM, as
+//! xz(1) does (about 94 MiB each).
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -41,10 +42,13 @@ impl<W: Write> Compressor<W> {
                 Inner::Zstd(enc)
             }
             Compression::Xz => {
-                let stream = xz2::stream::MtStreamBuilder::new()
+                let mut builder = xz2::stream::MtStreamBuilder::new();
+                builder.preset(XZ_PRESET).check(xz2::stream::Check::Crc32);
+                let threads = xz_threads(threads, physical_memory() / 4, |n| {
+                    builder.threads(n).memusage()
+                });
+                let stream = builder
                     .threads(threads)
-                    .preset(XZ_PRESET)
-                    .check(xz2::stream::Check::Crc32)
                     .encoder()
                     .map_err(io::Error::other)?;
                 Inner::Xz(xz2::write::XzEncoder::new_stream(out, stream))
@@ -222,6 +226,24 @@ fn threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
+/// xz's encoder needs about 94 MiB a thread at preset 6, so, as xz(1) does, use no more threads than fit in
+/// `limit` bytes (`usage` says what N threads need); at least one.
+fn xz_threads(most: u32, limit: u64, mut usage: impl FnMut(u32) -> u64) -> u32 {
+    (2..=most).rev().find(|&n| usage(n) <= limit).unwrap_or(1)
+}
+
+/// This machine's RAM in bytes (0 when unknown, which leaves xz one thread).
+fn physical_memory() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    u64::try_from(pages).unwrap_or(0) * u64::try_from(size).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +257,20 @@ mod tests {
         c.write_all(&data).unwrap();
         let packed = c.finish().unwrap();
         assert_eq!(decode(&packed), data);
+    }
+
+    #[test]
+    fn xz_threads_fit_in_a_quarter_of_the_memory() {
+        let per_thread = |n: u32| u64::from(n) * 100;
+        assert_eq!(xz_threads(8, 350, per_thread), 3);
+        assert_eq!(xz_threads(2, 1000, per_thread), 2);
+        assert_eq!(xz_threads(8, 50, per_thread), 1);
+        assert_eq!(xz_threads(1, 1000, per_thread), 1);
+        // liblzma's own estimate grows with the threads, so the search means something.
+        let mut builder = xz2::stream::MtStreamBuilder::new();
+        builder.preset(XZ_PRESET);
+        let one = builder.threads(1).memusage();
+        assert!(builder.threads(2).memusage() > one + (64 << 20), "{one}");
     }
 
     #[test]
