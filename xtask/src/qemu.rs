@@ -378,10 +378,10 @@ fn spawn_reader(
 
 /// Puts back together the console lines the kernel cut. The kernel writes its messages straight to the
 /// serial port, even in the middle of a line a program is writing: `ramnas: ready slot=a` can arrive as
-/// `ramnas: rea[    2.166154] tsc: …`, more kernel lines, then `dy slot=a`. Every kernel message starts with its
-/// timestamp (`printk.time`, on in Debian's and Alpine's kernels), so the text before a timestamp in the middle
-/// of a line is held back, and joined to the next line that is not the kernel's. The kernel's lines come
-/// first, whole.
+/// `ramnas: rea[    2.166154] tsc: …`, more kernel lines, then `dy slot=a`. Every kernel message starts
+/// with its timestamp (`printk.time`, on in Debian's and Alpine's kernels), so the text before a timestamp
+/// in the middle of a line is held back, and joined to the next line that is not the kernel's. The kernel's
+/// lines come first, whole.
 #[derive(Default)]
 struct Rejoin {
     held: String,

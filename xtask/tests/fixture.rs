@@ -124,8 +124,12 @@ fn lines_the_kernel_cuts_arrive_whole() {
         "etc/fixture.d/cut.sh".into(),
         format!(
             "echo on > /proc/sys/kernel/printk_devkmsg\n\
-             ( i=0; while [ $i -lt {LINES} ]; do echo \"kmsg noise $i\" > /dev/kmsg; i=$((i+1)); done ) &\n\
-             i=0; while [ $i -lt {LINES} ]; do echo \"ramnas: line $i of a program's output, as one write\"; i=$((i+1)); done\n\
+             ( i=0; while [ $i -lt {LINES} ]; do\n\
+                 echo \"kmsg noise $i\" > /dev/kmsg; i=$((i+1))\n\
+             done ) &\n\
+             i=0; while [ $i -lt {LINES} ]; do\n\
+                 echo \"ramnas: line $i of a program's output, as one write\"; i=$((i+1))\n\
+             done\n\
              wait\n"
         ),
         0o644,
