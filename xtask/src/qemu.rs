@@ -366,7 +366,7 @@ fn spawn_reader(
                 .trim_end_matches(['\r', '\n'])
                 .to_string();
             buf.clear();
-            if !rejoin.push(line).into_iter().all(&mut deliver) {
+            if !deliver(rejoin.push(line)) {
                 return;
             }
         }
@@ -388,16 +388,17 @@ struct Rejoin {
 }
 
 impl Rejoin {
-    /// The lines that `line` completes, in order.
-    fn push(&mut self, line: String) -> Vec<String> {
+    /// The line to pass on for the console line `line`: a kernel message as it is; the kernel message that
+    /// cut a program's line, without the program's text (held); a program's line, joined to what was held.
+    fn push(&mut self, line: String) -> String {
         match kernel_message_at(&line) {
-            Some(0) => vec![line],
+            Some(0) => line,
             Some(at) => {
                 // The cut can fall between the `\r` and `\n` that end the program's line.
                 self.held.push_str(line[..at].trim_end_matches('\r'));
-                vec![line[at..].to_string()]
+                line[at..].to_string()
             }
-            None => vec![std::mem::take(&mut self.held) + &line],
+            None => std::mem::take(&mut self.held) + &line,
         }
     }
 
@@ -566,10 +567,7 @@ mod tests {
 
     fn rejoin(raw: &[&str]) -> Vec<String> {
         let mut rejoin = Rejoin::default();
-        let mut out: Vec<String> = raw
-            .iter()
-            .flat_map(|l| rejoin.push(l.to_string()))
-            .collect();
+        let mut out: Vec<String> = raw.iter().map(|l| rejoin.push(l.to_string())).collect();
         out.extend(rejoin.held());
         out
     }
