@@ -44,14 +44,7 @@ fn boot_with(compression: &str) {
     );
     let lines = vm.output();
     assert_eq!(outcome, Outcome::Matched(want), "{lines:#?}");
-    assert!(
-        lines.iter().any(|l| l == "ramnas: fixture checks ok"),
-        "{lines:#?}"
-    );
-    assert!(
-        !lines.iter().any(|l| l.contains("ramnas: FAIL")),
-        "{lines:#?}"
-    );
+    common::assert_fixture_passed(&lines);
     // The kernel got OUT/cmdline, which names the build for the running system.
     let build = format!("ramnas.build={}", manifest.build_id);
     assert!(

@@ -164,13 +164,21 @@ pub fn boot_to_ready(machine: &Machine, dir: &Path, name: &str) -> (String, Vec<
     let line = vm
         .expect("^ramnas: ready slot=", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(
-        vm.output().iter().any(|l| l == "ramnas: fixture checks ok"),
-        "{}",
-        vm.tail(40)
-    );
+    assert_fixture_passed(&vm.output());
     vm.wait_exit(Duration::from_secs(60)).unwrap();
     (line, vm.output())
+}
+
+/// The fixture's `/init` said its checks passed, and neither it nor a hook reported a failure.
+pub fn assert_fixture_passed(lines: &[String]) {
+    assert!(
+        lines.iter().any(|l| l == "ramnas: fixture checks ok"),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("ramnas: FAIL")),
+        "{lines:#?}"
+    );
 }
 
 /// Boots the stick `img` under SeaBIOS ([`boot_to_ready`]); returns the ready line.
