@@ -292,8 +292,7 @@ fn tools_only_the_tests_use_do_not_fail_the_check() {
         link(tool.program);
     }
     let check = || {
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args(["check", "--system"])
+        common::xtask_command(dir.path(), &["check", "--system"])
             .arg(example())
             .env("PATH", &bin)
             .output()

@@ -351,12 +351,8 @@ fn persist_repairs_the_fat_a_killed_deploy_left() {
     let dir = common::tempdir();
     let d = dir.path();
     let out = common::build_fixture(d, &Fixture::new("fsck-a"), "out", &[]);
-    common::xtask_ok(
-        d,
-        &["image", "--out", out.to_str().unwrap(), "--size", "128M"],
-    );
     let base = d.join("base.img");
-    fs::rename(out.join("boot.img"), &base).unwrap();
+    fs::rename(common::make_stick(d, &out), &base).unwrap();
     {
         let mut s = stick::open(base.to_str().unwrap()).unwrap();
         s.write("persist/keep", &mut &b"user data"[..]).unwrap();
@@ -369,17 +365,18 @@ fn persist_repairs_the_fat_a_killed_deploy_left() {
     let stick = d.join("stick.img");
     let damaged = (1..=40).find_map(|n| {
         fs::copy(&base, &stick).unwrap();
-        let killed = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args([
+        let killed = common::xtask_command(
+            d,
+            &[
                 "deploy",
                 stick.to_str().unwrap(),
                 "--out",
                 out.to_str().unwrap(),
-            ])
-            .env(stick::KILL_AT_ENV, n.to_string())
-            .current_dir(d)
-            .output()
-            .unwrap();
+            ],
+        )
+        .env(stick::KILL_AT_ENV, n.to_string())
+        .output()
+        .unwrap();
         assert!(
             !killed.status.success(),
             "the deploy finished before any stop left lost clusters"
