@@ -231,6 +231,15 @@ pub const TOOLS: &[Tool] = &[
         arch: "openssh",
     },
     Tool {
+        program: "/sbin/openrc-init",
+        used_by: "tests (the NAS under real OpenRC)",
+        tests_only: true,
+        debian: "openrc",
+        fedora: "openrc",
+        alpine: "openrc-init",
+        arch: "openrc",
+    },
+    Tool {
         program: "zstd",
         used_by: "bench",
         tests_only: true,
@@ -276,6 +285,11 @@ pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
     // deploy tests: a real sshd on 127.0.0.1 for ssh:// targets, and the client.
     "openssh-server",
     "openssh-client",
+    // the NAS under real OpenRC: openrc-init, openrc-run, rc-service, rc-update, openrc-shutdown.
+    "openrc",
+    // check tests: `check` on the example system also checks this host's build tools (alpine-make-rootfs's).
+    "wget",
+    "rsync",
 ];
 
 /// Whether `program` is on this host (a command in PATH, or an existing absolute path).
