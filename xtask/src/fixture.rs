@@ -28,6 +28,11 @@ pub enum Init {
     Panic,
     /// Never print the ready line; sleep forever.
     Silent,
+    /// PID 1 is a real openrc-init: the host's OpenRC (Debian's `openrc` package) with the libraries it
+    /// loads, busybox's applet links, and stand-ins for the init scripts Alpine's packages install
+    /// ([`STAND_INS`]). No checks and no ready line of its own: the tree is meant to be finished by a
+    /// system's `root/` and `setup.sh`, as alpine-make-rootfs finishes an Alpine tree.
+    Openrc,
 }
 
 /// A fixture root tree to write with [`Fixture::write`].
@@ -62,6 +67,7 @@ pub const MODULES: &[&str] = &[
     "vfat",
     "nls_cp437",
     "nls_iso8859-1",
+    "nls_ascii",
 ];
 
 impl Fixture {
@@ -94,7 +100,10 @@ impl Fixture {
         write_special_files(dir)?;
         write_file(dir, "etc/ramnas-build", &format!("{}\n", self.build), 0o644)?;
         write_file(dir, "etc/hostname", "fixture\n", 0o644)?;
-        write_file(dir, "init", &init_script(self.init), 0o755)?;
+        match self.init {
+            Init::Openrc => write_openrc(dir)?,
+            init => write_file(dir, "init", &init_script(init), 0o755)?,
+        }
         if !self.packages.is_empty() {
             write_file(
                 dir,
@@ -383,11 +392,166 @@ fn write_ucode(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// OpenRC's programs, which the openrc fixture copies from the host with the libraries they load.
+const OPENRC_PROGRAMS: &[&str] = &[
+    "/sbin/openrc-init",
+    "/sbin/openrc",
+    "/sbin/openrc-run",
+    "/sbin/openrc-shutdown",
+    "/sbin/rc-service",
+    "/sbin/rc-update",
+    "/sbin/supervise-daemon",
+    "/bin/rc-status",
+];
+
+/// Stand-ins for the init scripts Alpine's packages install (alpine-base, openrc, busybox-openrc,
+/// udev-init-scripts, zfs-openrc, agetty-openrc, openssh, chrony, smartmontools, samba, nfs-utils): what
+/// `system/setup.sh` enables must exist for `rc-update add` to accept it. Each starts and stops and says so
+/// (`* Starting NAME (stand-in)`); the few a booting fixture depends on do their job: `sysfs` and `devfs`
+/// mount /sys and /dev, `modules` loads the fixture's kernel modules (Alpine's kernel loads them through
+/// udev), `hostname` sets the host name. (name, depend() body, start() body.)
+pub const STAND_INS: &[(&str, &str, &str)] = &[
+    (
+        "sysfs",
+        "",
+        "mountinfo -q /sys || mount -t sysfs -o nosuid,nodev,noexec sysfs /sys",
+    ),
+    (
+        "devfs",
+        "provide dev-mount; need sysfs; before dev",
+        "mountinfo -q /dev || mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev\n\
+         \tmkdir -p /dev/pts /dev/shm\n\
+         \tmountinfo -q /dev/pts || mount -t devpts -o gid=5,mode=0620 devpts /dev/pts",
+    ),
+    ("dmesg", "before dev", ""),
+    ("udev", "provide dev; need sysfs dev-mount", ""),
+    ("udev-trigger", "need udev", ""),
+    ("udev-settle", "need udev; after udev-trigger", ""),
+    ("udev-postmount", "after udev", ""),
+    ("hwdrivers", "", ""),
+    (
+        "modules",
+        "after dev-mount",
+        "while read -r module; do insmod \"/lib/modules/$(uname -r)/$module\" 2>/dev/null; done \
+         <\"/lib/modules/$(uname -r)/fixture.load\"\n\tsleep 2",
+    ),
+    ("sysctl", "", ""),
+    ("hostname", "", "hostname -F /etc/hostname"),
+    ("bootmisc", "", ""),
+    ("hwclock", "", ""),
+    ("syslog", "", ""),
+    ("networking", "provide net", ""),
+    ("seedrng", "", ""),
+    ("zfs-import", "", ""),
+    ("zfs-mount", "need zfs-import", ""),
+    ("chronyd", "", ""),
+    ("sshd", "", ""),
+    ("crond", "", ""),
+    ("smartd", "", ""),
+    ("agetty", "", ""),
+    ("acpid", "", ""),
+    ("killprocs", "", ""),
+    ("mount-ro", "", "sync"),
+    ("samba", "", ""),
+    ("nfs", "", ""),
+];
+
+/// The host's OpenRC as the tree's init (`/init` → `/sbin/openrc-init`), busybox's applet links (Alpine's
+/// busybox installs them too), the stand-in init scripts, the runlevel directories, and the few files
+/// Alpine's base packages own that setup.sh and OpenRC read (users, `/etc/conf.d/zfs`).
+fn write_openrc(root: &Path) -> Result<()> {
+    for program in OPENRC_PROGRAMS {
+        write_host_program(root, program)?;
+    }
+    let sh = Shell::new()?;
+    let lib_rc = Path::new("/lib/rc");
+    for entry in walk(lib_rc)? {
+        let dest = root.join(entry.strip_prefix("/").unwrap());
+        if entry.is_dir() {
+            fs::create_dir_all(&dest)?;
+        } else {
+            fs::copy(&entry, &dest)
+                .with_context(|| format!("copying {} into the fixture", entry.display()))?;
+        }
+    }
+    for file in ["/etc/rc.conf", "/etc/init.d/savecache"] {
+        let dest = root.join(file.trim_start_matches('/'));
+        fs::create_dir_all(dest.parent().unwrap())?;
+        fs::copy(file, &dest).with_context(|| format!("copying {file} (Debian's openrc)"))?;
+    }
+    let applets = cmd!(sh, "{root}/bin/busybox --list-full")
+        .quiet()
+        .read()
+        .context("busybox --list-full")?;
+    for applet in applets.lines().filter(|l| !l.is_empty()) {
+        let dest = root.join(applet);
+        if dest.symlink_metadata().is_ok() {
+            continue;
+        }
+        fs::create_dir_all(dest.parent().unwrap())?;
+        symlink("/bin/busybox", &dest).with_context(|| format!("linking /{applet}"))?;
+    }
+    for (name, depend, start) in STAND_INS {
+        let script = format!(
+            "#!/sbin/openrc-run\n\
+             # Stand-in for Alpine's {name} init script (ramnas test fixture).\n\
+             description=\"stand-in for {name}\"\n\
+             depend() {{\n\t{depend}\n\t:\n}}\n\
+             start() {{\n\tebegin \"Starting $RC_SVCNAME (stand-in)\"\n\t{start}\n\teend 0\n}}\n\
+             stop() {{\n\tebegin \"Stopping $RC_SVCNAME (stand-in)\"\n\teend 0\n}}\n"
+        );
+        write_file(root, &format!("etc/init.d/{name}"), &script, 0o755)?;
+    }
+    for level in ["sysinit", "boot", "default", "shutdown", "nonetwork"] {
+        fs::create_dir_all(root.join("etc/runlevels").join(level))?;
+    }
+    for dir in ["run", "var/log", "var/lib", "media", "mnt", "etc/conf.d"] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    // Debian's OpenRC reads LSB dependency names from insserv's configuration.
+    write_file(root, "etc/insserv.conf", "", 0o644)?;
+    write_file(root, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
+    write_file(root, "etc/shadow", "root:*::0:::::\n", 0o640)?;
+    write_file(
+        root,
+        "etc/group",
+        "root:x:0:root\ntty:x:5:\nuucp:x:14:\n",
+        0o644,
+    )?;
+    write_file(
+        root,
+        "etc/conf.d/zfs",
+        "# Stand-in for zfs-openrc's settings.\nZPOOL_IMPORT_ALL_VISIBLE='no'\n#ZPOOL_IMPORT_PATH=\"/dev/disk/by-vdev:/dev/disk/by-id\"\n",
+        0o644,
+    )?;
+    symlink("/sbin/openrc-init", root.join("init")).context("linking /init")?;
+    Ok(())
+}
+
+/// `dir` and everything below it, parents before children.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("listing {} (is Debian's openrc installed?)", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            out.extend(walk(&entry)?);
+        } else {
+            out.push(entry);
+        }
+    }
+    Ok(out)
+}
+
 fn init_script(init: Init) -> String {
     let body = match init {
         Init::Ready => READY,
         Init::Panic => "echo 'ramnas: fixture init exits on purpose'\nexit 1\n",
         Init::Silent => "echo 'ramnas: fixture stays silent'\nwhile :; do sleep 3600; done\n",
+        Init::Openrc => unreachable!("openrc-init is the openrc fixture's /init"),
     };
     format!("{PRELUDE}{body}")
 }
