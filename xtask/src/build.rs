@@ -591,7 +591,14 @@ fn apk_packages(tree: &Path) -> anyhow::Result<std::collections::BTreeMap<String
     let db = tree.join("lib/apk/db/installed");
     match fs::read_to_string(&db) {
         Ok(text) => Ok(manifest::parse_apk_installed(&text)),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "ramnas: warning: {} has no apk database (/lib/apk/db/installed): the manifest lists no \
+                 packages, so `deploy` and `status` cannot say which packages a build changes",
+                tree.display()
+            );
+            Ok(Default::default())
+        }
         Err(err) => Err(err).with_context(|| format!("reading {}", db.display())),
     }
 }

@@ -160,6 +160,9 @@ pub struct Diff {
     pub kernel: Option<(Option<String>, Option<String>)>,
     /// Initramfs size in bytes (old, new) when it changed.
     pub initramfs_size: Option<(u64, u64)>,
+    /// The builds whose manifest lists no packages (`"old"`, `"new"`): their tree had no apk database, so
+    /// the package lines above cannot be trusted.
+    pub unlisted: Vec<&'static str>,
 }
 
 impl Diff {
@@ -190,6 +193,13 @@ impl std::fmt::Display for Diff {
         for (name, (old, new)) in &self.changed {
             writeln!(f, "~ {name} {old} → {new}")?;
         }
+        for which in &self.unlisted {
+            writeln!(
+                f,
+                "packages: not compared: the {which} build's manifest lists none (its tree had no apk \
+                 database, /lib/apk/db/installed)"
+            )?;
+        }
         Ok(())
     }
 }
@@ -197,6 +207,14 @@ impl std::fmt::Display for Diff {
 /// The difference from build `old` to build `new`.
 pub fn diff(old: &Manifest, new: &Manifest) -> Diff {
     let mut d = Diff::default();
+    for (which, m) in [("old", old), ("new", new)] {
+        if m.packages.is_empty() {
+            d.unlisted.push(which);
+        }
+    }
+    if !d.unlisted.is_empty() {
+        return d.with_sizes(old, new);
+    }
     for (name, version) in &new.packages {
         match old.packages.get(name) {
             None => {
@@ -213,14 +231,21 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Diff {
             d.removed.insert(name.clone(), version.clone());
         }
     }
-    if old.kernel_version != new.kernel_version {
-        d.kernel = Some((old.kernel_version.clone(), new.kernel_version.clone()));
+    d.with_sizes(old, new)
+}
+
+impl Diff {
+    /// Adds the kernel and initramfs changes from `old` to `new`.
+    fn with_sizes(mut self, old: &Manifest, new: &Manifest) -> Diff {
+        if old.kernel_version != new.kernel_version {
+            self.kernel = Some((old.kernel_version.clone(), new.kernel_version.clone()));
+        }
+        let size = |m: &Manifest| m.artifacts.get("initramfs").map_or(0, |a| a.size);
+        if size(old) != size(new) {
+            self.initramfs_size = Some((size(old), size(new)));
+        }
+        self
     }
-    let size = |m: &Manifest| m.artifacts.get("initramfs").map_or(0, |a| a.size);
-    if size(old) != size(new) {
-        d.initramfs_size = Some((size(old), size(new)));
-    }
-    d
 }
 
 #[cfg(test)]
@@ -293,6 +318,22 @@ mod tests {
         );
         assert!(diff(&new, &new).is_empty());
         assert_eq!(diff(&new, &old).added.keys().collect::<Vec<_>>(), ["nano"]);
+    }
+
+    #[test]
+    fn a_build_that_lists_no_packages_is_not_compared_silently() {
+        let listed = manifest(&[("busybox", "1.37.0-r12")], "6.12.1-0-lts", 100);
+        let unlisted = manifest(&[], "6.12.1-0-lts", 120);
+        let d = diff(&listed, &unlisted);
+        assert!(d.removed.is_empty(), "{d:?}");
+        assert_eq!(d.unlisted, ["new"]);
+        let text = d.to_string();
+        assert!(
+            text.contains("packages: not compared: the new build's manifest lists none"),
+            "{text}"
+        );
+        assert!(text.contains("initramfs: 0.0 MiB → 0.0 MiB"), "{text}");
+        assert_eq!(diff(&unlisted, &unlisted).unlisted, ["old", "new"]);
     }
 
     #[test]
