@@ -13,18 +13,8 @@ die() {
 	exit 1
 }
 
-# Enables each service in runlevel $1, as `rc-update add` would; a missing init script is an error.
-runlevel() {
-	level=$1
-	shift
-	mkdir -p "/etc/runlevels/$level"
-	for service in "$@"; do
-		[ -e "/etc/init.d/$service" ] || die "no /etc/init.d/$service for runlevel $level: is its package listed?"
-		ln -sfn "/etc/init.d/$service" "/etc/runlevels/$level/$service"
-	done
-}
-
-# PID 1 is openrc-init (the kernel runs /init from the initramfs). Power off with openrc-shutdown.
+# PID 1 is openrc-init (the kernel runs /init from the initramfs). /sbin/reboot, poweroff and halt (root/sbin)
+# go through openrc-shutdown.
 [ -x /sbin/openrc-init ] || die "/sbin/openrc-init missing: list openrc-init in packages"
 ln -sfn /sbin/openrc-init /init
 
@@ -33,20 +23,29 @@ for tty in tty1 ttyS0; do
 	ln -sfn agetty "/etc/init.d/agetty.$tty"
 done
 
-# The runlevels of a diskless Alpine, with udev (for /dev/disk/by-id) instead of mdev.
-runlevel sysinit devfs dmesg udev udev-trigger udev-settle
-runlevel boot modules sysctl hostname bootmisc hwclock syslog networking \
-	ramnas-persist seedrng ramnas-watchdog zfs-import zfs-mount
-runlevel default udev-postmount chronyd sshd crond smartd agetty.tty1 agetty.ttyS0 ramnas-ready
-runlevel shutdown killprocs savecache mount-ro
+# The runlevels of a diskless Alpine, with udev (for /dev/disk/by-id) instead of mdev. rc-update refuses a
+# service without an init script: is its package listed?
+for service in devfs dmesg udev udev-trigger udev-settle; do
+	rc-update add "$service" sysinit
+done
+for service in modules sysctl hostname bootmisc hwclock syslog networking \
+	ramnas-persist seedrng ramnas-watchdog zfs-import zfs-mount; do
+	rc-update add "$service" boot
+done
+for service in udev-postmount chronyd sshd crond smartd agetty.tty1 agetty.ttyS0 ramnas-ready; do
+	rc-update add "$service" default
+done
+for service in killprocs savecache mount-ro; do
+	rc-update add "$service" shutdown
+done
 
 # Sharing, as chosen at the top.
 if [ "$SHARE_SMB" = yes ]; then
 	id share >/dev/null 2>&1 || adduser -D -H -h /tank/share -s /sbin/nologin share
-	runlevel default samba
+	rc-update add samba default
 fi
 if [ "$SHARE_NFS" = yes ]; then
-	runlevel default nfs
+	rc-update add nfs default
 fi
 
 # Nothing survives a reboot, not even zpool.cache: import every pool the disks hold (by id, see README).

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use crate::{
     flags::{DeployFlags, TargetFlags},
     manifest::{self, Manifest},
-    slots::{self, Build, Running, Slot, Table},
+    slots::{self, Build, LastTrial, Running, Slot, Table},
     stick::{self, Faulty, Stick},
     uefi,
 };
@@ -60,6 +60,7 @@ pub fn deploy(flags: DeployFlags) -> Result<()> {
     );
     drop(uki);
     done?;
+    LastTrial::forget(&mut *stick)?;
     stick.close()?;
     let t = &flags.target.target;
     if flags.commit {
@@ -168,12 +169,12 @@ pub fn status(flags: TargetFlags) -> Result<()> {
     }
     let show = |s: Option<Slot>| s.map_or("none".to_string(), |s| s.name().to_string());
     println!("default: {}", show(table.default));
-    match &table.boot_once {
-        Some(cmd) => println!(
-            "trial: slot {} armed for the next boot ({cmd:?})",
-            show(table.trial())
-        ),
-        None => println!("trial: none armed"),
+    match (&table.boot_once, slots::armed_trial(&table)) {
+        (Some(cmd), Some(slot)) if table.trial() == Some(slot) => {
+            println!("trial: slot {slot} armed for the next boot ({cmd:?})")
+        }
+        (_, Some(slot)) => println!("trial: slot {slot} armed for the next UEFI boot"),
+        (_, None) => println!("trial: none armed"),
     }
     if !table.uefi.ukis.is_empty() {
         let ukis: Vec<String> = table
@@ -197,6 +198,12 @@ pub fn status(flags: TargetFlags) -> Result<()> {
             ""
         };
         println!("running: {}{trial}", show(r.slot));
+    }
+    if let Some(record) = LastTrial::read(&mut *stick)? {
+        println!("last trial: {record}");
+        for line in &record.log {
+            println!("  | {line}");
+        }
     }
     stick.close()
 }

@@ -578,10 +578,13 @@ pub fn running_trial(table: &Table, running: Running) -> Option<Slot> {
     (running.trial || uefi_trial).then_some(slot)
 }
 
-/// The slot armed for a trial boot on either bootloader.
+/// The slot armed for a trial boot on either bootloader. A boot-once that names the default slot is no
+/// trial: that slot is committed already (a NAS committed its trial under UEFI before it cleared the BIOS
+/// boot-once, say), and booting it boots the default.
 pub fn armed_trial(table: &Table) -> Option<Slot> {
     table
         .trial()
+        .filter(|&slot| Some(slot) != table.default)
         .or_else(|| table.uefi.trial().and_then(Slot::parse))
 }
 
@@ -642,6 +645,73 @@ pub fn make_default(stick: &mut dyn Stick, slot: Slot) -> Result<()> {
         uefi::set_state(stick, slot.name(), None)?;
     }
     Ok(())
+}
+
+/// Where the NAS leaves the record of a trial boot that came up unhealthy (`ramnas-ready`), until the next
+/// deploy.
+pub const LAST_TRIAL: &str = "persist/last-trial";
+
+/// The NAS's record of its last unhealthy trial boot: `key=value` lines, then `log:` and the boot log's last
+/// lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LastTrial {
+    pub slot: String,
+    pub build: String,
+    pub time: String,
+    pub failed: String,
+    pub log: Vec<String>,
+}
+
+impl LastTrial {
+    pub fn parse(text: &str) -> LastTrial {
+        let mut record = LastTrial::default();
+        let mut lines = text.lines();
+        for line in lines.by_ref() {
+            if line == "log:" {
+                break;
+            }
+            let (key, value) = line.split_once('=').unwrap_or((line, ""));
+            let field = match key {
+                "slot" => &mut record.slot,
+                "build" => &mut record.build,
+                "time" => &mut record.time,
+                "failed" => &mut record.failed,
+                _ => continue,
+            };
+            *field = value.to_string();
+        }
+        record.log = lines.map(str::to_string).collect();
+        record
+    }
+
+    /// Reads the record from the stick; None when there is none.
+    pub fn read(stick: &mut dyn Stick) -> Result<Option<LastTrial>> {
+        if !stick.exists(LAST_TRIAL)? {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(&stick.read(LAST_TRIAL)?).into_owned();
+        Ok(Some(LastTrial::parse(&text)))
+    }
+
+    /// Removes the record (a deploy: the next trial is of another build).
+    pub fn forget(stick: &mut dyn Stick) -> Result<()> {
+        if stick.exists(LAST_TRIAL)? {
+            stick.remove(LAST_TRIAL)?;
+            stick.sync()?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for LastTrial {
+    /// `slot b, build …, failed: zfs-import (2026-12-01 22:40:00 UTC)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "slot {}, build {}, failed: {} ({})",
+            self.slot, self.build, self.failed, self.time
+        )
+    }
 }
 
 /// Checks every file of a filled slot against its manifest's SHA-256.
@@ -885,6 +955,22 @@ mod tests {
         assert_eq!(table.default, Some(Slot::B));
         assert_eq!(table.slots[&Slot::B].manifest.build_id, "one");
         verify_slot(&mut stick, Slot::B).unwrap();
+    }
+
+    #[test]
+    fn the_record_of_an_unhealthy_trial() {
+        let text =
+            "slot=b\nbuild=abc\ntime=2026-12-01 22:40:00 UTC\nfailed=zfs-import,broken\nlog:\n\
+                    * Starting broken ...\nslot=x is a log line\n";
+        let record = LastTrial::parse(text);
+        assert_eq!(
+            record.to_string(),
+            "slot b, build abc, failed: zfs-import,broken (2026-12-01 22:40:00 UTC)"
+        );
+        assert_eq!(
+            record.log,
+            ["* Starting broken ...", "slot=x is a log line"]
+        );
     }
 
     #[test]

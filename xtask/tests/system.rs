@@ -62,6 +62,9 @@ echo "stand-in private key $id" > "$RAMNAS_SSH_DIR/ssh_host_ed25519_key"
 echo "ssh-ed25519 AAAAstandin$id root@ramnas" > "$RAMNAS_SSH_DIR/ssh_host_ed25519_key.pub"
 "#;
 
+/// A stand-in for /sbin/reboot that only says it was asked.
+const FAKE_REBOOT: &str = "#!/bin/sh\necho \"ramnas-test: reboot asked for\" >/dev/console\n";
+
 /// A stand-in for OpenRC's `rc-service NAME status`: every service is started except `broken` (stopped) and
 /// `agetty.ttyS1` (crashed, as on a board without that serial port).
 const FAKE_RC_SERVICE: &str = r#"#!/bin/sh
@@ -75,9 +78,11 @@ exit 0
 /// and creates + saves the host keys.
 const BOOT1: &str = r#"
 export RAMNAS_SSH_DIR=/tmp/ssh RAMNAS_SSH_KEYGEN=/usr/local/bin/fake-keygen RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
-export RAMNAS_RUNLEVEL=/tmp/runlevel RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
+export RAMNAS_RUNLEVELS=/tmp/runlevels RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
 echo system-test > /tmp/build
-mkdir -p /tmp/runlevel && for s in sshd chronyd agetty.ttyS1 ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevel/$s; done
+mkdir -p /tmp/runlevels/boot /tmp/runlevels/default
+ln -s /etc/init.d/ramnas-persist /tmp/runlevels/boot/ramnas-persist
+for s in sshd chronyd agetty.ttyS1 ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevels/default/$s; done
 ramnas-persist start
 for l in $(ramnas-slot); do echo "ramnas-test: $l"; done
 echo "ramnas-test: key $(cat /tmp/ssh/ssh_host_ed25519_key)"
@@ -85,18 +90,24 @@ ramnas-ready
 ramnas-persist stop && echo "ramnas-test: unmounted"
 "#;
 
-/// Boot 2: slot a on trial with a failing service: no commit. Then the same as if a person had picked slot a
-/// at the boot prompt (no trial): healthy, still no commit. The host keys come back from the stick.
+/// Boot 2: slot a on trial with a failing boot-runlevel service: no commit, a record on the stick, a reboot
+/// asked for. Then the same as if a person had picked slot a at the boot prompt (no trial): healthy, still no
+/// commit. The host keys come back from the stick.
 const BOOT2: &str = r#"
 export RAMNAS_SSH_DIR=/tmp/ssh RAMNAS_SSH_KEYGEN=false RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
-export RAMNAS_RUNLEVEL=/tmp/runlevel RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
+export RAMNAS_RUNLEVELS=/tmp/runlevels RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
+export RAMNAS_REBOOT=/usr/local/bin/fake-reboot RAMNAS_CONF=/tmp/ready.conf
+echo 'reboot_delay=0' > /tmp/ready.conf
 echo system-test > /tmp/build
-mkdir -p /tmp/runlevel && for s in sshd broken ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevel/$s; done
+mkdir -p /tmp/runlevels/boot /tmp/runlevels/default
+ln -s /etc/init.d/broken /tmp/runlevels/boot/broken
+for s in sshd ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevels/default/$s; done
 ramnas-persist start
 echo "ramnas-test: key $(cat /tmp/ssh/ssh_host_ed25519_key)"
 echo "ramnas-test: modes $(stat -c %a /tmp/ssh/ssh_host_ed25519_key) $(stat -c %a /tmp/ssh/ssh_host_ed25519_key.pub)"
 ramnas-ready || echo "ramnas-test: ready failed"
-rm /tmp/runlevel/broken
+sleep 2
+rm /tmp/runlevels/boot/broken
 echo "ramnas.slot=a" > /tmp/handpicked
 RAMNAS_CMDLINE=/tmp/handpicked ramnas-ready
 for l in $(RAMNAS_CMDLINE=/tmp/handpicked ramnas-slot); do echo "ramnas-test: handpicked $l"; done
@@ -213,6 +224,11 @@ fn boot(dir: &Path, name: &str, hook: &str, append: &str, stick: &Path) -> Vec<S
         0o755,
     ));
     fixture.files.push((
+        "usr/local/bin/fake-reboot".into(),
+        FAKE_REBOOT.into(),
+        0o755,
+    ));
+    fixture.files.push((
         "usr/local/bin/rc-service".into(),
         FAKE_RC_SERVICE.into(),
         0o755,
@@ -319,8 +335,9 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
         "ramnas-persist: restored 2 ssh host key files from /media/boot/persist/ssh",
         "ramnas-test: modes 600 644",
         "ramnas: unhealthy slot=a build=b2-cmdline failed=broken",
-        "ramnas: trial of slot a not committed: the next boot returns to the default slot",
+        "ramnas: trial of slot a failed: rebooting into the committed slot in 0s (reboot_unhealthy_trial=no in /tmp/ready.conf keeps it running)",
         "ramnas-test: ready failed",
+        "ramnas-test: reboot asked for",
         "ramnas: ready slot=a build=system-test",
         "ramnas-test: handpicked running=a",
         "ramnas-test: handpicked default=b",
@@ -340,6 +357,15 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
         "{lines:#?}"
     );
     assert_eq!(mtype(&stick, "/syslinux/syslinux.cfg"), committed_b());
+    let record = mtype(&stick, "/persist/last-trial");
+    for want in [
+        "slot=a\n",
+        "build=b2-cmdline\n",
+        "failed=broken\n",
+        "log:\n",
+    ] {
+        assert!(record.contains(want), "{want:?} in {record}");
+    }
 }
 
 /// A deploy killed at the first point where the stop leaves lost clusters and the dirty bit (fsck.vfat -n says

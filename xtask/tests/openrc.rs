@@ -1,0 +1,365 @@
+//! The NAS of `system/` under a real openrc-init (Debian's OpenRC), built by `cargo xtask build` as a user
+//! builds it: a stand-in alpine-make-rootfs (Alpine's mirror is out of reach here) installs the openrc fixture
+//! tree in place of Alpine's packages, then does what the real tool does: copies `system/root` over it and
+//! runs `system/setup.sh` in a chroot of it. So the runlevels are setup.sh's, the services are root/'s, and
+//! PID 1, openrc-run, rc-service, rc-update and openrc-shutdown are OpenRC's. The builds go onto a stick
+//! (`cargo xtask image`, `deploy`) that boots under SeaBIOS and OVMF, and the stick is read back with
+//! `cargo xtask status`/`rollback`, as on a real NAS.
+
+mod common;
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use xtask::{
+    fixture::{Fixture, Init},
+    qemu::Running,
+};
+
+/// alpine-make-rootfs as far as ramnas uses it, on a tree made beforehand: "install the packages" (copy
+/// FAKE_TREE), copy FS_SKEL_DIR over it (replacing links, as its rsync does), then run the script in a
+/// chroot with its directory bound at /mnt and /mnt as the working directory.
+const FAKE_ALPINE_MAKE_ROOTFS: &str = r#"#!/bin/sh
+set -eu
+dest=$1
+script=${2:-}
+cp -a "$FAKE_TREE"/. "$dest"/
+if [ -n "${FS_SKEL_DIR:-}" ]; then
+    cp -a --remove-destination "$FS_SKEL_DIR"/. "$dest"/
+    chown -R "${FS_SKEL_CHOWN:-root:root}" "$dest"
+fi
+if [ -n "$script" ]; then
+    mkdir -p "$dest/mnt"
+    mount --bind "$(dirname "$script")" "$dest/mnt"
+    rc=0
+    chroot "$dest" /bin/sh -c "cd /mnt && ./$(basename "$script")" || rc=$?
+    umount "$dest/mnt"
+    [ "$rc" = 0 ] || { echo "fake alpine-make-rootfs: the script failed ($rc)" >&2; exit "$rc"; }
+fi
+"#;
+
+/// A default-runlevel service whose name sorts before ramnas-ready and one whose name sorts after it: the
+/// health check must wait for both.
+const EARLY_AND_LATE: &[&str] = &["aaa-early", "zzz-late"];
+
+/// A service that starts and says so.
+fn service(name: &str) -> String {
+    format!(
+        "#!/sbin/openrc-run\n\
+         # shellcheck shell=sh disable=SC2034\n\
+         description=\"test service {name}\"\n\
+         start() {{\n\techo \"test: {name} started\"\n}}\n"
+    )
+}
+
+/// A service that fails to start.
+const BROKEN: &str = "#!/sbin/openrc-run\n\
+    # shellcheck shell=sh disable=SC2034\n\
+    description=\"a service that fails\"\n\
+    start() {\n\techo \"test: broken fails on purpose\"\n\treturn 1\n}\n";
+
+/// The test's own hand on the machine: once ramnas-ready has finished (started or failed), it runs
+/// /etc/test-then, whatever that test put there.
+const THEN: &str = r#"#!/sbin/openrc-run
+# shellcheck shell=sh disable=SC2034,SC2016
+description="runs /etc/test-then once ramnas-ready has finished"
+start() {
+	setsid sh -c 'while [ ! -e /run/openrc/started/ramnas-ready ] && [ ! -e /run/openrc/failed/ramnas-ready ]; do
+		sleep 1
+	done
+	sleep 1
+	. /etc/test-then' </dev/null >/dev/console 2>&1 &
+}
+"#;
+
+/// Every healthy boot reboots once per stick (from a non-login shell with an empty environment, as a cron
+/// job or an ssh command would), then powers off.
+const REBOOT_ONCE_THEN_POWEROFF: &str = r#"
+if [ -e /run/openrc/started/ramnas-ready ]; then
+	if [ -e /media/boot/persist/test-rebooted ]; then
+		echo "test: /sbin/poweroff"
+		/sbin/poweroff
+	else
+		: >/media/boot/persist/test-rebooted
+		sync
+		echo "test: env -i /sbin/reboot"
+		env -i /sbin/reboot
+	fi
+fi
+"#;
+
+/// Every healthy boot powers off.
+const POWEROFF: &str = r#"
+if [ -e /run/openrc/started/ramnas-ready ]; then
+	echo "test: /sbin/poweroff"
+	/sbin/poweroff
+fi
+"#;
+
+/// A test's world: the openrc fixture tree (the packages) and the stand-in tool.
+struct Nas {
+    dir: tempfile::TempDir,
+    tree: PathBuf,
+    tool: PathBuf,
+}
+
+impl Nas {
+    fn new() -> Nas {
+        let dir = common::tempdir();
+        let tree = dir.path().join("packages");
+        let mut fixture = Fixture::new("openrc");
+        fixture.init = Init::Openrc;
+        // dosfstools, as the NAS lists it: the host's fsck.vfat and the glibc it loads.
+        fixture.host_programs.push("fsck.vfat".into());
+        fixture.write(&tree).unwrap();
+        let tool = dir.path().join("alpine-make-rootfs");
+        fs::write(&tool, FAKE_ALPINE_MAKE_ROOTFS).unwrap();
+        fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+        Nas { dir, tree, tool }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A copy of the example `system/` named NAME, with the test's services, `then` as /etc/test-then, and
+    /// `setup` appended to setup.sh.
+    fn system(&self, name: &str, then: &str, setup: &str) -> PathBuf {
+        let system = self.path().join(format!("system-{name}"));
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system");
+        common::run(
+            "cp",
+            &["-a", example.to_str().unwrap(), system.to_str().unwrap()],
+        );
+        let init_d = system.join("root/etc/init.d");
+        for name in EARLY_AND_LATE {
+            write_script(&init_d.join(name), &service(name));
+        }
+        write_script(&init_d.join("broken"), BROKEN);
+        write_script(&init_d.join("test-then"), THEN);
+        fs::write(system.join("root/etc/test-then"), then).unwrap();
+        // Short waits: the test need not sit out the NAS's defaults.
+        let conf = system.join("root/etc/conf.d/ramnas-ready");
+        let text = fs::read_to_string(&conf).unwrap();
+        fs::write(
+            &conf,
+            text.replace("reboot_delay=\"10\"", "reboot_delay=\"2\""),
+        )
+        .unwrap();
+        let mut script = fs::read_to_string(system.join("setup.sh")).unwrap();
+        script.push_str("\n# The test's services.\n");
+        for name in EARLY_AND_LATE.iter().chain(&["test-then"]) {
+            script.push_str(&format!("rc-update add {name} default\n"));
+        }
+        script.push_str(setup);
+        fs::write(system.join("setup.sh"), script).unwrap();
+        system
+    }
+
+    /// `cargo xtask build --system SYSTEM --out OUT` through the stand-in tool; returns OUT.
+    fn build(&self, system: &Path, out: &str) -> PathBuf {
+        let out = self.path().join(out);
+        let built = common::xtask_command(
+            self.path(),
+            &[
+                "build",
+                "--system",
+                system.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+        .env("ALPINE_MAKE_ROOTFS", &self.tool)
+        .env("FAKE_TREE", &self.tree)
+        .env("HOME", self.path())
+        .env_remove("SUDO_USER")
+        .output()
+        .unwrap();
+        common::ok(&built);
+        out
+    }
+
+    /// `cargo xtask ARGS…` in the test's directory; its output, which must say it succeeded.
+    fn xtask(&self, args: &[&str]) -> String {
+        common::ok(&common::xtask(self.path(), args))
+    }
+}
+
+fn write_script(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A stick with build `a` committed in slot a and build `b` deployed into slot b on trial.
+fn stick_with_trial(nas: &Nas, a: &Path, b: &Path) -> PathBuf {
+    let stick = common::make_stick(nas.path(), a);
+    nas.xtask(&[
+        "deploy",
+        stick.to_str().unwrap(),
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    stick
+}
+
+fn build_id(out: &Path) -> String {
+    xtask::manifest::Manifest::load(&out.join("manifest.json"))
+        .unwrap()
+        .build_id
+}
+
+/// Waits for the console line matching `pattern`.
+fn expect(vm: &mut Running, pattern: &str) -> String {
+    vm.expect(pattern, common::BOOT_TIMEOUT)
+        .unwrap_or_else(|e| {
+            let _ = fs::write("/tmp/last-openrc.log", vm.output().join("\n"));
+            panic!("{e:#}")
+        })
+}
+
+fn position(lines: &[String], what: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no line with {what:?} in {lines:#?}"))
+}
+
+/// A healthy trial of slot b under SeaBIOS, with services before and after ramnas-ready in the default
+/// runlevel and none providing `dev` (no udev): every service has started before the health check, the
+/// stick is mounted, the trial commits itself, `env -i /sbin/reboot` reboots into slot b as the default,
+/// and `/sbin/poweroff` powers the machine off.
+#[test]
+fn a_healthy_trial_under_openrc_commits_and_reboot_and_poweroff_work() {
+    let nas = Nas::new();
+    let a = nas.build(&nas.system("a", REBOOT_ONCE_THEN_POWEROFF, ""), "out-a");
+    let without_udev =
+        "for s in udev-trigger udev-settle udev; do rc-update del \"$s\" sysinit; done\n\
+                        rc-update del udev-postmount default\n";
+    let b = nas.build(
+        &nas.system("b", REBOOT_ONCE_THEN_POWEROFF, without_udev),
+        "out-b",
+    );
+    let id = build_id(&b);
+    let stick = stick_with_trial(&nas, &a, &b);
+
+    let mut m = common::bios_machine(&stick);
+    m.reboot = true;
+    let mut vm = common::start(&m, nas.path(), "trial");
+    expect(&mut vm, &format!("^ramnas: ready slot=b build={id}$"));
+    expect(&mut vm, "^test: env -i /sbin/reboot$");
+    // The second boot: slot b again, now the default and no trial.
+    expect(&mut vm, &format!("^ramnas: ready slot=b build={id}$"));
+    expect(&mut vm, "^test: /sbin/poweroff$");
+    vm.wait_exit(Duration::from_secs(120))
+        .expect("/sbin/poweroff powers the machine off");
+    let lines = vm.output();
+
+    let ready = position(&lines, "ramnas: ready slot=b");
+    // No udev: nothing provides `dev`, and the stick is mounted all the same. No openssh: no keys to keep.
+    assert!(
+        position(
+            &lines,
+            "ramnas-persist: no ssh-keygen (openssh): no ssh host keys to keep"
+        ) < ready,
+        "{lines:#?}"
+    );
+    for late in ["test: aaa-early started", "test: zzz-late started"] {
+        assert!(position(&lines, late) < ready, "{late}: {lines:#?}");
+    }
+    assert!(
+        position(&lines, "ramnas-persist: mounted") < ready,
+        "{lines:#?}"
+    );
+    assert!(
+        position(&lines, "ramnas-slot: slot b is now the default") < ready,
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("unhealthy")), "{lines:#?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("System halted")),
+        "{lines:#?}"
+    );
+    let status = nas.xtask(&["status", stick.to_str().unwrap()]);
+    assert!(status.contains("default: b\n"), "{status}");
+    assert!(status.contains("trial: none armed\n"), "{status}");
+}
+
+/// A trial whose boot-runlevel service fails is not committed: it says which, leaves its record on the stick,
+/// and reboots by itself into the committed slot a; `status` shows the record.
+#[test]
+fn an_unhealthy_trial_under_openrc_goes_back_by_itself() {
+    let nas = Nas::new();
+    let a = nas.build(&nas.system("a", POWEROFF, ""), "out-a");
+    let b = nas.build(
+        &nas.system("b", POWEROFF, "rc-update add broken boot\n"),
+        "out-b",
+    );
+    let (id_a, id_b) = (build_id(&a), build_id(&b));
+    let stick = stick_with_trial(&nas, &a, &b);
+
+    let mut m = common::bios_machine(&stick);
+    m.reboot = true;
+    let mut vm = common::start(&m, nas.path(), "trial");
+    expect(
+        &mut vm,
+        &format!("^ramnas: unhealthy slot=b build={id_b} failed=broken$"),
+    );
+    expect(&mut vm, "rebooting into the committed slot in 2s");
+    expect(&mut vm, &format!("^ramnas: ready slot=a build={id_a}$"));
+    expect(&mut vm, "^test: /sbin/poweroff$");
+    vm.wait_exit(Duration::from_secs(120))
+        .expect("/sbin/poweroff powers the machine off");
+    let lines = vm.output();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("slot b is now the default")),
+        "{lines:#?}"
+    );
+
+    let status = nas.xtask(&["status", stick.to_str().unwrap()]);
+    assert!(status.contains("default: a\n"), "{status}");
+    assert!(status.contains("trial: none armed\n"), "{status}");
+    assert!(
+        status.contains(&format!("last trial: slot b, build {id_b}, failed: broken")),
+        "{status}"
+    );
+    assert!(status.contains("broken fails on purpose"), "{status}");
+}
+
+/// A trial committed by the NAS under UEFI leaves no BIOS trial armed: `status` says slot b is the default
+/// with nothing armed, and `rollback` goes back to slot a.
+#[test]
+fn a_trial_committed_under_uefi_leaves_nothing_armed() {
+    let nas = Nas::new();
+    let a = nas.build(&nas.system("a", POWEROFF, ""), "out-a");
+    let b = nas.build(&nas.system("b", POWEROFF, ""), "out-b");
+    let id = build_id(&b);
+    let stick = stick_with_trial(&nas, &a, &b);
+
+    let m = common::uefi_machine(&stick, nas.path());
+    let mut vm = common::start(&m, nas.path(), "uefi-trial");
+    expect(&mut vm, &format!("^ramnas: ready slot=b build={id}$"));
+    vm.wait_exit(Duration::from_secs(120))
+        .expect("/sbin/poweroff powers the machine off");
+    let lines = vm.output();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "ramnas-slot: the BIOS trial boot is disarmed"),
+        "{lines:#?}"
+    );
+
+    let stick = stick.to_str().unwrap();
+    let status = nas.xtask(&["status", stick]);
+    assert!(status.contains("default: b\n"), "{status}");
+    assert!(status.contains("trial: none armed\n"), "{status}");
+    let rollback = nas.xtask(&["rollback", stick]);
+    assert!(rollback.contains("slot a (build"), "{rollback}");
+    let status = nas.xtask(&["status", stick]);
+    assert!(status.contains("default: a\n"), "{status}");
+}
