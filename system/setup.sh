@@ -32,7 +32,7 @@ for service in modules sysctl hostname bootmisc hwclock syslog networking \
 	ramnas-persist seedrng ramnas-watchdog zfs-import zfs-mount; do
 	rc-update add "$service" boot
 done
-for service in udev-postmount chronyd sshd crond smartd agetty.tty1 agetty.ttyS0 ramnas-ready; do
+for service in udev-postmount acpid chronyd sshd crond smartd agetty.tty1 agetty.ttyS0 ramnas-ready; do
 	rc-update add "$service" default
 done
 for service in killprocs savecache mount-ro; do

@@ -68,6 +68,8 @@ pub const MODULES: &[&str] = &[
     "nls_cp437",
     "nls_iso8859-1",
     "nls_ascii",
+    "button",
+    "evdev",
 ];
 
 impl Fixture {
@@ -409,7 +411,8 @@ const OPENRC_PROGRAMS: &[&str] = &[
 /// `system/setup.sh` enables must exist for `rc-update add` to accept it. Each starts and stops and says so
 /// (`* Starting NAME (stand-in)`); the few a booting fixture depends on do their job: `sysfs` and `devfs`
 /// mount /sys and /dev, `modules` loads the fixture's kernel modules (Alpine's kernel loads them through
-/// udev), `hostname` sets the host name. (name, depend() body, start() body.)
+/// udev), `hostname` sets the host name, `acpid` runs busybox's acpid (the power button). (name,
+/// depend() body, start() body.)
 pub const STAND_INS: &[(&str, &str, &str)] = &[
     (
         "sysfs",
@@ -449,7 +452,7 @@ pub const STAND_INS: &[(&str, &str, &str)] = &[
     ("crond", "", ""),
     ("smartd", "", ""),
     ("agetty", "", ""),
-    ("acpid", "", ""),
+    ("acpid", "", "acpid"),
     ("killprocs", "", ""),
     ("mount-ro", "", "sync"),
     ("samba", "", ""),
@@ -508,6 +511,13 @@ fn write_openrc(root: &Path) -> Result<()> {
     for dir in ["run", "var/log", "var/lib", "media", "mnt", "etc/conf.d"] {
         fs::create_dir_all(root.join(dir))?;
     }
+    // Alpine's busybox: the power button powers off (busybox acpid runs this for it).
+    write_file(
+        root,
+        "etc/acpi/PWRF/00000080",
+        "#!/bin/sh\npoweroff\n",
+        0o755,
+    )?;
     // Debian's OpenRC reads LSB dependency names from insserv's configuration.
     write_file(root, "etc/insserv.conf", "", 0o644)?;
     write_file(root, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;

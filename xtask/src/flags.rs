@@ -34,7 +34,8 @@ pub enum Cmd {
     /// through its bootloader), with OUT/boot.img attached as a USB stick when it exists and N virtio data
     /// disks with serials ramnas-disk<i> (/dev/disk/by-id/virtio-ramnas-disk<i>). The serial console is on the
     /// terminal (Ctrl-a x quits) and guest port 22 is forwarded to 127.0.0.1:--ssh-port; --check instead runs
-    /// headless until the console matches --expect.
+    /// headless until the console matches --expect, then presses the ACPI power button and waits up to 90 s
+    /// for the guest to shut down (so the stick is unmounted cleanly).
     ///
     /// VM state (data disks, the UEFI variable store, last-boot.log) lives in vm/ at the repository root, or
     /// in $RAMNAS_VM_DIR when set.
@@ -146,7 +147,7 @@ pub struct VmFlags {
     /// Host port forwarded to the guest's ssh port.
     #[arg(long, default_value_t = 2222, value_name = "PORT")]
     pub ssh_port: u16,
-    /// Headless pass/fail run: wait for --expect on the console, then power off.
+    /// Headless pass/fail run: wait for --expect on the console, then press the power button.
     #[arg(long)]
     pub check: bool,
     /// With --check: seconds to wait for --expect.

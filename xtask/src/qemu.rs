@@ -2,14 +2,15 @@
 //!
 //! A [`Machine`] says what to boot (a kernel directly, or disks through SeaBIOS or OVMF) and what to attach.
 //! [`Machine::start`] runs it headless with the serial console captured line by line into a log file (and
-//! echoed when asked); [`Running`] waits for a console line, a kernel panic, qemu's exit, or a timeout. qemu
-//! never outlives its [`Running`]: it is killed on drop, and the kernel kills it if this process dies.
+//! echoed when asked); [`Running`] waits for a console line, a kernel panic, qemu's exit, or a timeout, and
+//! can press the machine's ACPI power button (QMP `system_powerdown`). qemu never outlives its [`Running`]:
+//! it is killed on drop, and the kernel kills it if this process dies.
 
 use std::{
     ffi::OsString,
     fs,
     io::{BufRead, BufReader, Write},
-    os::unix::process::CommandExt,
+    os::unix::{net::UnixStream, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{mpsc, Arc, Mutex},
@@ -217,10 +218,13 @@ impl Machine {
     /// `echo`).
     pub fn start(&self, log: &Path, echo: bool) -> Result<Running> {
         let qemu = qemu_binary()?;
+        let qmp = Qmp::new();
         let mut command = Command::new(qemu);
         command
             .args(self.args())
             .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+            .arg("-qmp")
+            .arg(qmp.spec())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -240,6 +244,7 @@ impl Machine {
             log: log.to_path_buf(),
             reboots: self.reboot,
             done: None,
+            qmp,
         })
     }
 
@@ -258,6 +263,71 @@ impl Machine {
         die_with_parent(&mut command);
         let mut child = command.spawn().context("starting qemu-system-x86_64")?;
         child.wait().context("waiting for qemu")
+    }
+}
+
+/// qemu's machine protocol on a Unix socket in the temporary directory, removed when dropped.
+struct Qmp {
+    socket: PathBuf,
+}
+
+impl Qmp {
+    fn new() -> Qmp {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Qmp {
+            socket: std::env::temp_dir()
+                .join(format!("ramnas-qmp-{}-{n}.sock", std::process::id())),
+        }
+    }
+
+    /// `-qmp unix:PATH,server=on,wait=off`.
+    fn spec(&self) -> OsString {
+        let mut spec = OsString::from("unix:");
+        spec.push(escape_commas(&self.socket));
+        spec.push(",server=on,wait=off");
+        spec
+    }
+
+    /// Connects, leaves the greeting's capabilities negotiation, and runs `command`.
+    fn execute(&self, command: &str) -> Result<()> {
+        let stream = UnixStream::connect(&self.socket).with_context(|| {
+            format!("connecting to qemu's QMP socket {}", self.socket.display())
+        })?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut writer = stream;
+        let mut reply = |what: &str| -> Result<()> {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader
+                    .read_line(&mut line)
+                    .context("reading from qemu's QMP socket")?
+                    == 0
+                {
+                    bail!("qemu closed its QMP socket before answering {what}");
+                }
+                if line.contains("\"return\"") || line.contains("\"QMP\"") {
+                    return Ok(());
+                }
+                if line.contains("\"error\"") {
+                    bail!("qemu refused {what}: {}", line.trim());
+                }
+            }
+        };
+        reply("the connection")?;
+        for what in ["qmp_capabilities", command] {
+            writeln!(writer, "{{\"execute\": \"{what}\"}}")?;
+            reply(what)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Qmp {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.socket);
     }
 }
 
@@ -447,6 +517,7 @@ pub struct Running {
     log: PathBuf,
     reboots: bool,
     done: Option<ExitStatus>,
+    qmp: Qmp,
 }
 
 impl Running {
@@ -524,6 +595,26 @@ impl Running {
             out.push('\n');
         }
         out
+    }
+
+    /// Presses the machine's ACPI power button (QMP `system_powerdown`): a guest running acpid powers off
+    /// cleanly, unmounting what it mounted. A machine that is gone already needs no press.
+    pub fn press_power_button(&mut self) -> Result<()> {
+        if self.exited() {
+            return Ok(());
+        }
+        match self.qmp.execute("system_powerdown") {
+            Err(_) if self.wait_exit(Duration::from_secs(1)).is_ok() => Ok(()),
+            done => done,
+        }
+    }
+
+    /// Whether qemu has exited.
+    pub fn exited(&mut self) -> bool {
+        if self.done.is_none() {
+            self.done = self.child.try_wait().ok().flatten();
+        }
+        self.done.is_some()
     }
 
     /// Kills qemu and reaps it.

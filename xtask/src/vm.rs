@@ -257,11 +257,26 @@ fn check(machine: &Machine, log: &Path, pattern: &Regex, timeout: Duration) -> R
     };
     match outcome {
         Outcome::Matched(line) => {
+            eprintln!("vm: check passed: {line:?} matched {expect:?}; pressing the power button");
+            if let Err(err) = vm.press_power_button() {
+                eprintln!("vm: {err:#}");
+            }
+            let deadline = Instant::now() + POWER_OFF_TIMEOUT;
+            while !vm.exited() && Instant::now() < deadline && !INTERRUPTED.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let off = vm.exited();
             vm.kill();
-            eprintln!(
-                "vm: check passed: {line:?} matched {expect:?}; qemu stopped (log: {})",
-                log.display()
-            );
+            if off {
+                eprintln!("vm: the guest powered off (log: {})", log.display());
+            } else {
+                eprintln!(
+                    "vm: warning: the guest did not power off within {}s of the ACPI power button (is acpid \
+                     running?): qemu stopped, and the stick was not unmounted cleanly (log: {})",
+                    POWER_OFF_TIMEOUT.as_secs(),
+                    log.display()
+                );
+            }
             Ok(())
         }
         other => bail!(
@@ -271,6 +286,10 @@ fn check(machine: &Machine, log: &Path, pattern: &Regex, timeout: Duration) -> R
         ),
     }
 }
+
+/// How long `--check` gives the guest to shut down after the power button: its services stop and the stick
+/// is unmounted, so that the next boot finds a clean FAT.
+const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(90);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 

@@ -363,3 +363,40 @@ fn a_trial_committed_under_uefi_leaves_nothing_armed() {
     let status = nas.xtask(&["status", stick]);
     assert!(status.contains("default: a\n"), "{status}");
 }
+
+/// `cargo xtask vm --image --check`, twice: once the NAS is ready the check presses the power button, the
+/// NAS shuts down (acpid, /sbin/poweroff) and unmounts the stick, so the second boot finds its FAT clean.
+#[test]
+fn vm_check_shuts_the_nas_down_and_leaves_the_stick_clean() {
+    let nas = Nas::new();
+    let out = nas.build(&nas.system("a", "", ""), "out");
+    common::make_stick(nas.path(), &out);
+    let vm_dir = nas.path().join("vm");
+    let check = || {
+        let ran = common::xtask_command(
+            nas.path(),
+            &[
+                "vm",
+                "--out",
+                out.to_str().unwrap(),
+                "--image",
+                "--check",
+                "--disks",
+                "0",
+            ],
+        )
+        .env("RAMNAS_VM_DIR", &vm_dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+        let text = common::ok(&ran);
+        assert!(text.contains("vm: the guest powered off"), "{text}");
+        fs::read_to_string(vm_dir.join("last-boot.log")).unwrap()
+    };
+    let first = check();
+    assert!(first.contains("ramnas-persist: mounted"), "{first}");
+    let second = check();
+    assert!(second.contains("ramnas-persist: mounted"), "{second}");
+    assert!(!second.contains("repaired the FAT"), "{second}");
+    assert!(!second.contains("not properly unmounted"), "{second}");
+}
