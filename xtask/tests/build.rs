@@ -584,6 +584,13 @@ fn alpine_make_rootfs_contract() {
     let s = Seam::new();
     let first = common::ok(&s.build(&[]));
     assert!(first.contains("==> [2/5] the root tree"), "{first}");
+    // The fake tool's tree has no apk database: the build says the manifest cannot list packages.
+    assert!(
+        first.contains(
+            "has no apk database (/lib/apk/db/installed): the manifest lists no packages"
+        ),
+        "{first}"
+    );
     let record = fs::read_to_string(&s.record).unwrap();
     let system = &s.system;
     let want = format!(

@@ -236,9 +236,11 @@ fn position(lines: &[String], what: &str) -> usize {
 fn a_healthy_trial_under_openrc_commits_and_reboot_and_poweroff_work() {
     let nas = Nas::new();
     let a = nas.build(&nas.system("a", REBOOT_ONCE_THEN_POWEROFF, ""), "out-a");
+    // As if eudev and udev-init-scripts were not listed: nothing provides `dev`.
     let without_udev =
         "for s in udev-trigger udev-settle udev; do rc-update del \"$s\" sysinit; done\n\
-                        rc-update del udev-postmount default\n";
+                        rc-update del udev-postmount default\n\
+                        cd /etc/init.d && rm udev udev-trigger udev-settle udev-postmount\n";
     let b = nas.build(
         &nas.system("b", REBOOT_ONCE_THEN_POWEROFF, without_udev),
         "out-b",
