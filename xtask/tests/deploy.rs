@@ -171,7 +171,10 @@ fn trial_boots_the_new_build_once_then_the_committed_one() {
     );
     let st = status(d, &img);
     // ldlinux spent the BIOS trial; the UEFI one (each firmware has its own try) is still armed.
-    assert!(st.contains("trial: none armed"), "{st}");
+    assert!(
+        st.contains("trial: slot b armed for the next UEFI boot\n"),
+        "{st}"
+    );
     assert!(st.contains("slot b (armed for trial):\n"), "{st}");
     assert!(st.contains("uefi: default a, trial b"), "{st}");
     assert_eq!(
