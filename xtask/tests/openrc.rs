@@ -357,6 +357,13 @@ fn a_trial_committed_under_uefi_leaves_nothing_armed() {
     );
 
     let stick = stick.to_str().unwrap();
+    // The NAS cleared the boot-once itself: ldlinux.sys ends in an empty ADV, byte for byte the one
+    // xtask writes (two valid copies, no record).
+    let mut opened = xtask::stick::open(stick).unwrap();
+    let ldlinux = opened.read(xtask::syslinux::LDLINUX_SYS).unwrap();
+    let empty = xtask::syslinux::Adv::default().to_bytes();
+    assert_eq!(&ldlinux[ldlinux.len() - empty.len()..], &empty[..]);
+    opened.close().unwrap();
     let status = nas.xtask(&["status", stick]);
     assert!(status.contains("default: b\n"), "{status}");
     assert!(status.contains("trial: none armed\n"), "{status}");
