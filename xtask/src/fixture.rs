@@ -520,6 +520,7 @@ fn write_openrc(root: &Path) -> Result<()> {
     )?;
     // Debian's OpenRC reads LSB dependency names from insserv's configuration.
     write_file(root, "etc/insserv.conf", "", 0o644)?;
+    fs::create_dir_all(root.join("etc/insserv.conf.d"))?;
     write_file(root, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
     write_file(root, "etc/shadow", "root:*::0:::::\n", 0o640)?;
     write_file(
