@@ -99,7 +99,7 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
                 tool.path.display(),
                 out.join("rootfs").display()
             );
-            let tree = rootfs::ensure(&system, &tool, out, flags.fresh)?;
+            let tree = rootfs::ensure(&system, &tool, out, flags.fresh, source_date)?;
             install_authorized_keys(&system, &tree)?;
             tree
         }

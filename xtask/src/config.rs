@@ -5,10 +5,18 @@
 //! ```toml
 //! [alpine]
 //! branch = "latest-stable"                          # or "v3.22", "edge"; "3.22" means "v3.22"
-//! mirror = "https://dl-cdn.alpinelinux.org/alpine"
+//! mirror = "https://dl-cdn.alpinelinux.org/alpine"  # a URL or a local directory
+//! repositories = []                                 # more apk repositories after the mirror's main
+//!                                                   # and community: URLs, or directories relative
+//!                                                   # to system/
+//! keys = "…"                                        # the directory of the *.pub keys apk trusts,
+//!                                                   # relative to system/, instead of Alpine's own
+//! default_packages = true                           # alpine-make-rootfs's base packages too
 //!
 //! [kernel]
 //! flavour = "lts"                                   # /boot/vmlinuz-<flavour> becomes OUT/vmlinuz
+//! package = "linux-<flavour>"                       # the package installing it (not needed for a
+//!                                                   # kernel in root/boot)
 //! cmdline = "console=tty0 console=ttyS0,115200 panic=10"
 //!
 //! [initramfs]
@@ -47,11 +55,77 @@ impl System {
         }
         let config = Config::load(&dir.join("system.toml"))?;
         let packages = load_packages(&dir.join("packages"))?;
-        Ok(System {
+        let system = System {
             dir: dir.to_path_buf(),
             config,
             packages,
-        })
+        };
+        system
+            .repositories()
+            .with_context(|| format!("{}: invalid alpine.repositories", system.toml().display()))?;
+        system.keys_dir()?;
+        Ok(system)
+    }
+
+    /// `DIR/system.toml`.
+    pub fn toml(&self) -> PathBuf {
+        self.dir.join("system.toml")
+    }
+
+    /// apk's repositories, one a line as /etc/apk/repositories holds them: the mirror's main and community,
+    /// then `alpine.repositories`, local ones resolved against the system directory. A repository that is
+    /// neither an http(s) URL nor an existing directory is an error naming it.
+    pub fn repositories(&self) -> anyhow::Result<Vec<String>> {
+        let alpine = &self.config.alpine;
+        let mirror = alpine.mirror.trim_end_matches('/');
+        let mut list = vec![
+            format!("{mirror}/{}/main", alpine.branch_dir()),
+            format!("{mirror}/{}/community", alpine.branch_dir()),
+        ];
+        for repo in &alpine.repositories {
+            if repo.starts_with("http://") || repo.starts_with("https://") {
+                list.push(repo.clone());
+                continue;
+            }
+            if repo.contains("://") || repo.is_empty() || repo.contains(char::is_whitespace) {
+                bail!("{repo:?} is neither an http(s) URL nor a directory");
+            }
+            let dir = self.dir.join(repo);
+            if !dir.is_dir() {
+                bail!(
+                    "{repo:?}: {} is not a directory (a local repository: its <arch>/APKINDEX.tar.gz and \
+                     packages)",
+                    dir.display()
+                );
+            }
+            list.push(std::path::absolute(&dir)?.display().to_string());
+        }
+        Ok(list)
+    }
+
+    /// The configured keys directory, resolved and checked to hold `*.pub` keys.
+    pub fn keys_dir(&self) -> anyhow::Result<Option<PathBuf>> {
+        let Some(keys) = &self.config.alpine.keys else {
+            return Ok(None);
+        };
+        let dir = self.dir.join(keys);
+        let has_key = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".pub"))
+            })
+            .unwrap_or(false);
+        if !has_key {
+            bail!(
+                "{}: alpine.keys = {:?}: {} holds no *.pub key (the public keys that sign your \
+                 repositories, and Alpine's own when the mirror is Alpine's)",
+                self.toml().display(),
+                keys.display(),
+                dir.display()
+            );
+        }
+        Ok(Some(std::path::absolute(&dir)?))
     }
 
     /// Every default and no packages: for packing a `--base` tree without a system directory.
@@ -103,8 +177,17 @@ pub struct Access {
 pub struct Alpine {
     /// Alpine branch: `latest-stable`, `edge`, or `vX.Y`.
     pub branch: String,
-    /// Base URL of the Alpine mirror.
+    /// Base URL of the Alpine mirror, or a local directory laid out like one.
     pub mirror: String,
+    /// More apk repositories, after the mirror's main and community: URLs, or directories relative to the
+    /// system directory (the place for your own packages).
+    pub repositories: Vec<String>,
+    /// Directory of the public keys (`*.pub`) apk trusts, relative to the system directory, instead of
+    /// Alpine's own (which alpine-make-rootfs carries): put Alpine's keys in it too when the mirror is
+    /// Alpine's.
+    pub keys: Option<PathBuf>,
+    /// Also install alpine-make-rootfs's base packages (alpine-baselayout busybox busybox-suid musl-utils).
+    pub default_packages: bool,
 }
 
 impl Default for Alpine {
@@ -112,6 +195,29 @@ impl Default for Alpine {
         Alpine {
             branch: "latest-stable".to_string(),
             mirror: "https://dl-cdn.alpinelinux.org/alpine".to_string(),
+            repositories: Vec::new(),
+            keys: None,
+            default_packages: true,
+        }
+    }
+}
+
+impl Kernel {
+    /// The kernel's package: `package`, or Alpine's `linux-<flavour>`.
+    pub fn package(&self) -> String {
+        self.package
+            .clone()
+            .unwrap_or_else(|| format!("linux-{}", self.flavour))
+    }
+}
+
+impl Alpine {
+    /// The branch as a directory of the mirror: `3.22` is `v3.22`, as alpine-make-rootfs reads it.
+    pub fn branch_dir(&self) -> String {
+        if self.branch.starts_with(|c: char| c.is_ascii_digit()) {
+            format!("v{}", self.branch)
+        } else {
+            self.branch.clone()
         }
     }
 }
@@ -121,6 +227,9 @@ impl Default for Alpine {
 pub struct Kernel {
     /// Kernel flavour: `/boot/vmlinuz-<flavour>` is the kernel (or the only `/boot/vmlinuz-*`).
     pub flavour: String,
+    /// The package that installs the kernel, when it is not Alpine's `linux-<flavour>` (your own, from
+    /// `alpine.repositories`). A kernel in `root/boot` needs none.
+    pub package: Option<String>,
     /// Kernel command line, written to OUT/cmdline.
     pub cmdline: String,
 }
@@ -129,6 +238,7 @@ impl Default for Kernel {
     fn default() -> Self {
         Kernel {
             flavour: "lts".to_string(),
+            package: None,
             cmdline: "console=tty0 console=ttyS0,115200 panic=10".to_string(),
         }
     }

@@ -117,20 +117,28 @@ impl Lint {
                 }
             }
         }
+        // Alpine's kernels (linux-<flavour>) pull in all of linux-firmware unless a provider is listed, and
+        // its zfs needs the module package of the same flavour. The user's own kernel (kernel.package, or
+        // one in root/boot) is theirs to know.
+        let mut alpine_kernel = true;
         if let Some(config) = config {
             let flavour = &config.kernel.flavour;
-            let kernel = format!("linux-{flavour}");
-            if !seen.contains_key(&kernel) {
+            let kernel = config.kernel.package();
+            let in_root = !root_kernels(&path.with_file_name("root")).is_empty();
+            if !seen.contains_key(&kernel) && !in_root {
                 self.add(
                     path,
                     None,
                     format!(
-                        "no {kernel}: system.toml's kernel flavour is {flavour:?}, list {kernel}"
+                        "no {kernel}: list it (kernel.package in system.toml; by default linux-<flavour>, \
+                         the flavour being {flavour:?}), or put the kernel at root/boot/vmlinuz-{flavour}"
                     ),
                 );
             }
+            alpine_kernel =
+                kernel == format!("linux-{flavour}") && (seen.contains_key(&kernel) || !in_root);
             let zfs_module = format!("zfs-{flavour}");
-            if seen.contains_key("zfs") && !seen.contains_key(&zfs_module) {
+            if alpine_kernel && seen.contains_key("zfs") && !seen.contains_key(&zfs_module) {
                 self.add(
                     path,
                     seen.get("zfs").copied(),
@@ -138,7 +146,7 @@ impl Lint {
                 );
             }
         }
-        if !seen.keys().any(|name| name.starts_with("linux-firmware")) {
+        if alpine_kernel && !seen.keys().any(|name| name.starts_with("linux-firmware")) {
             self.add(
                 path,
                 None,
@@ -267,6 +275,22 @@ impl Lint {
             }
         }
     }
+}
+
+/// The kernels a system's `root/boot` carries (`vmlinuz-*`), which the build takes like a package's.
+fn root_kernels(root: &Path) -> Vec<PathBuf> {
+    fs::read_dir(root.join("boot"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The package name without a version constraint or repository tag.

@@ -106,14 +106,23 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex(&Sha256::digest(&bytes)))
 }
 
-/// Hash of everything the tree depends on: the tool, the Alpine branch and mirror, the package list,
-/// setup.sh, and the names, modes and contents of everything under root/.
-pub fn inputs_hash(system: &System, tool: &Tool) -> anyhow::Result<String> {
+/// Hash of everything the tree depends on: the tool, the repositories (branch, mirror and the extra ones),
+/// the keys, whether the default packages are in, the package list, setup.sh, and the names, modes and
+/// contents of everything under root/.
+pub fn inputs_hash(system: &System, tool: &Tool, source_date: u32) -> anyhow::Result<String> {
     let mut h = Sha256::new();
     h.update(format!("tool {}\n", tool.sha256));
+    h.update(format!("source date day {}\n", source_date / 86400));
+    for repo in system.repositories()? {
+        h.update(format!("repository {repo}\n"));
+    }
+    if let Some(keys) = system.keys_dir()? {
+        h.update("keys\n");
+        hash_tree(&keys, Path::new(""), &mut h)?;
+    }
     h.update(format!(
-        "branch {}\nmirror {}\n",
-        system.config.alpine.branch, system.config.alpine.mirror
+        "default packages {}\n",
+        system.config.alpine.default_packages
     ));
     for p in &system.packages {
         h.update(format!("package {p}\n"));
@@ -156,12 +165,19 @@ fn hash_tree(root: &Path, rel: &Path, h: &mut Sha256) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes `OUT/rootfs` unless it exists and was made from the same inputs (or `fresh`).
-/// Returns the tree's path. Must run as root.
-pub fn ensure(system: &System, tool: &Tool, out: &Path, fresh: bool) -> anyhow::Result<PathBuf> {
+/// Makes `OUT/rootfs` unless it exists and was made from the same inputs (or `fresh`), with the build
+/// dates the tools write into it clamped to `source_date` ([`clamp_dates`]). Returns the tree's path. Must
+/// run as root.
+pub fn ensure(
+    system: &System,
+    tool: &Tool,
+    out: &Path,
+    fresh: bool,
+    source_date: u32,
+) -> anyhow::Result<PathBuf> {
     let tree = out.join("rootfs");
     let stamp = out.join("rootfs.inputs");
-    let inputs = inputs_hash(system, tool)?;
+    let inputs = inputs_hash(system, tool, source_date)?;
     let previous = fs::read_to_string(&stamp).unwrap_or_default();
     if !fresh && tree.is_dir() && previous.trim() == inputs {
         eprintln!(
@@ -172,7 +188,7 @@ pub fn ensure(system: &System, tool: &Tool, out: &Path, fresh: bool) -> anyhow::
     }
     let new = out.join("rootfs.new");
     remove_tree(&new)?;
-    if let Err(err) = run(system, tool, &new) {
+    if let Err(err) = run(system, tool, &new).and_then(|()| clamp_dates(&new, source_date)) {
         let _ = remove_tree(&new);
         return Err(err);
     }
@@ -185,6 +201,52 @@ pub fn ensure(system: &System, tool: &Tool, out: &Path, fresh: bool) -> anyhow::
     Ok(tree)
 }
 
+/// Clamps the dates the tools write into the tree itself (not file times: the packer clamps those) to
+/// `source_date`, so that a tree made on another day is the same: the day of the last password change in
+/// `/etc/shadow` (`passwd -d root` writes today's). Day 0 would mean "change the password at the next
+/// login", so with the default source date (1970) the field is emptied (no password ageing) instead.
+pub fn clamp_dates(tree: &Path, source_date: u32) -> anyhow::Result<()> {
+    let shadow = tree.join("etc/shadow");
+    let text = match fs::read_to_string(&shadow) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", shadow.display())),
+    };
+    let clamped = clamp_shadow(&text, source_date / 86400);
+    if clamped != text {
+        fs::write(&shadow, clamped).with_context(|| format!("writing {}", shadow.display()))?;
+    }
+    Ok(())
+}
+
+/// /etc/shadow with every last-change day (the third field) after `day` set to `day`, or emptied when
+/// `day` is 0.
+fn clamp_shadow(text: &str, day: u32) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (body, end) = match line.strip_suffix('\n') {
+            Some(body) => (body, "\n"),
+            None => (line, ""),
+        };
+        let mut fields: Vec<&str> = body.split(':').collect();
+        let late = fields
+            .get(2)
+            .and_then(|f| f.parse::<u32>().ok())
+            .is_some_and(|changed| changed > day);
+        let clamped = if day == 0 {
+            String::new()
+        } else {
+            day.to_string()
+        };
+        if late {
+            fields[2] = &clamped;
+        }
+        out.push_str(&fields.join(":"));
+        out.push_str(end);
+    }
+    out
+}
+
 fn remove_tree(path: &Path) -> anyhow::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(_) => fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display())),
@@ -193,7 +255,31 @@ fn remove_tree(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Runs alpine-make-rootfs into `dest`, its output streamed to the terminal.
+/// The variables alpine-make-rootfs v0.8.1 reads (its help, and INSTALL_HOST_PKGS): each is set from the
+/// system definition or removed, so nothing of the caller's environment changes what it installs.
+const TOOL_ENV: &[&str] = &[
+    "ALPINE_BRANCH",
+    "ALPINE_MIRROR",
+    "APK",
+    "APK_OPTS",
+    "APK_TOOLS_URI",
+    "APK_TOOLS_SHA256",
+    "CLEANUP",
+    "DEFAULT_PKGS",
+    "FS_SKEL_CHOWN",
+    "FS_SKEL_DIR",
+    "INSTALL_HOST_PKGS",
+    "KEYS_DIR",
+    "PACKAGES",
+    "REPOS_FILE",
+    "SCRIPT_CHROOT",
+    "TEMP_DIR",
+    "TIMEZONE",
+];
+
+/// Runs alpine-make-rootfs into `dest`, its output streamed to the terminal: the repositories as a
+/// repositories file beside `dest`, the keys directory, the default packages, the packages, root/ and
+/// setup.sh, all from the system definition.
 pub fn run(system: &System, tool: &Tool, dest: &Path) -> anyhow::Result<()> {
     // Installing a kernel package triggers mkinitfs; we make our own initramfs.
     let conf_dir = dest.join("etc/mkinitfs");
@@ -203,12 +289,27 @@ pub fn run(system: &System, tool: &Tool, dest: &Path) -> anyhow::Result<()> {
     drop(conf);
 
     let dest = absolute(dest)?;
+    let repos_file = dest.with_extension("repositories");
+    let mut repos = system.repositories()?.join("\n");
+    repos.push('\n');
+    fs::write(&repos_file, repos).with_context(|| format!("writing {}", repos_file.display()))?;
     let sh = Shell::new()?;
     let tool_path = &tool.path;
-    let mut c = cmd!(sh, "{tool_path} {dest}")
-        .env("ALPINE_BRANCH", &system.config.alpine.branch)
+    let mut c = cmd!(sh, "{tool_path} {dest}");
+    for var in TOOL_ENV {
+        c = c.env_remove(var);
+    }
+    c = c
+        .env("ALPINE_BRANCH", system.config.alpine.branch_dir())
         .env("ALPINE_MIRROR", &system.config.alpine.mirror)
+        .env("REPOS_FILE", &repos_file)
         .env("PACKAGES", system.packages.join(" "));
+    if let Some(keys) = system.keys_dir()? {
+        c = c.env("KEYS_DIR", keys);
+    }
+    if !system.config.alpine.default_packages {
+        c = c.env("DEFAULT_PKGS", "no");
+    }
     let skel = absolute(&system.skel_dir())?;
     if skel.is_dir() {
         c = c.env("FS_SKEL_DIR", skel).env("FS_SKEL_CHOWN", "root:root");
@@ -217,11 +318,30 @@ pub fn run(system: &System, tool: &Tool, dest: &Path) -> anyhow::Result<()> {
     if script.is_file() {
         c = c.env("SCRIPT_CHROOT", "yes").arg(script);
     }
-    c.run()
-        .with_context(|| format!("alpine-make-rootfs ({}) failed", tool.path.display()))?;
-    Ok(())
+    let ran = c
+        .run()
+        .with_context(|| format!("alpine-make-rootfs ({}) failed", tool.path.display()));
+    let _ = fs::remove_file(&repos_file);
+    ran
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shadow_dates_are_clamped() {
+        let shadow = "root::20788:0:::::\nshare:!:19000:0:99999:7:::\nodd line\n";
+        assert_eq!(
+            super::clamp_shadow(shadow, 0),
+            "root:::0:::::\nshare:!::0:99999:7:::\nodd line\n"
+        );
+        assert_eq!(
+            super::clamp_shadow(shadow, 19675),
+            "root::19675:0:::::\nshare:!:19000:0:99999:7:::\nodd line\n"
+        );
+        assert_eq!(super::clamp_shadow("root:*::0:::::", 0), "root:*::0:::::");
+    }
 }

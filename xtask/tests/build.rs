@@ -456,9 +456,10 @@ set -e
 {
     echo "run"
     for a in "$@"; do echo "arg=$a"; done
-    for v in ALPINE_BRANCH ALPINE_MIRROR PACKAGES FS_SKEL_DIR FS_SKEL_CHOWN SCRIPT_CHROOT; do
+    for v in ALPINE_BRANCH ALPINE_MIRROR PACKAGES FS_SKEL_DIR FS_SKEL_CHOWN SCRIPT_CHROOT KEYS_DIR DEFAULT_PKGS APK; do
         eval "echo \"env $v=\${$v-<unset>}\""
     done
+    sed 's/^/repository /' "$REPOS_FILE"
     echo "mkinitfs=$(cat "$1/etc/mkinitfs/mkinitfs.conf")"
 } >> "$FAKE_RECORD"
 if [ -n "$FAKE_FAIL" ]; then echo "fake alpine-make-rootfs: failing on purpose" >&2; exit 3; fi
@@ -516,6 +517,9 @@ impl Seam {
             .env("FAKE_TREE", &self.tree)
             .env("FAKE_FAIL", "")
             .env("HOME", self.dir.path())
+            // alpine-make-rootfs reads these too; only system.toml may set them.
+            .env("APK", "/nowhere/apk")
+            .env("KEYS_DIR", "/nowhere/keys")
             .env_remove("SUDO_USER");
         command
     }
@@ -596,7 +600,9 @@ fn alpine_make_rootfs_contract() {
     let want = format!(
         "run\narg={}\narg={}\nenv ALPINE_BRANCH=v3.22\nenv ALPINE_MIRROR=http://mirror.example/alpine\n\
          env PACKAGES=alpine-base linux-lts linux-firmware-none openrc-init\nenv FS_SKEL_DIR={}\nenv FS_SKEL_CHOWN=root:root\n\
-         env SCRIPT_CHROOT=yes\nmkinitfs=disable_trigger=yes\n",
+         env SCRIPT_CHROOT=yes\nenv KEYS_DIR=<unset>\nenv DEFAULT_PKGS=<unset>\nenv APK=<unset>\n\
+         repository http://mirror.example/alpine/v3.22/main\nrepository http://mirror.example/alpine/v3.22/community\n\
+         mkinitfs=disable_trigger=yes\n",
         s.out.join("rootfs.new").display(),
         system.join("setup.sh").display(),
         system.join("root").display(),
@@ -608,6 +614,12 @@ fn alpine_make_rootfs_contract() {
     }
     assert!(s.out.join("rootfs/etc/mkinitfs/mkinitfs.conf").is_file());
     assert!(!s.out.join("rootfs.new").exists());
+    assert!(!s.out.join("rootfs.repositories").exists());
+    // passwd wrote the day it ran; the tree holds no date past SOURCE_DATE_EPOCH (1970: no ageing at all).
+    assert_eq!(
+        fs::read_to_string(s.out.join("rootfs/etc/shadow")).unwrap(),
+        "root:::0:::::\nshare:!::0:99999:7:::\n"
+    );
     // The configured command line, plus the build's id for the running system's readiness line.
     let manifest = Manifest::load(&s.out.join("manifest.json")).unwrap();
     assert_eq!(
@@ -662,6 +674,72 @@ fn alpine_make_rootfs_contract() {
     assert!(!s.out.join("rootfs.new").exists());
 }
 
+/// `[alpine]`'s repositories, keys and default packages reach alpine-make-rootfs, each is an input of the
+/// tree, and a bad value is one error naming the file and the key, before anything runs.
+#[test]
+fn alpine_settings_for_local_mirrors_and_repositories() {
+    let s = Seam::new();
+    fs::create_dir_all(s.system.join("repo/x86_64")).unwrap();
+    fs::create_dir_all(s.system.join("keys")).unwrap();
+    fs::write(s.system.join("keys/me-1234.rsa.pub"), "a key\n").unwrap();
+    s.write(
+        "system.toml",
+        "[alpine]\nbranch = \"3.22\"\nmirror = \"/srv/alpine\"\n\
+         repositories = [\"repo\", \"https://example.org/ramnas\"]\nkeys = \"keys\"\ndefault_packages = false\n",
+    );
+    assert_eq!(s.build_and_count_runs(), 1);
+    let record = fs::read_to_string(&s.record).unwrap();
+    for want in [
+        "env ALPINE_BRANCH=v3.22\n".to_string(),
+        format!("env KEYS_DIR={}\n", s.system.join("keys").display()),
+        "env DEFAULT_PKGS=no\n".to_string(),
+        "repository /srv/alpine/v3.22/main\nrepository /srv/alpine/v3.22/community\n".to_string(),
+        format!("repository {}\n", s.system.join("repo").display()),
+        "repository https://example.org/ramnas\n".to_string(),
+    ] {
+        assert!(record.contains(&want), "{want:?} in {record}");
+    }
+    // Each is an input: a new key, or the default packages back, remakes the tree.
+    fs::write(s.system.join("keys/other-5678.rsa.pub"), "another\n").unwrap();
+    assert_eq!(s.build_and_count_runs(), 2);
+    s.write(
+        "system.toml",
+        "[alpine]\nbranch = \"3.22\"\nmirror = \"/srv/alpine\"\n\
+         repositories = [\"repo\", \"https://example.org/ramnas\"]\nkeys = \"keys\"\n",
+    );
+    assert_eq!(s.build_and_count_runs(), 3);
+
+    let toml = s.system.join("system.toml");
+    for (settings, want) in [
+        (
+            "repositories = [\"missing\"]",
+            format!(
+                "{}: invalid alpine.repositories: \"missing\": {} is not a directory",
+                toml.display(),
+                s.system.join("missing").display()
+            ),
+        ),
+        (
+            "repositories = [\"ftp://example.org/x\"]",
+            "\"ftp://example.org/x\" is neither an http(s) URL nor a directory".to_string(),
+        ),
+        (
+            "keys = \"repo\"",
+            format!(
+                "{}: alpine.keys = \"repo\": {} holds no *.pub key",
+                toml.display(),
+                s.system.join("repo").display()
+            ),
+        ),
+        ("default_packages = \"no\"", "default_packages".to_string()),
+    ] {
+        s.write("system.toml", format!("[alpine]\n{settings}\n"));
+        let err = common::failed(&s.build(&[]));
+        assert!(err.contains(&want), "{settings}: {want:?} in {err}");
+        assert_eq!(s.runs(), 3, "{settings}: the tool must not run");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Errors: one clear message each, OUT/ as it was.
 
@@ -680,6 +758,11 @@ fn mini_tree(dir: &Path) -> PathBuf {
     .unwrap();
     symlink("/sbin/openrc-init", tree.join("init")).unwrap();
     fs::write(tree.join("etc/hostname"), "mini\n").unwrap();
+    fs::write(
+        tree.join("etc/shadow"),
+        "root::20788:0:::::\nshare:!:20788:0:99999:7:::\n",
+    )
+    .unwrap();
     tree
 }
 

@@ -107,6 +107,53 @@ fn kernel_flavour_not_listed() {
     );
 }
 
+/// The example without Alpine's kernel (linux-lts, zfs-lts, the firmware provider) and without ZFS.
+fn without_alpines_kernel(system: &Path) {
+    let text = fs::read_to_string(system.join("packages")).unwrap();
+    let text = ["linux-lts\n", "zfs-lts\n", "zfs\n", "linux-firmware-none\n"]
+        .iter()
+        .fold(text, |t, p| t.replace(p, ""));
+    fs::write(system.join("packages"), text).unwrap();
+}
+
+#[test]
+fn a_kernel_from_your_own_package_or_from_root_boot() {
+    // Neither: a problem naming both ways (and, for Alpine's kernel, the firmware provider it would need).
+    let (_dir, problems) = lint_with(without_alpines_kernel);
+    let listing: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 2, "{listing:#?}");
+    assert!(
+        problems[0].message.contains(
+            "no linux-lts: list it (kernel.package in system.toml; by default linux-<flavour>, the \
+             flavour being \"lts\"), or put the kernel at root/boot/vmlinuz-lts"
+        ),
+        "{listing:#?}"
+    );
+    assert!(
+        problems[1].message.contains("no linux-firmware-* package"),
+        "{listing:#?}"
+    );
+    // Your own package, from your own repository: no firmware provider asked for.
+    let (_dir, problems) = lint_with(|s| {
+        without_alpines_kernel(s);
+        append(&s.join("packages"), "my-kernel\n");
+        let toml = fs::read_to_string(s.join("system.toml")).unwrap();
+        let toml = toml.replace(
+            "flavour = \"lts\"",
+            "flavour = \"lts\"\npackage = \"my-kernel\"",
+        );
+        fs::write(s.join("system.toml"), toml).unwrap();
+    });
+    assert!(problems.is_empty(), "{problems:#?}");
+    // A kernel in root/boot.
+    let (_dir, problems) = lint_with(|s| {
+        without_alpines_kernel(s);
+        fs::create_dir_all(s.join("root/boot")).unwrap();
+        fs::write(s.join("root/boot/vmlinuz-lts"), "a kernel").unwrap();
+    });
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
 #[test]
 fn zfs_without_its_module() {
     let (_dir, problems) = lint_with(|s| {
