@@ -568,12 +568,13 @@ fn detach(stick: &mut dyn Stick, table: &Table, slot: Slot) -> Result<()> {
 }
 
 /// The slot a running NAS runs on trial: its command line says `ramnas.trial=1` (BIOS), or its UKI is a
-/// trial (UEFI: systemd-boot has counted the try, so it has none left by now).
+/// trial systemd-boot has counted a try of (UEFI: it renames `+1-0` to `+0-1` before it boots it). A UEFI
+/// trial still armed says nothing: the NAS may run that slot picked by hand at the BIOS prompt.
 pub fn running_trial(table: &Table, running: Running) -> Option<Slot> {
     let slot = running.slot?;
     let uefi_trial = matches!(
         table.uefi.ukis.get(slot.name()),
-        Some((_, uefi::Role::Trial { .. }))
+        Some((_, uefi::Role::Trial { done, .. })) if *done > 0
     );
     (running.trial || uefi_trial).then_some(slot)
 }

@@ -111,6 +111,13 @@ rm /tmp/runlevels/boot/broken
 echo "ramnas.slot=a" > /tmp/handpicked
 RAMNAS_CMDLINE=/tmp/handpicked ramnas-ready
 for l in $(RAMNAS_CMDLINE=/tmp/handpicked ramnas-slot); do echo "ramnas-test: handpicked $l"; done
+linux=/media/boot/EFI/Linux
+mkdir -p $linux && : > $linux/ramnas-trial-a+1-0.efi
+echo "ramnas-test: uefi armed $(RAMNAS_EFI=/tmp RAMNAS_CMDLINE=/tmp/handpicked ramnas-slot trial)"
+mv $linux/ramnas-trial-a+1-0.efi $linux/ramnas-trial-a+0-1.efi
+echo "ramnas-test: uefi counted $(RAMNAS_EFI=/tmp RAMNAS_CMDLINE=/tmp/handpicked ramnas-slot trial)"
+echo "ramnas-test: uefi counted, booted by bios $(RAMNAS_EFI=/nowhere RAMNAS_CMDLINE=/tmp/handpicked ramnas-slot trial)"
+rm -r /media/boot/EFI
 ramnas-persist stop && echo "ramnas-test: unmounted"
 "#;
 
@@ -342,6 +349,10 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
         "ramnas-test: handpicked running=a",
         "ramnas-test: handpicked default=b",
         "ramnas-test: handpicked trial=no",
+        // A UEFI trial still armed is no trial of a BIOS boot; one systemd-boot counted is, under UEFI only.
+        "ramnas-test: uefi armed no",
+        "ramnas-test: uefi counted yes",
+        "ramnas-test: uefi counted, booted by bios no",
         "ramnas-test: unmounted",
     ] {
         assert!(has(&lines, want), "missing {want:?} in {lines:#?}");
