@@ -258,22 +258,32 @@ fn check(machine: &Machine, log: &Path, pattern: &Regex, timeout: Duration) -> R
     match outcome {
         Outcome::Matched(line) => {
             eprintln!("vm: check passed: {line:?} matched {expect:?}; pressing the power button");
-            if let Err(err) = vm.press_power_button() {
-                eprintln!("vm: {err:#}");
-            }
-            let deadline = Instant::now() + POWER_OFF_TIMEOUT;
-            while !vm.exited() && Instant::now() < deadline && !INTERRUPTED.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            let off = vm.exited();
-            vm.kill();
-            if off {
+            let why_not = match vm.press_power_button() {
+                Err(err) => format!("the power button could not be pressed: {err:#}"),
+                Ok(()) => {
+                    let deadline = Instant::now() + POWER_OFF_TIMEOUT;
+                    while !vm.exited() && Instant::now() < deadline {
+                        if INTERRUPTED.load(Ordering::SeqCst) {
+                            vm.kill();
+                            bail!(
+                                "interrupted while the guest shut down: qemu stopped\n{}",
+                                vm.tail(10)
+                            );
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    format!(
+                        "the guest did not power off within {}s of the ACPI power button (is acpid running?)",
+                        POWER_OFF_TIMEOUT.as_secs()
+                    )
+                }
+            };
+            if vm.exited() {
                 eprintln!("vm: the guest powered off (log: {})", log.display());
             } else {
+                vm.kill();
                 eprintln!(
-                    "vm: warning: the guest did not power off within {}s of the ACPI power button (is acpid \
-                     running?): qemu stopped, and the stick was not unmounted cleanly (log: {})",
-                    POWER_OFF_TIMEOUT.as_secs(),
+                    "vm: warning: {why_not}: qemu stopped, and the stick was not unmounted cleanly (log: {})",
                     log.display()
                 );
             }
