@@ -5,7 +5,7 @@
 //! ```toml
 //! [alpine]
 //! branch = "latest-stable"                          # or "v3.22", "edge"; "3.22" means "v3.22"
-//! mirror = "https://dl-cdn.alpinelinux.org/alpine"  # a URL or a local directory
+//! mirror = "https://dl-cdn.alpinelinux.org/alpine"  # a URL, or a local directory relative to system/
 //! repositories = []                                 # more apk repositories after the mirror's main
 //!                                                   # and community: URLs, or directories relative
 //!                                                   # to system/
@@ -60,9 +60,9 @@ impl System {
             config,
             packages,
         };
-        system
-            .repositories()
-            .with_context(|| format!("{}: invalid alpine.repositories", system.toml().display()))?;
+        system.repositories().with_context(|| {
+            format!("{}: invalid [alpine] repositories", system.toml().display())
+        })?;
         system.keys_dir()?;
         Ok(system)
     }
@@ -73,11 +73,24 @@ impl System {
     }
 
     /// apk's repositories, one a line as /etc/apk/repositories holds them: the mirror's main and community,
-    /// then `alpine.repositories`, local ones resolved against the system directory. A repository that is
-    /// neither an http(s) URL nor an existing directory is an error naming it.
+    /// then `alpine.repositories`, local ones (and a local mirror) resolved against the system directory. A
+    /// repository that is neither an http(s) URL nor an existing directory is an error naming it.
     pub fn repositories(&self) -> anyhow::Result<Vec<String>> {
         let alpine = &self.config.alpine;
-        let mirror = alpine.mirror.trim_end_matches('/');
+        let mirror = if alpine.mirror.contains("://") {
+            alpine.mirror.trim_end_matches('/').to_string()
+        } else {
+            let dir = self.dir.join(&alpine.mirror);
+            if alpine.mirror.is_empty() || !dir.is_dir() {
+                bail!(
+                    "alpine.mirror {:?}: {} is not a directory (a URL, or a local mirror: \
+                     <branch>/main/<arch>/APKINDEX.tar.gz and the packages)",
+                    alpine.mirror,
+                    dir.display()
+                );
+            }
+            std::path::absolute(&dir)?.display().to_string()
+        };
         let mut list = vec![
             format!("{mirror}/{}/main", alpine.branch_dir()),
             format!("{mirror}/{}/community", alpine.branch_dir()),

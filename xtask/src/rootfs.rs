@@ -115,6 +115,15 @@ pub fn inputs_hash(system: &System, tool: &Tool, source_date: u32) -> anyhow::Re
     h.update(format!("source date day {}\n", source_date / 86400));
     for repo in system.repositories()? {
         h.update(format!("repository {repo}\n"));
+        // A local repository changes without its name changing: its indexes say what it holds.
+        if repo.starts_with('/') {
+            for index in local_indexes(Path::new(&repo))? {
+                h.update(format!("index {}\n", index.display()));
+                h.update(Sha256::digest(
+                    fs::read(&index).with_context(|| format!("reading {}", index.display()))?,
+                ));
+            }
+        }
     }
     if let Some(keys) = system.keys_dir()? {
         h.update("keys\n");
@@ -138,6 +147,20 @@ pub fn inputs_hash(system: &System, tool: &Tool, source_date: u32) -> anyhow::Re
         hash_tree(&skel, Path::new(""), &mut h)?;
     }
     Ok(hex(&h.finalize()))
+}
+
+/// `REPO/<arch>/APKINDEX.tar.gz` of a local repository, sorted.
+fn local_indexes(repo: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let Ok(entries) = fs::read_dir(repo) else {
+        return Ok(Vec::new());
+    };
+    let mut indexes: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("APKINDEX.tar.gz"))
+        .filter(|p| p.is_file())
+        .collect();
+    indexes.sort();
+    Ok(indexes)
 }
 
 fn hash_tree(root: &Path, rel: &Path, h: &mut Sha256) -> anyhow::Result<()> {
@@ -304,9 +327,12 @@ pub fn run(system: &System, tool: &Tool, dest: &Path) -> anyhow::Result<()> {
         .env("ALPINE_MIRROR", &system.config.alpine.mirror)
         .env("REPOS_FILE", &repos_file)
         .env("PACKAGES", system.packages.join(" "));
-    if let Some(keys) = system.keys_dir()? {
-        c = c.env("KEYS_DIR", keys);
-    }
+    // Without keys of its own, alpine-make-rootfs would trust the host's /etc/apk/keys where it exists (an
+    // Alpine host); a directory that does not exist makes it use the Alpine keys it carries, on any host.
+    let keys = system
+        .keys_dir()?
+        .unwrap_or_else(|| dest.with_extension("no-keys"));
+    c = c.env("KEYS_DIR", keys);
     if !system.config.alpine.default_packages {
         c = c.env("DEFAULT_PKGS", "no");
     }

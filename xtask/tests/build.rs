@@ -600,14 +600,16 @@ fn alpine_make_rootfs_contract() {
     let want = format!(
         "run\narg={}\narg={}\nenv ALPINE_BRANCH=v3.22\nenv ALPINE_MIRROR=http://mirror.example/alpine\n\
          env PACKAGES=alpine-base linux-lts linux-firmware-none openrc-init\nenv FS_SKEL_DIR={}\nenv FS_SKEL_CHOWN=root:root\n\
-         env SCRIPT_CHROOT=yes\nenv KEYS_DIR=<unset>\nenv DEFAULT_PKGS=<unset>\nenv APK=<unset>\n\
+         env SCRIPT_CHROOT=yes\nenv KEYS_DIR={}\nenv DEFAULT_PKGS=<unset>\nenv APK=<unset>\n\
          repository http://mirror.example/alpine/v3.22/main\nrepository http://mirror.example/alpine/v3.22/community\n\
          mkinitfs=disable_trigger=yes\n",
         s.out.join("rootfs.new").display(),
         system.join("setup.sh").display(),
         system.join("root").display(),
+        s.out.join("rootfs.no-keys").display(),
     );
     assert_eq!(record, want);
+    assert!(!s.out.join("rootfs.no-keys").exists());
     // The build finished: every product, from the tree the tool made.
     for name in ["vmlinuz", "initramfs", "cmdline", "manifest.json"] {
         assert!(s.out.join(name).is_file(), "{name}");
@@ -680,11 +682,12 @@ fn alpine_make_rootfs_contract() {
 fn alpine_settings_for_local_mirrors_and_repositories() {
     let s = Seam::new();
     fs::create_dir_all(s.system.join("repo/x86_64")).unwrap();
+    fs::create_dir_all(s.system.join("mirror/v3.22/main/x86_64")).unwrap();
     fs::create_dir_all(s.system.join("keys")).unwrap();
     fs::write(s.system.join("keys/me-1234.rsa.pub"), "a key\n").unwrap();
     s.write(
         "system.toml",
-        "[alpine]\nbranch = \"3.22\"\nmirror = \"/srv/alpine\"\n\
+        "[alpine]\nbranch = \"3.22\"\nmirror = \"mirror\"\n\
          repositories = [\"repo\", \"https://example.org/ramnas\"]\nkeys = \"keys\"\ndefault_packages = false\n",
     );
     assert_eq!(s.build_and_count_runs(), 1);
@@ -693,28 +696,48 @@ fn alpine_settings_for_local_mirrors_and_repositories() {
         "env ALPINE_BRANCH=v3.22\n".to_string(),
         format!("env KEYS_DIR={}\n", s.system.join("keys").display()),
         "env DEFAULT_PKGS=no\n".to_string(),
-        "repository /srv/alpine/v3.22/main\nrepository /srv/alpine/v3.22/community\n".to_string(),
+        format!(
+            "repository {m}/v3.22/main\nrepository {m}/v3.22/community\n",
+            m = s.system.join("mirror").display()
+        ),
         format!("repository {}\n", s.system.join("repo").display()),
         "repository https://example.org/ramnas\n".to_string(),
     ] {
         assert!(record.contains(&want), "{want:?} in {record}");
     }
-    // Each is an input: a new key, or the default packages back, remakes the tree.
+    // Each is an input: a new key, a local repository's or the local mirror's new index, or the default
+    // packages back, remakes the tree.
     fs::write(s.system.join("keys/other-5678.rsa.pub"), "another\n").unwrap();
     assert_eq!(s.build_and_count_runs(), 2);
+    fs::write(s.system.join("repo/x86_64/APKINDEX.tar.gz"), "an index").unwrap();
+    assert_eq!(s.build_and_count_runs(), 3);
+    fs::write(
+        s.system.join("mirror/v3.22/main/x86_64/APKINDEX.tar.gz"),
+        "one",
+    )
+    .unwrap();
+    assert_eq!(s.build_and_count_runs(), 4);
     s.write(
         "system.toml",
-        "[alpine]\nbranch = \"3.22\"\nmirror = \"/srv/alpine\"\n\
+        "[alpine]\nbranch = \"3.22\"\nmirror = \"mirror\"\n\
          repositories = [\"repo\", \"https://example.org/ramnas\"]\nkeys = \"keys\"\n",
     );
-    assert_eq!(s.build_and_count_runs(), 3);
+    assert_eq!(s.build_and_count_runs(), 5);
 
     let toml = s.system.join("system.toml");
     for (settings, want) in [
         (
+            "mirror = \"nowhere\"",
+            format!(
+                "{}: invalid [alpine] repositories: alpine.mirror \"nowhere\": {} is not a directory",
+                toml.display(),
+                s.system.join("nowhere").display()
+            ),
+        ),
+        (
             "repositories = [\"missing\"]",
             format!(
-                "{}: invalid alpine.repositories: \"missing\": {} is not a directory",
+                "{}: invalid [alpine] repositories: \"missing\": {} is not a directory",
                 toml.display(),
                 s.system.join("missing").display()
             ),
@@ -736,7 +759,7 @@ fn alpine_settings_for_local_mirrors_and_repositories() {
         s.write("system.toml", format!("[alpine]\n{settings}\n"));
         let err = common::failed(&s.build(&[]));
         assert!(err.contains(&want), "{settings}: {want:?} in {err}");
-        assert_eq!(s.runs(), 3, "{settings}: the tool must not run");
+        assert_eq!(s.runs(), 5, "{settings}: the tool must not run");
     }
 }
 
