@@ -48,13 +48,14 @@ pub enum Cmd {
     /// what must be zeroed so old partition tables and signatures cannot survive, reads everything back
     /// from the device and compares, and carries /persist over from a ramnas stick (unless --wipe).
     Flash(FlashFlags),
-    /// Put the build into the slot that is not committed and arm it for one trial boot.
+    /// Put the build into the slot that is not committed and arm it for one trial boot (and forget the
+    /// record of the last unhealthy trial).
     Deploy(DeployFlags),
     /// Make the slot on trial the default.
     Commit(TargetFlags),
     /// Make the other slot the default again.
     Rollback(TargetFlags),
-    /// Show both slots, the default, and any armed trial.
+    /// Show both slots, the default, any armed trial, and the NAS's record of its last unhealthy trial.
     Status(TargetFlags),
     /// Lint system/ and check that the host has the tools each command needs.
     Check(CheckFlags),
