@@ -70,6 +70,7 @@ pub const MODULES: &[&str] = &[
     "nls_ascii",
     "button",
     "evdev",
+    "efivarfs",
 ];
 
 impl Fixture {
@@ -411,7 +412,8 @@ const OPENRC_PROGRAMS: &[&str] = &[
 /// `system/setup.sh` enables must exist for `rc-update add` to accept it. Each starts and stops and says so
 /// (`* Starting NAME (stand-in)`); the few a booting fixture depends on do their job: `sysfs` and `devfs`
 /// mount /sys and /dev, `modules` loads the fixture's kernel modules (Alpine's kernel loads them through
-/// udev), `hostname` sets the host name, `acpid` runs busybox's acpid (the power button). (name,
+/// udev) and mounts efivarfs (openrc's `sysfs` does), `hostname` sets the host name, `acpid` runs busybox's
+/// acpid (the power button). (name,
 /// depend() body, start() body.)
 pub const STAND_INS: &[(&str, &str, &str)] = &[
     (
@@ -436,7 +438,9 @@ pub const STAND_INS: &[(&str, &str, &str)] = &[
         "modules",
         "after dev-mount",
         "while read -r module; do insmod \"/lib/modules/$(uname -r)/$module\" 2>/dev/null; done \
-         <\"/lib/modules/$(uname -r)/fixture.load\"\n\tsleep 2",
+         <\"/lib/modules/$(uname -r)/fixture.load\"\n\tsleep 2\n\
+         \t! [ -d /sys/firmware/efi/efivars ] || mountinfo -q /sys/firmware/efi/efivars || \
+         mount -t efivarfs efivarfs /sys/firmware/efi/efivars",
     ),
     ("sysctl", "", ""),
     ("hostname", "", "hostname -F /etc/hostname"),

@@ -373,6 +373,31 @@ fn a_trial_committed_under_uefi_leaves_nothing_armed() {
     assert!(status.contains("default: a\n"), "{status}");
 }
 
+/// A UEFI trial whose build cannot even mount the stick (so no UKI name is there to read) still knows it is a
+/// trial, from systemd-boot's LoaderBootCountPath variable: unhealthy, it reboots into the committed slot.
+#[test]
+fn an_unhealthy_uefi_trial_without_its_stick_goes_back_by_itself() {
+    let nas = Nas::new();
+    let a = nas.build(&nas.system("a", POWEROFF, ""), "out-a");
+    let lost = "sed -i -e 's/RAMNAS_LABEL:-RAMNAS/RAMNAS_LABEL:-NOSUCHLABEL/' \
+                -e 's/RAMNAS_WAIT:-10/RAMNAS_WAIT:-1/' /usr/sbin/ramnas-persist\n";
+    let b = nas.build(&nas.system("b", POWEROFF, lost), "out-b");
+    let (id_a, id_b) = (build_id(&a), build_id(&b));
+    let stick = stick_with_trial(&nas, &a, &b);
+
+    let mut m = common::uefi_machine(&stick, nas.path());
+    m.reboot = true;
+    let mut vm = common::start(&m, nas.path(), "uefi-lost");
+    expect(
+        &mut vm,
+        &format!("^ramnas: unhealthy slot=b build={id_b} failed=ramnas-persist$"),
+    );
+    expect(&mut vm, "rebooting into the committed slot in 2s");
+    expect(&mut vm, &format!("^ramnas: ready slot=a build={id_a}$"));
+    vm.wait_exit(Duration::from_secs(120))
+        .expect("/sbin/poweroff powers the machine off");
+}
+
 /// `cargo xtask vm --image --check`, twice: once the NAS is ready the check presses the power button, the
 /// NAS shuts down (acpid, /sbin/poweroff) and unmounts the stick, so the second boot finds its FAT clean.
 #[test]
