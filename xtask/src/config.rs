@@ -80,16 +80,11 @@ impl System {
         let mirror = if alpine.mirror.contains("://") {
             alpine.mirror.trim_end_matches('/').to_string()
         } else {
-            let dir = self.dir.join(&alpine.mirror);
-            if alpine.mirror.is_empty() || !dir.is_dir() {
-                bail!(
-                    "alpine.mirror {:?}: {} is not a directory (a URL, or a local mirror: \
-                     <branch>/main/<arch>/APKINDEX.tar.gz and the packages)",
-                    alpine.mirror,
-                    dir.display()
-                );
-            }
-            std::path::absolute(&dir)?.display().to_string()
+            self.local_dir(
+                &alpine.mirror,
+                &format!("alpine.mirror {:?}", alpine.mirror),
+                "a URL, or a local mirror: <branch>/main/<arch>/APKINDEX.tar.gz and the packages",
+            )?
         };
         let mut list = vec![
             format!("{mirror}/{}/main", alpine.branch_dir()),
@@ -103,17 +98,23 @@ impl System {
             if repo.contains("://") || repo.is_empty() || repo.contains(char::is_whitespace) {
                 bail!("{repo:?} is neither an http(s) URL nor a directory");
             }
-            let dir = self.dir.join(repo);
-            if !dir.is_dir() {
-                bail!(
-                    "{repo:?}: {} is not a directory (a local repository: its <arch>/APKINDEX.tar.gz and \
-                     packages)",
-                    dir.display()
-                );
-            }
-            list.push(std::path::absolute(&dir)?.display().to_string());
+            list.push(self.local_dir(
+                repo,
+                &format!("{repo:?}"),
+                "a local repository: its <arch>/APKINDEX.tar.gz and packages",
+            )?);
         }
         Ok(list)
+    }
+
+    /// `path` resolved against the system directory, as an absolute path; not a directory is an error
+    /// naming `what` and saying what it should hold (`hint`).
+    fn local_dir(&self, path: &str, what: &str, hint: &str) -> anyhow::Result<String> {
+        let dir = self.dir.join(path);
+        if path.is_empty() || !dir.is_dir() {
+            bail!("{what}: {} is not a directory ({hint})", dir.display());
+        }
+        Ok(std::path::absolute(&dir)?.display().to_string())
     }
 
     /// The configured keys directory, resolved and checked to hold `*.pub` keys.

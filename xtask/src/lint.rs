@@ -124,7 +124,7 @@ impl Lint {
         if let Some(config) = config {
             let flavour = &config.kernel.flavour;
             let kernel = config.kernel.package();
-            let in_root = !root_kernels(&path.with_file_name("root")).is_empty();
+            let in_root = has_root_kernel(&path.with_file_name("root"));
             if !seen.contains_key(&kernel) && !in_root {
                 self.add(
                     path,
@@ -277,20 +277,13 @@ impl Lint {
     }
 }
 
-/// The kernels a system's `root/boot` carries (`vmlinuz-*`), which the build takes like a package's.
-fn root_kernels(root: &Path) -> Vec<PathBuf> {
-    fs::read_dir(root.join("boot"))
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// Whether a system's `root/boot` carries a kernel (`vmlinuz-*`), which the build takes like a package's.
+fn has_root_kernel(root: &Path) -> bool {
+    fs::read_dir(root.join("boot")).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
+    })
 }
 
 /// The package name without a version constraint or repository tag.

@@ -169,6 +169,18 @@ impl Diff {
     pub fn is_empty(&self) -> bool {
         self == &Diff::default()
     }
+
+    /// Adds the kernel and initramfs changes from `old` to `new`.
+    fn with_sizes(mut self, old: &Manifest, new: &Manifest) -> Diff {
+        if old.kernel_version != new.kernel_version {
+            self.kernel = Some((old.kernel_version.clone(), new.kernel_version.clone()));
+        }
+        let size = |m: &Manifest| m.artifacts.get("initramfs").map_or(0, |a| a.size);
+        if size(old) != size(new) {
+            self.initramfs_size = Some((size(old), size(new)));
+        }
+        self
+    }
 }
 
 impl std::fmt::Display for Diff {
@@ -232,20 +244,6 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Diff {
         }
     }
     d.with_sizes(old, new)
-}
-
-impl Diff {
-    /// Adds the kernel and initramfs changes from `old` to `new`.
-    fn with_sizes(mut self, old: &Manifest, new: &Manifest) -> Diff {
-        if old.kernel_version != new.kernel_version {
-            self.kernel = Some((old.kernel_version.clone(), new.kernel_version.clone()));
-        }
-        let size = |m: &Manifest| m.artifacts.get("initramfs").map_or(0, |a| a.size);
-        if size(old) != size(new) {
-            self.initramfs_size = Some((size(old), size(new)));
-        }
-        self
-    }
 }
 
 #[cfg(test)]
