@@ -501,16 +501,7 @@ impl Seam {
     /// `cargo xtask build --system SYSTEM --out OUT` through the fake tool, HOME being the temp dir (no
     /// ~/.ssh keys) and no SUDO_USER.
     fn command(&self, system: &Path) -> Command {
-        let mut command = common::xtask_command(
-            self.dir.path(),
-            &[
-                "build",
-                "--system",
-                system.to_str().unwrap(),
-                "--out",
-                self.out.to_str().unwrap(),
-            ],
-        );
+        let mut command = common::system_build_command(self.dir.path(), system, &self.out);
         command
             .env("ALPINE_MAKE_ROOTFS", &self.tool)
             .env("FAKE_RECORD", &self.record)

@@ -17,7 +17,7 @@ use std::{
 
 use xtask::{
     fixture::{Fixture, Init},
-    qemu::Running,
+    qemu::{Machine, Running},
 };
 
 /// alpine-make-rootfs as far as ramnas uses it, on a tree made beforehand: "install the packages" (copy
@@ -163,22 +163,13 @@ impl Nas {
     /// `cargo xtask build --system SYSTEM --out OUT` through the stand-in tool; returns OUT.
     fn build(&self, system: &Path, out: &str) -> PathBuf {
         let out = self.path().join(out);
-        let built = common::xtask_command(
-            self.path(),
-            &[
-                "build",
-                "--system",
-                system.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ],
-        )
-        .env("ALPINE_MAKE_ROOTFS", &self.tool)
-        .env("FAKE_TREE", &self.tree)
-        .env("HOME", self.path())
-        .env_remove("SUDO_USER")
-        .output()
-        .unwrap();
+        let built = common::system_build_command(self.path(), system, &out)
+            .env("ALPINE_MAKE_ROOTFS", &self.tool)
+            .env("FAKE_TREE", &self.tree)
+            .env("HOME", self.path())
+            .env_remove("SUDO_USER")
+            .output()
+            .unwrap();
         common::ok(&built);
         out
     }
@@ -226,6 +217,31 @@ fn position(lines: &[String], what: &str) -> usize {
         .iter()
         .position(|l| l.contains(what))
         .unwrap_or_else(|| panic!("no line with {what:?} in {lines:#?}"))
+}
+
+/// Builds `a` (healthy) and `b` (`setup` appended to setup.sh), deploys b on trial to a stick and boots it in
+/// `machine(stick)`, which may reboot: b comes up unhealthy naming `failed`, says it reboots, and slot a comes
+/// up ready. Returns the running machine, the stick and b's build id.
+fn unhealthy_trial_goes_back(
+    nas: &Nas,
+    setup: &str,
+    failed: &str,
+    machine: impl Fn(&Path) -> Machine,
+) -> (Running, PathBuf, String) {
+    let a = nas.build(&nas.system("a", POWEROFF, ""), "out-a");
+    let b = nas.build(&nas.system("b", POWEROFF, setup), "out-b");
+    let (id_a, id_b) = (build_id(&a), build_id(&b));
+    let stick = stick_with_trial(nas, &a, &b);
+    let mut m = machine(&stick);
+    m.reboot = true;
+    let mut vm = common::start(&m, nas.path(), "trial");
+    expect(
+        &mut vm,
+        &format!("^ramnas: unhealthy slot=b build={id_b} failed={failed}$"),
+    );
+    expect(&mut vm, "rebooting into the committed slot in 2s");
+    expect(&mut vm, &format!("^ramnas: ready slot=a build={id_a}$"));
+    (vm, stick, id_b)
 }
 
 /// A healthy trial of slot b under SeaBIOS, with services before and after ramnas-ready in the default
@@ -295,23 +311,12 @@ fn a_healthy_trial_under_openrc_commits_and_reboot_and_poweroff_work() {
 #[test]
 fn an_unhealthy_trial_under_openrc_goes_back_by_itself() {
     let nas = Nas::new();
-    let a = nas.build(&nas.system("a", POWEROFF, ""), "out-a");
-    let b = nas.build(
-        &nas.system("b", POWEROFF, "rc-update add broken boot\n"),
-        "out-b",
+    let (mut vm, stick, id_b) = unhealthy_trial_goes_back(
+        &nas,
+        "rc-update add broken boot\n",
+        "broken",
+        common::bios_machine,
     );
-    let (id_a, id_b) = (build_id(&a), build_id(&b));
-    let stick = stick_with_trial(&nas, &a, &b);
-
-    let mut m = common::bios_machine(&stick);
-    m.reboot = true;
-    let mut vm = common::start(&m, nas.path(), "trial");
-    expect(
-        &mut vm,
-        &format!("^ramnas: unhealthy slot=b build={id_b} failed=broken$"),
-    );
-    expect(&mut vm, "rebooting into the committed slot in 2s");
-    expect(&mut vm, &format!("^ramnas: ready slot=a build={id_a}$"));
     expect(&mut vm, "^test: /sbin/poweroff$");
     vm.wait_exit(Duration::from_secs(120))
         .expect("/sbin/poweroff powers the machine off");
@@ -378,22 +383,11 @@ fn a_trial_committed_under_uefi_leaves_nothing_armed() {
 #[test]
 fn an_unhealthy_uefi_trial_without_its_stick_goes_back_by_itself() {
     let nas = Nas::new();
-    let a = nas.build(&nas.system("a", POWEROFF, ""), "out-a");
     let lost = "sed -i -e 's/RAMNAS_LABEL:-RAMNAS/RAMNAS_LABEL:-NOSUCHLABEL/' \
                 -e 's/RAMNAS_WAIT:-10/RAMNAS_WAIT:-1/' /usr/sbin/ramnas-persist\n";
-    let b = nas.build(&nas.system("b", POWEROFF, lost), "out-b");
-    let (id_a, id_b) = (build_id(&a), build_id(&b));
-    let stick = stick_with_trial(&nas, &a, &b);
-
-    let mut m = common::uefi_machine(&stick, nas.path());
-    m.reboot = true;
-    let mut vm = common::start(&m, nas.path(), "uefi-lost");
-    expect(
-        &mut vm,
-        &format!("^ramnas: unhealthy slot=b build={id_b} failed=ramnas-persist$"),
-    );
-    expect(&mut vm, "rebooting into the committed slot in 2s");
-    expect(&mut vm, &format!("^ramnas: ready slot=a build={id_a}$"));
+    let (mut vm, _, _) = unhealthy_trial_goes_back(&nas, lost, "ramnas-persist", |stick| {
+        common::uefi_machine(stick, nas.path())
+    });
     vm.wait_exit(Duration::from_secs(120))
         .expect("/sbin/poweroff powers the machine off");
 }

@@ -109,6 +109,14 @@ pub fn build_command(cwd: &Path, base: &Path, out: &Path, extra: &[&str]) -> Com
     command
 }
 
+/// `cargo xtask build --system SYSTEM --out OUT` in `cwd`, to run (through a stand-in alpine-make-rootfs,
+/// say).
+pub fn system_build_command(cwd: &Path, system: &Path, out: &Path) -> Command {
+    let mut command = xtask_command(cwd, &["build", "--system"]);
+    command.arg(system).arg("--out").arg(out);
+    command
+}
+
 /// `cargo xtask image --out OUT --size 192M` (room to spare for a fixture build); returns OUT/boot.img.
 pub fn make_stick(dir: &Path, out: &Path) -> PathBuf {
     xtask_ok(
