@@ -70,8 +70,8 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
     if let Some(why) = why_root(&flags) {
         if !is_root() {
             if flags.base.is_none() {
-                // Fetch and verify the tool as the user, so the cache stays the user's.
-                rootfs::tool()?;
+                // Fetch and verify the programs as the user, so the cache stays the user's.
+                rootfs::Tools::get(flags.offline)?;
             }
             return rerun_with_sudo(&why);
         }
@@ -93,13 +93,19 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
             extracted.0.clone()
         }
         None => {
-            let tool = rootfs::tool()?;
+            let tools = rootfs::Tools::get(flags.offline)?;
             eprintln!(
                 "    alpine-make-rootfs {} into {}",
-                tool.path.display(),
+                tools.make_rootfs.path.display(),
                 out.join("rootfs").display()
             );
-            let tree = rootfs::ensure(&system, &tool, out, flags.fresh, source_date)?;
+            let request = rootfs::Request {
+                fresh: flags.fresh,
+                update: flags.update,
+                offline: flags.offline,
+                source_date,
+            };
+            let tree = rootfs::ensure(&system, &tools, out, request)?;
             install_authorized_keys(&system, &tree)?;
             tree
         }
@@ -422,7 +428,11 @@ fn rerun_with_sudo(why: &str) -> anyhow::Result<()> {
             args.push(v);
         }
     }
-    for var in [rootfs::ENV_OVERRIDE, "SOURCE_DATE_EPOCH"] {
+    for var in [
+        rootfs::ALPINE_MAKE_ROOTFS.env,
+        rootfs::APK.env,
+        "SOURCE_DATE_EPOCH",
+    ] {
         if let Some(value) = std::env::var_os(var) {
             let mut v = OsString::from(format!("{var}="));
             v.push(value);

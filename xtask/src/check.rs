@@ -7,13 +7,19 @@
 use anyhow::bail;
 
 use crate::{
+    config::System,
     flags::CheckFlags,
     host::{self, Family, Tool},
     lint,
+    lock::Lock,
 };
 
 pub fn run(flags: CheckFlags) -> anyhow::Result<()> {
-    let problems = lint::system(&flags.system);
+    let mut problems: Vec<String> = lint::system(&flags.system)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    problems.extend(lock_problems(&flags.system));
     for problem in &problems {
         println!("{problem}");
     }
@@ -41,6 +47,35 @@ pub fn run(flags: CheckFlags) -> anyhow::Result<()> {
         flags.system.display()
     );
     Ok(())
+}
+
+/// How system/packages.lock falls short of the system: each a line naming the lock. No lock is no problem
+/// (the first build writes it), only said.
+fn lock_problems(dir: &std::path::Path) -> Vec<String> {
+    let Ok(system) = System::load(dir) else {
+        return Vec::new(); // the lint has said why
+    };
+    let path = system.lock_path();
+    match Lock::load(&path) {
+        Err(err) => vec![format!("{err:#}")],
+        Ok(None) => {
+            println!(
+                "{}: none yet; the next `cargo xtask build` writes it (commit it with the system)",
+                path.display()
+            );
+            Vec::new()
+        }
+        Ok(Some(lock)) => lock
+            .stale(&system.config.alpine.branch_dir(), &system.world())
+            .into_iter()
+            .map(|why| {
+                format!(
+                    "{}: {why}: `cargo xtask build` updates the lock (`--update` resolves everything afresh)",
+                    path.display()
+                )
+            })
+            .collect(),
+    }
 }
 
 /// One line per missing tool, then the command that installs them all.

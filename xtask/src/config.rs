@@ -13,6 +13,8 @@
 //!                                                   # relative to system/, instead of Alpine's own
 //! default_packages = true                           # alpine-make-rootfs's base packages too
 //!
+//! # What gets installed is pinned by DIR/packages.lock (see `lock`), which the build writes.
+//!
 //! [kernel]
 //! flavour = "lts"                                   # /boot/vmlinuz-<flavour> becomes OUT/vmlinuz
 //! package = "linux-<flavour>"                       # the package installing it (not needed for a
@@ -149,6 +151,26 @@ impl System {
             config: Config::default(),
             packages: Vec::new(),
         }
+    }
+
+    /// `DIR/packages.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join(crate::lock::FILE_NAME)
+    }
+
+    /// What apk is asked to install: alpine-make-rootfs's base packages (unless
+    /// `alpine.default_packages = false`), then `packages`.
+    pub fn world(&self) -> Vec<String> {
+        let mut world: Vec<String> = Vec::new();
+        if self.config.alpine.default_packages {
+            world.extend(crate::rootfs::BASE_PACKAGES.iter().map(|p| p.to_string()));
+        }
+        for p in &self.packages {
+            if !world.contains(p) {
+                world.push(p.clone());
+            }
+        }
+        world
     }
 
     pub fn setup_script(&self) -> PathBuf {

@@ -89,6 +89,14 @@ pub struct BuildFlags {
     /// Run alpine-make-rootfs even when nothing it depends on changed.
     #[arg(long)]
     pub fresh: bool,
+    /// Resolve every package afresh instead of installing the versions in system/packages.lock; rewrite
+    /// the lock and print what changed.
+    #[arg(long)]
+    pub update: bool,
+    /// Use nothing from the network: the programs and packages must be in the cache already (or in
+    /// local repositories). Fails at once, naming what is missing.
+    #[arg(long, conflicts_with = "update")]
+    pub offline: bool,
 }
 
 #[derive(ValueEnum, serde::Deserialize, serde::Serialize, Clone, Copy, Debug, PartialEq, Eq)]

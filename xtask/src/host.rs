@@ -240,6 +240,15 @@ pub const TOOLS: &[Tool] = &[
         arch: "openrc",
     },
     Tool {
+        program: "faketime",
+        used_by: "tests (a build on another day gives the same bytes)",
+        tests_only: true,
+        debian: "faketime",
+        fedora: "libfaketime",
+        alpine: "libfaketime",
+        arch: "libfaketime",
+    },
+    Tool {
         program: "zstd",
         used_by: "bench",
         tests_only: true,
@@ -290,6 +299,8 @@ pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
     // check tests: `check` on the example system also checks this host's build tools (alpine-make-rootfs's).
     "wget",
     "rsync",
+    // build tests: the same build on another day.
+    "faketime",
 ];
 
 /// Whether `program` is on this host (a command in PATH, or an existing absolute path).

@@ -24,6 +24,7 @@ pub mod host;
 pub mod initramfs;
 pub mod keys;
 pub mod lint;
+pub mod lock;
 pub mod manifest;
 pub mod qemu;
 pub mod rootfs;

@@ -218,17 +218,28 @@ impl std::fmt::Display for Diff {
 
 /// The difference from build `old` to build `new`.
 pub fn diff(old: &Manifest, new: &Manifest) -> Diff {
-    let mut d = Diff::default();
+    let mut unlisted = Vec::new();
     for (which, m) in [("old", old), ("new", new)] {
         if m.packages.is_empty() {
-            d.unlisted.push(which);
+            unlisted.push(which);
         }
     }
-    if !d.unlisted.is_empty() {
-        return d.with_sizes(old, new);
-    }
-    for (name, version) in &new.packages {
-        match old.packages.get(name) {
+    let d = if unlisted.is_empty() {
+        diff_packages(&old.packages, &new.packages)
+    } else {
+        Diff {
+            unlisted,
+            ..Diff::default()
+        }
+    };
+    d.with_sizes(old, new)
+}
+
+/// The packages added, removed and changed from `old` to `new` (name → version).
+pub fn diff_packages(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Diff {
+    let mut d = Diff::default();
+    for (name, version) in new {
+        match old.get(name) {
             None => {
                 d.added.insert(name.clone(), version.clone());
             }
@@ -238,12 +249,12 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Diff {
             Some(_) => {}
         }
     }
-    for (name, version) in &old.packages {
-        if !new.packages.contains_key(name) {
+    for (name, version) in old {
+        if !new.contains_key(name) {
             d.removed.insert(name.clone(), version.clone());
         }
     }
-    d.with_sizes(old, new)
+    d
 }
 
 #[cfg(test)]

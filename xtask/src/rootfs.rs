@@ -1,13 +1,19 @@
 //! alpine-make-rootfs: fetch, verify, run — the only Alpine-specific seam.
 //!
-//! The tool is pinned by version and SHA-256, downloaded once into the cache
-//! (`$XDG_CACHE_HOME/ramnas`, else `~/.cache/ramnas`) and verified before every use. `$ALPINE_MAKE_ROOTFS`
-//! names another copy to run instead (unverified: it is the caller's choice; the tests use it).
+//! Two programs are pinned by version and SHA-256, downloaded once into the cache (`$XDG_CACHE_HOME/ramnas`,
+//! else `~/.cache/ramnas`) and verified before every use: alpine-make-rootfs, and the static apk-tools it
+//! runs (the same build on every host, Alpine or not). `$ALPINE_MAKE_ROOTFS` and `$RAMNAS_APK` name other
+//! copies to run instead (unverified: the caller's choice; the tests use them).
+//!
+//! apk keeps every index and package it downloads in the package cache, `CACHE/apk/<branch>`; with
+//! `--offline` it reads only that cache (and local repositories), and the build checks first that
+//! everything the lock names is there.
 //!
 //! The tree lives in `OUT/rootfs` (root-owned: remove it with `sudo rm -rf OUT/rootfs`), next to
 //! `OUT/rootfs.inputs`, the hash of everything the tree was made from. When that hash is unchanged the
 //! tree is reused.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -18,21 +24,66 @@ use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
 use crate::config::System;
+use crate::lock::{self, Lock};
 use crate::manifest::hex;
 
-pub const VERSION: &str = "v0.8.1";
-pub const SHA256: &str = "b4cd8202fa04eae8b4abae22708638cf00ab5826d8b919bc86932fc0cb269f00";
-const URL: &str =
-    "https://raw.githubusercontent.com/alpinelinux/alpine-make-rootfs/v0.8.1/alpine-make-rootfs";
-/// Environment variable naming an alpine-make-rootfs to run instead of the pinned one.
-pub const ENV_OVERRIDE: &str = "ALPINE_MAKE_ROOTFS";
+/// A program fetched once by URL and verified by SHA-256.
+#[derive(Debug)]
+pub struct Pin {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub url: &'static str,
+    pub sha256: &'static str,
+    /// Environment variable naming another copy to run instead.
+    pub env: &'static str,
+}
 
-/// An alpine-make-rootfs ready to run.
+pub const ALPINE_MAKE_ROOTFS: Pin = Pin {
+    name: "alpine-make-rootfs",
+    version: "v0.8.1",
+    url:
+        "https://raw.githubusercontent.com/alpinelinux/alpine-make-rootfs/v0.8.1/alpine-make-rootfs",
+    sha256: "b4cd8202fa04eae8b4abae22708638cf00ab5826d8b919bc86932fc0cb269f00",
+    env: "ALPINE_MAKE_ROOTFS",
+};
+
+/// The static apk-tools alpine-make-rootfs v0.8.1 itself downloads when the host has no apk (its
+/// APK_TOOLS_URI and APK_TOOLS_SHA256).
+pub const APK: Pin = Pin {
+    name: "apk.static",
+    version: "v2.14.10",
+    url: "https://gitlab.alpinelinux.org/api/v4/projects/5/packages/generic/v2.14.10/x86_64/apk.static",
+    sha256: "34bb1a96f0258982377a289392d4ea9f3f4b767a4bb5806b1b87179b79ad8a1c",
+    env: "RAMNAS_APK",
+};
+
+/// alpine-make-rootfs's base packages (its ALPINE_BASE_PKGS), asked for by the build itself so that the
+/// lock holds them too.
+pub const BASE_PACKAGES: &[&str] = &["alpine-baselayout", "busybox", "busybox-suid", "musl-utils"];
+
+/// A pinned program ready to run.
 #[derive(Debug, Clone)]
 pub struct Tool {
     pub path: PathBuf,
-    /// SHA-256 of the script: part of the tree's inputs.
+    /// SHA-256 of the program: part of the tree's inputs.
     pub sha256: String,
+}
+
+/// The two programs a tree is made with.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub make_rootfs: Tool,
+    pub apk: Tool,
+}
+
+impl Tools {
+    /// Both pinned programs, downloaded when missing (with `offline`, missing is an error).
+    pub fn get(offline: bool) -> anyhow::Result<Tools> {
+        Ok(Tools {
+            make_rootfs: ALPINE_MAKE_ROOTFS.get(offline)?,
+            apk: APK.get(offline)?,
+        })
+    }
 }
 
 /// Where ramnas keeps downloads.
@@ -46,59 +97,90 @@ pub fn cache_dir() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/ramnas"))
 }
 
-/// The tool to run: `$ALPINE_MAKE_ROOTFS`, or the pinned release from the cache (downloaded when
-/// missing), verified against its SHA-256.
-pub fn tool() -> anyhow::Result<Tool> {
-    if let Some(path) = std::env::var_os(ENV_OVERRIDE).filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        let sha256 =
-            sha256_file(&path).with_context(|| format!("${ENV_OVERRIDE}={}", path.display()))?;
-        return Ok(Tool {
-            path: fs::canonicalize(&path)?,
-            sha256,
-        });
-    }
-    let path = cache_dir()?.join(format!("alpine-make-rootfs-{VERSION}"));
-    if !path.exists() {
-        download(&path)?;
-    }
-    let sha256 = sha256_file(&path)?;
-    if sha256 != SHA256 {
-        bail!(
-            "{}: SHA-256 is {sha256}, expected {SHA256} (alpine-make-rootfs {VERSION}); \
-             delete the file to download it again",
-            path.display()
-        );
-    }
-    Ok(Tool { path, sha256 })
+/// apk's package cache for the system's branch: `CACHE/apk/<branch>`.
+pub fn package_cache(system: &System) -> anyhow::Result<PathBuf> {
+    Ok(cache_dir()?
+        .join("apk")
+        .join(system.config.alpine.branch_dir()))
 }
 
-fn download(dest: &Path) -> anyhow::Result<()> {
-    let dir = dest.parent().expect("cache path has a parent");
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = dest.as_os_str().to_owned();
-    tmp.push(".download");
-    let tmp = PathBuf::from(tmp);
-    eprintln!(
-        "ramnas: downloading alpine-make-rootfs {VERSION} into {}",
-        dir.display()
-    );
-    let sh = Shell::new()?;
-    let result = if which::which("wget").is_ok() {
-        cmd!(sh, "wget -q -O {tmp} {URL}").run()
-    } else {
-        cmd!(sh, "curl -fsSL -o {tmp} {URL}").run()
-    };
-    result
-        .with_context(|| format!("downloading {URL} (needs wget or curl and internet access)"))?;
-    let sha256 = sha256_file(&tmp)?;
-    if sha256 != SHA256 {
-        let _ = fs::remove_file(&tmp);
-        bail!("{URL}: SHA-256 is {sha256}, expected {SHA256}; refusing to use it");
+impl Pin {
+    /// `$ENV`, or the pinned release from the cache (downloaded when missing, unless `offline`),
+    /// verified against its SHA-256.
+    pub fn get(&self, offline: bool) -> anyhow::Result<Tool> {
+        if let Some(path) = std::env::var_os(self.env).filter(|p| !p.is_empty()) {
+            let path = PathBuf::from(path);
+            let sha256 =
+                sha256_file(&path).with_context(|| format!("${}={}", self.env, path.display()))?;
+            return Ok(Tool {
+                path: fs::canonicalize(&path)?,
+                sha256,
+            });
+        }
+        let path = self.cached()?;
+        if !path.exists() {
+            if offline {
+                bail!(
+                    "--offline: {} {} is not in the cache ({}): build once without --offline",
+                    self.name,
+                    self.version,
+                    path.display()
+                );
+            }
+            self.download(&path)?;
+        }
+        let sha256 = sha256_file(&path)?;
+        if sha256 != self.sha256 {
+            bail!(
+                "{}: SHA-256 is {sha256}, expected {} ({} {}); delete the file to download it again",
+                path.display(),
+                self.sha256,
+                self.name,
+                self.version
+            );
+        }
+        Ok(Tool { path, sha256 })
     }
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
-    fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))?;
-    Ok(())
+
+    /// Where the cache keeps it: `CACHE/<name>-<version>`.
+    pub fn cached(&self) -> anyhow::Result<PathBuf> {
+        Ok(cache_dir()?.join(format!("{}-{}", self.name, self.version)))
+    }
+
+    fn download(&self, dest: &Path) -> anyhow::Result<()> {
+        let dir = dest.parent().expect("cache path has a parent");
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut tmp = dest.as_os_str().to_owned();
+        tmp.push(".download");
+        let tmp = PathBuf::from(tmp);
+        eprintln!(
+            "ramnas: downloading {} {} into {}",
+            self.name,
+            self.version,
+            dir.display()
+        );
+        let sh = Shell::new()?;
+        let url = self.url;
+        let result = if which::which("wget").is_ok() {
+            cmd!(sh, "wget -q -O {tmp} {url}").run()
+        } else {
+            cmd!(sh, "curl -fsSL -o {tmp} {url}").run()
+        };
+        result.with_context(|| {
+            format!("downloading {url} (needs wget or curl and internet access)")
+        })?;
+        let sha256 = sha256_file(&tmp)?;
+        if sha256 != self.sha256 {
+            let _ = fs::remove_file(&tmp);
+            bail!(
+                "{url}: SHA-256 is {sha256}, expected {}; refusing to use it",
+                self.sha256
+            );
+        }
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+        fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))?;
+        Ok(())
+    }
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
@@ -106,12 +188,13 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex(&Sha256::digest(&bytes)))
 }
 
-/// Hash of everything the tree depends on: the tool, the repositories (branch, mirror and the extra ones),
-/// the keys, whether the default packages are in, the package list, setup.sh, and the names, modes and
-/// contents of everything under root/.
-pub fn inputs_hash(system: &System, tool: &Tool, source_date: u32) -> anyhow::Result<String> {
+/// Hash of everything the tree depends on: the two programs, the repositories (branch, mirror and the
+/// extra ones), the keys, whether the default packages are in, the package list and its lock, setup.sh,
+/// and the names, modes and contents of everything under root/.
+pub fn inputs_hash(system: &System, tools: &Tools, source_date: u32) -> anyhow::Result<String> {
     let mut h = Sha256::new();
-    h.update(format!("tool {}\n", tool.sha256));
+    h.update(format!("tool {}\n", tools.make_rootfs.sha256));
+    h.update(format!("apk {}\n", tools.apk.sha256));
     h.update(format!("source date day {}\n", source_date / 86400));
     for repo in system.repositories()? {
         h.update(format!("repository {repo}\n"));
@@ -135,6 +218,13 @@ pub fn inputs_hash(system: &System, tool: &Tool, source_date: u32) -> anyhow::Re
     ));
     for p in &system.packages {
         h.update(format!("package {p}\n"));
+    }
+    match fs::read(system.lock_path()) {
+        Ok(lock) => h.update(lock),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => h.update("no lock\n"),
+        Err(err) => {
+            return Err(err).with_context(|| format!("reading {}", system.lock_path().display()))
+        }
     }
     let script = system.setup_script();
     if script.exists() {
@@ -188,30 +278,71 @@ fn hash_tree(root: &Path, rel: &Path, h: &mut Sha256) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes `OUT/rootfs` unless it exists and was made from the same inputs (or `fresh`), with the build
-/// dates the tools write into it clamped to `source_date` ([`clamp_dates`]). Returns the tree's path. Must
-/// run as root.
+/// How a tree is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    /// Make it even when its inputs are unchanged.
+    pub fresh: bool,
+    /// Ignore the lock: resolve every package afresh (implies `fresh`).
+    pub update: bool,
+    /// Nothing from the network: only the package cache and local repositories.
+    pub offline: bool,
+    pub source_date: u32,
+}
+
+/// Makes `OUT/rootfs` unless it exists and was made from the same inputs (or `fresh`): the packages held
+/// to system/packages.lock (unless `update`), the build dates the tools write into it clamped to
+/// `source_date` ([`clamp_dates`]), and the lock rewritten from what it holds (with what changed
+/// printed). Returns the tree's path. Must run as root.
 pub fn ensure(
     system: &System,
-    tool: &Tool,
+    tools: &Tools,
     out: &Path,
-    fresh: bool,
-    source_date: u32,
+    request: Request,
 ) -> anyhow::Result<PathBuf> {
     let tree = out.join("rootfs");
     let stamp = out.join("rootfs.inputs");
-    let inputs = inputs_hash(system, tool, source_date)?;
+    let lock_path = system.lock_path();
+    let old_lock = Lock::load(&lock_path)?;
+    let lock = if request.update {
+        None
+    } else {
+        old_lock.clone()
+    };
+    let branch = system.config.alpine.branch_dir();
+    let world = system.world();
+    if let Some(lock) = &lock {
+        if lock.branch != branch {
+            bail!(
+                "{}: resolved on Alpine {}, but system.toml says {branch}:                  `cargo xtask build --update` resolves the packages afresh",
+                lock_path.display(),
+                lock.branch
+            );
+        }
+    }
+    let inputs = inputs_hash(system, tools, request.source_date)?;
     let previous = fs::read_to_string(&stamp).unwrap_or_default();
-    if !fresh && tree.is_dir() && previous.trim() == inputs {
+    if !request.fresh && !request.update && tree.is_dir() && previous.trim() == inputs {
         eprintln!(
             "ramnas: the root tree is up to date ({}); --fresh rebuilds it",
             tree.display()
         );
         return Ok(tree);
     }
+    if let Some(lock) = &lock {
+        for why in lock.stale(&branch, &world) {
+            eprintln!("    {}: {why}: updating the lock", lock_path.display());
+        }
+    }
+    let cache = package_cache(system)?;
+    if request.offline {
+        check_offline(system, lock.as_ref(), &world, &cache)?;
+    }
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let new = out.join("rootfs.new");
-    remove_tree(&new)?;
-    if let Err(err) = run(system, tool, &new).and_then(|()| clamp_dates(&new, source_date)) {
+    let made = make(system, tools, &new, lock.as_ref(), &world, &cache, request);
+    give_to_invoking_user(cache.parent().unwrap_or(&cache))?;
+    if let Err(err) = made {
         let _ = remove_tree(&new);
         return Err(err);
     }
@@ -219,9 +350,210 @@ pub fn ensure(
     remove_tree(&tree)?;
     fs::rename(&new, &tree)
         .with_context(|| format!("renaming {} to {}", new.display(), tree.display()))?;
+    write_lock(system, &tree, old_lock.as_ref(), &world)?;
+    let inputs = inputs_hash(system, tools, request.source_date)?;
     fs::write(&stamp, format!("{inputs}\n"))
         .with_context(|| format!("writing {}", stamp.display()))?;
     Ok(tree)
+}
+
+/// The tree at `dest`, held to `lock`: alpine-make-rootfs, once more without what only packages no longer
+/// asked for needed, then apk's world as asked for and the dates clamped.
+fn make(
+    system: &System,
+    tools: &Tools,
+    dest: &Path,
+    lock: Option<&Lock>,
+    world: &[String],
+    cache: &Path,
+    request: Request,
+) -> anyhow::Result<()> {
+    let mut drop = BTreeSet::new();
+    loop {
+        let packages = match lock {
+            Some(lock) => lock.pinned(world, &drop),
+            None => world.to_vec(),
+        };
+        remove_tree(dest)?;
+        run(system, tools, dest, &packages, cache, request.offline).map_err(|err| {
+            let Some(_) = lock else { return err };
+            let repos = system.repositories().unwrap_or_default().join(", ");
+            err.context(format!(
+                "installing the versions {} holds from {repos} (a branch's mirror keeps only the \
+                 newest of each package; `cargo xtask build --update` resolves afresh)",
+                system.lock_path().display()
+            ))
+        })?;
+        let installed = dest.join("lib/apk/db/installed");
+        let asked: BTreeSet<&str> = world.iter().map(|e| lock::entry_name(e)).collect();
+        let dropped_before = drop.len();
+        if lock.is_some() && installed.exists() {
+            // Packages held only by the lock that nothing asked for needs any more.
+            drop.extend(
+                lock::unneeded(dest, world)?
+                    .into_iter()
+                    .filter(|n| !asked.contains(n.as_str())),
+            );
+        }
+        if drop.len() == dropped_before {
+            lock::restore_world(dest, world, &packages)?;
+            return clamp_dates(dest, request.source_date);
+        }
+        eprintln!(
+            "    no longer needed: {}; installing again without them",
+            drop.iter().cloned().collect::<Vec<_>>().join(" ")
+        );
+    }
+}
+
+/// Writes system/packages.lock from the tree's apk database and prints what changed from `old`.
+fn write_lock(
+    system: &System,
+    tree: &Path,
+    old: Option<&Lock>,
+    world: &[String],
+) -> anyhow::Result<()> {
+    let path = system.lock_path();
+    if !tree.join("lib/apk/db/installed").exists() {
+        eprintln!(
+            "ramnas: warning: {} has no apk database (/lib/apk/db/installed): {} not written",
+            tree.display(),
+            path.display()
+        );
+        return Ok(());
+    }
+    let new = Lock::of_tree(tree, &system.config.alpine.branch_dir(), world)?;
+    if old == Some(&new) {
+        return Ok(());
+    }
+    match old {
+        Some(old) => {
+            let diff = new.diff(old, &system.config.kernel.package());
+            eprint!("    {}: updated\n{diff}", path.display());
+        }
+        None => eprintln!(
+            "    {}: written ({} packages); commit it with the system",
+            path.display(),
+            new.packages.len()
+        ),
+    }
+    let tmp = path.with_extension("lock.new");
+    fs::write(&tmp, new.to_text()).with_context(|| format!("writing {}", tmp.display()))?;
+    give_to_invoking_user(&tmp)?;
+    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// With `--offline`: everything the build will install is at hand, or one error naming all that is not.
+fn check_offline(
+    system: &System,
+    lock: Option<&Lock>,
+    world: &[String],
+    cache: &Path,
+) -> anyhow::Result<()> {
+    let Some(lock) = lock else {
+        bail!(
+            "--offline needs {}, which says what to install: build once without --offline",
+            system.lock_path().display()
+        );
+    };
+    let new: Vec<&String> = world
+        .iter()
+        .filter(|e| !lock.packages.contains_key(lock::entry_name(e)))
+        .collect();
+    if !new.is_empty() {
+        bail!(
+            "--offline: {} not in {}: build once without --offline to resolve and fetch them",
+            new.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            system.lock_path().display()
+        );
+    }
+    let cached: BTreeSet<String> = match fs::read_dir(cache) {
+        Ok(dir) => dir
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    };
+    let mut local = BTreeSet::new();
+    let mut missing = Vec::new();
+    for repo in system.repositories()? {
+        if repo.starts_with('/') {
+            for index in local_indexes(Path::new(&repo))? {
+                local.extend(index_packages(&index)?);
+            }
+        } else if !cached.contains(&cache_index_name(&repo)) {
+            missing.push(format!("the index of {repo}"));
+        }
+    }
+    for (name, p) in &lock.packages {
+        let file = format!("{name}-{}.", p.version);
+        let in_cache = cached
+            .iter()
+            .any(|f| f.starts_with(&file) && f.ends_with(".apk"));
+        if !in_cache && !local.contains(&(name.clone(), p.version.clone())) {
+            missing.push(format!("{name} {}", p.version));
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "--offline: not in the package cache {} nor in a local repository: {}; \
+             build once without --offline to fetch them",
+            cache.display(),
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The name apk gives a remote repository's index in its cache: `APKINDEX.<first 4 bytes of the SHA-1 of
+/// the repository's URL, in hex>.tar.gz`.
+fn cache_index_name(repo: &str) -> String {
+    let sum = sha1::Sha1::digest(repo.as_bytes());
+    format!("APKINDEX.{}.tar.gz", hex(&sum[..4]))
+}
+
+/// (name, version) of every package a local APKINDEX.tar.gz lists.
+fn index_packages(index: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let sh = Shell::new()?;
+    let text = cmd!(sh, "tar -xzOf {index} APKINDEX")
+        .quiet()
+        .read()
+        .with_context(|| {
+            format!(
+                "reading {} (an apk index: APKINDEX in a tar.gz)",
+                index.display()
+            )
+        })?;
+    Ok(crate::manifest::parse_apk_installed(&text)
+        .into_iter()
+        .collect())
+}
+
+/// When run through sudo, gives `path` (and everything under it) back to the user who ran sudo.
+pub fn give_to_invoking_user(path: &Path) -> anyhow::Result<()> {
+    let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID")) else {
+        return Ok(());
+    };
+    let (Ok(uid), Ok(gid)) = (uid.parse::<u32>(), gid.parse::<u32>()) else {
+        return Ok(());
+    };
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if meta.uid() != uid || meta.gid() != gid {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .with_context(|| format!("giving {} to uid {uid}", path.display()))?;
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+            give_to_invoking_user(&entry?.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Clamps the dates the tools write into the tree itself (not file times: the packer clamps those) to
@@ -300,10 +632,18 @@ const TOOL_ENV: &[&str] = &[
     "TIMEZONE",
 ];
 
-/// Runs alpine-make-rootfs into `dest`, its output streamed to the terminal: the repositories as a
-/// repositories file beside `dest`, the keys directory, the default packages, the packages, root/ and
-/// setup.sh, all from the system definition.
-pub fn run(system: &System, tool: &Tool, dest: &Path) -> anyhow::Result<()> {
+/// Runs alpine-make-rootfs into `dest`, its output streamed to the terminal: the pinned apk with the
+/// package cache (and `--no-network` when `offline`), the repositories as a repositories file beside
+/// `dest`, the keys directory, `packages` (the base packages among them: the build asks for those
+/// itself), root/ and setup.sh, all from the system definition.
+pub fn run(
+    system: &System,
+    tools: &Tools,
+    dest: &Path,
+    packages: &[String],
+    cache: &Path,
+    offline: bool,
+) -> anyhow::Result<()> {
     // Installing a kernel package triggers mkinitfs; we make our own initramfs.
     let conf_dir = dest.join("etc/mkinitfs");
     fs::create_dir_all(&conf_dir).with_context(|| format!("creating {}", conf_dir.display()))?;
@@ -317,25 +657,30 @@ pub fn run(system: &System, tool: &Tool, dest: &Path) -> anyhow::Result<()> {
     repos.push('\n');
     fs::write(&repos_file, repos).with_context(|| format!("writing {}", repos_file.display()))?;
     let sh = Shell::new()?;
-    let tool_path = &tool.path;
+    let tool_path = &tools.make_rootfs.path;
     let mut c = cmd!(sh, "{tool_path} {dest}");
     for var in TOOL_ENV {
         c = c.env_remove(var);
+    }
+    let mut apk_opts = format!("--no-progress --cache-dir {}", absolute(cache)?.display());
+    if offline {
+        apk_opts.push_str(" --no-network");
     }
     c = c
         .env("ALPINE_BRANCH", system.config.alpine.branch_dir())
         .env("ALPINE_MIRROR", &system.config.alpine.mirror)
         .env("REPOS_FILE", &repos_file)
-        .env("PACKAGES", system.packages.join(" "));
+        .env("APK", &tools.apk.path)
+        .env("APK_OPTS", apk_opts)
+        .env("DEFAULT_PKGS", "no")
+        .env("INSTALL_HOST_PKGS", "no")
+        .env("PACKAGES", packages.join(" "));
     // Without keys of its own, alpine-make-rootfs would trust the host's /etc/apk/keys where it exists (an
     // Alpine host); a directory that does not exist makes it use the Alpine keys it carries, on any host.
     let keys = system
         .keys_dir()?
         .unwrap_or_else(|| dest.with_extension("no-keys"));
     c = c.env("KEYS_DIR", keys);
-    if !system.config.alpine.default_packages {
-        c = c.env("DEFAULT_PKGS", "no");
-    }
     let skel = absolute(&system.skel_dir())?;
     if skel.is_dir() {
         c = c.env("FS_SKEL_DIR", skel).env("FS_SKEL_CHOWN", "root:root");
@@ -344,9 +689,12 @@ pub fn run(system: &System, tool: &Tool, dest: &Path) -> anyhow::Result<()> {
     if script.is_file() {
         c = c.env("SCRIPT_CHROOT", "yes").arg(script);
     }
-    let ran = c
-        .run()
-        .with_context(|| format!("alpine-make-rootfs ({}) failed", tool.path.display()));
+    let ran = c.run().with_context(|| {
+        format!(
+            "alpine-make-rootfs ({}) failed",
+            tools.make_rootfs.path.display()
+        )
+    });
     let _ = fs::remove_file(&repos_file);
     ran
 }

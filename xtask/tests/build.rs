@@ -14,7 +14,7 @@ use std::{
 
 use common::{build_command, text, xtask};
 use sha2::{Digest, Sha256};
-use xtask::{fixture::Fixture, manifest::Manifest, qemu::Outcome};
+use xtask::{fixture::Fixture, lock::Lock, manifest::Manifest, qemu::Outcome};
 
 // ---------------------------------------------------------------------------------------------------
 // Boots: every compression format, proven by the Debian kernel unpacking it.
@@ -456,7 +456,7 @@ set -e
 {
     echo "run"
     for a in "$@"; do echo "arg=$a"; done
-    for v in ALPINE_BRANCH ALPINE_MIRROR PACKAGES FS_SKEL_DIR FS_SKEL_CHOWN SCRIPT_CHROOT KEYS_DIR DEFAULT_PKGS APK; do
+    for v in ALPINE_BRANCH ALPINE_MIRROR PACKAGES FS_SKEL_DIR FS_SKEL_CHOWN SCRIPT_CHROOT KEYS_DIR DEFAULT_PKGS APK APK_OPTS INSTALL_HOST_PKGS; do
         eval "echo \"env $v=\${$v-<unset>}\""
     done
     sed 's/^/repository /' "$REPOS_FILE"
@@ -477,6 +477,11 @@ struct Seam {
 
 impl Seam {
     fn new() -> Seam {
+        Seam::with_tool(FAKE_TOOL)
+    }
+
+    /// A seam whose alpine-make-rootfs is the shell script `tool`.
+    fn with_tool(tool_script: &str) -> Seam {
         let dir = common::tempdir();
         let system = dir.path().join("system");
         write_system(
@@ -485,7 +490,7 @@ impl Seam {
             "[alpine]\nbranch = \"v3.22\"\nmirror = \"http://mirror.example/alpine\"\n",
         );
         let tool = dir.path().join("fake-alpine-make-rootfs");
-        fs::write(&tool, FAKE_TOOL).unwrap();
+        fs::write(&tool, tool_script).unwrap();
         fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
         let tree = mini_tree(dir.path());
         Seam {
@@ -548,6 +553,25 @@ impl Seam {
         self.runs()
     }
 
+    /// How often the apk-like stand-in has run so far.
+    fn runs_of_any(&self) -> usize {
+        fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("run"))
+            .count()
+    }
+
+    /// The apk-like stand-in's last record line.
+    fn last_run(&self) -> String {
+        fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// How often the tool has run so far.
     fn runs(&self) -> usize {
         fs::read_to_string(&self.record)
@@ -590,16 +614,22 @@ fn alpine_make_rootfs_contract() {
     let system = &s.system;
     let want = format!(
         "run\narg={}\narg={}\nenv ALPINE_BRANCH=v3.22\nenv ALPINE_MIRROR=http://mirror.example/alpine\n\
-         env PACKAGES=alpine-base linux-lts linux-firmware-none openrc-init\nenv FS_SKEL_DIR={}\nenv FS_SKEL_CHOWN=root:root\n\
-         env SCRIPT_CHROOT=yes\nenv KEYS_DIR={}\nenv DEFAULT_PKGS=<unset>\nenv APK=<unset>\n\
+         env PACKAGES=alpine-baselayout busybox busybox-suid musl-utils alpine-base linux-lts linux-firmware-none openrc-init\n\
+         env FS_SKEL_DIR={}\nenv FS_SKEL_CHOWN=root:root\n\
+         env SCRIPT_CHROOT=yes\nenv KEYS_DIR={}\nenv DEFAULT_PKGS=no\nenv APK={}\n\
+         env APK_OPTS=--no-progress --cache-dir {}\nenv INSTALL_HOST_PKGS=no\n\
          repository http://mirror.example/alpine/v3.22/main\nrepository http://mirror.example/alpine/v3.22/community\n\
          mkinitfs=disable_trigger=yes\n",
         s.out.join("rootfs.new").display(),
         system.join("setup.sh").display(),
         system.join("root").display(),
         s.out.join("rootfs.no-keys").display(),
+        s.dir.path().join("fake-apk").display(),
+        s.dir.path().join(".cache/ramnas/apk/v3.22").display(),
     );
     assert_eq!(record, want);
+    assert!(first.contains("packages.lock not written"), "{first}");
+    assert!(!s.system.join("packages.lock").exists());
     assert!(!s.out.join("rootfs.no-keys").exists());
     // The build finished: every product, from the tree the tool made.
     for name in ["vmlinuz", "initramfs", "cmdline", "manifest.json"] {
@@ -686,7 +716,8 @@ fn alpine_settings_for_local_mirrors_and_repositories() {
     for want in [
         "env ALPINE_BRANCH=v3.22\n".to_string(),
         format!("env KEYS_DIR={}\n", s.system.join("keys").display()),
-        "env DEFAULT_PKGS=no\n".to_string(),
+        // Without the base packages: only system/packages.
+        "env PACKAGES=alpine-base linux-lts linux-firmware-none openrc-init\n".to_string(),
         format!(
             "repository {m}/v3.22/main\nrepository {m}/v3.22/community\n",
             m = s.system.join("mirror").display()
@@ -752,6 +783,404 @@ fn alpine_settings_for_local_mirrors_and_repositories() {
         assert!(err.contains(&want), "{settings}: {want:?} in {err}");
         assert_eq!(s.runs(), 5, "{settings}: the tool must not run");
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The lock, the package cache and --offline, through a stand-in that resolves packages as apk does.
+
+/// alpine-make-rootfs with apk as far as the lock and the cache need it. The repository is
+/// `$FAKE_REPO/<name>/<version>`, a file holding the names the package depends on. Each entry of PACKAGES
+/// (`name` or `name=version`) is installed with its dependencies: a version pinned in PACKAGES, else the
+/// newest. With `--cache-dir` every package is kept there as `<name>-<version>.<hash>.apk` and each http
+/// repository's index as `APKINDEX.<first 4 bytes of SHA-1 of its URL>.tar.gz`, as apk names them; with
+/// `--no-network` both must be there already. Writes apk's database (P, V, C, D) and world; `passwd`
+/// writes today's day into /etc/shadow. Records `run PACKAGES [offline]` in $FAKE_RECORD.
+const FAKE_APK_TOOL: &str = r#"#!/bin/sh
+set -eu
+dest=$1
+cache= offline=
+set -- $APK_OPTS
+while [ $# -gt 0 ]; do
+    case $1 in --cache-dir) cache=$2; shift;; --no-network) offline=yes;; esac
+    shift
+done
+echo "run $PACKAGES${offline:+ offline}" >> "$FAKE_RECORD"
+die() { echo "ERROR: $*" >&2; exit 1; }
+while read -r repo; do
+    case $repo in http*) ;; *) continue;; esac
+    index="$cache/APKINDEX.$(printf %s "$repo" | sha1sum | cut -c1-8).tar.gz"
+    if [ -n "$offline" ]; then
+        [ -e "$index" ] || die "$repo: index not in the cache (network disabled)"
+    else
+        echo "$repo" > "$index"
+    fi
+done < "$REPOS_FILE"
+state=$(mktemp -d)
+version_of() {
+    for p in $PACKAGES; do case $p in "$1="*) echo "${p#*=}"; return;; esac; done
+    ls "$FAKE_REPO/$1" 2>/dev/null | sort -V | tail -n 1
+}
+install() {
+    local name=$1 version dep
+    [ -e "$state/$name" ] && return 0
+    version=$(version_of "$name")
+    [ -n "$version" ] && [ -e "$FAKE_REPO/$name/$version" ] \
+        || die "unable to select packages: $name-$version (no such package)"
+    if [ -n "$offline" ]; then
+        ls "$cache/$name-$version".*.apk >/dev/null 2>&1 || die "$name-$version: not in the cache (network disabled)"
+    else
+        cp "$FAKE_REPO/$name/$version" "$cache/$name-$version.0123abcd.apk"
+    fi
+    echo "$version" > "$state/$name"
+    for dep in $(cat "$FAKE_REPO/$name/$version"); do install "$dep"; done
+}
+for p in $PACKAGES; do install "${p%%=*}"; done
+cp -a "$FAKE_TREE"/. "$dest"/
+mkdir -p "$dest/lib/apk/db" "$dest/etc/apk"
+for f in $(ls "$state" | sort); do
+    v=$(cat "$state/$f")
+    printf 'P:%s\nV:%s\nC:Q1%s=\nD:%s\n\n' "$f" "$v" "$(sha1sum < "$FAKE_REPO/$f/$v" | cut -c1-27)" \
+        "$(cat "$FAKE_REPO/$f/$v")"
+done > "$dest/lib/apk/db/installed"
+printf '%s\n' $PACKAGES | sort -u > "$dest/etc/apk/world"
+rm -r "$state"
+echo "root::$(( $(date +%s) / 86400 )):0:::::" > "$dest/etc/shadow"
+"#;
+
+/// `cp -a FROM TO`, TO's parent made first.
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Adds package NAME VERSION depending on `deps` to the stand-in's repository.
+fn publish(repo: &Path, name: &str, version: &str, deps: &str) {
+    fs::create_dir_all(repo.join(name)).unwrap();
+    fs::write(repo.join(name).join(version), format!("{deps}\n")).unwrap();
+}
+
+/// The lock: written by the first build, held by the next ones while the mirror moves on, updated for a
+/// `packages` edit (an added package resolved, a removed one dropped with what only it needed), noticed
+/// by `check` when stale, and resolved afresh by `--update`, which prints what changed.
+#[test]
+fn packages_lock_holds_versions_and_follows_edits() {
+    let s = Seam::with_tool(FAKE_APK_TOOL);
+    let repo = s.dir.path().join("repo");
+    publish(&repo, "musl", "1.2.5-r0", "");
+    publish(&repo, "busybox", "1.36.1-r0", "musl");
+    publish(&repo, "linux-lts", "6.12.1-r0", "");
+    publish(&repo, "linux-firmware-none", "20250101-r0", "");
+    publish(&repo, "samba", "4.20.1-r0", "libtalloc musl");
+    publish(&repo, "libtalloc", "2.4.2-r0", "musl");
+    publish(&repo, "nfs-utils", "2.6.4-r0", "libtirpc");
+    publish(&repo, "libtirpc", "1.3.4-r0", "musl");
+    s.write(
+        "system.toml",
+        "[alpine]\nbranch = \"v3.22\"\nmirror = \"http://mirror.example/alpine\"\ndefault_packages = false\n",
+    );
+    s.write(
+        "packages",
+        "busybox\nsamba\nlinux-lts\nlinux-firmware-none\n",
+    );
+    let build = |extra: &[&str]| {
+        let o = s
+            .command(&s.system)
+            .args(extra)
+            .env("FAKE_REPO", &repo)
+            .output()
+            .unwrap();
+        common::ok(&o)
+    };
+    let lock_path = s.system.join("packages.lock");
+    let lock = || Lock::load(&lock_path).unwrap().expect("a lock");
+    let version = |name: &str| lock().packages.get(name).map(|p| p.version.clone());
+    let runs = || -> Vec<String> {
+        fs::read_to_string(&s.record)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+
+    // The first build resolves afresh and writes the lock: every package of the tree, exactly.
+    let first = build(&[]);
+    assert!(
+        first.contains("packages.lock: written (6 packages)"),
+        "{first}"
+    );
+    assert_eq!(runs(), ["run busybox samba linux-lts linux-firmware-none"]);
+    let locked = fs::read_to_string(&lock_path).unwrap();
+    assert!(
+        locked.contains("\nbranch v3.22\nworld busybox\nworld samba\n"),
+        "{locked}"
+    );
+    assert!(
+        locked.contains("\npackage libtalloc 2.4.2-r0 Q1"),
+        "{locked}"
+    );
+    assert_eq!(lock().packages.len(), 6);
+    let manifest = Manifest::load(&s.out.join("manifest.json")).unwrap();
+    assert_eq!(manifest.packages.get("busybox").unwrap(), "1.36.1-r0");
+
+    // The mirror moves on; a rebuild installs exactly the locked versions, and leaves world as asked.
+    publish(&repo, "busybox", "1.37.0-r0", "musl");
+    publish(&repo, "libtalloc", "2.4.3-r0", "musl");
+    build(&["--fresh"]);
+    assert_eq!(
+        runs()[1],
+        "run busybox=1.36.1-r0 samba=4.20.1-r0 linux-lts=6.12.1-r0 linux-firmware-none=20250101-r0 \
+         libtalloc=2.4.2-r0 musl=1.2.5-r0"
+    );
+    assert_eq!(
+        fs::read_to_string(&lock_path).unwrap(),
+        locked,
+        "the lock is unchanged"
+    );
+    assert_eq!(
+        fs::read_to_string(s.out.join("rootfs/etc/apk/world")).unwrap(),
+        "busybox\nlinux-firmware-none\nlinux-lts\nsamba\n"
+    );
+    // The lock is an input: the tree it made is up to date.
+    assert!(build(&[]).contains("the root tree is up to date"));
+
+    // An edit: nfs-utils in, samba out. `check` notices the stale lock; the build updates it for what
+    // the edit touched: nfs-utils resolved, samba and what only it needed (libtalloc) dropped, the rest
+    // held (busybox stays 1.36).
+    s.write(
+        "packages",
+        "busybox\nnfs-utils\nlinux-lts\nlinux-firmware-none\n",
+    );
+    let check = common::xtask(
+        s.dir.path(),
+        &["check", "--system", s.system.to_str().unwrap()],
+    );
+    let said = text(&check);
+    for want in [
+        format!(
+            "{}: nfs-utils is asked for but not locked",
+            lock_path.display()
+        ),
+        format!(
+            "{}: samba is locked but no longer asked for",
+            lock_path.display()
+        ),
+    ] {
+        assert!(said.contains(&want), "{want:?} in {said}");
+    }
+    assert!(!check.status.success(), "{said}");
+    let edited = build(&[]);
+    assert_eq!(
+        runs()[2..],
+        [
+            "run busybox=1.36.1-r0 nfs-utils linux-lts=6.12.1-r0 linux-firmware-none=20250101-r0 \
+             libtalloc=2.4.2-r0 musl=1.2.5-r0",
+            "run busybox=1.36.1-r0 nfs-utils linux-lts=6.12.1-r0 linux-firmware-none=20250101-r0 \
+             musl=1.2.5-r0",
+        ]
+    );
+    for want in [
+        "+ libtirpc 1.3.4-r0",
+        "+ nfs-utils 2.6.4-r0",
+        "- libtalloc 2.4.2-r0",
+        "- samba 4.20.1-r0",
+    ] {
+        assert!(edited.contains(want), "{want:?} in {edited}");
+    }
+    assert!(!edited.contains("busybox 1.37"), "{edited}");
+    assert_eq!(version("busybox").as_deref(), Some("1.36.1-r0"));
+    assert_eq!(version("samba"), None);
+    assert_eq!(
+        fs::read_to_string(s.out.join("rootfs/etc/apk/world")).unwrap(),
+        "busybox\nlinux-firmware-none\nlinux-lts\nnfs-utils\n"
+    );
+    let check = common::xtask(
+        s.dir.path(),
+        &["check", "--system", s.system.to_str().unwrap()],
+    );
+    assert!(!text(&check).contains("packages.lock:"), "{}", text(&check));
+
+    // --update resolves afresh, rewrites the lock and prints what changed as `deploy` does.
+    publish(&repo, "linux-lts", "6.12.9-r0", "");
+    let updated = build(&["--update"]);
+    assert_eq!(
+        runs().last().unwrap(),
+        "run busybox nfs-utils linux-lts linux-firmware-none"
+    );
+    for want in [
+        "kernel: 6.12.1-r0 → 6.12.9-r0",
+        "~ busybox 1.36.1-r0 → 1.37.0-r0",
+        "~ linux-lts 6.12.1-r0 → 6.12.9-r0",
+    ] {
+        assert!(updated.contains(want), "{want:?} in {updated}");
+    }
+    assert_eq!(version("busybox").as_deref(), Some("1.37.0-r0"));
+
+    // A locked version the repositories no longer have: one error naming it, the lock and where it looked.
+    fs::remove_file(repo.join("busybox/1.37.0-r0")).unwrap();
+    let o = s
+        .command(&s.system)
+        .arg("--fresh")
+        .env("FAKE_REPO", &repo)
+        .output()
+        .unwrap();
+    let err = common::failed(&o);
+    for want in [
+        "busybox-1.37.0-r0 (no such package)",
+        &format!("installing the versions {} holds", lock_path.display()),
+        "from http://mirror.example/alpine/v3.22/main, http://mirror.example/alpine/v3.22/community",
+        "`cargo xtask build --update` resolves afresh",
+    ] {
+        assert!(err.contains(want), "{want:?} in {err}");
+    }
+
+    // A lock that is not one: file:line, and the tool does not run.
+    let before = runs().len();
+    fs::write(&lock_path, "branch v3.22\npackage busybox 1.37.0-r0\n").unwrap();
+    let err = common::failed(&s.build(&[]));
+    assert!(
+        err.contains(&format!(
+            "{}:2: \"package busybox 1.37.0-r0\": expected",
+            lock_path.display()
+        )),
+        "{err}"
+    );
+    // One resolved on another branch: --update, says the error.
+    fs::write(&lock_path, locked.replace("branch v3.22", "branch v3.21")).unwrap();
+    let err = common::failed(&s.build(&[]));
+    assert!(
+        err.contains("resolved on Alpine v3.21, but system.toml says v3.22"),
+        "{err}"
+    );
+    assert_eq!(runs().len(), before, "the tool must not run");
+}
+
+/// With the cache warm, `--offline` needs nothing from the network and gives the same bytes on another
+/// day, from another checkout; with it cold, it fails at once naming everything missing.
+#[test]
+fn offline_builds_from_the_cache_give_the_same_bytes_on_another_day() {
+    let s = Seam::with_tool(FAKE_APK_TOOL);
+    let repo = s.dir.path().join("repo");
+    for (name, deps) in [
+        ("musl", ""),
+        ("busybox", "musl"),
+        ("linux-lts", ""),
+        ("linux-firmware-none", ""),
+        ("alpine-base", "busybox"),
+        ("openrc-init", "musl"),
+        ("alpine-baselayout", ""),
+        ("busybox-suid", "busybox"),
+        ("musl-utils", "musl"),
+    ] {
+        publish(&repo, name, "1.0-r0", deps);
+    }
+    let build = |system: &Path, cache: &Path, day: &str, extra: &[&str]| {
+        let mut command = Command::new("faketime");
+        let inner = s.command(system);
+        command
+            .arg(day)
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .args(extra)
+            .current_dir(inner.get_current_dir().unwrap());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => command.env(k, v),
+                None => command.env_remove(k),
+            };
+        }
+        command
+            .env("FAKE_REPO", &repo)
+            .env("XDG_CACHE_HOME", cache)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap()
+    };
+    let products =
+        || ["initramfs", "vmlinuz", "manifest.json"].map(|n| fs::read(s.out.join(n)).unwrap());
+    let cache = s.dir.path().join("cache");
+    // Offline before anything is cached or locked: at once, and says why.
+    let err = common::failed(&build(
+        &s.system,
+        &cache,
+        "2027-01-01 12:00:00",
+        &["--offline"],
+    ));
+    assert!(err.contains("--offline needs"), "{err}");
+    assert!(err.contains("packages.lock"), "{err}");
+    assert_eq!(s.runs_of_any(), 0);
+
+    // Online once: the cache fills and the lock is written.
+    common::ok(&build(&s.system, &cache, "2027-01-01 12:00:00", &[]));
+    assert!(cache
+        .join("ramnas/apk/v3.22/busybox-1.0-r0.0123abcd.apk")
+        .is_file());
+
+    // Offline, on another day: nothing from the network, the same bytes.
+    let online = products();
+    let first = common::ok(&build(
+        &s.system,
+        &cache,
+        "2027-03-01 08:00:00",
+        &["--offline", "--fresh"],
+    ));
+    assert!(s.last_run().ends_with(" offline"), "{first}");
+    assert_eq!(
+        products(),
+        online,
+        "an offline build on another day differs"
+    );
+    // The tree's own dates are clamped too: passwd wrote 2027-03-01, the tree says SOURCE_DATE_EPOCH's day.
+    assert_eq!(
+        fs::read_to_string(s.out.join("rootfs/etc/shadow")).unwrap(),
+        format!("root::{}:0:::::\n", 1700000000 / 86400)
+    );
+
+    // Another checkout, on another machine's cache, on another day: the same bytes.
+    let other = s.dir.path().join("elsewhere/system");
+    copy_tree(&s.system, &other);
+    let other_cache = s.dir.path().join("other-cache");
+    copy_tree(&cache, &other_cache);
+    fs::remove_dir_all(&s.out).ok();
+    common::ok(&build(
+        &other,
+        &other_cache,
+        "2028-07-04 23:59:00",
+        &["--offline"],
+    ));
+    assert_eq!(
+        products(),
+        online,
+        "another checkout and cache give other bytes"
+    );
+
+    // A cold cache: at once, naming every package and index that is missing; the tool does not run.
+    let runs = s.runs_of_any();
+    let cold = s.dir.path().join("cold");
+    let err = common::failed(&build(
+        &s.system,
+        &cold,
+        "2027-01-02",
+        &["--offline", "--fresh"],
+    ));
+    for want in [
+        "--offline: not in the package cache",
+        "the index of http://mirror.example/alpine/v3.22/main",
+        "busybox 1.0-r0",
+        "musl-utils 1.0-r0",
+        "build once without --offline",
+    ] {
+        assert!(err.contains(want), "{want:?} in {err}");
+    }
+    assert_eq!(s.runs_of_any(), runs, "the tool must not run");
+    // --offline and --update contradict each other.
+    let err = common::failed(&s.build(&["--offline", "--update"]));
+    assert!(err.contains("cannot be used with"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1018,6 +1447,7 @@ fn not_root_reruns_through_sudo() {
         .env("HOME", dir.path())
         .env_remove("XDG_CACHE_HOME")
         .env("ALPINE_MAKE_ROOTFS", &tool)
+        .env("RAMNAS_APK", &tool)
         .env("SOURCE_DATE_EPOCH", "86400")
         .output()
         .unwrap();
@@ -1034,8 +1464,9 @@ fn not_root_reruns_through_sudo() {
     );
     let args = fs::read_to_string(&record).unwrap();
     let want = format!(
-        "--\nenv\nXDG_CACHE_HOME={}/.cache\nALPINE_MAKE_ROOTFS={}\nSOURCE_DATE_EPOCH=86400\n{}\nbuild\n--system\nsystem\n--out\nout\n",
+        "--\nenv\nXDG_CACHE_HOME={}/.cache\nALPINE_MAKE_ROOTFS={}\nRAMNAS_APK={}\nSOURCE_DATE_EPOCH=86400\n{}\nbuild\n--system\nsystem\n--out\nout\n",
         dir.path().display(),
+        tool.display(),
         tool.display(),
         env!("CARGO_BIN_EXE_xtask"),
     );
@@ -1046,31 +1477,39 @@ fn not_root_reruns_through_sudo() {
     );
 }
 
-/// A cached alpine-make-rootfs that does not match the pinned SHA-256 is refused, never run.
+/// A cached alpine-make-rootfs or apk.static that does not match its pinned SHA-256 is refused, never run.
 #[test]
 fn tampered_cached_tool_is_refused() {
-    let dir = common::tempdir();
-    let system = dir.path().join("system");
-    write_system(&system, PACKAGES, "");
-    let cache = dir.path().join("cache/ramnas");
-    fs::create_dir_all(&cache).unwrap();
-    let ran = dir.path().join("ran");
-    let cached = cache.join(format!("alpine-make-rootfs-{}", xtask::rootfs::VERSION));
-    fs::write(&cached, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
-    fs::set_permissions(&cached, fs::Permissions::from_mode(0o755)).unwrap();
-    let o = common::xtask_command(dir.path(), &["build", "--system", "system", "--out", "out"])
-        .env("XDG_CACHE_HOME", dir.path().join("cache"))
-        .env_remove("ALPINE_MAKE_ROOTFS")
-        .output()
-        .unwrap();
-    let err = common::failed(&o);
-    let want = format!(
-        "expected {} (alpine-make-rootfs v0.8.1)",
-        xtask::rootfs::SHA256
-    );
-    assert!(err.contains(&want), "{err}");
-    assert!(!ran.exists(), "the tampered tool ran");
-    assert!(!dir.path().join("out/rootfs").exists());
+    for pin in [&xtask::rootfs::ALPINE_MAKE_ROOTFS, &xtask::rootfs::APK] {
+        let dir = common::tempdir();
+        let system = dir.path().join("system");
+        write_system(&system, PACKAGES, "");
+        let cache = dir.path().join("cache/ramnas");
+        fs::create_dir_all(&cache).unwrap();
+        let ran = dir.path().join("ran");
+        let cached = cache.join(format!("{}-{}", pin.name, pin.version));
+        fs::write(&cached, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+        fs::set_permissions(&cached, fs::Permissions::from_mode(0o755)).unwrap();
+        let stand_in = dir.path().join("stand-in");
+        fs::write(&stand_in, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+        fs::set_permissions(&stand_in, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut command =
+            common::xtask_command(dir.path(), &["build", "--system", "system", "--out", "out"]);
+        command.env("XDG_CACHE_HOME", dir.path().join("cache"));
+        // The other one is a stand-in, so that only this one's pin decides.
+        for other in [&xtask::rootfs::ALPINE_MAKE_ROOTFS, &xtask::rootfs::APK] {
+            if other.name == pin.name {
+                command.env_remove(other.env);
+            } else {
+                command.env(other.env, &stand_in);
+            }
+        }
+        let err = common::failed(&command.output().unwrap());
+        let want = format!("expected {} ({} {})", pin.sha256, pin.name, pin.version);
+        assert!(err.contains(&want), "{want:?} in {err}");
+        assert!(!ran.exists(), "{}: the tampered program ran", pin.name);
+        assert!(!dir.path().join("out/rootfs").exists());
+    }
 }
 
 /// The system lint runs before alpine-make-rootfs: a broken system/ fails at once, naming file:line, and
