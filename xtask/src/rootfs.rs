@@ -416,7 +416,9 @@ fn write_lock(
     let path = system.lock_path();
     if !tree.join("lib/apk/db/installed").exists() {
         eprintln!(
-            "ramnas: warning: {} has no apk database (/lib/apk/db/installed): {} not written",
+            "ramnas: warning: {} has no apk database (/lib/apk/db/installed): {} not written \
+             (alpine-make-rootfs removes the database from a tree without apk: apk-tools, or \
+             alpine-base, in packages keeps it)",
             tree.display(),
             path.display()
         );
@@ -510,9 +512,10 @@ fn check_offline(
 }
 
 /// The name apk gives a remote repository's index in its cache: `APKINDEX.<first 4 bytes of the SHA-1 of
-/// the repository's URL, in hex>.tar.gz`.
+/// the index's URL, `<repository>/x86_64/APKINDEX.tar.gz`, in hex>.tar.gz` (apk-tools 2.14's
+/// `apk_repo_format_cache_index`; checked against a real cache).
 fn cache_index_name(repo: &str) -> String {
-    let sum = sha1::Sha1::digest(repo.as_bytes());
+    let sum = sha1::Sha1::digest(format!("{repo}/x86_64/APKINDEX.tar.gz").as_bytes());
     format!("APKINDEX.{}.tar.gz", hex(&sum[..4]))
 }
 
@@ -705,6 +708,19 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cached_index_names_are_apks() {
+        // As a real apk-tools 2.14 named them in its --cache-dir, for a mirror on 127.0.0.1:18123.
+        assert_eq!(
+            super::cache_index_name("http://127.0.0.1:18123/v3.23/main"),
+            "APKINDEX.7854d7ee.tar.gz"
+        );
+        assert_eq!(
+            super::cache_index_name("http://127.0.0.1:18123/v3.23/community"),
+            "APKINDEX.97347c09.tar.gz"
+        );
+    }
+
     #[test]
     fn shadow_dates_are_clamped() {
         let shadow = "root::20788:0:::::\nshare:!:19000:0:99999:7:::\nodd line\n";

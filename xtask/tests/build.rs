@@ -792,7 +792,7 @@ fn alpine_settings_for_local_mirrors_and_repositories() {
 /// `$FAKE_REPO/<name>/<version>`, a file holding the names the package depends on. Each entry of PACKAGES
 /// (`name` or `name=version`) is installed with its dependencies: a version pinned in PACKAGES, else the
 /// newest. With `--cache-dir` every package is kept there as `<name>-<version>.<hash>.apk` and each http
-/// repository's index as `APKINDEX.<first 4 bytes of SHA-1 of its URL>.tar.gz`, as apk names them; with
+/// repository's index as `APKINDEX.<first 4 bytes of SHA-1 of the index's URL>.tar.gz`, as apk names them; with
 /// `--no-network` both must be there already. Writes apk's database (P, V, C, D) and world; `passwd`
 /// writes today's day into /etc/shadow. Records `run PACKAGES [offline]` in $FAKE_RECORD.
 const FAKE_APK_TOOL: &str = r#"#!/bin/sh
@@ -808,7 +808,7 @@ echo "run $PACKAGES${offline:+ offline}" >> "$FAKE_RECORD"
 die() { echo "ERROR: $*" >&2; exit 1; }
 while read -r repo; do
     case $repo in http*) ;; *) continue;; esac
-    index="$cache/APKINDEX.$(printf %s "$repo" | sha1sum | cut -c1-8).tar.gz"
+    index="$cache/APKINDEX.$(printf %s "$repo/x86_64/APKINDEX.tar.gz" | sha1sum | cut -c1-8).tar.gz"
     if [ -n "$offline" ]; then
         [ -e "$index" ] || die "$repo: index not in the cache (network disabled)"
     else
