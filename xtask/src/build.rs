@@ -4,7 +4,7 @@
 //! 1. read system/ (system.toml, packages);
 //! 2. the root tree: `--base` (a directory, or a tarball extracted with owners and devices), or
 //!    alpine-make-rootfs into OUT/rootfs unless its inputs are unchanged;
-//! 3. the kernel and microcode out of the tree's /boot;
+//! 3. the kernel and microcode out of the tree's /boot, and the boot loaders it holds (`bootloaders`);
 //! 4. everything else packed into a compressed newc cpio;
 //! 5. the manifest, then every product renamed into place — or nothing at all when nothing changed.
 //!
@@ -26,6 +26,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use xshell::{cmd, Shell};
 
+use crate::bootloaders;
 use crate::config::System;
 use crate::flags::{BuildFlags, Compression};
 use crate::initramfs;
@@ -119,7 +120,7 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
     }
     initramfs::check_init(&tree)?;
 
-    step(3, "kernel and microcode from /boot");
+    step(3, "kernel, microcode and boot loaders from the tree");
     let kernel = find_kernel(&tree, &system.config.kernel.flavour)?;
     let kernel_version = kernel_version(&kernel, &tree);
     eprintln!(
@@ -152,6 +153,12 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
     }
     let tmp = temps.add("vmlinuz");
     fs::copy(&kernel, &tmp).with_context(|| format!("copying {}", kernel.display()))?;
+    let packages = apk_packages(&tree)?;
+    let boot_dir = temps.dir(bootloaders::DIR)?;
+    let boot = bootloaders::copy_from_tree(&tree, &boot_dir, &packages)?;
+    for (name, from) in &boot {
+        eprintln!("    {name} from the tree ({from})");
+    }
     if !ucode.is_empty() {
         let tmp = temps.add("ucode.img");
         let mut dst =
@@ -209,8 +216,9 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         kernel_version,
         compression,
         cmdline: system.config.kernel.cmdline.clone(),
-        packages: apk_packages(&tree)?,
+        packages,
         artifacts,
+        bootloaders: boot,
     };
     let old = Manifest::load(&manifest_path).ok();
     if old.as_ref() == Some(&new) && new.verify(out).is_ok() {
@@ -324,6 +332,13 @@ fn unchanged(out: &Path, inputs: &str, manifest_path: &Path) -> bool {
     let Ok(manifest) = Manifest::load(manifest_path) else {
         return false;
     };
+    if manifest
+        .bootloaders
+        .keys()
+        .any(|name| !out.join(bootloaders::DIR).join(name).is_dir())
+    {
+        return false;
+    }
     inputs_record(out, inputs, &manifest).is_ok_and(|now| now == recorded)
 }
 
@@ -453,6 +468,8 @@ fn rerun_with_sudo(why: &str) -> anyhow::Result<()> {
 struct Temps {
     out: PathBuf,
     files: Vec<(String, PathBuf)>,
+    /// Directories (OUT/.new.NAME → OUT/NAME), renamed with the files; an empty one removes OUT/NAME.
+    dirs: Vec<(String, PathBuf)>,
     committed: bool,
 }
 
@@ -461,6 +478,7 @@ impl Temps {
         Temps {
             out: out.to_path_buf(),
             files: Vec::new(),
+            dirs: Vec::new(),
             committed: false,
         }
     }
@@ -472,6 +490,17 @@ impl Temps {
         path
     }
 
+    /// A new, empty temporary directory for OUT/NAME.
+    fn dir(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.out.join(format!(".new.{name}"));
+        if path.exists() {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        self.dirs.push((name.to_string(), path.clone()));
+        Ok(path)
+    }
+
     /// Renames every temporary product into place: manifest.json goes first and comes back last.
     fn commit(mut self) -> anyhow::Result<Vec<PathBuf>> {
         let manifest = self.out.join(Manifest::FILE_NAME);
@@ -480,6 +509,22 @@ impl Temps {
         let names: Vec<&str> = self.files.iter().map(|(n, _)| n.as_str()).collect();
         if !names.contains(&"ucode.img") {
             remove_if_exists(&self.out.join("ucode.img"))?;
+        }
+        for (name, tmp) in &self.dirs {
+            let dst = self.out.join(name);
+            if dst.exists() {
+                fs::remove_dir_all(&dst).with_context(|| format!("removing {}", dst.display()))?;
+            }
+            let empty = fs::read_dir(tmp)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true);
+            if empty {
+                fs::remove_dir(tmp).with_context(|| format!("removing {}", tmp.display()))?;
+            } else {
+                fs::rename(tmp, &dst)
+                    .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
+                written.push(dst);
+            }
         }
         for (name, tmp) in &self.files {
             let dst = self.out.join(name);
@@ -497,6 +542,9 @@ impl Drop for Temps {
         if !self.committed {
             for (_, path) in &self.files {
                 let _ = fs::remove_file(path);
+            }
+            for (_, path) in &self.dirs {
+                let _ = fs::remove_dir_all(path);
             }
         }
     }
@@ -645,15 +693,14 @@ fn give_to_invoking_user(out: &Path, written: &[PathBuf]) -> anyhow::Result<()> 
         return Ok(());
     }
     let stamp = out.join("rootfs.inputs");
+    std::os::unix::fs::chown(out, Some(uid), Some(gid))
+        .with_context(|| format!("giving {} to uid {uid}", out.display()))?;
     for path in written
         .iter()
         .map(PathBuf::as_path)
-        .chain([out, stamp.as_path()])
+        .chain([stamp.as_path()])
     {
-        if path.exists() {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .with_context(|| format!("giving {} to uid {uid}", path.display()))?;
-        }
+        rootfs::give_to_invoking_user(path)?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 use crate::{
+    bootloaders,
     flags::{DeployFlags, TargetFlags},
     manifest::{self, Manifest},
     slots::{self, Build, LastTrial, Running, Slot, Table},
@@ -219,7 +220,7 @@ impl Drop for TempUki {
 
 /// The slot's unified kernel image (systemd's EFI stub from this machine), built in the temporary directory.
 fn build_uki(build: &Build, slot: Slot) -> Result<TempUki> {
-    let host = uefi::find()?;
+    let host = uefi::find_for(&build.dir)?;
     let uki = TempUki(
         std::env::temp_dir().join(format!("ramnas-slot-{slot}-{}.uki", std::process::id())),
     );
@@ -242,8 +243,14 @@ fn describe_build(m: &Manifest) -> String {
         Some(c) => short(c).to_string(),
         None => "unknown".to_string(),
     };
+    let boot = [bootloaders::SYSLINUX, bootloaders::SYSTEMD_BOOT]
+        .map(|name| match m.bootloaders.get(name) {
+            Some(from) => format!("{name} from the build ({from})"),
+            None => format!("{name} from the host"),
+        })
+        .join(", ");
     format!(
-        "  build   {}\n  date    {}\n  kernel  {}\n  git     {git}\n  size    {:.1} MiB\n",
+        "  build   {}\n  date    {}\n  kernel  {}\n  git     {git}\n  size    {:.1} MiB\n  boot    {boot}\n",
         m.build_id,
         date(m.source_date),
         m.kernel_version.as_deref().unwrap_or("unknown"),

@@ -55,6 +55,8 @@ pub struct Fixture {
     /// Host programs (names looked up on PATH, or paths) copied to the same path in the tree, with the shared
     /// libraries and dynamic loader `ldd` lists for them.
     pub host_programs: Vec<String>,
+    /// Host files copied into the tree: (host path, path inside the tree).
+    pub copies: Vec<(PathBuf, String)>,
 }
 
 /// Modules the fixture loads at boot: virtio disks, a USB stick on xhci, an IDE disk, and FAT to read it.
@@ -86,6 +88,7 @@ impl Fixture {
             ucode: false,
             files: Vec::new(),
             host_programs: Vec::new(),
+            copies: Vec::new(),
         }
     }
 
@@ -123,6 +126,12 @@ impl Fixture {
         }
         for program in &self.host_programs {
             write_host_program(dir, program)?;
+        }
+        for (from, to) in &self.copies {
+            let dest = dir.join(to);
+            fs::create_dir_all(dest.parent().expect("a path in the tree"))?;
+            fs::copy(from, &dest)
+                .with_context(|| format!("copying {} into the fixture", from.display()))?;
         }
         Ok(())
     }

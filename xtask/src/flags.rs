@@ -19,14 +19,17 @@ pub enum Cmd {
     ///
     /// Runs alpine-make-rootfs (as root, through sudo when needed) to make the root tree, unless nothing it
     /// depends on changed since the last build or `--base` names a finished tree; then packs the tree into a
-    /// compressed newc cpio archive.
+    /// compressed newc cpio archive. The tree holds exactly the versions in system/packages.lock, which the
+    /// build writes (and updates for a `packages` edit; `--update` resolves afresh).
     Build(BuildFlags),
     /// Make a bootable stick image (OUT/boot.img) holding the build in slot a.
     ///
     /// One MBR partition (FAT32, labelled RAMNAS, from 1 MiB) with syslinux in /syslinux, the build in
     /// /slots/a, an empty /slots/b and /persist. Made without root: mkfs.vfat, syslinux's mtools installer,
-    /// mtools. The same build gives the same bytes. syslinux's mbr.bin and modules are looked for where
-    /// Debian/Ubuntu, Alpine, Fedora and Arch install them; RAMNAS_SYSLINUX_DIR names another directory.
+    /// mtools. The same build gives the same bytes. The boot loaders are the build's own when it carries
+    /// them (Alpine's syslinux and systemd-boot, from its tree: OUT/bootloaders); else syslinux's mbr.bin and
+    /// modules are looked for where Debian/Ubuntu, Alpine, Fedora and Arch install them
+    /// (RAMNAS_SYSLINUX_DIR names another directory), systemd-boot's likewise (RAMNAS_SYSTEMD_BOOT_DIR).
     Image(ImageFlags),
     /// Boot the build in qemu with persistent ZFS data disks from vm/disks/.
     ///

@@ -45,7 +45,7 @@ pub fn run(flags: ImageFlags) -> Result<()> {
             HEADROOM / MIB
         );
     }
-    let host = syslinux::find()?;
+    let host = syslinux::find_for(&build.dir)?;
     let tmp = PathBuf::from(format!("{}.tmp", output.display()));
     let made = make(&tmp, size, &build, &host);
     if let Err(err) = made {
@@ -143,7 +143,7 @@ fn make(tmp: &Path, size: u64, build: &Build, host: &syslinux::Host) -> Result<(
 
 /// The UEFI boot path on the same partition: systemd-boot, and slot a's UKI as the committed slot.
 fn install_uefi(stick: &mut dyn Stick, tmp: &Path, build: &Build) -> Result<()> {
-    let host = uefi::find()?;
+    let host = uefi::find_for(&build.dir)?;
     let uki = PathBuf::from(format!("{}.uki", tmp.display()));
     let made = uefi::build_uki(
         &host,
@@ -225,18 +225,24 @@ fn mkfs(image: &Path, sectors: u64) -> Result<()> {
 /// ldlinux.sys, ldlinux.c32 and the volume boot record, through mtools, with fixed timestamps.
 fn install_syslinux(image: &Path, host: &syslinux::Host) -> Result<()> {
     let sh = Shell::new()?;
-    let installer = &host.installer;
     let offset = PART_START.to_string();
     let dir = format!("/{}", syslinux::DIR);
-    cmd!(
-        sh,
-        "{installer} --install --offset {offset} --directory {dir} {image}"
-    )
-    .env("SOURCE_DATE_EPOCH", stick::FIXED_EPOCH)
-    .env("TZ", "UTC")
-    .quiet()
-    .run()
-    .with_context(|| format!("installing syslinux into {}", image.display()))
+    let installer = &host.installer;
+    // The build's own installer runs through the loader it came with.
+    let run = match &host.loader {
+        Some(loader) => {
+            let lib = loader.parent().expect("the loader is in a directory");
+            cmd!(sh, "{loader} --library-path {lib} {installer}")
+        }
+        None => cmd!(sh, "{installer}"),
+    };
+    run.args(["--install", "--offset", &offset, "--directory", &dir])
+        .arg(image)
+        .env("SOURCE_DATE_EPOCH", stick::FIXED_EPOCH)
+        .env("TZ", "UTC")
+        .quiet()
+        .run()
+        .with_context(|| format!("installing syslinux into {}", image.display()))
 }
 
 /// syslinux rewrites the FAT32 boot sector but not its backup copy; fsck.vfat wants them equal.

@@ -35,6 +35,10 @@ pub struct Manifest {
     pub packages: BTreeMap<String, String>,
     /// Every artifact in OUT/ by file name.
     pub artifacts: BTreeMap<String, Artifact>,
+    /// The boot loaders the build carries in OUT/bootloaders (`syslinux`, `systemd-boot`), each with the
+    /// package it came from; the host's are used for the ones it does not name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bootloaders: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,6 +288,7 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
             artifacts,
+            bootloaders: Default::default(),
         }
     }
 

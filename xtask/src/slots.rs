@@ -760,6 +760,7 @@ mod tests {
             cmdline: String::new(),
             packages: BTreeMap::new(),
             artifacts,
+            bootloaders: Default::default(),
         }
         .to_json()
     }

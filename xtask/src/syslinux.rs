@@ -30,6 +30,9 @@ pub struct Host {
     pub modules: PathBuf,
     /// The mtools-based installer (`syslinux --install --offset`).
     pub installer: PathBuf,
+    /// The dynamic loader to run the installer through, with the libraries beside it: a build's own
+    /// installer (see `bootloaders`). None: the host's, run as it is.
+    pub loader: Option<PathBuf>,
 }
 
 /// The (mbr.bin directory, modules directory) pairs distributions install: Debian/Ubuntu, then
@@ -50,6 +53,22 @@ pub fn known_places() -> Vec<(PathBuf, PathBuf)> {
 
 const INSTALL_HINT: &str = "install syslinux (Debian/Ubuntu: apt-get install syslinux syslinux-common mtools; \
      Alpine: apk add syslinux mtools; Fedora: dnf install syslinux mtools; Arch: pacman -S syslinux mtools)";
+
+/// The syslinux the build in `build` carries (see `bootloaders`), else the host's ([`find`]); says which.
+pub fn find_for(build: &std::path::Path) -> Result<Host> {
+    if let Some((dir, installer, loader)) = crate::bootloaders::syslinux(build) {
+        eprintln!("syslinux: the build's ({})", dir.display());
+        return Ok(Host {
+            mbr: dir.join("mbr.bin"),
+            modules: dir,
+            installer,
+            loader: Some(loader),
+        });
+    }
+    let host = find()?;
+    eprintln!("syslinux: this host's ({})", host.modules.display());
+    Ok(host)
+}
 
 /// Finds syslinux on the host: `$RAMNAS_SYSLINUX_DIR` when set, else the known places.
 pub fn find() -> Result<Host> {
@@ -72,6 +91,7 @@ pub fn find_in(places: &[(PathBuf, PathBuf)], installer: PathBuf) -> Result<Host
             mbr: mbr.join("mbr.bin"),
             modules: modules.clone(),
             installer,
+            loader: None,
         }),
         None => {
             let looked: Vec<String> = places

@@ -77,6 +77,21 @@ pub fn known_places() -> Vec<PathBuf> {
     ]
 }
 
+/// The stub and systemd-boot the build in `build` carries (see `bootloaders`), else the host's
+/// ([`find`]); says which.
+pub fn find_for(build: &std::path::Path) -> Result<Host> {
+    if let Some(dir) = crate::bootloaders::systemd_boot(build) {
+        eprintln!("systemd-boot: the build's ({})", dir.display());
+        return find_in(&[dir]);
+    }
+    let host = find()?;
+    eprintln!(
+        "systemd-boot: this host's ({})",
+        host.stub.parent().unwrap_or(&host.stub).display()
+    );
+    Ok(host)
+}
+
 /// Finds the stub and systemd-boot: in `$RAMNAS_SYSTEMD_BOOT_DIR` when set, else the known places.
 pub fn find() -> Result<Host> {
     let places = match std::env::var_os(DIR_ENV) {

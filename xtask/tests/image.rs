@@ -51,6 +51,7 @@ fn write_manifest(out: &Path, build_id: &str) {
             .to_string(),
         packages: Default::default(),
         artifacts,
+        bootloaders: Default::default(),
     };
     fs::write(out.join("manifest.json"), manifest.to_json()).unwrap();
 }

@@ -16,7 +16,7 @@ use std::{
 
 use xtask::{
     fixture::{Fixture, HostKernel, Init},
-    qemu,
+    qemu, syslinux,
     uefi::{self, Role, Uki, View},
 };
 
@@ -403,5 +403,122 @@ fn the_image_boots_under_seabios_and_ovmf() {
     assert_eq!(
         common::boot_uefi(&img, dir, "ovmf"),
         "ramnas: ready slot=a build=hybrid"
+    );
+}
+
+/// A build whose tree holds Alpine's syslinux and systemd-boot (here the host's files, at the paths
+/// Alpine's packages use, with a changed MBR so the stick shows whose it got) carries them: the manifest
+/// and `status` say so, and `image` makes a stick from them alone — the host's out of reach — that boots
+/// under SeaBIOS and OVMF. The same build without them cannot be made into a stick that way.
+#[test]
+fn boot_loaders_from_the_tree_make_the_stick() {
+    let dir = common::tempdir();
+    let dir = dir.path();
+    let host_syslinux = syslinux::find().unwrap();
+    let host_uefi = uefi::find().unwrap();
+    // The MBR code with its error message changed: harmless, and unlike the host's.
+    let mut mbr = fs::read(&host_syslinux.mbr).unwrap();
+    let at = mbr
+        .windows(7)
+        .position(|w| w == b"Missing")
+        .expect("the MBR's message");
+    mbr[at] = b'm';
+    let own_mbr = dir.join("mbr.bin");
+    fs::write(&own_mbr, &mbr).unwrap();
+
+    let mut fixture = Fixture::new("own-boot");
+    fixture
+        .copies
+        .push((own_mbr, "usr/share/syslinux/mbr.bin".into()));
+    for module in syslinux::MODULES {
+        fixture.copies.push((
+            host_syslinux.modules.join(module),
+            format!("usr/share/syslinux/{module}"),
+        ));
+    }
+    fixture
+        .host_programs
+        .push(host_syslinux.installer.display().to_string());
+    fixture
+        .copies
+        .push((host_syslinux.installer.clone(), "usr/bin/syslinux".into()));
+    for file in [&host_uefi.stub, &host_uefi.boot] {
+        let name = file.file_name().unwrap().to_string_lossy();
+        fixture
+            .copies
+            .push((file.clone(), format!("usr/lib/systemd/boot/efi/{name}")));
+    }
+    fixture
+        .packages
+        .push(("syslinux".into(), "6.04_pre1-r2".into()));
+    fixture
+        .packages
+        .push(("systemd-boot".into(), "257.9-r0".into()));
+    let out = common::build_fixture(dir, &fixture, "out-own", &[]);
+    let manifest = xtask::slots::Build::open(&out).unwrap().manifest;
+    assert_eq!(
+        manifest.bootloaders,
+        [
+            ("syslinux".to_string(), "syslinux 6.04_pre1-r2".to_string()),
+            (
+                "systemd-boot".to_string(),
+                "systemd-boot 257.9-r0".to_string()
+            ),
+        ]
+        .into()
+    );
+    assert!(out.join("bootloaders/syslinux/lib/libc.so.6").is_file());
+
+    // The host's boot loaders out of reach: only the build's can make the stick.
+    let nowhere = dir.join("nowhere");
+    let image = |out: &Path| {
+        common::xtask_command(
+            dir,
+            &["image", "--out", out.to_str().unwrap(), "--size", "192M"],
+        )
+        .env(syslinux::DIR_ENV, &nowhere)
+        .env(uefi::DIR_ENV, &nowhere)
+        .output()
+        .unwrap()
+    };
+    let made = common::ok(&image(&out));
+    assert!(made.contains("syslinux: the build's"), "{made}");
+    assert!(made.contains("systemd-boot: the build's"), "{made}");
+    let img = out.join("boot.img");
+    assert_eq!(
+        fs::read(&img).unwrap()[..mbr.len()],
+        mbr[..],
+        "the tree's MBR"
+    );
+    let mut st = xtask::stick::open(img.to_str().unwrap()).unwrap();
+    assert_eq!(
+        st.read(uefi::BOOTLOADER).unwrap(),
+        fs::read(&host_uefi.boot).unwrap()
+    );
+    st.close().unwrap();
+    let status = common::ok(&common::xtask(dir, &["status", img.to_str().unwrap()]));
+    assert!(
+        status.contains(
+            "boot    syslinux from the build (syslinux 6.04_pre1-r2), systemd-boot from the build \
+             (systemd-boot 257.9-r0)"
+        ),
+        "{status}"
+    );
+    assert_eq!(
+        common::boot_bios(&img, dir, "seabios-own"),
+        "ramnas: ready slot=a build=own-boot"
+    );
+    assert_eq!(
+        common::boot_uefi(&img, dir, "ovmf-own"),
+        "ramnas: ready slot=a build=own-boot"
+    );
+
+    let plain = fixture_build(dir, "plain");
+    let err = common::failed(&image(&plain));
+    assert!(err.contains(&nowhere.display().to_string()), "{err}");
+    let status = common::ok(&common::xtask(dir, &["status", img.to_str().unwrap()]));
+    assert!(
+        status.contains("boot    syslinux from the build"),
+        "{status}"
     );
 }
