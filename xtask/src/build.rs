@@ -71,8 +71,12 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
     if let Some(why) = why_root(&flags) {
         if !is_root() {
             if flags.base.is_none() {
-                // Fetch and verify the programs as the user, so the cache stays the user's.
+                // Fetch and verify the programs, and make the package cache, as the user, so the cache
+                // stays the user's.
                 rootfs::Tools::get(flags.offline)?;
+                let cache = rootfs::package_cache(&system)?;
+                fs::create_dir_all(&cache)
+                    .with_context(|| format!("creating {}", cache.display()))?;
             }
             return rerun_with_sudo(&why);
         }

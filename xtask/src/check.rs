@@ -65,16 +65,19 @@ fn lock_problems(dir: &std::path::Path) -> Vec<String> {
             );
             Vec::new()
         }
-        Ok(Some(lock)) => lock
-            .stale(&system.config.alpine.branch_dir(), &system.world())
-            .into_iter()
-            .map(|why| {
-                format!(
-                    "{}: {why}: `cargo xtask build` updates the lock (`--update` resolves everything afresh)",
-                    path.display()
-                )
-            })
-            .collect(),
+        Ok(Some(lock)) => {
+            let branch = system.config.alpine.branch_dir();
+            // Another branch needs everything resolved afresh; a `packages` edit only what it touches.
+            let fix = if lock.branch != branch {
+                "`cargo xtask build --update` resolves the packages afresh"
+            } else {
+                "`cargo xtask build` updates the lock (`--update` resolves everything afresh)"
+            };
+            lock.stale(&branch, &system.world())
+                .into_iter()
+                .map(|why| format!("{}: {why}: {fix}", path.display()))
+                .collect()
+        }
     }
 }
 

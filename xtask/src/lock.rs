@@ -11,8 +11,9 @@
 //! ```
 //!
 //! A package asked for that the lock does not hold yet is resolved afresh (with everything locked held
-//! where it is); one no longer asked for is dropped with whatever only it needed. `build --update`
-//! ignores the lock and resolves everything afresh.
+//! where it is); one no longer asked for is dropped with whatever only it needed. After the install, every
+//! locked package the tree holds must be the locked version with the locked checksum (a package rebuilt
+//! under the same version is refused). `build --update` ignores the lock and resolves everything afresh.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -161,16 +162,10 @@ impl Lock {
     }
 
     /// apk's package list for a build held to this lock: `world` as written, then every other locked
-    /// package pinned (`name=version`) — except what was asked for only by entries `world` no longer
-    /// has, and `drop`. An entry of `world` without a version constraint is pinned too.
+    /// package pinned (`name=version`) but those in `drop` (what the last install showed nothing needs any
+    /// more). An entry of `world` without a version constraint is pinned too.
     pub fn pinned(&self, world: &[String], drop: &BTreeSet<String>) -> Vec<String> {
         let asked: BTreeSet<&str> = world.iter().map(|e| entry_name(e)).collect();
-        let gone: BTreeSet<&str> = self
-            .world
-            .iter()
-            .map(|e| entry_name(e))
-            .filter(|n| !asked.contains(n))
-            .collect();
         let mut list: Vec<String> = world
             .iter()
             .map(|entry| match self.packages.get(entry.as_str()) {
@@ -180,8 +175,7 @@ impl Lock {
             })
             .collect();
         for (name, p) in &self.packages {
-            if asked.contains(name.as_str()) || gone.contains(name.as_str()) || drop.contains(name)
-            {
+            if asked.contains(name.as_str()) || drop.contains(name) {
                 continue;
             }
             list.push(format!("{name}={}", p.version));
@@ -204,6 +198,36 @@ impl Lock {
             diff.kernel = Some((kernel(old), kernel(self)));
         }
         diff
+    }
+}
+
+impl Lock {
+    /// How the tree at `tree` differs from this lock in what `pinned` held: each locked package it holds
+    /// at another version or with another checksum, one line each (empty when it holds exactly the lock).
+    pub fn mismatches(&self, tree: &Path, pinned: &[String]) -> anyhow::Result<Vec<String>> {
+        let db = tree.join("lib/apk/db/installed");
+        let text = fs::read_to_string(&db).with_context(|| format!("reading {}", db.display()))?;
+        let mut why = Vec::new();
+        for p in Installed::parse(&text) {
+            let Some(locked) = self.packages.get(&p.name) else {
+                continue;
+            };
+            if !pinned.contains(&format!("{}={}", p.name, locked.version)) {
+                continue; // asked for with a constraint of its own
+            }
+            if p.version != locked.version {
+                why.push(format!(
+                    "{} is {}, the lock says {}",
+                    p.name, p.version, locked.version
+                ));
+            } else if p.checksum != locked.checksum {
+                why.push(format!(
+                    "{} {} has checksum {}, the lock says {} (rebuilt under the same version)",
+                    p.name, p.version, p.checksum, locked.checksum
+                ));
+            }
+        }
+        Ok(why)
     }
 }
 
@@ -258,11 +282,26 @@ impl Installed {
 }
 
 /// The packages of a tree that nothing in `world` needs: not asked for, not a dependency of one that
-/// is (through names and what packages provide), not installed with one (install_if).
-pub fn unneeded(tree: &Path, world: &[String]) -> anyhow::Result<BTreeSet<String>> {
+/// is (through names and what packages provide), not installed with one (install_if). What the tree's
+/// own apk world holds besides `pinned` (added by setup.sh, or by alpine-make-rootfs itself) counts as
+/// asked for too.
+pub fn unneeded(
+    tree: &Path,
+    world: &[String],
+    pinned: &[String],
+) -> anyhow::Result<BTreeSet<String>> {
     let db = tree.join("lib/apk/db/installed");
     let text = fs::read_to_string(&db).with_context(|| format!("reading {}", db.display()))?;
-    Ok(unneeded_in(&Installed::parse(&text), world))
+    let mut roots = world.to_vec();
+    if let Ok(tree_world) = fs::read_to_string(tree.join("etc/apk/world")) {
+        roots.extend(
+            tree_world
+                .lines()
+                .filter(|l| !l.is_empty() && !pinned.iter().any(|p| p == l))
+                .map(str::to_string),
+        );
+    }
+    Ok(unneeded_in(&Installed::parse(&text), &roots))
 }
 
 fn unneeded_in(installed: &[Installed], world: &[String]) -> BTreeSet<String> {
@@ -297,11 +336,16 @@ fn unneeded_in(installed: &[Installed], world: &[String]) -> BTreeSet<String> {
                 .get(entry_name(name))
                 .is_some_and(|ps| ps.iter().any(|&i| needed[i]))
         };
+        // `!name` in install_if: only while name is not needed.
+        let holds = |cond: &String| match cond.strip_prefix('!') {
+            Some(name) => !provided(name),
+            None => provided(cond),
+        };
         let more: Vec<usize> = (0..installed.len())
             .filter(|&i| {
                 !needed[i]
                     && !installed[i].install_if.is_empty()
-                    && installed[i].install_if.iter().all(|n| provided(n))
+                    && installed[i].install_if.iter().all(holds)
             })
             .collect();
         if more.is_empty() {
@@ -370,25 +414,35 @@ mod tests {
             pkg("busybox", "so:libc.musl-x86_64.so.1", "cmd:sh=1", ""),
             pkg("openrc", "so:libc.musl-x86_64.so.1 !sysvinit", "", ""),
             pkg("busybox-openrc", "", "", "busybox=1 openrc"),
+            pkg("openrc-nosamba", "", "", "openrc !samba"),
             pkg("samba", "libtalloc>=2", "", ""),
             pkg("libtalloc", "so:libc.musl-x86_64.so.1", "", ""),
         ];
         let world = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(unneeded_in(&db, &world(&["busybox", "openrc", "samba"])).is_empty());
+        assert_eq!(
+            unneeded_in(&db, &world(&["busybox", "openrc", "samba"])),
+            BTreeSet::from(["openrc-nosamba".to_string()])
+        );
         assert_eq!(
             unneeded_in(&db, &world(&["busybox", "openrc=0.63-r1"])),
             BTreeSet::from(["libtalloc".to_string(), "samba".to_string()])
         );
         assert_eq!(
             unneeded_in(&db, &world(&["busybox"])),
-            ["busybox-openrc", "libtalloc", "openrc", "samba"]
-                .map(String::from)
-                .into()
+            [
+                "busybox-openrc",
+                "libtalloc",
+                "openrc",
+                "openrc-nosamba",
+                "samba"
+            ]
+            .map(String::from)
+            .into()
         );
     }
 
     #[test]
-    fn pins_hold_the_rest_and_drop_what_is_gone() {
+    fn pins_hold_all_but_what_is_dropped() {
         let lock = Lock::parse(
             "# c\nbranch v3.22\nworld busybox\nworld samba\n\
              package busybox 1.37-r1 Q1a=\npackage musl 1.2-r2 Q1b=\n\
@@ -399,7 +453,12 @@ mod tests {
         let world: Vec<String> = ["busybox", "nfs-utils"].map(String::from).into();
         assert_eq!(
             lock.pinned(&world, &BTreeSet::from(["libtalloc".to_string()])),
-            ["busybox=1.37-r1", "nfs-utils", "musl=1.2-r2"]
+            [
+                "busybox=1.37-r1",
+                "nfs-utils",
+                "musl=1.2-r2",
+                "samba=4.20-r0"
+            ]
         );
         assert_eq!(
             lock.stale("v3.22", &world),

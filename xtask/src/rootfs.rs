@@ -303,7 +303,13 @@ pub fn ensure(
     let tree = out.join("rootfs");
     let stamp = out.join("rootfs.inputs");
     let lock_path = system.lock_path();
-    let old_lock = Lock::load(&lock_path)?;
+    let old_lock = match Lock::load(&lock_path) {
+        Err(err) if request.update => {
+            eprintln!("    {err:#}: --update writes it afresh");
+            None
+        }
+        loaded => loaded?,
+    };
     let lock = if request.update {
         None
     } else {
@@ -314,9 +320,11 @@ pub fn ensure(
     if let Some(lock) = &lock {
         if lock.branch != branch {
             bail!(
-                "{}: resolved on Alpine {}, but system.toml says {branch}:                  `cargo xtask build --update` resolves the packages afresh",
+                "{}: resolved on Alpine {}, but {} says {branch}: `cargo xtask build --update` \
+                 resolves the packages afresh",
                 lock_path.display(),
-                lock.branch
+                lock.branch,
+                system.toml().display()
             );
         }
     }
@@ -384,25 +392,37 @@ fn make(
                 system.lock_path().display()
             ))
         })?;
-        let installed = dest.join("lib/apk/db/installed");
-        let asked: BTreeSet<&str> = world.iter().map(|e| lock::entry_name(e)).collect();
-        let dropped_before = drop.len();
-        if lock.is_some() && installed.exists() {
-            // Packages held only by the lock that nothing asked for needs any more.
-            drop.extend(
-                lock::unneeded(dest, world)?
-                    .into_iter()
-                    .filter(|n| !asked.contains(n.as_str())),
-            );
-        }
-        if drop.len() == dropped_before {
+        let Some(lock) = lock.filter(|_| dest.join("lib/apk/db/installed").exists()) else {
             lock::restore_world(dest, world, &packages)?;
             return clamp_dates(dest, request.source_date);
+        };
+        // Locked packages only the lock held, that nothing asked for needs any more: install again
+        // without them.
+        let asked: BTreeSet<&str> = world.iter().map(|e| lock::entry_name(e)).collect();
+        let unneeded: Vec<String> = lock::unneeded(dest, world, &packages)?
+            .into_iter()
+            .filter(|n| lock.packages.contains_key(n) && !asked.contains(n.as_str()))
+            .filter(|n| !drop.contains(n))
+            .collect();
+        if !unneeded.is_empty() {
+            eprintln!(
+                "    no longer needed: {}; installing again without them",
+                unneeded.join(" ")
+            );
+            drop.extend(unneeded);
+            continue;
         }
-        eprintln!(
-            "    no longer needed: {}; installing again without them",
-            drop.iter().cloned().collect::<Vec<_>>().join(" ")
-        );
+        let mismatches = lock.mismatches(dest, &packages)?;
+        if !mismatches.is_empty() {
+            bail!(
+                "the tree does not hold what {} says: {}; `cargo xtask build --update` accepts what the \
+                 repositories have now",
+                system.lock_path().display(),
+                mismatches.join("; ")
+            );
+        }
+        lock::restore_world(dest, world, &packages)?;
+        return clamp_dates(dest, request.source_date);
     }
 }
 
@@ -431,7 +451,22 @@ fn write_lock(
     match old {
         Some(old) => {
             let diff = new.diff(old, &system.config.kernel.package());
-            eprint!("    {}: updated\n{diff}", path.display());
+            let rebuilt: Vec<String> = new
+                .packages
+                .iter()
+                .filter(|(n, p)| {
+                    old.packages
+                        .get(*n)
+                        .is_some_and(|o| o.version == p.version && o.checksum != p.checksum)
+                })
+                .map(|(n, p)| format!("~ {n} {} (rebuilt: another checksum)\n", p.version))
+                .collect();
+            let what = match (diff.is_empty(), rebuilt.is_empty()) {
+                (true, true) => "the packages asked for\n".to_string(),
+                (true, false) => rebuilt.concat(),
+                (false, _) => format!("{diff}{}", rebuilt.concat()),
+            };
+            eprint!("    {}: updated:\n{what}", path.display());
         }
         None => eprintln!(
             "    {}: written ({} packages); commit it with the system",
@@ -492,10 +527,7 @@ fn check_offline(
         }
     }
     for (name, p) in &lock.packages {
-        let file = format!("{name}-{}.", p.version);
-        let in_cache = cached
-            .iter()
-            .any(|f| f.starts_with(&file) && f.ends_with(".apk"));
+        let in_cache = cached.contains(&cache_package_name(name, &p.version, &p.checksum));
         if !in_cache && !local.contains(&(name.clone(), p.version.clone())) {
             missing.push(format!("{name} {}", p.version));
         }
@@ -517,6 +549,40 @@ fn check_offline(
 fn cache_index_name(repo: &str) -> String {
     let sum = sha1::Sha1::digest(format!("{repo}/x86_64/APKINDEX.tar.gz").as_bytes());
     format!("APKINDEX.{}.tar.gz", hex(&sum[..4]))
+}
+
+/// The name apk gives a package in its cache: `<name>-<version>.<first 4 bytes of its checksum, in
+/// hex>.apk`, the checksum being apk's `Q1` + base64 of a SHA-1 (checked against a real cache).
+fn cache_package_name(name: &str, version: &str, checksum: &str) -> String {
+    let sum = checksum
+        .strip_prefix("Q1")
+        .map(base64_decode)
+        .unwrap_or_default();
+    let head = if sum.len() >= 4 {
+        hex(&sum[..4])
+    } else {
+        "?".to_string()
+    };
+    format!("{name}-{version}.{head}.apk")
+}
+
+/// Standard base64 (with `=` padding) to bytes; what is not base64 ends the data.
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut bits, mut n) = (0u32, 0);
+    for c in text.bytes() {
+        let Some(v) = ALPHABET.iter().position(|&a| a == c) else {
+            break;
+        };
+        bits = (bits << 6) | v as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
 }
 
 /// (name, version) of every package a local APKINDEX.tar.gz lists.
@@ -665,7 +731,16 @@ pub fn run(
     for var in TOOL_ENV {
         c = c.env_remove(var);
     }
-    let mut apk_opts = format!("--no-progress --cache-dir {}", absolute(cache)?.display());
+    let cache = absolute(cache)?;
+    if cache.to_string_lossy().contains(char::is_whitespace) {
+        // alpine-make-rootfs splits APK_OPTS at spaces.
+        bail!(
+            "the package cache {} has a space in its path, which alpine-make-rootfs cannot pass to apk: \
+             set XDG_CACHE_HOME to a directory without one",
+            cache.display()
+        );
+    }
+    let mut apk_opts = format!("--no-progress --cache-dir {}", cache.display());
     if offline {
         apk_opts.push_str(" --no-network");
     }
@@ -708,6 +783,15 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cached_package_names_are_apks() {
+        // musl as a real apk-tools 2.14 cached it (its C: is the SHA-1 of its control stream).
+        assert_eq!(
+            super::cache_package_name("musl", "1.2.5-r21", "Q10Fp17BPhp6i6tWznzT3Hm9cn5pg="),
+            "musl-1.2.5-r21.d05a75ec.apk"
+        );
+    }
+
     #[test]
     fn cached_index_names_are_apks() {
         // As a real apk-tools 2.14 named them in its --cache-dir, for a mirror on 127.0.0.1:18123.

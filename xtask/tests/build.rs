@@ -791,10 +791,12 @@ fn alpine_settings_for_local_mirrors_and_repositories() {
 /// alpine-make-rootfs with apk as far as the lock and the cache need it. The repository is
 /// `$FAKE_REPO/<name>/<version>`, a file holding the names the package depends on. Each entry of PACKAGES
 /// (`name` or `name=version`) is installed with its dependencies: a version pinned in PACKAGES, else the
-/// newest. With `--cache-dir` every package is kept there as `<name>-<version>.<hash>.apk` and each http
-/// repository's index as `APKINDEX.<first 4 bytes of SHA-1 of the index's URL>.tar.gz`, as apk names them; with
-/// `--no-network` both must be there already. Writes apk's database (P, V, C, D) and world; `passwd`
-/// writes today's day into /etc/shadow. Records `run PACKAGES [offline]` in $FAKE_RECORD.
+/// newest. Its checksum is `Q1` + base64 of the file's SHA-1. With `--cache-dir` every package is kept
+/// there as `<name>-<version>.<first 4 bytes of that SHA-1>.apk` and each http repository's index as
+/// `APKINDEX.<first 4 bytes of SHA-1 of the index's URL>.tar.gz`, as apk names them; with `--no-network`
+/// both must be there already, and packages are installed from the cache alone. Writes apk's database
+/// (P, V, C, D) and world; `passwd` writes today's day into /etc/shadow. Records `run PACKAGES [offline]`
+/// in $FAKE_RECORD, and the day it saw in $FAKE_RECORD.days.
 const FAKE_APK_TOOL: &str = r#"#!/bin/sh
 set -eu
 dest=$1
@@ -815,34 +817,45 @@ while read -r repo; do
         echo "$repo" > "$index"
     fi
 done < "$REPOS_FILE"
+echo "day $(( $(date +%s) / 86400 ))" >> "$FAKE_RECORD.days"
 state=$(mktemp -d)
 version_of() {
     for p in $PACKAGES; do case $p in "$1="*) echo "${p#*=}"; return;; esac; done
-    ls "$FAKE_REPO/$1" 2>/dev/null | sort -V | tail -n 1
+    if [ -n "$offline" ]; then
+        ls "$cache" | sed -n "s/^$1-\([0-9][^-]*-r[0-9]*\)\.[0-9a-f]*\.apk$/\1/p" | sort -V | tail -n 1
+    else
+        ls "$FAKE_REPO/$1" 2>/dev/null | sort -V | tail -n 1
+    fi
+}
+source_of() {
+    if [ -n "$offline" ]; then ls "$cache/$1-$2".*.apk 2>/dev/null | head -n 1; else echo "$FAKE_REPO/$1/$2"; fi
 }
 install() {
-    local name=$1 version dep
+    local name=$1 version dep src sum
     [ -e "$state/$name" ] && return 0
     version=$(version_of "$name")
-    [ -n "$version" ] && [ -e "$FAKE_REPO/$name/$version" ] \
-        || die "unable to select packages: $name-$version (no such package)"
+    src=$(source_of "$name" "$version")
     if [ -n "$offline" ]; then
-        ls "$cache/$name-$version".*.apk >/dev/null 2>&1 || die "$name-$version: not in the cache (network disabled)"
+        [ -n "$src" ] || die "$name-$version: not in the cache (network disabled)"
     else
-        cp "$FAKE_REPO/$name/$version" "$cache/$name-$version.0123abcd.apk"
+        [ -n "$version" ] && [ -e "$src" ] || die "unable to select packages: $name-$version (no such package)"
+        sum=$(sha1sum < "$src" | cut -c1-8)
+        cp "$src" "$cache/$name-$version.$sum.apk"
     fi
-    echo "$version" > "$state/$name"
-    for dep in $(cat "$FAKE_REPO/$name/$version"); do install "$dep"; done
+    printf '%s %s\n' "$version" "$src" > "$state/$name"
+    for dep in $(cat "$src"); do install "$dep"; done
 }
 for p in $PACKAGES; do install "${p%%=*}"; done
+# What alpine-make-rootfs (alpine-release) or setup.sh asks apk for besides PACKAGES.
+for p in ${FAKE_EXTRA:-}; do install "$p"; done
 cp -a "$FAKE_TREE"/. "$dest"/
 mkdir -p "$dest/lib/apk/db" "$dest/etc/apk"
 for f in $(ls "$state" | sort); do
-    v=$(cat "$state/$f")
-    printf 'P:%s\nV:%s\nC:Q1%s=\nD:%s\n\n' "$f" "$v" "$(sha1sum < "$FAKE_REPO/$f/$v" | cut -c1-27)" \
-        "$(cat "$FAKE_REPO/$f/$v")"
+    read -r v src < "$state/$f"
+    sum=$(sha1sum < "$src" | cut -c1-40 | perl -ne 'chomp; print pack("H*", $_)' | base64)
+    printf 'P:%s\nV:%s\nC:Q1%s\nD:%s\n\n' "$f" "$v" "$sum" "$(cat "$src")"
 done > "$dest/lib/apk/db/installed"
-printf '%s\n' $PACKAGES | sort -u > "$dest/etc/apk/world"
+printf '%s\n' $PACKAGES ${FAKE_EXTRA:-} | sort -u > "$dest/etc/apk/world"
 rm -r "$state"
 echo "root::$(( $(date +%s) / 86400 )):0:::::" > "$dest/etc/shadow"
 "#;
@@ -888,15 +901,17 @@ fn packages_lock_holds_versions_and_follows_edits() {
         "packages",
         "busybox\nsamba\nlinux-lts\nlinux-firmware-none\n",
     );
-    let build = |extra: &[&str]| {
+    let build_with = |extra: &[&str], env: &[(&str, &str)]| {
         let o = s
             .command(&s.system)
             .args(extra)
             .env("FAKE_REPO", &repo)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         common::ok(&o)
     };
+    let build = |extra: &[&str]| build_with(extra, &[]);
     let lock_path = s.system.join("packages.lock");
     let lock = || Lock::load(&lock_path).unwrap().expect("a lock");
     let version = |name: &str| lock().packages.get(name).map(|p| p.version.clone());
@@ -979,7 +994,7 @@ fn packages_lock_holds_versions_and_follows_edits() {
         runs()[2..],
         [
             "run busybox=1.36.1-r0 nfs-utils linux-lts=6.12.1-r0 linux-firmware-none=20250101-r0 \
-             libtalloc=2.4.2-r0 musl=1.2.5-r0",
+             libtalloc=2.4.2-r0 musl=1.2.5-r0 samba=4.20.1-r0",
             "run busybox=1.36.1-r0 nfs-utils linux-lts=6.12.1-r0 linux-firmware-none=20250101-r0 \
              musl=1.2.5-r0",
         ]
@@ -1021,6 +1036,46 @@ fn packages_lock_holds_versions_and_follows_edits() {
     }
     assert_eq!(version("busybox").as_deref(), Some("1.37.0-r0"));
 
+    // An entry removed from `packages` that another still needs stays at its locked version, in one run.
+    s.write(
+        "packages",
+        "busybox\nmusl\nnfs-utils\nlinux-lts\nlinux-firmware-none\n",
+    );
+    build(&[]);
+    publish(&repo, "musl", "1.2.6-r0", "");
+    s.write(
+        "packages",
+        "busybox\nnfs-utils\nlinux-lts\nlinux-firmware-none\n",
+    );
+    let before = runs().len();
+    build(&[]);
+    assert_eq!(runs().len(), before + 1, "nothing to drop: one run");
+    assert_eq!(version("musl").as_deref(), Some("1.2.5-r0"));
+
+    // What alpine-make-rootfs or setup.sh asks apk for besides `packages` is locked too, in one run.
+    publish(&repo, "alpine-release", "3.22.1-r0", "");
+    let extra = [("FAKE_EXTRA", "alpine-release")];
+    build_with(&["--fresh"], &extra);
+    build_with(&["--fresh"], &extra);
+    assert_eq!(runs().len(), before + 3, "{:?}", runs());
+    assert_eq!(version("alpine-release").as_deref(), Some("3.22.1-r0"));
+
+    // A package rebuilt under its locked version: refused, naming it.
+    publish(&repo, "busybox", "1.37.0-r0", "musl ");
+    let o = s
+        .command(&s.system)
+        .args(["--fresh"])
+        .env("FAKE_REPO", &repo)
+        .output()
+        .unwrap();
+    let err = common::failed(&o);
+    assert!(
+        err.contains("busybox 1.37.0-r0 has checksum")
+            && err.contains("rebuilt under the same version"),
+        "{err}"
+    );
+    publish(&repo, "busybox", "1.37.0-r0", "musl");
+
     // A locked version the repositories no longer have: one error naming it, the lock and where it looked.
     fs::remove_file(repo.join("busybox/1.37.0-r0")).unwrap();
     let o = s
@@ -1053,11 +1108,17 @@ fn packages_lock_holds_versions_and_follows_edits() {
     // One resolved on another branch: --update, says the error.
     fs::write(&lock_path, locked.replace("branch v3.22", "branch v3.21")).unwrap();
     let err = common::failed(&s.build(&[]));
-    assert!(
-        err.contains("resolved on Alpine v3.21, but system.toml says v3.22"),
-        "{err}"
+    let want = format!(
+        "resolved on Alpine v3.21, but {} says v3.22",
+        s.system.join("system.toml").display()
     );
+    assert!(err.contains(&want), "{err}");
     assert_eq!(runs().len(), before, "the tool must not run");
+    // --update writes a broken lock afresh.
+    fs::write(&lock_path, "garbage\n").unwrap();
+    let updated = build(&["--update"]);
+    assert!(updated.contains("--update writes it afresh"), "{updated}");
+    assert_eq!(version("busybox").as_deref(), Some("1.36.1-r0"));
 }
 
 /// With the cache warm, `--offline` needs nothing from the network and gives the same bytes on another
@@ -1094,8 +1155,13 @@ fn offline_builds_from_the_cache_give_the_same_bytes_on_another_day() {
                 None => command.env_remove(k),
             };
         }
+        // Offline, the stand-in has the cache alone to install from.
+        if extra.contains(&"--offline") {
+            command.env_remove("FAKE_REPO");
+        } else {
+            command.env("FAKE_REPO", &repo);
+        }
         command
-            .env("FAKE_REPO", &repo)
             .env("XDG_CACHE_HOME", cache)
             .env("SOURCE_DATE_EPOCH", "1700000000")
             .output()
@@ -1117,9 +1183,16 @@ fn offline_builds_from_the_cache_give_the_same_bytes_on_another_day() {
 
     // Online once: the cache fills and the lock is written.
     common::ok(&build(&s.system, &cache, "2027-01-01 12:00:00", &[]));
-    assert!(cache
-        .join("ramnas/apk/v3.22/busybox-1.0-r0.0123abcd.apk")
-        .is_file());
+    let cached: Vec<String> = fs::read_dir(cache.join("ramnas/apk/v3.22"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        cached
+            .iter()
+            .any(|f| f.starts_with("busybox-1.0-r0.") && f.ends_with(".apk")),
+        "{cached:?}"
+    );
 
     // Offline, on another day: nothing from the network, the same bytes.
     let online = products();
@@ -1158,6 +1231,10 @@ fn offline_builds_from_the_cache_give_the_same_bytes_on_another_day() {
         online,
         "another checkout and cache give other bytes"
     );
+    // The stand-in saw three days: the clock really was another each time.
+    let days = fs::read_to_string(s.dir.path().join("record.days")).unwrap();
+    let days: std::collections::BTreeSet<&str> = days.lines().collect();
+    assert_eq!(days.len(), 3, "{days:?}");
 
     // A cold cache: at once, naming every package and index that is missing; the tool does not run.
     let runs = s.runs_of_any();
