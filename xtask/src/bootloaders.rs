@@ -17,6 +17,8 @@ use anyhow::{bail, Context, Result};
 
 /// Under OUT.
 pub const DIR: &str = "bootloaders";
+/// On the stick: whose boot loaders `image` installed (`status` shows it).
+pub const RECORD: &str = "bootloaders.txt";
 pub const SYSLINUX: &str = "syslinux";
 pub const SYSTEMD_BOOT: &str = "systemd-boot";
 
@@ -58,72 +60,104 @@ pub fn copy_from_tree(
         .map(|f| sys.join(f))
         .collect();
     syslinux.push(tree.join(TREE_SYSLINUX_INSTALLER));
-    if let Some(files) = complete(tree, "syslinux", &syslinux) {
+    if complete(tree, "syslinux", &syslinux) {
         let dir = dest.join(SYSLINUX);
-        fs::create_dir_all(dir.join(LIB)).with_context(|| format!("creating {}", dir.display()))?;
-        for file in &files {
-            copy(
-                tree,
-                file,
-                &dir.join(file.file_name().expect("a file name")),
-            )?;
+        copy_into(tree, &syslinux, &dir)?;
+        let installer = tree.join(TREE_SYSLINUX_INSTALLER);
+        match copy_loader(tree, &installer, &dir.join(LIB)) {
+            Ok(()) => {
+                found.insert(SYSLINUX.to_string(), from("syslinux"));
+            }
+            Err(err) => {
+                eprintln!(
+                    "ramnas: warning: the tree's syslinux cannot be run here ({err:#}): the host's is used"
+                );
+                fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            }
         }
-        copy_loader(tree, &tree.join(TREE_SYSLINUX_INSTALLER), &dir.join(LIB))?;
-        found.insert(SYSLINUX.to_string(), from("syslinux"));
     }
 
     let efi = tree.join(TREE_SYSTEMD_BOOT);
     let uefi = [crate::uefi::STUB, crate::uefi::SYSTEMD_BOOT].map(|f| efi.join(f));
-    if let Some(files) = complete(tree, "systemd-boot and systemd-efistub", &uefi) {
-        let dir = dest.join(SYSTEMD_BOOT);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for file in &files {
-            copy(
-                tree,
-                file,
-                &dir.join(file.file_name().expect("a file name")),
-            )?;
-        }
+    if complete(tree, "systemd-boot and systemd-efistub", &uefi) {
+        copy_into(tree, &uefi, &dest.join(SYSTEMD_BOOT))?;
         found.insert(SYSTEMD_BOOT.to_string(), from("systemd-boot"));
     }
     Ok(found)
 }
 
-/// `files` when all exist, None when none does; a warning naming the missing ones otherwise.
-fn complete(tree: &Path, what: &str, files: &[PathBuf]) -> Option<Vec<PathBuf>> {
+/// Copies `files` of `tree` into the new directory `dir`, each under its own name.
+fn copy_into(tree: &Path, files: &[PathBuf], dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for file in files {
+        copy(
+            tree,
+            file,
+            &dir.join(file.file_name().expect("a file name")),
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether all of `files` exist; when only some do, a warning naming the missing ones.
+fn complete(tree: &Path, what: &str, files: &[PathBuf]) -> bool {
     let missing: Vec<String> = files
         .iter()
         .filter(|f| resolve(tree, f).is_none())
         .map(|f| f.display().to_string())
         .collect();
-    if missing.is_empty() {
-        return Some(files.to_vec());
-    }
-    if missing.len() < files.len() {
+    if !missing.is_empty() && missing.len() < files.len() {
         eprintln!(
             "ramnas: warning: the tree holds only part of {what} (missing {}): the host's is used",
             missing.join(", ")
         );
     }
-    None
+    missing.is_empty()
 }
 
-/// `path` (inside `tree`) with symlinks followed as the tree sees them: an absolute target is inside
-/// the tree. None when it is not a file.
+/// `path` (inside `tree`) with every symlink on the way followed as the tree sees it: an absolute target
+/// starts again at the tree's root, and `..` stops there. None when it is not a file.
 fn resolve(tree: &Path, path: &Path) -> Option<PathBuf> {
-    let mut path = path.to_path_buf();
-    for _ in 0..16 {
-        let meta = fs::symlink_metadata(&path).ok()?;
-        if !meta.file_type().is_symlink() {
-            return meta.is_file().then_some(path);
+    use std::path::Component;
+    let push_all = |todo: &mut Vec<std::ffi::OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => todo.push(n.to_os_string()),
+                Component::ParentDir => todo.push("..".into()),
+                _ => {}
+            }
         }
-        let target = fs::read_link(&path).ok()?;
-        path = match target.strip_prefix("/") {
-            Ok(inside) => tree.join(inside),
-            Err(_) => path.parent()?.join(target),
-        };
+    };
+    let mut todo = Vec::new();
+    push_all(&mut todo, path.strip_prefix(tree).ok()?);
+    let mut at: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            at.pop();
+            continue;
+        }
+        let here = at
+            .iter()
+            .fold(tree.to_path_buf(), |p, n| p.join(n))
+            .join(&name);
+        let meta = fs::symlink_metadata(&here).ok()?;
+        if !meta.file_type().is_symlink() {
+            at.push(name);
+            continue;
+        }
+        links += 1;
+        if links > 40 {
+            return None;
+        }
+        let target = fs::read_link(&here).ok()?;
+        if target.is_absolute() {
+            at.clear();
+        }
+        push_all(&mut todo, &target);
     }
-    None
+    let full = at.iter().fold(tree.to_path_buf(), |p, n| p.join(n));
+    full.is_file().then_some(full)
 }
 
 fn copy(tree: &Path, from: &Path, to: &Path) -> Result<()> {
@@ -139,12 +173,10 @@ fn copy_loader(tree: &Path, program: &Path, lib: &Path) -> Result<()> {
     let bytes = fs::read(program).with_context(|| format!("reading {}", program.display()))?;
     let elf = Elf::parse(&bytes)
         .with_context(|| format!("{}: not an x86-64 ELF program", program.display()))?;
-    let interp = elf.interp.with_context(|| {
-        format!(
-            "{}: no ELF interpreter (a static program?)",
-            program.display()
-        )
-    })?;
+    fs::create_dir_all(lib).with_context(|| format!("creating {}", lib.display()))?;
+    let Some(interp) = elf.interp else {
+        return Ok(()); // static: it runs as it is
+    };
     let interp_path = tree.join(interp.trim_start_matches('/'));
     let name = Path::new(&interp)
         .file_name()
@@ -180,21 +212,17 @@ fn copy_loader(tree: &Path, program: &Path, lib: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The syslinux of a build, when it carries one: (mbr.bin's directory and the modules' directory, the
-/// installer, its loader).
-pub fn syslinux(build: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+/// The syslinux of a build, when it carries one: (mbr.bin's and the modules' directory, the installer, the
+/// loader to run it through: the one its ELF header names, None for a static one).
+pub fn syslinux(build: &Path) -> Option<(PathBuf, PathBuf, Option<PathBuf>)> {
     let dir = build.join(DIR).join(SYSLINUX);
     let installer = dir.join(INSTALLER);
-    let lib = dir.join(LIB);
-    let loader = fs::read_dir(&lib)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("ld-"))
-        })?;
-    (installer.is_file()).then_some((dir, installer, loader))
+    let elf = Elf::parse(&fs::read(&installer).ok()?)?;
+    let loader = match elf.interp {
+        Some(interp) => Some(dir.join(LIB).join(Path::new(&interp).file_name()?)),
+        None => None,
+    };
+    Some((dir, installer, loader))
 }
 
 /// The systemd-boot directory of a build, when it carries one.
@@ -210,60 +238,73 @@ struct Elf {
 }
 
 impl Elf {
-    /// A 64-bit little-endian ELF file's PT_INTERP and DT_NEEDED entries.
+    /// A 64-bit little-endian x86-64 ELF file's PT_INTERP and DT_NEEDED entries; None for anything else,
+    /// or when an offset in it points outside the file.
     fn parse(b: &[u8]) -> Option<Elf> {
         if b.get(..6)? != b"\x7fELF\x02\x01" {
             return None;
         }
-        let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
-        let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
-        let u64_at = |o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
-        let phoff = u64_at(0x20)? as usize;
-        let phentsize = u16_at(0x36)? as usize;
-        let phnum = u16_at(0x38)? as usize;
-        let cstr = |o: usize| {
-            let s = b.get(o..)?;
+        let at = |o: u64, n: usize| -> Option<&[u8]> {
+            let o = usize::try_from(o).ok()?;
+            b.get(o..o.checked_add(n)?)
+        };
+        let u16_at = |o: u64| Some(u16::from_le_bytes(at(o, 2)?.try_into().ok()?));
+        let u32_at = |o: u64| Some(u32::from_le_bytes(at(o, 4)?.try_into().ok()?));
+        let u64_at = |o: u64| Some(u64::from_le_bytes(at(o, 8)?.try_into().ok()?));
+        let cstr = |o: u64| {
+            let s = b.get(usize::try_from(o).ok()?..)?;
             let end = s.iter().position(|&c| c == 0)?;
             Some(String::from_utf8_lossy(&s[..end]).into_owned())
         };
+        const X86_64: u16 = 0x3e;
+        if u16_at(0x12)? != X86_64 {
+            return None;
+        }
+        let phoff = u64_at(0x20)?;
+        let phentsize = u64::from(u16_at(0x36)?);
+        let phnum = u64::from(u16_at(0x38)?);
         let mut interp = None;
         let mut dynamic = None;
         let mut loads = Vec::new();
         for i in 0..phnum {
-            let ph = phoff + i * phentsize;
-            let (kind, offset, vaddr, filesz) = (
-                u32_at(ph)?,
-                u64_at(ph + 8)?,
-                u64_at(ph + 16)?,
-                u64_at(ph + 32)?,
-            );
+            let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+            let kind = u32_at(ph)?;
+            let offset = u64_at(ph.checked_add(8)?)?;
+            let vaddr = u64_at(ph.checked_add(16)?)?;
+            let filesz = u64_at(ph.checked_add(32)?)?;
             match kind {
                 1 => loads.push((vaddr, offset, filesz)),
-                2 => dynamic = Some((offset as usize, filesz as usize)),
-                3 => interp = cstr(offset as usize),
+                2 => dynamic = Some((offset, filesz)),
+                3 => interp = Some(cstr(offset)?),
                 _ => {}
             }
         }
         let to_offset = |vaddr: u64| {
-            loads
+            let (v, off, _) = loads
                 .iter()
-                .find(|(v, _, size)| (*v..v + size).contains(&vaddr))
-                .map(|(v, off, _)| (vaddr - v + off) as usize)
+                .find(|(v, _, size)| vaddr >= *v && vaddr - v < *size)?;
+            (vaddr - v).checked_add(*off)
         };
         let mut needed_at = Vec::new();
         let mut strtab = None;
         if let Some((offset, size)) = dynamic {
-            for entry in (offset..offset + size).step_by(16) {
-                match (u64_at(entry)?, u64_at(entry + 8)?) {
+            let end = offset.checked_add(size)?;
+            let mut entry = offset;
+            while entry < end {
+                match (u64_at(entry)?, u64_at(entry.checked_add(8)?)?) {
                     (0, _) => break,
-                    (1, name) => needed_at.push(name as usize),
-                    (5, addr) => strtab = to_offset(addr),
+                    (1, name) => needed_at.push(name),
+                    (5, addr) => strtab = Some(to_offset(addr)?),
                     _ => {}
                 }
+                entry = entry.checked_add(16)?;
             }
         }
         let needed = match strtab {
-            Some(table) => needed_at.iter().filter_map(|&n| cstr(table + n)).collect(),
+            Some(table) => needed_at
+                .iter()
+                .map(|&n| cstr(table.checked_add(n)?))
+                .collect::<Option<Vec<_>>>()?,
             None => Vec::new(),
         };
         Some(Elf { interp, needed })
@@ -288,5 +329,15 @@ mod tests {
             elf.needed
         );
         assert!(Elf::parse(b"#!/bin/sh\n").is_none());
+        // Cut short or with offsets past its end: None, no panic.
+        for len in [0, 20, 64, 100, 1000] {
+            assert!(
+                Elf::parse(&bytes[..len.min(bytes.len())]).is_none(),
+                "{len}"
+            );
+        }
+        let mut bad = bytes.clone();
+        bad[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Elf::parse(&bad).is_none());
     }
 }

@@ -225,7 +225,7 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         bootloaders: boot,
     };
     let old = Manifest::load(&manifest_path).ok();
-    if old.as_ref() == Some(&new) && new.verify(out).is_ok() {
+    if old.as_ref() == Some(&new) && new.verify(out).is_ok() && bootloaders_present(out, &new) {
         drop(temps);
         let recorded = record_inputs(out, &inputs, &new)?;
         give_to_invoking_user(out, &[recorded])?;
@@ -336,14 +336,18 @@ fn unchanged(out: &Path, inputs: &str, manifest_path: &Path) -> bool {
     let Ok(manifest) = Manifest::load(manifest_path) else {
         return false;
     };
-    if manifest
-        .bootloaders
-        .keys()
-        .any(|name| !out.join(bootloaders::DIR).join(name).is_dir())
-    {
+    if !bootloaders_present(out, &manifest) {
         return false;
     }
     inputs_record(out, inputs, &manifest).is_ok_and(|now| now == recorded)
+}
+
+/// Whether OUT/bootloaders holds every boot loader `manifest` says the build carries.
+fn bootloaders_present(out: &Path, manifest: &Manifest) -> bool {
+    manifest
+        .bootloaders
+        .keys()
+        .all(|name| out.join(bootloaders::DIR).join(name).is_dir())
 }
 
 /// Writes OUT/.inputs for the build in OUT (last, after every product is in place); returns its path.

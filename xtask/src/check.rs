@@ -103,12 +103,13 @@ fn report(missing: &[Tool], family: Family, prefix: &str, install: &str) {
 fn missing_tools() -> Vec<Tool> {
     let mut missing: Vec<Tool> = host::TOOLS
         .iter()
-        .filter(|t| !host::has(t.program))
+        .filter(|t| !t.is_present())
         .copied()
         .collect();
     if unsafe { libc::geteuid() } != 0 && !host::has("sudo") {
         missing.push(Tool {
             program: "sudo",
+            found: None,
             used_by: "build (alpine-make-rootfs runs as root)",
             tests_only: false,
             debian: "sudo",

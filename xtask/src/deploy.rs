@@ -138,6 +138,12 @@ pub fn status(flags: TargetFlags) -> Result<()> {
     let table = Table::read(&mut *stick)?;
     let running = running(&mut *stick)?;
     println!("{}", stick.describe());
+    if stick.exists(bootloaders::RECORD)? {
+        let record = String::from_utf8_lossy(&stick.read(bootloaders::RECORD)?).into_owned();
+        println!("boot loaders: {}", record.trim_end().replace('\n', "; "));
+    } else {
+        println!("boot loaders: not recorded (the stick was made before ramnas recorded them)");
+    }
     for slot in Slot::ALL {
         let mut marks = Vec::new();
         if table.default == Some(slot) {
@@ -220,7 +226,7 @@ impl Drop for TempUki {
 
 /// The slot's unified kernel image (systemd's EFI stub from this machine), built in the temporary directory.
 fn build_uki(build: &Build, slot: Slot) -> Result<TempUki> {
-    let host = uefi::find_for(&build.dir)?;
+    let host = uefi::find_for(&build.dir, &build.manifest.bootloaders)?;
     let uki = TempUki(
         std::env::temp_dir().join(format!("ramnas-slot-{slot}-{}.uki", std::process::id())),
     );
@@ -243,12 +249,12 @@ fn describe_build(m: &Manifest) -> String {
         Some(c) => short(c).to_string(),
         None => "unknown".to_string(),
     };
-    let boot = [bootloaders::SYSLINUX, bootloaders::SYSTEMD_BOOT]
-        .map(|name| match m.bootloaders.get(name) {
-            Some(from) => format!("{name} from the build ({from})"),
-            None => format!("{name} from the host"),
-        })
-        .join(", ");
+    let boot = if m.bootloaders.is_empty() {
+        "carries none (the host's are used)".to_string()
+    } else {
+        let carried: Vec<&str> = m.bootloaders.values().map(String::as_str).collect();
+        format!("carries {}", carried.join(", "))
+    };
     format!(
         "  build   {}\n  date    {}\n  kernel  {}\n  git     {git}\n  size    {:.1} MiB\n  boot    {boot}\n",
         m.build_id,

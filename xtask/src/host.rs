@@ -6,8 +6,11 @@ use xshell::{cmd, Shell};
 /// A program ramnas runs on the host, and the package that has it on each distro family.
 #[derive(Debug, Clone, Copy)]
 pub struct Tool {
-    /// Command name (looked up in PATH) or absolute path of a file.
+    /// Command name (looked up in PATH), or what [`Tool::found`] looks for.
     pub program: &'static str,
+    /// How the command that needs it finds it, when that is not a PATH lookup of `program`: the same search
+    /// (the places each distribution installs it, and its environment variable).
+    pub found: Option<fn() -> bool>,
     /// What needs it.
     pub used_by: &'static str,
     /// Only `cargo xtask test` and `cargo xtask bench` need it: `check` lists it but does not fail.
@@ -18,12 +21,16 @@ pub struct Tool {
     pub arch: &'static str,
 }
 
+/// The row of qemu's UEFI firmware (`qemu::ovmf` looks in each distribution's place).
+pub const OVMF: &str = "OVMF (OVMF_CODE*.fd, UEFI firmware for qemu)";
+
 /// Everything any command or test needs. `build` needs only the first group (and sudo when not root); the
 /// rows marked `tests_only` only the tests and the bench.
 pub const TOOLS: &[Tool] = &[
     // build: alpine-make-rootfs and its helpers
     Tool {
         program: "wget",
+        found: None,
         used_by: "build (alpine-make-rootfs)",
         tests_only: false,
         debian: "wget",
@@ -33,6 +40,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "getopt",
+        found: None,
         used_by: "build (alpine-make-rootfs)",
         tests_only: false,
         debian: "util-linux",
@@ -42,6 +50,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "rsync",
+        found: None,
         used_by: "build (alpine-make-rootfs)",
         tests_only: false,
         debian: "rsync",
@@ -51,6 +60,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "tar",
+        found: None,
         used_by: "build (--base tarballs)",
         tests_only: false,
         debian: "tar",
@@ -61,6 +71,7 @@ pub const TOOLS: &[Tool] = &[
     // tests, image, vm
     Tool {
         program: "qemu-system-x86_64",
+        found: None,
         used_by: "vm, tests",
         tests_only: false,
         debian: "qemu-system-x86",
@@ -70,6 +81,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "qemu-img",
+        found: None,
         used_by: "vm, tests",
         tests_only: false,
         debian: "qemu-utils",
@@ -78,7 +90,8 @@ pub const TOOLS: &[Tool] = &[
         arch: "qemu-img",
     },
     Tool {
-        program: "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        program: OVMF,
+        found: Some(|| crate::qemu::ovmf().is_ok()),
         used_by: "vm --uefi, tests",
         tests_only: false,
         debian: "ovmf",
@@ -88,6 +101,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "syslinux",
+        found: None,
         used_by: "image",
         tests_only: false,
         debian: "syslinux",
@@ -96,7 +110,8 @@ pub const TOOLS: &[Tool] = &[
         arch: "syslinux",
     },
     Tool {
-        program: "/usr/lib/syslinux/mbr/mbr.bin",
+        program: "syslinux's mbr.bin and BIOS modules",
+        found: Some(crate::syslinux::files_present),
         used_by: "image",
         tests_only: false,
         debian: "syslinux-common",
@@ -106,6 +121,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "mcopy",
+        found: None,
         used_by: "image, flash",
         tests_only: false,
         debian: "mtools",
@@ -115,6 +131,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "mkfs.vfat",
+        found: None,
         used_by: "image, flash",
         tests_only: false,
         debian: "dosfstools",
@@ -124,15 +141,17 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "sfdisk",
-        used_by: "image, flash",
-        tests_only: false,
+        found: None,
+        used_by: "tests (the image's partition table)",
+        tests_only: true,
         debian: "fdisk",
         fedora: "util-linux",
         alpine: "sfdisk",
         arch: "util-linux",
     },
     Tool {
-        program: "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+        program: "systemd's EFI stub and systemd-boot",
+        found: Some(|| crate::uefi::find().is_ok()),
         used_by: "image (UEFI)",
         tests_only: false,
         debian: "systemd-boot-efi",
@@ -142,6 +161,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "objcopy",
+        found: None,
         used_by: "image (UEFI)",
         tests_only: false,
         debian: "binutils",
@@ -151,6 +171,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "cpio",
+        found: None,
         used_by: "tests",
         tests_only: true,
         debian: "cpio",
@@ -160,6 +181,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "busybox",
+        found: None,
         used_by: "tests (fixture)",
         tests_only: true,
         debian: "busybox-static",
@@ -169,6 +191,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "shellcheck",
+        found: None,
         used_by: "check, tests",
         tests_only: false,
         debian: "shellcheck",
@@ -178,6 +201,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "blkid",
+        found: None,
         used_by: "flash",
         tests_only: false,
         debian: "util-linux",
@@ -187,6 +211,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "partx",
+        found: None,
         used_by: "flash",
         tests_only: false,
         debian: "util-linux",
@@ -196,6 +221,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "losetup",
+        found: None,
         used_by: "tests (flash)",
         tests_only: true,
         debian: "mount",
@@ -205,6 +231,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "mkfs.ext2",
+        found: None,
         used_by: "tests (flash)",
         tests_only: true,
         debian: "e2fsprogs",
@@ -214,6 +241,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "ssh",
+        found: None,
         used_by: "deploy, commit, rollback, status (ssh:// targets)",
         tests_only: false,
         debian: "openssh-client",
@@ -223,6 +251,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "sshd",
+        found: None,
         used_by: "tests (deploy to an ssh:// target on 127.0.0.1)",
         tests_only: true,
         debian: "openssh-server",
@@ -232,6 +261,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "/sbin/openrc-init",
+        found: None,
         used_by: "tests (the NAS under real OpenRC)",
         tests_only: true,
         debian: "openrc",
@@ -241,6 +271,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "faketime",
+        found: None,
         used_by: "tests (a build on another day gives the same bytes)",
         tests_only: true,
         debian: "faketime",
@@ -250,6 +281,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "zstd",
+        found: None,
         used_by: "bench",
         tests_only: true,
         debian: "zstd",
@@ -259,6 +291,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "xz",
+        found: None,
         used_by: "bench",
         tests_only: true,
         debian: "xz-utils",
@@ -306,6 +339,16 @@ pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
 /// Whether `program` is on this host (a command in PATH, or an existing absolute path).
 pub fn has(program: &str) -> bool {
     find(program).is_ok()
+}
+
+impl Tool {
+    /// Whether the host has it, found the way the command that needs it finds it.
+    pub fn is_present(&self) -> bool {
+        match self.found {
+            Some(found) => found(),
+            None => has(self.program),
+        }
+    }
 }
 
 /// Where `program` is: an absolute path that exists, or a command in PATH or in the sbin directories an

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::{
+    bootloaders,
     flags::ImageFlags,
     slots::{self, Build, Slot},
     stick::{self, Stick},
@@ -45,7 +46,7 @@ pub fn run(flags: ImageFlags) -> Result<()> {
             HEADROOM / MIB
         );
     }
-    let host = syslinux::find_for(&build.dir)?;
+    let host = syslinux::find_for(&build.dir, &build.manifest.bootloaders)?;
     let tmp = PathBuf::from(format!("{}.tmp", output.display()));
     let made = make(&tmp, size, &build, &host);
     if let Err(err) = made {
@@ -137,13 +138,16 @@ fn make(tmp: &Path, size: u64, build: &Build, host: &syslinux::Host) -> Result<(
     }
     slots::install(&mut *stick, Slot::A, build)?;
     slots::write_boot_config(&mut *stick, Slot::A)?;
-    install_uefi(&mut *stick, tmp, build)?;
+    let uefi = install_uefi(&mut *stick, tmp, build)?;
+    let record = format!("syslinux: {}\nsystemd-boot: {uefi}\n", host.source);
+    stick.write(bootloaders::RECORD, &mut record.as_bytes())?;
     stick.close()
 }
 
-/// The UEFI boot path on the same partition: systemd-boot, and slot a's UKI as the committed slot.
-fn install_uefi(stick: &mut dyn Stick, tmp: &Path, build: &Build) -> Result<()> {
-    let host = uefi::find_for(&build.dir)?;
+/// The UEFI boot path on the same partition: systemd-boot, and slot a's UKI as the committed slot; returns
+/// whose systemd-boot it is.
+fn install_uefi(stick: &mut dyn Stick, tmp: &Path, build: &Build) -> Result<String> {
+    let host = uefi::find_for(&build.dir, &build.manifest.bootloaders)?;
     let uki = PathBuf::from(format!("{}.uki", tmp.display()));
     let made = uefi::build_uki(
         &host,
@@ -156,7 +160,7 @@ fn install_uefi(stick: &mut dyn Stick, tmp: &Path, build: &Build) -> Result<()> 
         uefi::set_state(stick, Slot::A.name(), None)
     });
     let _ = fs::remove_file(&uki);
-    made
+    made.map(|()| host.source)
 }
 
 /// The MBR: syslinux's boot code, the fixed disk id, one bootable FAT32 (LBA) partition from 1 MiB to the end.

@@ -405,7 +405,7 @@ pub fn ovmf() -> Result<(PathBuf, PathBuf)> {
         .with_context(|| {
             format!(
                 "OVMF (UEFI firmware for qemu) not found: {}",
-                crate::host::install_hint("/usr/share/OVMF/OVMF_CODE_4M.fd")
+                crate::host::install_hint(crate::host::OVMF)
             )
         })
 }

@@ -31,8 +31,10 @@ pub struct Host {
     /// The mtools-based installer (`syslinux --install --offset`).
     pub installer: PathBuf,
     /// The dynamic loader to run the installer through, with the libraries beside it: a build's own
-    /// installer (see `bootloaders`). None: the host's, run as it is.
+    /// installer (see `bootloaders`). None: run it as it is.
     pub loader: Option<PathBuf>,
+    /// Whose it is, for people: `the build's (syslinux 6.04_pre1-r2)`, `this host's (/usr/share/syslinux)`.
+    pub source: String,
 }
 
 /// The (mbr.bin directory, modules directory) pairs distributions install: Debian/Ubuntu, then
@@ -54,28 +56,47 @@ pub fn known_places() -> Vec<(PathBuf, PathBuf)> {
 const INSTALL_HINT: &str = "install syslinux (Debian/Ubuntu: apt-get install syslinux syslinux-common mtools; \
      Alpine: apk add syslinux mtools; Fedora: dnf install syslinux mtools; Arch: pacman -S syslinux mtools)";
 
-/// The syslinux the build in `build` carries (see `bootloaders`), else the host's ([`find`]); says which.
-pub fn find_for(build: &std::path::Path) -> Result<Host> {
-    if let Some((dir, installer, loader)) = crate::bootloaders::syslinux(build) {
-        eprintln!("syslinux: the build's ({})", dir.display());
-        return Ok(Host {
+/// The syslinux the build in `build` carries (see `bootloaders`; `carried` is its manifest's list), else
+/// the host's ([`find`]); says which.
+pub fn find_for(
+    build: &std::path::Path,
+    carried: &std::collections::BTreeMap<String, String>,
+) -> Result<Host> {
+    let host = match crate::bootloaders::syslinux(build) {
+        Some((dir, installer, loader)) => Host {
             mbr: dir.join("mbr.bin"),
             modules: dir,
             installer,
-            loader: Some(loader),
-        });
-    }
-    let host = find()?;
-    eprintln!("syslinux: this host's ({})", host.modules.display());
+            loader,
+            source: format!(
+                "the build's ({})",
+                carried
+                    .get(crate::bootloaders::SYSLINUX)
+                    .map_or("from its tree", String::as_str)
+            ),
+        },
+        None => find()?,
+    };
+    eprintln!("syslinux: {}", host.source);
     Ok(host)
+}
+
+/// The places [`find`] looks: `$RAMNAS_SYSLINUX_DIR` when set, else the known places.
+fn places() -> Vec<(PathBuf, PathBuf)> {
+    match std::env::var_os(DIR_ENV) {
+        Some(dir) => vec![(PathBuf::from(&dir), PathBuf::from(dir))],
+        None => known_places(),
+    }
+}
+
+/// Whether [`find`] would find mbr.bin and the modules (the installer aside).
+pub fn files_present() -> bool {
+    find_in(&places(), PathBuf::new()).is_ok()
 }
 
 /// Finds syslinux on the host: `$RAMNAS_SYSLINUX_DIR` when set, else the known places.
 pub fn find() -> Result<Host> {
-    let places = match std::env::var_os(DIR_ENV) {
-        Some(dir) => vec![(PathBuf::from(&dir), PathBuf::from(dir))],
-        None => known_places(),
-    };
+    let places = places();
     let installer = which::which("syslinux")
         .map_err(|_| anyhow::anyhow!("the `syslinux` installer is not on PATH: {INSTALL_HINT}"))?;
     find_in(&places, installer)
@@ -92,6 +113,7 @@ pub fn find_in(places: &[(PathBuf, PathBuf)], installer: PathBuf) -> Result<Host
             modules: modules.clone(),
             installer,
             loader: None,
+            source: format!("this host's ({})", modules.display()),
         }),
         None => {
             let looked: Vec<String> = places

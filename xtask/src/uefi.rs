@@ -67,6 +67,8 @@ pub struct Host {
     pub stub: PathBuf,
     /// systemd-boot itself.
     pub boot: PathBuf,
+    /// Whose they are, for people: `the build's (systemd-boot 257.9-r0)`, `this host's (/usr/lib/…)`.
+    pub source: String,
 }
 
 /// Where distributions install them: Debian/Ubuntu, Alpine, Fedora and Arch all use the first.
@@ -77,18 +79,25 @@ pub fn known_places() -> Vec<PathBuf> {
     ]
 }
 
-/// The stub and systemd-boot the build in `build` carries (see `bootloaders`), else the host's
-/// ([`find`]); says which.
-pub fn find_for(build: &std::path::Path) -> Result<Host> {
-    if let Some(dir) = crate::bootloaders::systemd_boot(build) {
-        eprintln!("systemd-boot: the build's ({})", dir.display());
-        return find_in(&[dir]);
-    }
-    let host = find()?;
-    eprintln!(
-        "systemd-boot: this host's ({})",
-        host.stub.parent().unwrap_or(&host.stub).display()
-    );
+/// The stub and systemd-boot the build in `build` carries (see `bootloaders`; `carried` is its manifest's
+/// list), else the host's ([`find`]); says which.
+pub fn find_for(
+    build: &std::path::Path,
+    carried: &std::collections::BTreeMap<String, String>,
+) -> Result<Host> {
+    let host = match crate::bootloaders::systemd_boot(build) {
+        Some(dir) => Host {
+            source: format!(
+                "the build's ({})",
+                carried
+                    .get(crate::bootloaders::SYSTEMD_BOOT)
+                    .map_or("from its tree", String::as_str)
+            ),
+            ..find_in(&[dir])?
+        },
+        None => find()?,
+    };
+    eprintln!("systemd-boot: {}", host.source);
     Ok(host)
 }
 
@@ -110,6 +119,7 @@ pub fn find_in(places: &[PathBuf]) -> Result<Host> {
         Some(dir) => Ok(Host {
             stub: dir.join(STUB),
             boot: dir.join(SYSTEMD_BOOT),
+            source: format!("this host's ({})", dir.display()),
         }),
         None => {
             let looked: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();

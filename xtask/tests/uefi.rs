@@ -497,13 +497,13 @@ fn boot_loaders_from_the_tree_make_the_stick() {
     );
     st.close().unwrap();
     let status = common::ok(&common::xtask(dir, &["status", img.to_str().unwrap()]));
-    assert!(
-        status.contains(
-            "boot    syslinux from the build (syslinux 6.04_pre1-r2), systemd-boot from the build \
-             (systemd-boot 257.9-r0)"
-        ),
-        "{status}"
-    );
+    for want in [
+        "boot loaders: syslinux: the build's (syslinux 6.04_pre1-r2); systemd-boot: the build's \
+         (systemd-boot 257.9-r0)",
+        "  boot    carries syslinux 6.04_pre1-r2, systemd-boot 257.9-r0\n",
+    ] {
+        assert!(status.contains(want), "{want:?} in {status}");
+    }
     assert_eq!(
         common::boot_bios(&img, dir, "seabios-own"),
         "ramnas: ready slot=a build=own-boot"
@@ -513,12 +513,23 @@ fn boot_loaders_from_the_tree_make_the_stick() {
         "ramnas: ready slot=a build=own-boot"
     );
 
+    // A build without them: no stick without the host's; with the host's, the stick says so.
     let plain = fixture_build(dir, "plain");
     let err = common::failed(&image(&plain));
     assert!(err.contains(&nowhere.display().to_string()), "{err}");
-    let status = common::ok(&common::xtask(dir, &["status", img.to_str().unwrap()]));
-    assert!(
-        status.contains("boot    syslinux from the build"),
-        "{status}"
-    );
+    let plain_img = common::make_stick(dir, &plain);
+    let status = common::ok(&common::xtask(
+        dir,
+        &["status", plain_img.to_str().unwrap()],
+    ));
+    for want in [
+        format!(
+            "boot loaders: syslinux: this host's ({}); systemd-boot: this host's ({})",
+            host_syslinux.modules.display(),
+            host_uefi.stub.parent().unwrap().display()
+        ),
+        "  boot    carries none (the host's are used)\n".to_string(),
+    ] {
+        assert!(status.contains(&want), "{want:?} in {status}");
+    }
 }
