@@ -41,11 +41,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{
     blockdev::{self, Device, Host, MbrEntry},
     flags::FlashFlags,
+    progress,
     stick::{self, Stick},
 };
 
@@ -481,7 +481,7 @@ fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
             path.display()
         );
     }
-    let bar = progress(opts.progress, total, "writing  ");
+    let bar = progress::bar(opts.progress, total, "writing  ");
     let started = Instant::now();
     let written = pipeline(
         &chunks,
@@ -512,7 +512,7 @@ fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
 
     // Verify, from the device rather than the page cache.
     drop_caches(&claim);
-    let bar = progress(opts.progress, total, "verifying");
+    let bar = progress::bar(opts.progress, total, "verifying");
     let mut expected = AlignedBuf::new(CHUNK as usize);
     let started = Instant::now();
     pipeline(
@@ -584,24 +584,6 @@ fn read_image(image: &File, image_len: u64, off: u64, buf: &mut [u8]) -> Result<
         .with_context(|| format!("reading the image at byte {off}"))?;
     buf[in_image..].fill(0);
     Ok(())
-}
-
-fn progress(show: bool, total: u64, what: &str) -> ProgressBar {
-    let target = if show {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let bar = ProgressBar::with_draw_target(Some(total), target);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        )
-        .expect("a valid progress template")
-        .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
 }
 
 /// Runs `fill` on a reader thread and `consume` on this one, over `chunks` in order, with [`DEPTH`]

@@ -27,6 +27,7 @@ pub mod keys;
 pub mod lint;
 pub mod lock;
 pub mod manifest;
+pub mod progress;
 pub mod qemu;
 pub mod rootfs;
 pub mod slots;

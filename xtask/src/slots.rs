@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     manifest::Manifest,
+    progress,
     stick::{self, Stick},
     syslinux::{self, Adv},
     uefi,
@@ -275,12 +276,17 @@ pub fn write_temps(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<(
             stick.remove(&format!("{dir}/{}", e.name))?;
         }
     }
+    let total = build.manifest.artifacts.values().map(|a| a.size).sum();
+    let bar = progress::bar(true, total, &format!("slot {slot}"));
     for name in build.manifest.artifacts.keys() {
         let src = build.dir.join(name);
-        let mut file =
-            fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
-        stick.write(&stick::temp_name(&format!("{dir}/{name}")), &mut file)?;
+        let file = fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
+        stick.write(
+            &stick::temp_name(&format!("{dir}/{name}")),
+            &mut bar.wrap_read(file),
+        )?;
     }
+    bar.finish_and_clear();
     let manifest_tmp = stick::temp_name(&format!("{dir}/{MANIFEST}"));
     stick.write(&manifest_tmp, &mut &build.manifest_json[..])?;
     for (name, want) in &build.manifest.artifacts {

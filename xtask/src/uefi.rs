@@ -564,8 +564,11 @@ pub fn read_view(stick: &mut dyn Stick) -> Result<View> {
 pub fn install_uki(stick: &mut dyn Stick, label: &str, uki: &Path) -> Result<()> {
     let spare = format!("{LINUX_DIR}/{}", file_name(label, Role::Spare));
     let tmp = stick::temp_name(&spare);
-    let mut file = fs::File::open(uki).with_context(|| format!("opening {}", uki.display()))?;
-    let size = stick.write(&tmp, &mut file)?;
+    let file = fs::File::open(uki).with_context(|| format!("opening {}", uki.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = crate::progress::bar(true, len, &format!("UKI {label}"));
+    let size = stick.write(&tmp, &mut bar.wrap_read(file))?;
+    bar.finish_and_clear();
     let want = sha256_file(uki)?;
     let (got_size, got) = stick.sha256(&tmp)?;
     if got_size != size || got != want {
