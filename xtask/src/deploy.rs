@@ -23,6 +23,15 @@ pub fn deploy(flags: DeployFlags) -> Result<()> {
     let keep = slots::committed(&mut *stick, &table)?;
     let target = keep.other();
     let old = &table.slots[&keep].manifest;
+    // The committed build again, with no trial armed: there is nothing to change.
+    if old.build_id == build.manifest.build_id && slots::armed_trial(&table).is_none() {
+        println!(
+            "nothing changed: slot {keep} of {} is committed and already holds build {}; nothing written",
+            stick.describe(),
+            old.build_id
+        );
+        return stick.close();
+    }
     println!(
         "deploying build {} into slot {target} of {}; slot {keep} keeps build {} (committed)",
         build.manifest.build_id,

@@ -52,7 +52,7 @@ pub enum Cmd {
     /// from the device and compares, and carries /persist over from a ramnas stick (unless --wipe).
     Flash(FlashFlags),
     /// Put the build into the slot that is not committed and arm it for one trial boot (and forget the
-    /// record of the last unhealthy trial).
+    /// record of the last unhealthy trial). The committed build again, with no trial armed, changes nothing.
     Deploy(DeployFlags),
     /// Make the slot on trial the default.
     Commit(TargetFlags),

@@ -15,7 +15,7 @@ use std::{
 use common::{boot_bios, boot_uefi};
 use xtask::{
     fixture::{Fixture, Init},
-    slots::{self, Slot, Table},
+    slots::{self, Build, Slot, Table},
     stick::{self, Stick},
 };
 
@@ -114,6 +114,29 @@ fn partition_copy(from: &Path, dir: &Path) -> PathBuf {
     let mut copy = stick::Dir::open(dir).unwrap();
     copy_tree(&mut *fat, &mut copy, "");
     dir.to_path_buf()
+}
+
+/// Deploying the committed build again, with no trial armed, says so and writes nothing; with a trial of
+/// another build armed, it goes ahead (the trial must not stay armed).
+#[test]
+fn the_committed_build_again_changes_nothing() {
+    let dir = common::tempdir();
+    let dir = dir.path();
+    let (a, b, img) = builds_a_b_and_stick_of_a(dir, "again");
+    let before = fs::read(&img).unwrap();
+    let said = deploy(dir, &img, &a, &[]);
+    assert!(said.contains("nothing changed: slot a of"), "{said}");
+    assert!(fs::read(&img).unwrap() == before, "the stick was written");
+
+    deploy(dir, &img, &b, &[]);
+    assert_eq!(slots::armed_trial(&table(&img)), Some(Slot::B));
+    let said = deploy(dir, &img, &a, &[]);
+    assert!(!said.contains("nothing changed"), "{said}");
+    assert_eq!(slots::armed_trial(&table(&img)), Some(Slot::B), "{said}");
+    assert_eq!(
+        table(&img).slots[&Slot::B].manifest.build_id,
+        Build::open(&a).unwrap().manifest.build_id
+    );
 }
 
 #[test]
@@ -249,7 +272,7 @@ fn a_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
 fn commit_keeps_the_new_build_and_rollback_returns() {
     let dir = common::tempdir();
     let d = dir.path();
-    let (a, b, img) = builds_a_b_and_stick_of_a(d, "com");
+    let (_, b, img) = builds_a_b_and_stick_of_a(d, "com");
     {
         let mut s = stick::open(img.to_str().unwrap()).unwrap();
         s.write("persist/keep", &mut &b"user data"[..]).unwrap();
@@ -278,14 +301,19 @@ fn commit_keeps_the_new_build_and_rollback_returns() {
     assert!(status(d, &img).contains("slot a (default):"));
     assert_boots_bios_then_uefi(&img, d, "rolled-back", "ramnas: ready slot=a build=com-a");
 
-    // The next deploy goes into b again (a is committed), with --commit straight to the default.
-    let out = deploy(d, &img, &a, &["--commit"]);
-    assert!(out.contains("no change in packages"), "{out}");
+    // The next deploy goes into b again (a is committed), with --commit straight to the default. (The
+    // committed build again would change nothing: another build.)
+    let c = build(d, &Fixture::new("com-c"));
+    let out = deploy(d, &img, &c, &["--commit"]);
+    assert!(
+        out.contains("~ ramnas-fixture com-a-r0 → com-c-r0"),
+        "{out}"
+    );
     let t = table(&img);
     assert_eq!((t.default, t.boot_once.as_deref()), (Some(Slot::B), None));
     assert_eq!(
         t.slots[&Slot::B].manifest.packages["ramnas-fixture"],
-        "com-a-r0"
+        "com-c-r0"
     );
 
     let mut s = stick::open(img.to_str().unwrap()).unwrap();
@@ -441,14 +469,14 @@ fn a_committing_deploy_killed_at_any_point_leaves_a_complete_default() {
     loop {
         fs::copy(&base, &stick).unwrap();
         // Slot b is committed: this deploy writes a again.
-        if deploy_killed_at(d, &stick, &b, n, &["--commit"])
+        if deploy_killed_at(d, &stick, &a, n, &["--commit"])
             .status
             .success()
         {
             break;
         }
         bootable(&stick, &markers);
-        deploy(d, &stick, &b, &["--commit"]);
+        deploy(d, &stick, &a, &["--commit"]);
         let t = table(&stick);
         assert!(t.slots.len() == 2 && t.boot_once.is_none(), "point {n}");
         n += 1;
