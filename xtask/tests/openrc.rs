@@ -187,6 +187,11 @@ fn write_script(path: &Path, text: &str) {
 
 /// A stick with build `a` committed in slot a and build `b` deployed into slot b on trial.
 fn stick_with_trial(nas: &Nas, a: &Path, b: &Path) -> PathBuf {
+    assert_ne!(
+        build_id(a),
+        build_id(b),
+        "a trial needs another build than the committed one"
+    );
     let stick = common::make_stick(nas.path(), a);
     nas.xtask(&[
         "deploy",
@@ -344,7 +349,8 @@ fn an_unhealthy_trial_under_openrc_goes_back_by_itself() {
 fn a_trial_committed_under_uefi_leaves_nothing_armed() {
     let nas = Nas::new();
     let a = nas.build(&nas.system("a", POWEROFF, ""), "out-a");
-    let b = nas.build(&nas.system("b", POWEROFF, ""), "out-b");
+    // Another build (the committed one again would change nothing).
+    let b = nas.build(&nas.system("b", POWEROFF, "touch /etc/build-b\n"), "out-b");
     let id = build_id(&b);
     let stick = stick_with_trial(&nas, &a, &b);
 

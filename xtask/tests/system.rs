@@ -398,7 +398,8 @@ fn persist_repairs_the_fat_a_killed_deploy_left() {
     let (clean, report) = fsck_check(&base, d);
     assert!(clean, "the image must start clean: {report}");
 
-    // The first point where a killed deploy (of the same build into slot b) leaves lost clusters.
+    // The first point where a killed deploy (of another build into slot b) leaves lost clusters.
+    let other = common::build_fixture(d, &Fixture::new("fsck-b"), "out-b", &[]);
     let stick = d.join("stick.img");
     let damaged = (1..=40).find_map(|n| {
         fs::copy(&base, &stick).unwrap();
@@ -408,7 +409,7 @@ fn persist_repairs_the_fat_a_killed_deploy_left() {
                 "deploy",
                 stick.to_str().unwrap(),
                 "--out",
-                out.to_str().unwrap(),
+                other.to_str().unwrap(),
             ],
         )
         .env(stick::KILL_AT_ENV, n.to_string())
