@@ -654,7 +654,7 @@ fn bzimage_version(kernel: &Path) -> Option<String> {
 
 /// Installed packages and versions from the tree's apk database (empty without one).
 fn apk_packages(tree: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let db = tree.join("lib/apk/db/installed");
+    let db = tree.join(manifest::APK_DB);
     match fs::read_to_string(&db) {
         Ok(text) => Ok(manifest::parse_apk_installed(&text)),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
-use crate::manifest::Diff;
+use crate::manifest::{parse_apk_db, ApkPackage, Diff, APK_DB};
 
 pub const FILE_NAME: &str = "packages.lock";
 
@@ -111,15 +111,8 @@ impl Lock {
 
     /// The lock of a finished tree: its apk database (`lib/apk/db/installed`).
     pub fn of_tree(tree: &Path, branch: &str, world: &[String]) -> anyhow::Result<Lock> {
-        let db = tree.join("lib/apk/db/installed");
-        let text = fs::read_to_string(&db).with_context(|| {
-            format!(
-                "reading {} (the lock is written from apk's database)",
-                db.display()
-            )
-        })?;
         let mut packages = BTreeMap::new();
-        for p in Installed::parse(&text) {
+        for p in installed(tree)? {
             packages.insert(
                 p.name,
                 Locked {
@@ -129,7 +122,10 @@ impl Lock {
             );
         }
         if packages.is_empty() {
-            bail!("{}: no packages: nothing to lock", db.display());
+            bail!(
+                "{}: no packages: nothing to lock",
+                tree.join(APK_DB).display()
+            );
         }
         Ok(Lock {
             branch: branch.to_string(),
@@ -202,13 +198,12 @@ impl Lock {
 }
 
 impl Lock {
-    /// How the tree at `tree` differs from this lock in what `pinned` held: each locked package it holds
-    /// at another version or with another checksum, one line each (empty when it holds exactly the lock).
-    pub fn mismatches(&self, tree: &Path, pinned: &[String]) -> anyhow::Result<Vec<String>> {
-        let db = tree.join("lib/apk/db/installed");
-        let text = fs::read_to_string(&db).with_context(|| format!("reading {}", db.display()))?;
+    /// How a tree's packages (`installed`) differ from this lock in what `pinned` held: each locked
+    /// package it holds at another version or with another checksum, one line each (empty when it holds
+    /// exactly the lock).
+    pub fn mismatches(&self, installed: &[ApkPackage], pinned: &[String]) -> Vec<String> {
         let mut why = Vec::new();
-        for p in Installed::parse(&text) {
+        for p in installed {
             let Some(locked) = self.packages.get(&p.name) else {
                 continue;
             };
@@ -227,7 +222,7 @@ impl Lock {
                 ));
             }
         }
-        Ok(why)
+        why
     }
 }
 
@@ -237,61 +232,23 @@ pub fn entry_name(entry: &str) -> &str {
     &entry[..end]
 }
 
-/// One stanza of apk's installed database, with the fields the lock and its closure need.
-#[derive(Debug, Default)]
-struct Installed {
-    name: String,
-    version: String,
-    checksum: String,
-    /// `D:`: what it depends on (names, `so:…`, `cmd:…`, `/bin/sh`; `!name` is a conflict).
-    depends: Vec<String>,
-    /// `p:`: what else it provides.
-    provides: Vec<String>,
-    /// `i:`: it is installed with these (apk's install_if).
-    install_if: Vec<String>,
+/// The packages of the tree at `tree`: its apk database, parsed.
+pub fn installed(tree: &Path) -> anyhow::Result<Vec<ApkPackage>> {
+    let db = tree.join(APK_DB);
+    let text = fs::read_to_string(&db).with_context(|| format!("reading {}", db.display()))?;
+    Ok(parse_apk_db(&text))
 }
 
-impl Installed {
-    fn parse(text: &str) -> Vec<Installed> {
-        let mut all = Vec::new();
-        let mut cur = Installed::default();
-        let words = |v: &str| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-        for line in text.lines().chain(std::iter::once("")) {
-            if line.is_empty() {
-                if !cur.name.is_empty() {
-                    all.push(std::mem::take(&mut cur));
-                }
-                cur = Installed::default();
-                continue;
-            }
-            let Some((key, value)) = line.split_once(':') else {
-                continue;
-            };
-            match key {
-                "P" => cur.name = value.to_string(),
-                "V" => cur.version = value.to_string(),
-                "C" => cur.checksum = value.to_string(),
-                "D" => cur.depends = words(value),
-                "p" => cur.provides = words(value),
-                "i" => cur.install_if = words(value),
-                _ => {}
-            }
-        }
-        all
-    }
-}
-
-/// The packages of a tree that nothing in `world` needs: not asked for, not a dependency of one that
-/// is (through names and what packages provide), not installed with one (install_if). What the tree's
-/// own apk world holds besides `pinned` (added by setup.sh, or by alpine-make-rootfs itself) counts as
-/// asked for too.
+/// The packages of the tree at `tree` (`installed`) that nothing in `world` needs: not asked for, not a
+/// dependency of one that is (through names and what packages provide), not installed with one
+/// (install_if). What the tree's own apk world holds besides `pinned` (added by setup.sh, or by
+/// alpine-make-rootfs itself) counts as asked for too.
 pub fn unneeded(
     tree: &Path,
+    installed: &[ApkPackage],
     world: &[String],
     pinned: &[String],
-) -> anyhow::Result<BTreeSet<String>> {
-    let db = tree.join("lib/apk/db/installed");
-    let text = fs::read_to_string(&db).with_context(|| format!("reading {}", db.display()))?;
+) -> BTreeSet<String> {
     let mut roots = world.to_vec();
     if let Ok(tree_world) = fs::read_to_string(tree.join("etc/apk/world")) {
         roots.extend(
@@ -301,10 +258,10 @@ pub fn unneeded(
                 .map(str::to_string),
         );
     }
-    Ok(unneeded_in(&Installed::parse(&text), &roots))
+    unneeded_in(installed, &roots)
 }
 
-fn unneeded_in(installed: &[Installed], world: &[String]) -> BTreeSet<String> {
+fn unneeded_in(installed: &[ApkPackage], world: &[String]) -> BTreeSet<String> {
     // Which packages provide each name.
     let mut providers: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, p) in installed.iter().enumerate() {
@@ -395,9 +352,9 @@ pub fn restore_world(tree: &Path, world: &[String], pinned: &[String]) -> anyhow
 mod tests {
     use super::*;
 
-    fn pkg(name: &str, depends: &str, provides: &str, install_if: &str) -> Installed {
+    fn pkg(name: &str, depends: &str, provides: &str, install_if: &str) -> ApkPackage {
         let w = |s: &str| s.split_whitespace().map(str::to_string).collect();
-        Installed {
+        ApkPackage {
             name: name.to_string(),
             version: "1-r0".to_string(),
             checksum: "Q1x=".to_string(),

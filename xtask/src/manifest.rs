@@ -130,25 +130,62 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Parses apk's installed database: stanzas of `X:value` lines separated by blank lines; `P` is the
-/// package name, `V` its version.
-pub fn parse_apk_installed(text: &str) -> BTreeMap<String, String> {
-    let mut packages = BTreeMap::new();
-    let (mut name, mut version) = (None, None);
+/// apk's installed database, inside a root tree.
+pub const APK_DB: &str = "lib/apk/db/installed";
+
+/// One stanza of apk's installed database (or of an APKINDEX, which has the same form), with the fields
+/// ramnas reads.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApkPackage {
+    /// `P:`
+    pub name: String,
+    /// `V:`
+    pub version: String,
+    /// `C:`: apk's checksum (`Q1` + base64 of a SHA-1).
+    pub checksum: String,
+    /// `D:`: what it depends on (names, `so:…`, `cmd:…`, `/bin/sh`; `!name` is a conflict).
+    pub depends: Vec<String>,
+    /// `p:`: what else it provides.
+    pub provides: Vec<String>,
+    /// `i:`: it is installed with these (apk's install_if).
+    pub install_if: Vec<String>,
+}
+
+/// Parses apk's installed database: stanzas of `X:value` lines separated by blank lines.
+pub fn parse_apk_db(text: &str) -> Vec<ApkPackage> {
+    let mut all = Vec::new();
+    let mut cur = ApkPackage::default();
+    let words = |v: &str| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
     for line in text.lines().chain(std::iter::once("")) {
         if line.is_empty() {
-            if let (Some(n), Some(v)) = (name.take(), version.take()) {
-                packages.insert(n, v);
+            if !cur.name.is_empty() {
+                all.push(std::mem::take(&mut cur));
             }
-            name = None;
-            version = None;
-        } else if let Some(n) = line.strip_prefix("P:") {
-            name = Some(n.to_string());
-        } else if let Some(v) = line.strip_prefix("V:") {
-            version = Some(v.to_string());
+            continue;
+        }
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        match key {
+            "P" => cur.name = value.to_string(),
+            "V" => cur.version = value.to_string(),
+            "C" => cur.checksum = value.to_string(),
+            "D" => cur.depends = words(value),
+            "p" => cur.provides = words(value),
+            "i" => cur.install_if = words(value),
+            _ => {}
         }
     }
-    packages
+    all
+}
+
+/// The packages of apk's installed database (or an APKINDEX) that have a version: name → version.
+pub fn parse_apk_installed(text: &str) -> BTreeMap<String, String> {
+    parse_apk_db(text)
+        .into_iter()
+        .filter(|p| !p.version.is_empty())
+        .map(|p| (p.name, p.version))
+        .collect()
 }
 
 /// What changed from one build to the next.

@@ -25,7 +25,7 @@ use xshell::{cmd, Shell};
 
 use crate::config::System;
 use crate::lock::{self, Lock};
-use crate::manifest::hex;
+use crate::manifest::{hex, APK_DB};
 
 /// A program fetched once by URL and verified by SHA-256.
 #[derive(Debug)]
@@ -392,14 +392,15 @@ fn make(
                 system.lock_path().display()
             ))
         })?;
-        let Some(lock) = lock.filter(|_| dest.join("lib/apk/db/installed").exists()) else {
+        let Some(lock) = lock.filter(|_| dest.join(APK_DB).exists()) else {
             lock::restore_world(dest, world, &packages)?;
             return clamp_dates(dest, request.source_date);
         };
         // Locked packages only the lock held, that nothing asked for needs any more: install again
         // without them.
         let asked: BTreeSet<&str> = world.iter().map(|e| lock::entry_name(e)).collect();
-        let unneeded: Vec<String> = lock::unneeded(dest, world, &packages)?
+        let installed = lock::installed(dest)?;
+        let unneeded: Vec<String> = lock::unneeded(dest, &installed, world, &packages)
             .into_iter()
             .filter(|n| lock.packages.contains_key(n) && !asked.contains(n.as_str()))
             .filter(|n| !drop.contains(n))
@@ -412,7 +413,7 @@ fn make(
             drop.extend(unneeded);
             continue;
         }
-        let mismatches = lock.mismatches(dest, &packages)?;
+        let mismatches = lock.mismatches(&installed, &packages);
         if !mismatches.is_empty() {
             bail!(
                 "the tree does not hold what {} says: {}; `cargo xtask build --update` accepts what the \
@@ -434,7 +435,7 @@ fn write_lock(
     world: &[String],
 ) -> anyhow::Result<()> {
     let path = system.lock_path();
-    if !tree.join("lib/apk/db/installed").exists() {
+    if !tree.join(APK_DB).exists() {
         eprintln!(
             "ramnas: warning: {} has no apk database (/lib/apk/db/installed): {} not written \
              (alpine-make-rootfs removes the database from a tree without apk: apk-tools, or \
