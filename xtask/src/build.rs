@@ -691,15 +691,9 @@ fn git_state(dir: &Path) -> (Option<String>, bool) {
 
 /// When run through sudo, gives the products (and OUT itself) back to the user who ran sudo.
 fn give_to_invoking_user(out: &Path, written: &[PathBuf]) -> anyhow::Result<()> {
-    let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID")) else {
+    let Some((uid, gid)) = rootfs::invoking_user() else {
         return Ok(());
     };
-    let (Ok(uid), Ok(gid)) = (uid.parse::<u32>(), gid.parse::<u32>()) else {
-        return Ok(());
-    };
-    if !is_root() {
-        return Ok(());
-    }
     let stamp = out.join("rootfs.inputs");
     std::os::unix::fs::chown(out, Some(uid), Some(gid))
         .with_context(|| format!("giving {} to uid {uid}", out.display()))?;

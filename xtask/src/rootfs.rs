@@ -603,12 +603,20 @@ fn index_packages(index: &Path) -> anyhow::Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// The user (uid, gid) who ran this program through sudo, when it runs as root through sudo.
+pub fn invoking_user() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
+    Some((uid, gid))
+}
+
 /// When run through sudo, gives `path` (and everything under it) back to the user who ran sudo.
 pub fn give_to_invoking_user(path: &Path) -> anyhow::Result<()> {
-    let (Ok(uid), Ok(gid)) = (std::env::var("SUDO_UID"), std::env::var("SUDO_GID")) else {
-        return Ok(());
-    };
-    let (Ok(uid), Ok(gid)) = (uid.parse::<u32>(), gid.parse::<u32>()) else {
+    let Some((uid, gid)) = invoking_user() else {
         return Ok(());
     };
     let Ok(meta) = fs::symlink_metadata(path) else {
