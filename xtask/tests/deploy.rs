@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{boot_bios, boot_uefi};
+use common::{assert_boots_bios_then_uefi, boot_bios, boot_uefi};
 use xtask::{
     fixture::{Fixture, Init},
     slots::{self, Build, Slot, Table},
@@ -79,11 +79,6 @@ fn refused(dir: &Path, cmd: &str, target: &Path) -> String {
 
 /// Boots `img` under SeaBIOS (console in DIR/NAME.log), then under OVMF (DIR/NAME-efi.log): both must come
 /// up with the ready line `want`.
-fn assert_boots_bios_then_uefi(img: &Path, dir: &Path, name: &str, want: &str) {
-    assert_eq!(boot_bios(img, dir, name), want, "SeaBIOS");
-    assert_eq!(boot_uefi(img, dir, &format!("{name}-efi")), want, "OVMF");
-}
-
 fn table(target: &Path) -> Table {
     let mut s = stick::open(target.to_str().unwrap()).unwrap();
     Table::read(&mut *s).unwrap()

@@ -396,14 +396,7 @@ fn the_image_boots_under_seabios_and_ovmf() {
     );
     st.close().unwrap();
 
-    assert_eq!(
-        common::boot_bios(&img, dir, "seabios"),
-        "ramnas: ready slot=a build=hybrid"
-    );
-    assert_eq!(
-        common::boot_uefi(&img, dir, "ovmf"),
-        "ramnas: ready slot=a build=hybrid"
-    );
+    common::assert_boots_bios_then_uefi(&img, dir, "hybrid", "ramnas: ready slot=a build=hybrid");
 }
 
 /// A build whose tree holds Alpine's syslinux and systemd-boot (here the host's files, at the paths
@@ -504,13 +497,11 @@ fn boot_loaders_from_the_tree_make_the_stick() {
     ] {
         assert!(status.contains(want), "{want:?} in {status}");
     }
-    assert_eq!(
-        common::boot_bios(&img, dir, "seabios-own"),
-        "ramnas: ready slot=a build=own-boot"
-    );
-    assert_eq!(
-        common::boot_uefi(&img, dir, "ovmf-own"),
-        "ramnas: ready slot=a build=own-boot"
+    common::assert_boots_bios_then_uefi(
+        &img,
+        dir,
+        "own-boot",
+        "ramnas: ready slot=a build=own-boot",
     );
 
     // A build without them: no stick without the host's; with the host's, the stick says so.

@@ -210,6 +210,12 @@ pub fn boot_uefi(img: &Path, dir: &Path, name: &str) -> String {
     boot_to_ready(&uefi_machine(img, dir), dir, name).0
 }
 
+/// Boots the stick `img` under SeaBIOS, then under OVMF; each must print the ready line `want`.
+pub fn assert_boots_bios_then_uefi(img: &Path, dir: &Path, name: &str, want: &str) {
+    assert_eq!(boot_bios(img, dir, name), want, "SeaBIOS");
+    assert_eq!(boot_uefi(img, dir, &format!("{name}-efi")), want, "OVMF");
+}
+
 /// A loop device over a file (the tests run as root), detached when dropped.
 pub struct Loop {
     pub dev: PathBuf,
