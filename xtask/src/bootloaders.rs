@@ -1,6 +1,6 @@
 //! The boot loaders a build carries: Alpine's own syslinux and systemd-boot, taken from the tree.
 //!
-//! When the system lists Alpine's `syslinux` (or `systemd-boot` and `systemd-efistub`), the build copies
+//! When the system lists Alpine's `syslinux` (or `systemd-boot`), the build copies
 //! their files out of the tree into `OUT/bootloaders/`, and `image` and `deploy` use those instead of the
 //! host's: the same commit then gives the same stick on Debian and on Fedora, and the boot loaders are
 //! locked with every other package. Without them, the host's copies are used, as before. The manifest's
@@ -25,7 +25,7 @@ pub const SYSTEMD_BOOT: &str = "systemd-boot";
 /// Where Alpine's syslinux package puts mbr.bin and the BIOS modules, and its mtools installer.
 const TREE_SYSLINUX: &str = "usr/share/syslinux";
 const TREE_SYSLINUX_INSTALLER: &str = "usr/bin/syslinux";
-/// Where Alpine's systemd-boot and systemd-efistub put their files (as every distribution does).
+/// Where Alpine's systemd-boot puts its files (as every distribution does).
 const TREE_SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi";
 /// The installer's name under `OUT/bootloaders/syslinux/`, and the directory of its loader and libraries.
 pub const INSTALLER: &str = "syslinux";
@@ -78,8 +78,8 @@ pub fn copy_from_tree(
     }
 
     let efi = tree.join(TREE_SYSTEMD_BOOT);
-    let uefi = [crate::uefi::STUB, crate::uefi::SYSTEMD_BOOT].map(|f| efi.join(f));
-    if complete(tree, "systemd-boot and systemd-efistub", &uefi) {
+    let uefi = [efi.join(crate::uefi::SYSTEMD_BOOT)];
+    if complete(tree, "systemd-boot", &uefi) {
         copy_into(tree, &uefi, &dest.join(SYSTEMD_BOOT))?;
         found.insert(SYSTEMD_BOOT.to_string(), from("systemd-boot"));
     }

@@ -3,8 +3,6 @@
 //! Each command opens the target as a [`Stick`] and hands it to [`crate::slots`], where the A/B logic and the
 //! crash-safe order of writes live; here are only the words around it.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Result};
 
 use crate::{
@@ -13,7 +11,6 @@ use crate::{
     manifest::{self, Manifest},
     slots::{self, Build, LastTrial, Running, Slot, Table},
     stick::{self, Faulty, Stick},
-    uefi,
 };
 
 pub fn deploy(flags: DeployFlags) -> Result<()> {
@@ -56,20 +53,7 @@ pub fn deploy(flags: DeployFlags) -> Result<()> {
             println!("note: the NAS runs slot {target} (from memory); its files on the stick are replaced");
         }
     }
-    let uki = if slots::has_uefi(&mut *stick)? {
-        Some(build_uki(&build, target)?)
-    } else {
-        None
-    };
-    let done = slots::deploy(
-        &mut *stick,
-        &table,
-        &build,
-        uki.as_ref().map(|u| u.0.as_path()),
-        flags.commit,
-    );
-    drop(uki);
-    done?;
+    slots::deploy(&mut *stick, &table, &build, flags.commit)?;
     LastTrial::forget(&mut *stick)?;
     stick.close()?;
     let t = &flags.target.target;
@@ -192,10 +176,10 @@ pub fn status(flags: TargetFlags) -> Result<()> {
         (_, Some(slot)) => println!("trial: slot {slot} armed for the next UEFI boot"),
         (_, None) => println!("trial: none armed"),
     }
-    if !table.uefi.ukis.is_empty() {
-        let ukis: Vec<String> = table
+    if !table.uefi.entries.is_empty() {
+        let entries: Vec<String> = table
             .uefi
-            .ukis
+            .entries
             .values()
             .map(|(name, _)| name.clone())
             .collect();
@@ -204,7 +188,7 @@ pub fn status(flags: TargetFlags) -> Result<()> {
             table.uefi.committed().unwrap_or("none"),
             table.uefi.trial().unwrap_or("none"),
             table.uefi.next_boot().unwrap_or("none"),
-            ukis.join(", ")
+            entries.join(", ")
         );
     }
     if let Some(r) = running {
@@ -222,29 +206,6 @@ pub fn status(flags: TargetFlags) -> Result<()> {
         }
     }
     stick.close()
-}
-
-/// A UKI built on this machine for `slot`, removed when dropped.
-struct TempUki(PathBuf);
-
-impl Drop for TempUki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// The slot's unified kernel image (systemd's EFI stub from this machine), built in the temporary directory.
-fn build_uki(build: &Build, slot: Slot) -> Result<TempUki> {
-    let host = uefi::find_for(&build.dir, &build.manifest.bootloaders)?;
-    let uki = TempUki(
-        std::env::temp_dir().join(format!("ramnas-slot-{slot}-{}.uki", std::process::id())),
-    );
-    uefi::build_uki(
-        &host,
-        &uefi::Uki::for_build(&build.dir, slot.name(), &slots::title(&build.manifest))?,
-        &uki.0,
-    )?;
-    Ok(uki)
 }
 
 /// What the running NAS says about itself; None unless the target is a running NAS.

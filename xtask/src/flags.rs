@@ -115,8 +115,8 @@ pub enum Compression {
 pub struct ImageFlags {
     #[command(flatten)]
     pub out: OutFlags,
-    /// Image size, such as 512M or 2G: at least five times the build plus 16 MiB (slots a and b, the
-    /// temporary copy a deploy writes before it replaces a slot, and each slot's UKI for UEFI).
+    /// Image size, such as 512M or 2G: at least three times the build plus 16 MiB (slots a and b, and the
+    /// temporary copy a deploy writes before it replaces a slot).
     #[arg(long, default_value = "1G", value_name = "SIZE")]
     pub size: String,
     /// Where to write the image [default: OUT/boot.img].

@@ -150,24 +150,14 @@ pub const TOOLS: &[Tool] = &[
         arch: "util-linux",
     },
     Tool {
-        program: "systemd's EFI stub and systemd-boot",
+        program: "systemd-boot",
         found: Some(|| crate::uefi::find().is_ok()),
         used_by: "image (UEFI)",
         tests_only: false,
         debian: "systemd-boot-efi",
         fedora: "systemd-boot-unsigned",
-        alpine: "systemd-efistub",
+        alpine: "systemd-boot",
         arch: "systemd",
-    },
-    Tool {
-        program: "objcopy",
-        found: None,
-        used_by: "image (UEFI)",
-        tests_only: false,
-        debian: "binutils",
-        fedora: "binutils",
-        alpine: "binutils",
-        arch: "binutils",
     },
     Tool {
         program: "cpio",
@@ -315,7 +305,6 @@ pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
     "fdisk",
     "cpio",
     "systemd-boot-efi",
-    "binutils",
     "shellcheck",
     "zstd",
     "xz-utils",
@@ -523,9 +512,10 @@ mod tests {
 
     #[test]
     fn test_packages_cover_the_field_notes_list() {
-        // /work/shared/notes.md "Debian packages the tests use", plus zstd and xz-utils.
+        // /work/shared/notes.md "Debian packages the tests use" (without binutils: no UKIs are built any more),
+        // plus zstd and xz-utils.
         let notes = "qemu-system-x86 qemu-utils ovmf linux-image-amd64 busybox-static syslinux syslinux-common \
-                     mtools dosfstools fdisk cpio systemd-boot-efi binutils shellcheck zstd xz-utils";
+                     mtools dosfstools fdisk cpio systemd-boot-efi shellcheck zstd xz-utils";
         for p in notes.split_whitespace() {
             assert!(TEST_PACKAGES_DEBIAN.contains(&p), "{p} missing");
         }

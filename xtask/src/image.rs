@@ -2,7 +2,7 @@
 //!
 //! No root, no mount, no loop device: the MBR is written here, the FAT32 file system by `mkfs.vfat --offset`,
 //! syslinux by its mtools installer (`syslinux --install --offset`), everything else through [`crate::stick`],
-//! including the UEFI path ([`crate::uefi`]: systemd-boot and slot a's UKI as the committed slot).
+//! including the UEFI path ([`crate::uefi`]: systemd-boot and slot a's entry as the committed slot).
 //! The same build gives the same bytes: fixed disk id and volume serial, fixed timestamps.
 
 use std::{
@@ -101,11 +101,10 @@ pub fn parse_size(text: &str) -> Result<u64> {
 }
 
 /// Bytes the image needs for this build: the 1 MiB before the partition, slots a and b, the temporary copy a
-/// deploy writes before it removes a slot's old build, two UKIs (each the build's kernel and initrds again,
-/// for UEFI), the headroom, and FAT's own share (its two tables and cluster slack, at most 1/32 of the rest),
-/// rounded up to a MiB.
+/// deploy writes before it removes a slot's old build, the headroom, and FAT's own share (its two tables and
+/// cluster slack, at most 1/32 of the rest), rounded up to a MiB. (Both boot loaders boot a slot's files.)
 pub fn needed_bytes(build: &Build) -> u64 {
-    let data = 5 * build.slot_bytes() + HEADROOM;
+    let data = 3 * build.slot_bytes() + HEADROOM;
     (PART_START + data + data / 32).div_ceil(MIB) * MIB
 }
 
@@ -138,29 +137,25 @@ fn make(tmp: &Path, size: u64, build: &Build, host: &syslinux::Host) -> Result<(
     }
     slots::install(&mut *stick, Slot::A, build)?;
     slots::write_boot_config(&mut *stick, Slot::A)?;
-    let uefi = install_uefi(&mut *stick, tmp, build)?;
+    let uefi = install_uefi(&mut *stick, build)?;
     let record = format!("syslinux: {}\nsystemd-boot: {uefi}\n", host.source);
     stick.write(bootloaders::RECORD, &mut record.as_bytes())?;
     stick.close()
 }
 
-/// The UEFI boot path on the same partition: systemd-boot, and slot a's UKI as the committed slot; returns
+/// The UEFI boot path on the same partition: systemd-boot, and slot a's entry as the committed slot; returns
 /// whose systemd-boot it is.
-fn install_uefi(stick: &mut dyn Stick, tmp: &Path, build: &Build) -> Result<String> {
+fn install_uefi(stick: &mut dyn Stick, build: &Build) -> Result<String> {
     let host = uefi::find_for(&build.dir, &build.manifest.bootloaders)?;
-    let uki = PathBuf::from(format!("{}.uki", tmp.display()));
-    let made = uefi::build_uki(
-        &host,
-        &uefi::Uki::for_build(&build.dir, Slot::A.name(), &slots::title(&build.manifest))?,
-        &uki,
-    )
-    .and_then(|()| {
-        uefi::install_boot(stick, &host)?;
-        uefi::install_uki(stick, Slot::A.name(), &uki)?;
-        uefi::set_state(stick, Slot::A.name(), None)
-    });
-    let _ = fs::remove_file(&uki);
-    made.map(|()| host.source)
+    uefi::install_boot(stick, &host)?;
+    let table = slots::Table::read(stick)?;
+    let a = table
+        .slots
+        .get(&Slot::A)
+        .context("slot a is not complete after writing it")?;
+    uefi::install_entry(stick, &a.boot_entry(Slot::A))?;
+    uefi::set_state(stick, Slot::A.name(), None)?;
+    Ok(host.source)
 }
 
 /// The MBR: syslinux's boot code, the fixed disk id, one bootable FAT32 (LBA) partition from 1 MiB to the end.

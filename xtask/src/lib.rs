@@ -17,6 +17,7 @@ pub mod vm;
 
 // Primitives.
 pub mod blockdev;
+pub mod boot_entry;
 pub mod bootloaders;
 pub mod compress;
 pub mod config;

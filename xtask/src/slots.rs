@@ -9,6 +9,7 @@ use std::{collections::BTreeMap, fs, path::Path};
 use anyhow::{bail, Context, Result};
 
 use crate::{
+    boot_entry::BootEntry,
     manifest::Manifest,
     progress,
     stick::{self, Stick},
@@ -158,6 +159,18 @@ pub struct Filled {
     pub ucode: bool,
 }
 
+impl Filled {
+    /// How a boot loader boots the slot `slot` holding this build.
+    pub fn boot_entry(&self, slot: Slot) -> BootEntry {
+        BootEntry::in_slot(
+            slot.name(),
+            &title(&self.manifest),
+            self.ucode,
+            &self.cmdline,
+        )
+    }
+}
+
 /// What a stick holds: the filled slots, the default, the armed boot-once command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
@@ -166,7 +179,7 @@ pub struct Table {
     pub default: Option<Slot>,
     /// The ADV's boot-once command (`b ramnas.trial=1`), None when not armed.
     pub boot_once: Option<String>,
-    /// The UEFI view: the UKIs under EFI/Linux and their roles (committed, trial, spare).
+    /// The UEFI view: the entries under loader/entries and their roles (committed, trial, spare).
     pub uefi: uefi::View,
 }
 
@@ -356,15 +369,7 @@ fn write_config(
             stick.describe()
         );
     }
-    let entries: Vec<syslinux::Entry> = slots
-        .iter()
-        .map(|(slot, f)| syslinux::Entry {
-            label: slot.name().to_string(),
-            title: title(&f.manifest),
-            ucode: f.ucode,
-            cmdline: f.cmdline.clone(),
-        })
-        .collect();
+    let entries: Vec<BootEntry> = slots.iter().map(|(slot, f)| f.boot_entry(*slot)).collect();
     let cfg = syslinux::config(&entries, default.name());
     for path in [syslinux::FALLBACK_CONFIG, syslinux::CONFIG] {
         if stick.exists(path)? && stick.read(path)? == cfg.as_bytes() {
@@ -469,41 +474,27 @@ pub fn committed(stick: &mut dyn Stick, table: &Table) -> Result<Slot> {
 }
 
 /// Puts `build` into the slot that is not committed and arms it for one trial boot (`commit`: makes it the
-/// default instead). Returns that slot. `uki` is the slot's unified kernel image built on this machine, for
-/// a stick that also boots UEFI ([`has_uefi`]); both bootloaders are kept in step.
+/// default instead). Returns that slot. On a stick that also boots UEFI ([`has_uefi`]) both boot loaders
+/// are kept in step; their entries name the same files.
 ///
 /// The order of writes is what makes a stop at any point safe (each step is synced before the next):
 /// 1. the build under temporary names in the target slot, each file checked (the slot's old build, its boot
-///    entry and any trial armed for it stay usable);
+///    entries and any trial armed for it stay usable);
 /// 2. the target slot is detached: a boot-once naming it is cleared, then syslinux.cfg is rewritten without
-///    its entry (the committed slot as DEFAULT), so nothing boots the slot while its files change; on UEFI
-///    the UKIs are renamed so that the committed slot is the default and the target a spare (which never
-///    boots by itself);
-/// 3. the files are renamed into place, manifest.json last; then (UEFI) the new UKI replaces the target's
-///    spare, written under a temporary name and checked first (after the old files are gone, so the stick
-///    never holds more than five builds' worth: two slots, two UKIs, one temporary copy);
-/// 4. syslinux.cfg gets the slot's entry back (and, with `commit`, DEFAULT);
-/// 5. the trial is armed: the ADV's boot-once, then the UKI renamed to a trial with one try (with
-///    `commit`: the boot-once cleared, the UKI renamed to the default).
+///    its entry (the committed slot as DEFAULT); on UEFI the committed slot's entry is made the default and
+///    the target's removed. Nothing boots the slot while its files change;
+/// 3. the files are renamed into place, manifest.json last (the stick never holds more than three builds'
+///    worth: two slots, one temporary copy);
+/// 4. the slot gets its entries back: syslinux.cfg's (and, with `commit`, DEFAULT), systemd-boot's as a spare;
+/// 5. the trial is armed: the ADV's boot-once, then the systemd-boot entry renamed to a trial with one try
+///    (with `commit`: the boot-once cleared, the entry renamed to the default).
 ///
 /// Until 4, every boot is the committed slot (or, before 2, the trial armed earlier of the old build).
 ///
 /// `table` is the stick's [`Table::read`], taken just before.
-pub fn deploy(
-    stick: &mut dyn Stick,
-    table: &Table,
-    build: &Build,
-    uki: Option<&Path>,
-    commit: bool,
-) -> Result<Slot> {
+pub fn deploy(stick: &mut dyn Stick, table: &Table, build: &Build, commit: bool) -> Result<Slot> {
     let keep = committed(stick, table)?;
     let target = keep.other();
-    if has_uefi(stick)? && uki.is_none() {
-        bail!(
-            "{} boots UEFI too: deploy needs the slot's UKI",
-            stick.describe()
-        );
-    }
     write_temps(stick, target, build)?;
     // A running NAS may have committed a trial meanwhile (ramnas-ready): then the target is the default now.
     let default = boot_config(stick)?.and_then(|c| syslinux::default_label(&c));
@@ -516,43 +507,42 @@ pub fn deploy(
         );
     }
     detach(stick, table, target)?;
-    if uki.is_some() && table.uefi.ukis.contains_key(keep.name()) {
-        uefi::set_state(stick, keep.name(), None)?;
-    }
     rename_temps(stick, target, build)?;
-    if let Some(uki) = uki {
-        uefi::install_uki(stick, target.name(), uki)?;
-    }
     let table = Table::read(stick)?;
-    if !table.slots.contains_key(&target) {
+    let Some(filled) = table.slots.get(&target) else {
         bail!(
             "slot {target} on {} is not complete after writing it",
             stick.describe()
         );
+    };
+    let uefi = has_uefi(stick)?;
+    if uefi {
+        uefi::install_entry(stick, &filled.boot_entry(target))?;
     }
     if commit {
         write_config(stick, &table.slots, target)?;
         set_boot_once(stick, None)?;
-        if uki.is_some() {
+        if uefi {
             uefi::set_state(stick, target.name(), None)?;
         }
     } else {
         write_config(stick, &table.slots, keep)?;
         set_boot_once(stick, Some(&trial_command(target)))?;
-        if uki.is_some() && table.uefi.ukis.contains_key(keep.name()) {
+        if uefi {
             uefi::set_state(stick, keep.name(), Some(target.name()))?;
         }
     }
     Ok(target)
 }
 
-/// Whether the stick also boots UEFI (systemd-boot and a UKI per slot).
+/// Whether the stick also boots UEFI (systemd-boot and an entry per slot).
 pub fn has_uefi(stick: &mut dyn Stick) -> Result<bool> {
     stick.exists(uefi::BOOTLOADER)
 }
 
-/// Makes sure nothing boots `slot`: clears a boot-once naming it, then drops its entry from syslinux.cfg.
-/// `table` is still the stick's: only temporary files changed since it was read.
+/// Makes sure nothing boots `slot`: clears a boot-once naming it, then drops its entry from syslinux.cfg;
+/// on UEFI makes the committed slot's entry the default (writing it first on a stick that booted UKIs) and
+/// removes `slot`'s. `table` is still the stick's: only temporary files changed since it was read.
 fn detach(stick: &mut dyn Stick, table: &Table, slot: Slot) -> Result<()> {
     if table.trial() == Some(slot) {
         set_boot_once(stick, None)?;
@@ -570,16 +560,24 @@ fn detach(stick: &mut dyn Stick, table: &Table, slot: Slot) -> Result<()> {
         rest.remove(&slot);
         write_config(stick, &rest, keep)?;
     }
+    if has_uefi(stick)? {
+        if !table.uefi.entries.contains_key(keep.name()) {
+            uefi::install_entry(stick, &table.slots[&keep].boot_entry(keep))?;
+        }
+        uefi::set_state(stick, keep.name(), None)?;
+        uefi::remove_entry(stick, slot.name())?;
+        uefi::remove_old_ukis(stick)?;
+    }
     Ok(())
 }
 
-/// The slot a running NAS runs on trial: its command line says `ramnas.trial=1` (BIOS), or its UKI is a
+/// The slot a running NAS runs on trial: its command line says `ramnas.trial=1` (BIOS), or its entry is a
 /// trial systemd-boot has counted a try of (UEFI: it renames `+1-0` to `+0-1` before it boots it). A UEFI
 /// trial still armed says nothing: the NAS may run that slot picked by hand at the BIOS prompt.
 pub fn running_trial(table: &Table, running: Running) -> Option<Slot> {
     let slot = running.slot?;
     let uefi_trial = matches!(
-        table.uefi.ukis.get(slot.name()),
+        table.uefi.entries.get(slot.name()),
         Some((_, uefi::Role::Trial { done, .. })) if *done > 0
     );
     (running.trial || uefi_trial).then_some(slot)
@@ -603,7 +601,7 @@ pub fn trial_to_commit(
 ) -> Result<Slot> {
     let default = table.default;
     match running {
-        // A running NAS: its bootloader already spent the trial; the command line or the UKI's name tells.
+        // A running NAS: its bootloader already spent the trial; the command line or the entry's name tells.
         Some(r) if running_trial(table, r).is_some_and(|s| Some(s) != default) => {
             Ok(r.slot.expect("a trial runs a slot"))
         }
@@ -635,21 +633,20 @@ pub fn trial_to_commit(
 }
 
 /// Makes `slot` the default on both bootloaders and disarms any trial: syslinux.cfg (both copies), the
-/// boot-once cleared, then the UKIs renamed (the slot's to the default, the other's to a spare).
+/// boot-once cleared, then the systemd-boot entries renamed (the slot's to the default, the other's to a
+/// spare; a complete slot without an entry, on a stick that booted UKIs, gets one first).
 pub fn make_default(stick: &mut dyn Stick, slot: Slot) -> Result<()> {
     let table = Table::read(stick)?;
-    let uefi = has_uefi(stick)?;
-    if uefi && !table.uefi.ukis.contains_key(slot.name()) {
-        bail!(
-            "{}: slot {slot} has no UKI under /{}, so UEFI could not boot it; deploy it again",
-            stick.describe(),
-            uefi::LINUX_DIR
-        );
-    }
     write_config(stick, &table.slots, slot)?;
     set_boot_once(stick, None)?;
-    if uefi {
+    if has_uefi(stick)? {
+        for (s, filled) in &table.slots {
+            if !table.uefi.entries.contains_key(s.name()) {
+                uefi::install_entry(stick, &filled.boot_entry(*s))?;
+            }
+        }
         uefi::set_state(stick, slot.name(), None)?;
+        uefi::remove_old_ukis(stick)?;
     }
     Ok(())
 }
@@ -957,12 +954,77 @@ mod tests {
         write_boot_config(&mut stick, Slot::A).unwrap();
         stick.raced = false;
         let table = Table::read(&mut stick).unwrap();
-        let err = deploy(&mut stick, &table, &two, None, false).unwrap_err();
+        let err = deploy(&mut stick, &table, &two, false).unwrap_err();
         assert!(err.to_string().contains("default slot changed"), "{err}");
         let table = Table::read(&mut stick).unwrap();
         assert_eq!(table.default, Some(Slot::B));
         assert_eq!(table.slots[&Slot::B].manifest.build_id, "one");
         verify_slot(&mut stick, Slot::B).unwrap();
+    }
+
+    #[test]
+    fn a_deploy_onto_a_stick_that_booted_ukis_leaves_entries_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("stick");
+        for dir in ["syslinux", "EFI/BOOT", "EFI/Linux", "loader"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        let mut ldlinux = vec![0u8; 4096];
+        ldlinux.extend_from_slice(&Adv::default().to_bytes());
+        fs::write(root.join(syslinux::LDLINUX_SYS), ldlinux).unwrap();
+        fs::write(root.join(uefi::BOOTLOADER), "systemd-boot").unwrap();
+        fs::write(root.join(uefi::LOADER_CONF), "default ramnas-*\n").unwrap();
+        fs::write(root.join("EFI/Linux/ramnas-default-a.efi"), "uki").unwrap();
+        fs::write(root.join("EFI/Linux/other.efi"), "not ours").unwrap();
+        let files = [("vmlinuz", "k1"), ("initramfs", "i1"), ("cmdline", "c\n")];
+        let one = build(&tmp.path().join("one"), "one", &files);
+        let two = build(
+            &tmp.path().join("two"),
+            "two",
+            &[("vmlinuz", "k2"), ("initramfs", "i2"), ("cmdline", "q\n")],
+        );
+        let mut stick = Dir::open(&root).unwrap();
+        install(&mut stick, Slot::A, &one).unwrap();
+        write_boot_config(&mut stick, Slot::A).unwrap();
+        let table = Table::read(&mut stick).unwrap();
+        assert_eq!(deploy(&mut stick, &table, &two, false).unwrap(), Slot::B);
+
+        let mut names: Vec<String> = fs::read_dir(root.join(uefi::ENTRIES_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ramnas-default-a.conf", "ramnas-trial-b+1-0.conf"]);
+        let entry =
+            fs::read_to_string(root.join("loader/entries/ramnas-trial-b+1-0.conf")).unwrap();
+        assert!(
+            entry.contains(
+                "linux   /slots/b/vmlinuz\ninitrd  /slots/b/initramfs\noptions q ramnas.slot=b\n"
+            ),
+            "{entry}"
+        );
+        assert!(!root.join("EFI/Linux/ramnas-default-a.efi").exists());
+        assert!(root.join("EFI/Linux/other.efi").exists());
+        assert_eq!(
+            fs::read_to_string(root.join(uefi::LOADER_CONF)).unwrap(),
+            uefi::loader_conf()
+        );
+        let table = Table::read(&mut stick).unwrap();
+        assert_eq!(armed_trial(&table), Some(Slot::B));
+        assert_eq!(table.uefi.next_boot(), Some("b"));
+
+        // Commit: b's entry the default, a's a spare; rollback: the other way round.
+        make_default(&mut stick, Slot::B).unwrap();
+        let table = Table::read(&mut stick).unwrap();
+        assert_eq!(
+            (table.uefi.committed(), table.uefi.trial()),
+            (Some("b"), None)
+        );
+        assert_eq!(table.uefi.entries["a"].0, "ramnas-a.conf");
+        make_default(&mut stick, Slot::A).unwrap();
+        let table = Table::read(&mut stick).unwrap();
+        assert_eq!(table.uefi.committed(), Some("a"));
+        assert_eq!(table.default, Some(Slot::A));
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
+use crate::boot_entry::BootEntry;
+
 /// Where the bootloader lives on the stick's FAT partition (`syslinux --directory`).
 pub const DIR: &str = "syslinux";
 /// The config ldlinux reads, relative to the partition's root.
@@ -149,25 +151,12 @@ pub fn mbr_code(host: &Host) -> Result<Vec<u8>> {
     Ok(code)
 }
 
-/// One boot entry: a slot holding a build.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The label, `a` or `b`; also the slot's directory name under /slots.
-    pub label: String,
-    /// Shown in the menu next to the label.
-    pub title: String,
-    /// Whether /slots/<label>/ucode.img exists (loaded before the initramfs).
-    pub ucode: bool,
-    /// The build's kernel command line (without `ramnas.slot`).
-    pub cmdline: String,
-}
-
 /// Seconds the menu waits before booting the default.
 pub const TIMEOUT_SECS: u32 = 3;
 
 /// syslinux.cfg for `entries`, booting `default` unless a person picks another at the console (serial
 /// or VGA). Each entry appends `ramnas.slot=<label>`.
-pub fn config(entries: &[Entry], default: &str) -> String {
+pub fn config(entries: &[BootEntry], default: &str) -> String {
     let mut cfg = format!(
         "# Written by cargo xtask; rewritten on every deploy, commit and rollback.\n\
          SERIAL 0 115200\n\
@@ -182,18 +171,14 @@ pub fn config(entries: &[Entry], default: &str) -> String {
         TIMEOUT_SECS * 10
     );
     for e in entries {
-        let dir = format!("/slots/{}", e.label);
-        let initrd = if e.ucode {
-            format!("{dir}/ucode.img,{dir}/initramfs")
-        } else {
-            format!("{dir}/initramfs")
-        };
         let default_mark = if e.label == default { " (default)" } else { "" };
         cfg.push_str(&format!(
-            "\nLABEL {label}\n  MENU LABEL slot {label}: {title}{default_mark}\n  KERNEL {dir}/vmlinuz\n  INITRD {initrd}\n  APPEND {cmdline} ramnas.slot={label}\n",
+            "\nLABEL {label}\n  MENU LABEL slot {label}: {title}{default_mark}\n  KERNEL {kernel}\n  INITRD {initrd}\n  APPEND {cmdline}\n",
             label = e.label,
             title = e.title,
-            cmdline = e.cmdline.trim(),
+            kernel = e.kernel,
+            initrd = e.initrds.join(","),
+            cmdline = e.full_cmdline(),
         ));
     }
     cfg
@@ -425,18 +410,8 @@ mod tests {
     #[test]
     fn config_has_an_entry_per_slot_and_the_default() {
         let entries = [
-            Entry {
-                label: "a".into(),
-                title: "build 1".into(),
-                ucode: true,
-                cmdline: "console=ttyS0 panic=5\n".into(),
-            },
-            Entry {
-                label: "b".into(),
-                title: "build 2".into(),
-                ucode: false,
-                cmdline: "quiet".into(),
-            },
+            BootEntry::in_slot("a", "build 1", true, "console=ttyS0 panic=5\n"),
+            BootEntry::in_slot("b", "build 2", false, "quiet"),
         ];
         let cfg = config(&entries, "b");
         assert_eq!(default_label(&cfg).as_deref(), Some("b"));

@@ -315,11 +315,11 @@ fn commit_keeps_the_new_build_and_rollback_returns() {
     assert_eq!(s.read("persist/keep").unwrap(), b"user data");
 }
 
-/// The file names in EFI/Linux (UKIs and their temporary copies), sorted.
-fn uki_names(img: &Path) -> Vec<String> {
+/// The file names in loader/entries (systemd-boot's entries, without temporary copies), sorted.
+fn entry_names(img: &Path) -> Vec<String> {
     let mut s = stick::open(img.to_str().unwrap()).unwrap();
     let mut names: Vec<String> = s
-        .list(xtask::uefi::LINUX_DIR)
+        .list(xtask::uefi::ENTRIES_DIR)
         .unwrap()
         .into_iter()
         .map(|e| e.name)
@@ -342,10 +342,19 @@ fn deploy_killed_at(dir: &Path, target: &Path, out: &Path, n: u32, extra: &[&str
 fn bootable(target: &Path, markers: &[(&str, &Path)]) -> (Slot, String) {
     let mut s = stick::open(target.to_str().unwrap()).unwrap();
     let t = Table::read(&mut *s).unwrap();
-    // UEFI: one UKI per slot (Table::read refuses two), a default, and one of them boots next.
-    let efi = t.uefi.next_boot().expect("no UKI boots under UEFI");
-    assert!(t.uefi.committed().is_some(), "no default UKI: {:?}", t.uefi);
-    assert!(["a", "b"].contains(&efi));
+    // UEFI: one entry per slot (Table::read refuses two), a default, and one of them boots next; every
+    // entry (a person may pick a spare) names a complete build whose files match its manifest.
+    t.uefi.next_boot().expect("no entry boots under UEFI");
+    assert!(
+        t.uefi.committed().is_some(),
+        "no default entry: {:?}",
+        t.uefi
+    );
+    for label in t.uefi.entries.keys() {
+        let slot = Slot::parse(label).expect("an entry of slot a or b");
+        slots::verify_slot(&mut *s, slot)
+            .unwrap_or_else(|e| panic!("systemd-boot's entry of slot {slot}: {e:#}"));
+    }
     let slot = t.trial().or(t.default).expect("no default slot");
     slots::verify_slot(&mut *s, slot).unwrap_or_else(|e| panic!("slot {slot}: {e:#}"));
     let id = &t.slots[&slot].manifest.build_id;
@@ -400,15 +409,15 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
             common::text(&res)
         );
         let (slot, marker) = bootable(&stick, &markers);
-        // UEFI: booted (on a copy) at every point where the UKIs' names differ from the last one booted.
-        let names = uki_names(&stick);
+        // UEFI: booted (on a copy) at every point where the entries' names differ from the last one booted.
+        let names = entry_names(&stick);
         if efi_seen.last().map(|(_, last, _)| last) != Some(&names) {
             fs::copy(&stick, &efi_copy).unwrap();
             let want = table(&stick).uefi.next_boot().unwrap().to_string();
             let line = boot_uefi(&efi_copy, d, &format!("killed-{n}-efi"));
             assert!(
                 line.starts_with(&format!("ramnas: ready slot={want} build=kill-")),
-                "killed at point {n}, UKIs {names:?}: {line}"
+                "killed at point {n}, entries {names:?}: {line}"
             );
             efi_seen.push((n, names, line));
         }
@@ -527,16 +536,16 @@ fn a_directory_target_works_like_the_image() {
     assert!(
         !nas.join("syslinux.cfg.tmp").exists() && !nas.join("syslinux/syslinux.cfg.tmp").exists()
     );
-    let ukis = |root: &Path| -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(root.join("EFI/Linux"))
+    let entries = |root: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(root.join(xtask::uefi::ENTRIES_DIR))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
         names
     };
-    assert_eq!(ukis(&nas), ["ramnas-a.efi", "ramnas-default-b.efi"]);
-    assert_eq!(ukis(&nas), ukis(&root));
+    assert_eq!(entries(&nas), ["ramnas-a.conf", "ramnas-default-b.conf"]);
+    assert_eq!(entries(&nas), entries(&root));
     let st = status(d, &root);
     assert!(
         st.contains("slot b (default):") && st.contains("trial: none armed"),
@@ -730,7 +739,7 @@ fn an_ssh_target_works_like_the_image() {
     )
     .unwrap();
     let st = common::ok(&xtask_ssh(d, &wrapper, &["status", &target]));
-    // (Its UKI is still armed: only ldlinux spent the BIOS trial.)
+    // (Its systemd-boot entry is still armed: only ldlinux spent the BIOS trial.)
     assert!(
         st.contains("slot b (armed for trial, running on trial):"),
         "{st}"

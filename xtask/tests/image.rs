@@ -203,15 +203,20 @@ fn image_layout_is_as_specified_and_reproducible() {
         assert!(line.contains(" 1980-01-01   0:00"), "{line}");
     }
     assert_eq!(mdir("::/persist").trim(), "");
-    // The UEFI path on the same partition: systemd-boot, its config, slot a's UKI as the committed slot.
-    let efi = mdir("::/EFI/BOOT") + &mdir("::/EFI/Linux") + &mdir("::/loader");
+    // The UEFI path on the same partition: systemd-boot, its config, slot a's entry as the committed slot,
+    // naming the files syslinux boots with the same command line.
+    let efi = mdir("::/EFI/BOOT") + &mdir("::/loader/entries") + &mdir("::/loader");
     for f in [
         "::/EFI/BOOT/BOOTX64.EFI",
-        "::/EFI/Linux/ramnas-default-a.efi",
+        "::/loader/entries/ramnas-default-a.conf",
         "::/loader/loader.conf",
     ] {
         assert!(efi.contains(f), "{f} missing from {efi}");
     }
+    let entry = common::run(
+        "mtype",
+        &["-i", &spec, "::/loader/entries/ramnas-default-a.conf"],
+    );
     assert!(root.contains("::/syslinux.cfg"), "{root}");
     let cfg = common::run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
     assert_eq!(cfg, common::run("mtype", &["-i", &spec, "::/syslinux.cfg"]));
@@ -222,6 +227,14 @@ fn image_layout_is_as_specified_and_reproducible() {
         "{cfg}"
     );
     assert!(!cfg.contains("LABEL b"), "{cfg}");
+    assert!(entry.contains("linux   /slots/a/vmlinuz\n"), "{entry}");
+    assert!(
+        entry.contains(&format!(
+            "initrd  /slots/a/initramfs\noptions {} ramnas.slot=a\n",
+            cmdline.trim()
+        )),
+        "{entry}"
+    );
     assert_eq!(
         fs::read(out.join("initramfs")).unwrap(),
         run_bytes("mtype", &["-i", &spec, "::/slots/a/initramfs"])
@@ -313,12 +326,12 @@ fn too_small_says_how_much_is_needed_before_writing() {
         &["image", "--out", out.to_str().unwrap(), "--size", "512M"],
     ));
     assert!(text.contains("too small"), "{text}");
-    // 5 × 310 MiB (3 copies of the slot, 2 UKIs) + 16 MiB, plus 1/32, plus the MiB before the partition.
+    // 3 × 310 MiB (3 copies of the slot) + 16 MiB, plus 1/32, plus the MiB before the partition.
     let needed = Build::open(&out)
         .map(|b| xtask::image::needed_bytes(&b))
         .unwrap()
         >> 20;
-    assert!((1580..1660).contains(&needed), "{needed}");
+    assert!((960..1000).contains(&needed), "{needed}");
     assert!(text.contains(&format!("--size {needed}M")), "{text}");
     assert!(!out.join("boot.img").exists());
     assert!(!out.join("boot.img.tmp").exists());

@@ -111,13 +111,13 @@ rm /tmp/runlevels/boot/broken
 echo "ramnas.slot=a" > /tmp/handpicked
 RAMNAS_CMDLINE=/tmp/handpicked ramnas-ready
 for l in $(RAMNAS_CMDLINE=/tmp/handpicked ramnas-slot); do echo "ramnas-test: handpicked $l"; done
-linux=/media/boot/EFI/Linux
-mkdir -p $linux && : > $linux/ramnas-trial-a+1-0.efi
+entries=/media/boot/loader/entries
+mkdir -p $entries && : > $entries/ramnas-trial-a+1-0.conf
 echo "ramnas-test: uefi armed $(RAMNAS_EFI=/tmp RAMNAS_CMDLINE=/tmp/handpicked ramnas-slot trial)"
-mv $linux/ramnas-trial-a+1-0.efi $linux/ramnas-trial-a+0-1.efi
+mv $entries/ramnas-trial-a+1-0.conf $entries/ramnas-trial-a+0-1.conf
 echo "ramnas-test: uefi counted $(RAMNAS_EFI=/tmp RAMNAS_CMDLINE=/tmp/handpicked ramnas-slot trial)"
 echo "ramnas-test: uefi counted, booted by bios $(RAMNAS_EFI=/nowhere RAMNAS_CMDLINE=/tmp/handpicked ramnas-slot trial)"
-rm -r /media/boot/EFI
+rm $entries/ramnas-trial-a+0-1.conf
 ramnas-persist stop && echo "ramnas-test: unmounted"
 "#;
 

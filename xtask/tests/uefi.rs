@@ -1,9 +1,10 @@
-//! UEFI boot: UKIs built from systemd's stub, and A/B by file name under systemd-boot, proven on OVMF (TCG).
+//! UEFI boot: systemd-boot entries naming each slot's files, and A/B by file name, proven on OVMF (TCG).
 //!
 //! The stick here is a FAT32 partition made with sfdisk, mkfs.vfat and mtools, holding what `uefi` says
-//! it should: systemd-boot as EFI/BOOT/BOOTX64.EFI, loader/loader.conf and one UKI per slot, each built from a
-//! fixture initramfs packed by GNU cpio and the host's Debian kernel. The last test takes `cargo xtask image`'s
-//! stick instead and boots it under both SeaBIOS and OVMF.
+//! it should: systemd-boot as EFI/BOOT/BOOTX64.EFI, loader/loader.conf, and per slot the host's Debian kernel,
+//! the fixture's microcode archive and a fixture initramfs packed by GNU cpio under /slots/<s>/, with one
+//! entry in loader/entries. The last tests take `cargo xtask image`'s stick instead and boot it under both
+//! SeaBIOS and OVMF.
 
 mod common;
 
@@ -15,9 +16,10 @@ use std::{
 };
 
 use xtask::{
+    boot_entry::BootEntry,
     fixture::{Fixture, HostKernel, Init},
     qemu, syslinux,
-    uefi::{self, Role, Uki, View},
+    uefi::{self, Role, View},
 };
 
 /// The FAT partition starts 1 MiB into the image.
@@ -33,25 +35,27 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A fixture build's UKI for slot `label`: GNU-cpio initramfs with the fixture's microcode archive in front.
-fn fixture_uki(dir: &Path, label: &str, build: &str, init: Init, cmdline: &str) -> PathBuf {
+/// A fixture build for slot `label` (kernel, microcode, GNU-cpio initramfs) in `dir/<build>/`; returns its
+/// entry.
+fn fixture_slot(
+    dir: &Path,
+    label: &str,
+    build: &str,
+    init: Init,
+    cmdline: &str,
+) -> (PathBuf, BootEntry) {
     let tree = dir.join(format!("tree-{build}"));
     let mut fixture = Fixture::new(build);
     fixture.init = init;
     fixture.ucode = true;
     fixture.write(&tree).unwrap();
-    let archive = dir.join(format!("{build}.cpio"));
-    common::gnu_cpio(&tree, &archive);
-    let out = dir.join(format!("{build}.efi"));
-    let uki = Uki {
-        label: label.into(),
-        title: format!("build {build}"),
-        cmdline: cmdline.into(),
-        kernel: HostKernel::find().unwrap().vmlinuz,
-        initrds: vec![tree.join("boot/intel-ucode.img"), archive],
-    };
-    uefi::build_uki(&uefi::find().unwrap(), &uki, &out).unwrap();
-    out
+    let files = dir.join(build);
+    fs::create_dir_all(&files).unwrap();
+    common::gnu_cpio(&tree, &files.join("initramfs"));
+    fs::copy(tree.join("boot/intel-ucode.img"), files.join("ucode.img")).unwrap();
+    fs::copy(HostKernel::find().unwrap().vmlinuz, files.join("vmlinuz")).unwrap();
+    let entry = BootEntry::in_slot(label, &format!("build {build}"), true, cmdline);
+    (files, entry)
 }
 
 /// A raw disk image with one FAT32 partition (type 0x0c, bootable) at [`OFFSET`], edited with mtools.
@@ -89,7 +93,15 @@ impl Stick {
             &((size - OFFSET) / 1024).to_string(),
         ]));
         let stick = Stick { image };
-        for dir in ["EFI", "EFI/BOOT", "EFI/Linux", "loader"] {
+        for dir in [
+            "EFI",
+            "EFI/BOOT",
+            "loader",
+            "loader/entries",
+            "slots",
+            "slots/a",
+            "slots/b",
+        ] {
             run(stick.mtool("mmd").arg(format!("::/{dir}")));
         }
         for (path, contents) in uefi::boot_files(&uefi::find().unwrap()).unwrap() {
@@ -116,11 +128,11 @@ impl Stick {
             .arg(format!("::/{path}")));
     }
 
-    /// The file names under EFI/Linux.
-    fn linux_names(&self) -> Vec<String> {
+    /// The file names under loader/entries.
+    fn entry_names(&self) -> Vec<String> {
         run(self
             .mtool("mdir")
-            .args(["-b", &format!("::/{}", uefi::LINUX_DIR)]))
+            .args(["-b", &format!("::/{}", uefi::ENTRIES_DIR)]))
         .lines()
         .filter_map(|l| l.trim().rsplit('/').next().map(str::to_string))
         .filter(|n| !n.is_empty())
@@ -128,7 +140,7 @@ impl Stick {
     }
 
     fn view(&self) -> View {
-        View::from_names(self.linux_names()).unwrap()
+        View::from_names(self.entry_names()).unwrap()
     }
 
     /// Applies `uefi::renames` for this state, as deploy/commit/rollback and the NAS do.
@@ -141,105 +153,51 @@ impl Stick {
         assert_eq!(self.view().trial(), trial);
     }
 
-    /// Copies the UKI `uki` into EFI/Linux under the file name of slot `label` in `role`.
-    fn put_uki(&self, uki: &Path, label: &str, role: Role) {
-        let name = uefi::file_name(label, role);
-        self.put(uki, &format!("{}/{name}", uefi::LINUX_DIR));
+    /// Copies the slot's files (from `files`) into /slots/<label>, and its entry into loader/entries under the
+    /// file name of its slot in `role`.
+    fn put_slot(&self, dir: &Path, (files, entry): &(PathBuf, BootEntry), role: Role) {
+        for name in ["vmlinuz", "ucode.img", "initramfs"] {
+            self.put(&files.join(name), &format!("slots/{}/{name}", entry.label));
+        }
+        let text = dir.join("entry.conf");
+        fs::write(&text, uefi::entry(entry)).unwrap();
+        let name = uefi::file_name(&entry.label, role);
+        self.put(&text, &format!("{}/{name}", uefi::ENTRIES_DIR));
     }
 }
 
-/// A stick (in `dir`) holding the UKI of fixture build-a as slot a, the default, and of build-b, whose /init
-/// does `b_init`, as slot b, a spare; both with `panic=1`.
+/// A stick (in `dir`) holding fixture build-a as slot a, the default, and build-b, whose /init does `b_init`,
+/// as slot b, a spare; both with `panic=1`.
 fn stick_with_slots_a_and_b(dir: &Path, b_init: Init) -> Stick {
     let stick = Stick::create(dir);
-    let a = fixture_uki(dir, "a", "build-a", Init::Ready, "console=ttyS0 panic=1");
-    let b = fixture_uki(dir, "b", "build-b", b_init, "console=ttyS0 panic=1");
-    stick.put_uki(&a, "a", Role::Default);
-    stick.put_uki(&b, "b", Role::Spare);
+    let a = fixture_slot(dir, "a", "build-a", Init::Ready, "console=ttyS0 panic=1");
+    let b = fixture_slot(dir, "b", "build-b", b_init, "console=ttyS0 panic=1");
+    stick.put_slot(dir, &a, Role::Default);
+    stick.put_slot(dir, &b, Role::Spare);
     stick
 }
 
 #[test]
-fn uki_sections_follow_the_stub_and_the_build_is_reproducible() {
-    let dir = common::tempdir();
-    let host = uefi::find().unwrap();
-    let kernel = dir.path().join("kernel");
-    fs::write(&kernel, vec![7u8; 100_000]).unwrap();
-    let (ucode, initramfs) = (dir.path().join("ucode"), dir.path().join("initramfs"));
-    fs::write(&ucode, b"UCODE").unwrap();
-    fs::write(&initramfs, b"INITRAMFS").unwrap();
-    let uki = Uki {
-        label: "b".into(),
-        title: "build x".into(),
-        cmdline: "console=ttyS0 panic=1\n".into(),
-        kernel: kernel.clone(),
-        initrds: vec![ucode, initramfs],
-    };
-    let (one, two) = (dir.path().join("one.efi"), dir.path().join("two.efi"));
-    uefi::build_uki(&host, &uki, &one).unwrap();
-    std::thread::sleep(Duration::from_millis(1100));
-    uefi::build_uki(&host, &uki, &two).unwrap();
-    assert!(
-        fs::read(&one).unwrap() == fs::read(&two).unwrap(),
-        "two builds differ"
-    );
-
-    let bytes = fs::read(&one).unwrap();
-    let pe_at = u32::from_le_bytes(bytes[0x3c..0x40].try_into().unwrap()) as usize;
-    assert_eq!(bytes[pe_at + 8..pe_at + 12], [0; 4], "TimeDateStamp not 0");
+fn an_entry_names_the_kernel_the_initrds_in_order_and_the_command_line() {
+    let entry = BootEntry::in_slot("b", "build x", true, "console=ttyS0 panic=1\n");
     assert_eq!(
-        u32::from_le_bytes(bytes[pe_at + 88..pe_at + 92].try_into().unwrap()),
-        pe_checksum(&bytes, pe_at + 88),
-        "PE checksum"
+        uefi::entry(&entry),
+        "# Written by cargo xtask; its name says its role (see loader.conf).\n\
+         title   ramnas slot b: build x\n\
+         linux   /slots/b/vmlinuz\n\
+         initrd  /slots/b/ucode.img\n\
+         initrd  /slots/b/initramfs\n\
+         options console=ttyS0 panic=1 ramnas.slot=b\n"
     );
-
-    let stub = uefi::Pe::parse(&fs::read(&host.stub).unwrap()).unwrap();
-    let pe = uefi::Pe::parse(&fs::read(&one).unwrap()).unwrap();
-    let added: Vec<_> = pe.sections[stub.sections.len()..].to_vec();
-    let names: Vec<&str> = added.iter().map(|(n, _, _)| n.as_str()).collect();
-    assert_eq!(names, [".osrel", ".cmdline", ".initrd", ".linux"]);
-    let mut end = stub.end_rva();
-    for (name, va, size) in &added {
-        assert!(*va >= end, "{name} at {va:#x} overlaps what precedes it");
-        assert_eq!(va % stub.section_alignment, 0, "{name} unaligned");
-        end = va + size;
-    }
-    // objdump reads the sections back: contents as written.
-    let dump = run(Command::new("objdump").args(["-s", "-j", ".cmdline", one.to_str().unwrap()]));
-    let text: String = dump
-        .lines()
-        .filter_map(|l| l.get(43..))
-        .collect::<Vec<_>>()
-        .concat();
+    // syslinux boots the same files with the same command line.
+    let cfg = syslinux::config(&[entry], "b");
     assert!(
-        text.contains("console=ttyS0 pa"),
-        "objdump .cmdline: {dump}"
+        cfg.contains(
+            "  KERNEL /slots/b/vmlinuz\n  INITRD /slots/b/ucode.img,/slots/b/initramfs\n  \
+             APPEND console=ttyS0 panic=1 ramnas.slot=b\n"
+        ),
+        "{cfg}"
     );
-    // objcopy copies them out: the command line with the slot, the initrds in order, the kernel.
-    let section = |name: &str| {
-        let copy = dir.path().join(name);
-        let only = format!("--only-section={name}");
-        let args = ["-O", "binary", &only, one.to_str().unwrap()];
-        run(Command::new("objcopy").args(args).arg(&copy));
-        fs::read(&copy).unwrap()
-    };
-    assert_eq!(section(".cmdline"), b"console=ttyS0 panic=1 ramnas.slot=b");
-    assert_eq!(section(".initrd"), b"UCODEINITRAMFS");
-    assert_eq!(section(".linux"), fs::read(&kernel).unwrap());
-}
-
-/// The PE image checksum (as binutils and Windows compute it): 16-bit one's-complement-style sum of the
-/// file without its checksum field, plus the file's length.
-fn pe_checksum(bytes: &[u8], field: usize) -> u32 {
-    let mut sum: u64 = 0;
-    for (i, pair) in bytes.chunks(2).enumerate() {
-        if (field..field + 4).contains(&(2 * i)) {
-            continue;
-        }
-        sum += u16::from_le_bytes([pair[0], *pair.get(1).unwrap_or(&0)]) as u64;
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    (((sum & 0xffff) + (sum >> 16)) as u32).wrapping_add(bytes.len() as u32)
 }
 
 #[test]
@@ -249,10 +207,10 @@ fn missing_systemd_boot_names_the_packages() {
         .unwrap_err()
         .to_string();
     for want in [
-        "linuxx64.efi.stub",
+        "systemd-bootx64.conf",
         dir.path().to_str().unwrap(),
         "apt-get install systemd-boot-efi",
-        "apk add systemd-boot systemd-efistub",
+        "apk add systemd-boot;",
     ] {
         assert!(err.contains(want), "{want:?} not in: {err}");
     }
@@ -283,29 +241,29 @@ fn file_names_sort_the_way_systemd_boot_must_boot_them() {
         assert_eq!(v.trial(), None);
     }
     assert_eq!(
-        uefi::parse_file_name("ramnas-trial-b+0-1.efi"),
+        uefi::parse_file_name("ramnas-trial-b+0-1.conf"),
         Some(("b".into(), Role::Trial { left: 0, done: 1 }))
     );
     assert_eq!(
-        uefi::parse_file_name("ramnas-trial-b+3.efi"),
+        uefi::parse_file_name("ramnas-trial-b+3.conf"),
         Some(("b".into(), Role::Trial { left: 3, done: 0 }))
     );
-    assert_eq!(uefi::parse_file_name("ramnas-b.efi.tmp"), None);
+    assert_eq!(uefi::parse_file_name("ramnas-b.conf.tmp"), None);
     assert_eq!(uefi::parse_file_name("other.efi"), None);
-    let err = View::from_names(["ramnas-a.efi", "ramnas-default-a.efi"]).unwrap_err();
-    assert!(err.to_string().contains("two UKIs for slot a"), "{err}");
+    let err = View::from_names(["ramnas-a.conf", "ramnas-default-a.conf"]).unwrap_err();
+    assert!(err.to_string().contains("two entries for slot a"), "{err}");
     // Commit: the trial is promoted before the old default steps down.
     let v = names(&[("a", Role::Default), ("b", spent)]);
     assert_eq!(
         uefi::renames(&v, "b", None).unwrap(),
         [
             (
-                "EFI/Linux/ramnas-trial-b+0-1.efi".to_string(),
-                "EFI/Linux/ramnas-default-b.efi".to_string()
+                "loader/entries/ramnas-trial-b+0-1.conf".to_string(),
+                "loader/entries/ramnas-default-b.conf".to_string()
             ),
             (
-                "EFI/Linux/ramnas-default-a.efi".to_string(),
-                "EFI/Linux/ramnas-a.efi".to_string()
+                "loader/entries/ramnas-default-a.conf".to_string(),
+                "loader/entries/ramnas-a.conf".to_string()
             ),
         ]
     );
@@ -326,10 +284,10 @@ fn ovmf_boots_the_committed_slot_then_a_trial_once_then_commit_and_rollback() {
     // systemd-boot counted the try by renaming the file.
     assert!(
         stick
-            .linux_names()
-            .contains(&"ramnas-trial-b+0-1.efi".to_string()),
+            .entry_names()
+            .contains(&"ramnas-trial-b+0-1.conf".to_string()),
         "{:?}",
-        stick.linux_names()
+        stick.entry_names()
     );
     assert_eq!(
         boot("3-uncommitted-trial-falls-back"),
@@ -435,12 +393,10 @@ fn boot_loaders_from_the_tree_make_the_stick() {
     fixture
         .copies
         .push((host_syslinux.installer.clone(), "usr/bin/syslinux".into()));
-    for file in [&host_uefi.stub, &host_uefi.boot] {
-        let name = file.file_name().unwrap().to_string_lossy();
-        fixture
-            .copies
-            .push((file.clone(), format!("usr/lib/systemd/boot/efi/{name}")));
-    }
+    fixture.copies.push((
+        host_uefi.boot.clone(),
+        format!("usr/lib/systemd/boot/efi/{}", uefi::SYSTEMD_BOOT),
+    ));
     fixture
         .packages
         .push(("syslinux".into(), "6.04_pre1-r2".into()));
@@ -517,7 +473,7 @@ fn boot_loaders_from_the_tree_make_the_stick() {
         format!(
             "boot loaders: syslinux: this host's ({}); systemd-boot: this host's ({})",
             host_syslinux.modules.display(),
-            host_uefi.stub.parent().unwrap().display()
+            host_uefi.boot.parent().unwrap().display()
         ),
         "  boot    carries none (the host's are used)\n".to_string(),
     ] {
