@@ -207,7 +207,7 @@ fn missing_systemd_boot_names_the_packages() {
         .unwrap_err()
         .to_string();
     for want in [
-        "systemd-bootx64.conf",
+        "systemd-bootx64.efi",
         dir.path().to_str().unwrap(),
         "apt-get install systemd-boot-efi",
         "apk add systemd-boot;",
