@@ -64,7 +64,23 @@ pub struct Ssh {
     /// Holds the master connection's socket.
     control: PathBuf,
     open: bool,
+    /// What the NAS answered since the last change made through this connection: listings and small
+    /// files, so that looking again costs no round trip. Every change (write, rename, removal, mkdir,
+    /// patch) empties it; `sha256` and `cmdline` always ask.
+    seen: Seen,
+    /// Changes made since the last `sync`: a `sync` with none asks nothing.
+    unsynced: bool,
 }
+
+/// The cache of [`Ssh::seen`].
+#[derive(Default)]
+struct Seen {
+    lists: std::collections::HashMap<String, Vec<Entry>>,
+    files: std::collections::HashMap<String, Vec<u8>>,
+}
+
+/// Files up to this size are kept in [`Seen`] once read (the configs, manifests, ldlinux.sys).
+const SEEN_FILE_MAX: usize = 1 << 20;
 
 impl Ssh {
     /// Connects to `ssh://[user@]host[:port]` and checks that a ramnas stick is mounted there.
@@ -81,6 +97,8 @@ impl Ssh {
             port,
             control,
             open: false,
+            seen: Seen::default(),
+            unsynced: false,
         };
         ssh.connect()?;
         ssh.run("check", &[])?;
@@ -199,6 +217,24 @@ impl Ssh {
         copied.with_context(|| format!("sending {} to {}", args.join(" "), self.describe()))
     }
 
+    /// Before every change: what was seen may no longer hold, and the next `sync` must ask.
+    fn changing(&mut self) {
+        self.seen = Seen::default();
+        self.unsynced = true;
+    }
+
+    /// Streams the NAS's file at `path` (checked) into `out`.
+    fn read_uncached(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let mut reader = self
+            .expression("read", &[path])?
+            .stdin_null()
+            .stderr_capture()
+            .reader()
+            .with_context(|| format!("running {:?}", self.program))?;
+        std::io::copy(&mut reader, out)
+            .with_context(|| format!("reading {path} from {}", self.describe()))
+    }
+
     fn disconnect(&mut self) {
         if std::mem::take(&mut self.open) {
             let mut args = self.base_args();
@@ -293,6 +329,9 @@ impl Stick for Ssh {
     }
 
     fn list(&mut self, dir: &str) -> Result<Vec<Entry>> {
+        if let Some(seen) = self.seen.lists.get(dir) {
+            return Ok(seen.clone());
+        }
         let text = self.run_text("list", &[checked(dir)?])?;
         let mut out = Vec::new();
         for line in text.lines() {
@@ -301,58 +340,88 @@ impl Stick for Ssh {
             out.push(parse_entry(&fields, name, line)?);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        self.seen.lists.insert(dir.to_string(), out.clone());
         Ok(out)
     }
 
+    /// From the listing of the parent directory (one round trip answers every entry of that directory; a
+    /// missing directory lists as empty).
     fn entry(&mut self, path: &str) -> Result<Option<Entry>> {
         let path = checked(path)?;
-        let text = self.run_text("entry", &[path])?;
-        let line = text.trim();
-        if line.is_empty() {
-            return Ok(None);
-        }
-        let fields: Vec<&str> = line.split(' ').collect();
-        let name = path.rsplit('/').next().unwrap_or(path);
-        parse_entry(&fields, name, line).map(Some)
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        Ok(self.list(parent)?.into_iter().find(|e| e.name == name))
     }
 
     fn read_into(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
         let path = checked(path)?;
-        let mut reader = self
-            .expression("read", &[path])?
-            .stdin_null()
-            .stderr_capture()
-            .reader()
-            .with_context(|| format!("running {:?}", self.program))?;
-        std::io::copy(&mut reader, out)
-            .with_context(|| format!("reading {path} from {}", self.describe()))
+        if let Some(seen) = self.seen.files.get(path) {
+            out.write_all(seen)?;
+            return Ok(seen.len() as u64);
+        }
+        // Kept as it streams past, unless it turns out bigger than SEEN_FILE_MAX.
+        struct Keep<'a> {
+            out: &'a mut dyn Write,
+            kept: Option<Vec<u8>>,
+        }
+        impl Write for Keep<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let n = self.out.write(buf)?;
+                if let Some(kept) = &mut self.kept {
+                    kept.extend_from_slice(&buf[..n]);
+                    if kept.len() > SEEN_FILE_MAX {
+                        self.kept = None;
+                    }
+                }
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.out.flush()
+            }
+        }
+        let mut keep = Keep {
+            out,
+            kept: Some(Vec::new()),
+        };
+        let len = self.read_uncached(path, &mut keep)?;
+        if let Some(kept) = keep.kept {
+            self.seen.files.insert(path.to_string(), kept);
+        }
+        Ok(len)
     }
 
     fn write(&mut self, path: &str, data: &mut dyn Read) -> Result<u64> {
+        self.changing();
         let path = checked(path)?;
         self.run_with_input("write", &[path], data)
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        self.changing();
         self.run("rename", &[checked(from)?, checked(to)?])
             .map(drop)
     }
 
     fn remove(&mut self, path: &str) -> Result<()> {
+        self.changing();
         self.run("remove", &[checked(path)?]).map(drop)
     }
 
     fn create_dir_all(&mut self, dir: &str) -> Result<()> {
+        self.changing();
         self.run("mkdir", &[checked(dir)?]).map(drop)
     }
 
     fn patch(&mut self, path: &str, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.changing();
         let (offset, len) = (offset.to_string(), bytes.len().to_string());
         self.run_with_input("patch", &[checked(path)?, &offset, &len], &mut &bytes[..])
             .map(drop)
     }
 
     fn sync(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.unsynced) {
+            return Ok(());
+        }
         self.run("sync", &[]).map(drop)
     }
 
