@@ -16,7 +16,13 @@
 //!    for a console); then the build packed uncompressed against the same seed archive, with no goal: it
 //!    shows how much of the boot is decompression, the only part a compression format can change;
 //! 6. flash a 1 GiB image holding 300 MiB of data to a loop device: `cargo xtask flash` against
-//!    `dd bs=4M conv=fsync` (needs root and a free loop device; skipped with the reason otherwise).
+//!    `dd bs=4M conv=fsync` (needs root and a free loop device; skipped with the reason otherwise);
+//! 7. deploys over ssh (sshd on 127.0.0.1, the bytes counted on its TCP connection) onto a stick holding
+//!    build A of a tree with the kernel's whole module directory: A again, one file of /etc changed, one
+//!    4 MiB package upgraded, a new kernel and modules (each against its goal in bytes); and the new
+//!    kernel's deploy timed against `cat` of that build's files over the same ssh (needs root).
+//!
+//! `--only` picks groups of cases (`pack,rebuild,boot,flash,deploy`).
 
 use std::fs;
 use std::io::Write;
@@ -27,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::flags::{BenchFlags, Compression};
+use crate::flags::{BenchCases, BenchFlags, Compression};
 use crate::{fixture, initramfs, qemu};
 
 /// Set (to `FORMAT OUTPUT`) in the environment of the child that packs `--tree`: the hidden entry point
@@ -52,7 +58,13 @@ pub fn run(flags: BenchFlags) -> Result<()> {
         bail!("--runs 0: nothing to measure; give at least 1");
     }
     let work = Work::new()?;
+    let wanted = |c: BenchCases| flags.only.is_empty() || flags.only.contains(&c);
+    // Flash and deploy make their own data; only the other cases pack the tree.
+    let packs = [BenchCases::Pack, BenchCases::Rebuild, BenchCases::Boot]
+        .into_iter()
+        .any(wanted);
     let tree = match &flags.tree {
+        _ if !packs => work.0.clone(),
         Some(tree) => {
             if !tree.is_dir() {
                 bail!("--tree {}: not a directory", tree.display());
@@ -78,12 +90,23 @@ pub fn run(flags: BenchFlags) -> Result<()> {
     };
 
     let mut rows = Vec::new();
-    for format in [Compression::Zstd, Compression::Gzip, Compression::Xz] {
-        rows.extend(bench.pack(format));
+    if wanted(BenchCases::Pack) {
+        for format in [Compression::Zstd, Compression::Gzip, Compression::Xz] {
+            rows.extend(bench.pack(format));
+        }
     }
-    rows.push(bench.rebuild());
-    rows.extend(bench.boot());
-    rows.push(bench.flash());
+    if wanted(BenchCases::Rebuild) {
+        rows.push(bench.rebuild());
+    }
+    if wanted(BenchCases::Boot) {
+        rows.extend(bench.boot());
+    }
+    if wanted(BenchCases::Flash) {
+        rows.push(bench.flash());
+    }
+    if wanted(BenchCases::Deploy) {
+        rows.extend(bench.deploys());
+    }
 
     let load_after = loadavg();
     let table = table(&rows);
@@ -118,7 +141,8 @@ pub fn run(flags: BenchFlags) -> Result<()> {
 
 const NOTES: &str = "\
 - Times are wall-clock seconds: median (min–max). Ratio: our median / the baseline's median.
-- pack: our packer (`initramfs::pack`, as `cargo xtask build` runs it) in a process of its own, against \
+- pack: our packer (`initramfs::pack`: the whole tree as one archive; `cargo xtask build` packs the same \
+entries as several, `initramfs::split`) in a process of its own, against \
 `find . | cpio -o -H newc | <compressor>` in the tree (`/boot` pruned, as the packer leaves it out).
 - memory: the packer process's peak resident set (`ru_maxrss`).
 - sizes: our output against the baseline's.
@@ -126,6 +150,12 @@ const NOTES: &str = "\
 default format; the baseline boots the seed's gzip archive of the same tree (the sizes are the two archives). \
 The uncompressed row boots the same tree packed with `--compression none`: no decompression at all, the floor \
 for any format under TCG (on a real machine its size is read from the stick first).
+- deploy: `cargo xtask deploy ssh://…` to an sshd on 127.0.0.1 whose stick (a directory) holds build A \
+committed; bytes: what crossed the TCP connection (both ways, ssh's own included), goals: A again ≤ 1 MiB, \
+one file in /etc ≤ 2 % of the build, one package ≤ 1.5 × its archive + 1 MiB, a new kernel ≤ 1.1 × the build. \
+The package is synthetic (4 MiB that do not compress, `bench-data`), and the new kernel is the same kernel \
+and modules with every file changed: each build's files differ where a real one's would. Time: the new \
+kernel's deploy against `cat` of each of its files over the same ssh.
 - flash: `cargo xtask flash --yes --force --wipe` (writes the data ranges, then reads every one back and \
 compares) against `dd bs=4M conv=fsync` of the whole image, to the same loop device (direct I/O when the \
 file system allows it; `sync` before each run).";
@@ -271,10 +301,15 @@ impl Bench {
     /// `cargo xtask build --base TREE --out OUT EXTRA…` in the work directory (no system/ there: defaults);
     /// returns its output.
     fn build(&self, out: &Path, extra: &[&str]) -> Result<String> {
+        self.build_tree(&self.tree, out, extra)
+    }
+
+    /// [`Bench::build`] of another tree.
+    fn build_tree(&self, tree: &Path, out: &Path, extra: &[&str]) -> Result<String> {
         let output = Command::new(&self.exe)
             .arg("build")
             .arg("--base")
-            .arg(&self.tree)
+            .arg(tree)
             .arg("--out")
             .arg(out)
             .args(extra)
@@ -289,7 +324,7 @@ impl Bench {
         if !output.status.success() {
             bail!(
                 "cargo xtask build --base {} failed:\n{text}",
-                self.tree.display()
+                tree.display()
             );
         }
         Ok(text)
@@ -319,7 +354,16 @@ impl Bench {
             eprintln!("  {case}: building");
             self.build(&out, extra)?;
             let kernel = out.join("vmlinuz");
-            let initramfs = out.join("initramfs");
+            // The initramfs' archives joined, as the boot loader loads them (no microcode: the seed has none).
+            let manifest =
+                crate::manifest::Manifest::load(&out.join(crate::manifest::Manifest::FILE_NAME))?;
+            let archives: Vec<PathBuf> = manifest
+                .initrds()
+                .iter()
+                .filter(|n| n.as_str() != "ucode.img")
+                .map(|n| out.join(n))
+                .collect();
+            let initramfs = initramfs::join(&archives, &out.join("initramfs.joined"))?;
             let (ours, base) = self.pairs(
                 case,
                 || self.boot_once(&kernel, &initramfs, "ours"),
@@ -876,6 +920,275 @@ fn table(rows: &[Row]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The deploy cases' synthetic package: `usr/share/bench-data/`, this many bytes that do not compress.
+const BENCH_DATA: usize = 4 << 20;
+
+impl Bench {
+    /// Deploys over ssh to a "NAS" on this machine (sshd on 127.0.0.1, its stick a directory) whose stick holds
+    /// build A committed: of A again, of A with one file in /etc changed, with one package upgraded, with a
+    /// new kernel and modules. The bytes are counted on the TCP connection itself (a relay in front of sshd):
+    /// what would cross the network. The new kernel's deploy is timed against copying the whole build over
+    /// the same ssh with `cat`.
+    fn deploys(&self) -> Vec<Row> {
+        let cases = [
+            "deploy A again (over ssh)",
+            "deploy, one file in /etc changed",
+            "deploy, one package (4 MiB) upgraded",
+            "deploy, a new kernel and modules",
+            "deploy time, new kernel, against copying the build",
+        ];
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let why = "needs root (sshd logs in as root); run the bench as root";
+            return cases.iter().map(|c| Row::skipped(c, why)).collect();
+        }
+        let dir = self.work.join("deploy");
+        let rows = self.deploy_rows(&dir, &cases);
+        let _ = fs::remove_dir_all(&dir);
+        rows.unwrap_or_else(|err| cases.iter().map(|c| Row::failed(c, &err)).collect())
+    }
+
+    fn deploy_rows(&self, dir: &Path, cases: &[&str; 5]) -> Result<Vec<Row>> {
+        eprintln!("  deploy: writing the tree and four builds of it");
+        let tree = dir.join("tree");
+        let mut f = fixture::Fixture::new("deploy");
+        f.all_modules = true;
+        f.write(&tree).context("writing the deploy fixture")?;
+        let kernel = fixture::HostKernel::find()?;
+        let conf = tree.join("etc/bench.conf");
+        let build = |name: &str| -> Result<PathBuf> {
+            let out = dir.join(name);
+            self.build_tree(&tree, &out, &[])?;
+            Ok(out)
+        };
+        write_bench_packages(&tree, &kernel.version, 1, 1)?;
+        fs::write(&conf, "setting = 1\n")?;
+        let a = build("a")?;
+        fs::write(&conf, "setting = 2\n")?;
+        let etc = build("etc")?;
+        fs::write(&conf, "setting = 1\n")?;
+        write_bench_packages(&tree, &kernel.version, 2, 1)?;
+        let package = build("package")?;
+        write_bench_packages(&tree, &kernel.version, 1, 2)?;
+        new_kernel(&tree, &kernel.version)?;
+        let new_kernel = build("kernel")?;
+
+        // The stick of build A, as a directory: the NAS's /media/boot.
+        let a_build = crate::slots::Build::open(&a)?;
+        let size_mib = (4 * a_build.slot_bytes() + (64 << 20)) >> 20;
+        let image = dir.join("a.img");
+        let made = Command::new(&self.exe)
+            .args(["image", "--out"])
+            .arg(&a)
+            .arg("--output")
+            .arg(&image)
+            .args(["--size", &format!("{size_mib}M")])
+            .current_dir(&self.work)
+            .output()
+            .context("running cargo xtask image")?;
+        if !made.status.success() {
+            bail!(
+                "cargo xtask image failed: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
+        let base = dir.join("stick-a");
+        fs::create_dir_all(&base)?;
+        {
+            let mut from = crate::stick::open(&image.display().to_string())?;
+            let mut to = crate::stick::Dir::open(&base)?;
+            crate::stick::copy_all(&mut *from, &mut to)?;
+        }
+        let boot = dir.join("nas-boot");
+        let cmdline = dir.join("nas-cmdline");
+        fs::write(&cmdline, "console=ttyS0 ramnas.slot=a\n")?;
+        let sshd = fixture::Sshd::start(dir, &boot, &cmdline)?;
+        let relay = fixture::CountingRelay::start(sshd.port)?;
+        let target = format!("ssh://root@127.0.0.1:{}", relay.port);
+
+        // One deploy onto a fresh copy of the stick: (seconds, bytes over the wire, its output).
+        let deploy = |out: &Path| -> Result<(f64, f64, String)> {
+            let _ = fs::remove_dir_all(&boot);
+            copy_dir(&base, &boot)?;
+            let before = relay.bytes();
+            let (t, output) = timed(|| {
+                Command::new(&self.exe)
+                    .args(["deploy", &target, "--out"])
+                    .arg(out)
+                    .env(crate::ssh::PROGRAM_ENV, &sshd.ssh)
+                    .current_dir(&self.work)
+                    .output()
+                    .context("running cargo xtask deploy")
+            })?;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr);
+            if !output.status.success() {
+                bail!(
+                    "cargo xtask deploy {target} --out {} failed:\n{text}",
+                    out.display()
+                );
+            }
+            Ok((t, (relay.bytes() - before) as f64, text))
+        };
+        let measure = |out: &Path, case: &str| -> Result<(Vec<f64>, Vec<f64>)> {
+            let (mut times, mut bytes) = (Vec::new(), Vec::new());
+            for run in 0..=self.runs {
+                eprintln!("  {case}: run {run}/{}", self.runs);
+                let (t, b, text) = deploy(out)?;
+                if out == a && !text.contains("nothing changed") {
+                    bail!("the deploy of the committed build did not say nothing changed:\n{text}");
+                }
+                if run > 0 {
+                    times.push(t);
+                    bytes.push(b);
+                }
+            }
+            Ok((times, bytes))
+        };
+        let size_of = |out: &Path| -> Result<u64> {
+            Ok(crate::slots::build_size(
+                &crate::slots::Build::open(out)?.manifest,
+            ))
+        };
+        let build_size = size_of(&a)?;
+        let share = fs::metadata(package.join(initramfs::package_segment("bench-data")))
+            .context("the upgraded package's own archive")?
+            .len();
+        let mib = 1u64 << 20;
+        let mut rows = Vec::new();
+        for (case, out, limit) in [
+            (cases[0], &a, mib),
+            (cases[1], &etc, build_size / 50),
+            (cases[2], &package, share * 3 / 2 + mib),
+            (cases[3], &new_kernel, build_size * 11 / 10),
+        ] {
+            let row = match measure(out, case) {
+                Ok((_, bytes)) => Row::alone(case, Samples::bytes(bytes), Goal::Bytes(limit)),
+                Err(err) => Row::failed(case, &err),
+            };
+            rows.push(row);
+        }
+        // Time: the new kernel's deploy against `cat` of every file of that build over the same ssh.
+        let files: Vec<PathBuf> = crate::slots::Build::open(&new_kernel)?
+            .manifest
+            .artifacts
+            .keys()
+            .map(|n| new_kernel.join(n))
+            .collect();
+        let copy = || -> Result<f64> {
+            let _ = fs::remove_dir_all(&boot);
+            copy_dir(&base, &boot)?;
+            timed(|| {
+                for file in &files {
+                    let status = Command::new(&sshd.ssh)
+                        .args(["-p", &relay.port.to_string(), "root@127.0.0.1"])
+                        .arg("cat > \"$RAMNAS_BOOT/copy.bin\" && sync")
+                        .stdin(fs::File::open(file)?)
+                        .status()
+                        .context("running ssh")?;
+                    if !status.success() {
+                        bail!("copying {} over ssh failed", file.display());
+                    }
+                }
+                Ok(())
+            })
+            .map(|(t, ())| t)
+        };
+        let row = match self.pairs(cases[4], || deploy(&new_kernel).map(|r| r.0), copy) {
+            Ok((ours, base)) => Row::compare(cases[4], ours, base, Goal::Ratio(1.1)),
+            Err(err) => Row::failed(cases[4], &err),
+        };
+        rows.push(row);
+        drop(sshd);
+        Ok(rows)
+    }
+}
+
+/// The deploy fixture's packages in its apk database, as apk records them: `linux-lts` (the kernel's
+/// modules, version `kernel`) and `bench-data` (version `data`: [`BENCH_DATA`] bytes of its own, which no
+/// compressor shrinks, under usr/share/bench-data).
+fn write_bench_packages(tree: &Path, version: &str, data: u32, kernel: u32) -> Result<()> {
+    let share = tree.join("usr/share/bench-data");
+    fs::create_dir_all(&share)?;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ data as u64;
+    let bytes: Vec<u8> = (0..BENCH_DATA)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(share.join("data"), bytes)?;
+    let modules = Path::new("lib/modules").join(version);
+    let mut files = String::new();
+    let mut todo = vec![modules];
+    while let Some(dir) = todo.pop() {
+        files.push_str(&format!("F:{}\n", dir.display()));
+        let mut names: Vec<_> = fs::read_dir(tree.join(&dir))?.collect::<Result<_, _>>()?;
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            if e.file_type()?.is_dir() {
+                todo.push(dir.join(e.file_name()));
+            } else {
+                files.push_str(&format!("R:{}\n", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    let db = tree.join(crate::manifest::APK_DB);
+    let text = fs::read_to_string(&db).with_context(|| format!("reading {}", db.display()))?;
+    let own = text.split("\n\n").filter(|s| {
+        !s.starts_with("P:linux-lts\n") && !s.starts_with("P:bench-data\n") && !s.trim().is_empty()
+    });
+    let mut out: Vec<String> = own.map(|s| s.trim_end().to_string()).collect();
+    out.push(format!(
+        "P:linux-lts\nV:{version}-r{kernel}\n{}",
+        files.trim_end()
+    ));
+    out.push(format!(
+        "P:bench-data\nV:{data}-r0\nF:usr/share/bench-data\nR:data"
+    ));
+    fs::write(&db, out.join("\n\n") + "\n\n")?;
+    Ok(())
+}
+
+/// A new kernel, for the bytes a deploy sends: the image grows by 4 KiB and every module by a byte (what the
+/// deploy sees of a new kernel: every file different). Never booted.
+fn new_kernel(tree: &Path, version: &str) -> Result<()> {
+    let vmlinuz = tree.join(format!("boot/vmlinuz-{version}"));
+    let mut f = fs::OpenOptions::new().append(true).open(&vmlinuz)?;
+    f.write_all(&[0u8; 4096])?;
+    let mut todo = vec![tree.join("lib/modules").join(version)];
+    while let Some(dir) = todo.pop() {
+        for e in fs::read_dir(&dir)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                todo.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "ko") {
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(e.path())?
+                    .write_all(&[0])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `cp -a FROM TO`.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .context("running cp")?;
+    if !status.success() {
+        bail!("cp -a {} {} failed", from.display(), to.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

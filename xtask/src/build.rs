@@ -178,24 +178,42 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
 
     step(4, &format!("packing the initramfs ({})", name(compression)));
     let packing = Instant::now();
-    let tmp = temps.add("initramfs");
-    let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let stats = initramfs::pack(&tree, source_date, compression, file).map_err(|err| {
-        let denied = err.chain().any(|e| {
-            e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
-        });
-        if denied && !is_root() {
-            err.context("the tree holds files only root can read: run the build with sudo")
-        } else {
-            err
-        }
-    })?;
+    let mut initrds: Vec<String> = (!ucode.is_empty())
+        .then(|| "ucode.img".into())
+        .into_iter()
+        .collect();
+    let (mut cpio_bytes, mut compressed_bytes) = (0, 0);
+    let segments = initramfs::split(&tree, initramfs::scan(&tree, source_date)?)?;
+    let entries = initramfs::entry_count(&segments);
+    for segment in segments {
+        let tmp = temps.add(&segment.name);
+        let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let stats =
+            initramfs::pack_entries(&tree, segment.entries, compression, file).map_err(|err| {
+                let denied = err.chain().any(|e| {
+                    e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+                });
+                if denied && !is_root() {
+                    err.context("the tree holds files only root can read: run the build with sudo")
+                } else {
+                    err
+                }
+            })?;
+        eprintln!(
+            "    {}: {:.1} MiB → {:.1} MiB",
+            segment.name,
+            mib(stats.cpio_bytes),
+            mib(stats.compressed_bytes)
+        );
+        cpio_bytes += stats.cpio_bytes;
+        compressed_bytes += stats.compressed_bytes;
+        initrds.push(segment.name);
+    }
     eprintln!(
-        "    {} entries, {:.1} MiB → {:.1} MiB in {:.1} s",
-        stats.entries,
-        mib(stats.cpio_bytes),
-        mib(stats.compressed_bytes),
+        "    {entries} entries, {:.1} MiB → {:.1} MiB in {:.1} s",
+        mib(cpio_bytes),
+        mib(compressed_bytes),
         packing.elapsed().as_secs_f64()
     );
 
@@ -222,6 +240,7 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         cmdline: system.config.kernel.cmdline.clone(),
         packages,
         artifacts,
+        initrds,
         bootloaders: boot,
     };
     let old = Manifest::load(&manifest_path).ok();

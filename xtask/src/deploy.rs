@@ -53,9 +53,15 @@ pub fn deploy(flags: DeployFlags) -> Result<()> {
             println!("note: the NAS runs slot {target} (from memory); its files on the stick are replaced");
         }
     }
-    slots::deploy(&mut *stick, &table, &build, flags.commit)?;
+    let (_, written) = slots::deploy(&mut *stick, &table, &build, flags.commit)?;
     LastTrial::forget(&mut *stick)?;
     stick.close()?;
+    let size = slots::build_size(&build.manifest);
+    println!(
+        "wrote {:.1} MiB of the build's {:.1} MiB; the stick had the rest (files both builds share)",
+        written as f64 / (1 << 20) as f64,
+        size as f64 / (1 << 20) as f64
+    );
     let t = &flags.target.target;
     if flags.commit {
         println!(

@@ -624,6 +624,168 @@ sync
 poweroff -f
 "#;
 
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// An OpenSSH server on 127.0.0.1 standing in for the running NAS (tests and `bench`): its sessions get
+/// `RAMNAS_BOOT` (a directory holding the stick's files) and `RAMNAS_CMDLINE` (a file saying which slot
+/// "runs"), which the NAS side of `ssh.rs` reads instead of /media/boot and /proc/cmdline. Killed when
+/// dropped.
+pub struct Sshd {
+    child: std::process::Child,
+    /// The port it listens on.
+    pub port: u16,
+    /// An ssh program (for `RAMNAS_SSH`) that logs in with a key of its own and trusts this server.
+    pub ssh: PathBuf,
+}
+
+impl Sshd {
+    /// Starts sshd with its keys and configuration in `dir/ssh`.
+    pub fn start(dir: &Path, boot: &Path, cmdline: &Path) -> Result<Sshd> {
+        let sshd = Path::new("/usr/sbin/sshd");
+        if !sshd.exists() {
+            bail!("{} not found: install openssh-server", sshd.display());
+        }
+        let keys = dir.join("ssh");
+        fs::create_dir_all(&keys).with_context(|| format!("creating {}", keys.display()))?;
+        let (host_key, id) = (keys.join("host_key"), keys.join("id"));
+        for key in [&host_key, &id] {
+            let _ = fs::remove_file(key);
+            let made = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(key)
+                .status()
+                .context("running ssh-keygen (install openssh-client)")?;
+            if !made.success() {
+                bail!("ssh-keygen could not make {}", key.display());
+            }
+        }
+        fs::copy(keys.join("id.pub"), keys.join("authorized_keys"))?;
+        let port = free_port();
+        let config = keys.join("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 UsePAM no\nStrictModes no\nSetEnv RAMNAS_BOOT={} RAMNAS_CMDLINE={}\n",
+                host_key.display(),
+                keys.join("authorized_keys").display(),
+                keys.join("sshd.pid").display(),
+                boot.display(),
+                cmdline.display()
+            ),
+        )?;
+        fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
+        let log = keys.join("sshd.log");
+        let child = std::process::Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", sshd.display()))?;
+        let client_config = keys.join("ssh_config");
+        fs::write(
+            &client_config,
+            format!(
+                "Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile /dev/null\n  \
+                 StrictHostKeyChecking no\n  LogLevel ERROR\n",
+                id.display()
+            ),
+        )?;
+        let ssh = keys.join("ssh");
+        fs::write(
+            &ssh,
+            format!(
+                "#!/bin/sh\nexec ssh -F {} \"$@\"\n",
+                client_config.display()
+            ),
+        )?;
+        fs::set_permissions(&ssh, fs::Permissions::from_mode(0o755))?;
+        let server = Sshd { child, port, ssh };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "sshd did not start: {}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP relay on 127.0.0.1 to another local port that counts the bytes it carries both ways: what crosses
+/// the wire of an ssh connection through it (`bench`). Its threads end with the connections.
+pub struct CountingRelay {
+    /// The port to connect to instead.
+    pub port: u16,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountingRelay {
+    pub fn start(to: u16) -> Result<CountingRelay> {
+        use std::sync::{atomic::AtomicU64, Arc};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counter = bytes.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    let counter = counter.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            use std::io::Read;
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if into.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                    counter
+                                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        let _ = into.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Ok(CountingRelay { port, bytes })
+    }
+
+    /// Bytes carried so far, both ways.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

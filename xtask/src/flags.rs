@@ -230,6 +230,24 @@ pub struct BenchFlags {
     /// Also write the results table to this Markdown file.
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
+    /// Run only these groups of cases (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "CASES")]
+    pub only: Vec<BenchCases>,
+}
+
+/// The groups of `bench` cases, in the order they run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchCases {
+    /// pack → zstd, gzip, xz against the cpio pipeline, and the packer's memory.
+    Pack,
+    /// The no-change rebuild.
+    Rebuild,
+    /// Boot to ready under TCG.
+    Boot,
+    /// Flash to a loop device against dd.
+    Flash,
+    /// Deploys over ssh: the bytes sent, and the time.
+    Deploy,
 }
 
 #[derive(Args, Debug)]

@@ -117,7 +117,7 @@ fn make(tmp: &Path, size: u64, build: &Build, host: &syslinux::Host) -> Result<(
     write_mbr(tmp, &syslinux::mbr_code(host)?, size)?;
     mkfs(tmp, sectors)?;
     let mut fat = stick::Fat::open_at(tmp, PART_START, sectors * 512)?;
-    for dir in [syslinux::DIR, "slots/a", "slots/b", "persist"]
+    for dir in [syslinux::DIR, "slots/a", "slots/b", slots::PARTS, "persist"]
         .iter()
         .chain(uefi::DIRS)
     {

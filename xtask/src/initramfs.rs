@@ -11,6 +11,11 @@
 //!
 //! Packing streams: one thread reads the tree and writes the cpio stream in 1 MiB chunks, the calling
 //! thread feeds them to the (multi-threaded) compressor. The archive is never held in memory.
+//!
+//! The initramfs is several such archives ([`split`]), each compressed on its own; the kernel unpacks
+//! them one after another into one tree, as the boot loader loads them one after another. They are split
+//! where content changes together: the configuration (`etc`, `root`, `lib/apk`), each package big enough
+//! to be worth its own, and the rest. A deploy then writes only the archives that changed.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
@@ -47,6 +52,157 @@ pub struct Stats {
     pub cpio_bytes: u64,
     /// Size of the compressed output.
     pub compressed_bytes: u64,
+}
+
+/// Paths whose files change with the system's configuration (and apk's database, with any package).
+pub const CONFIG_DIRS: &[&str] = &["etc", "root", "lib/apk"];
+/// The archive of everything no other archive holds: the first one.
+pub const BASE: &str = "initramfs";
+/// The archive of [`CONFIG_DIRS`]: the last one.
+pub const CONFIG: &str = "config.img";
+/// A package gets an archive of its own when its files (outside [`CONFIG_DIRS`]) take this many bytes.
+pub const PACKAGE_MIN: u64 = 2 << 20;
+/// At most this many packages get an archive of their own (the biggest): every archive is a path on the
+/// boot loader's command line.
+pub const MAX_PACKAGES: usize = 12;
+
+/// One archive of the initramfs: its artifact name and its entries, in archive order.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub name: String,
+    pub entries: Vec<Entry>,
+}
+
+/// The artifact name of package `name`'s archive.
+pub fn package_segment(name: &str) -> String {
+    format!("pkg-{name}.img")
+}
+
+/// Splits `entries` (from [`scan`]) into the archives the initramfs is made of, in load order: [`BASE`],
+/// one per big package (owners read from the tree's apk database, named by [`package_segment`], sorted by
+/// name), [`CONFIG`]. Each archive also holds the directories above its entries (the kernel creates no
+/// parents; a directory met again is left as it is), and every link of a file sits in the archive of its
+/// first link (the kernel pairs links within one archive).
+pub fn split(root: &Path, entries: Vec<Entry>) -> anyhow::Result<Vec<Segment>> {
+    let db = root.join(crate::manifest::APK_DB);
+    let packages = match fs::read_to_string(&db) {
+        Ok(text) => crate::manifest::parse_apk_db(&text),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", db.display())),
+    };
+    let mut owner: std::collections::HashMap<&str, &str> = Default::default();
+    for p in &packages {
+        for f in &p.files {
+            owner.insert(f.as_str(), p.name.as_str());
+        }
+    }
+    let is_config = |e: &Entry| {
+        CONFIG_DIRS
+            .iter()
+            .any(|d| e.path.starts_with(d) && !e.path.as_os_str().is_empty())
+    };
+    let package_of = |e: &Entry| e.path.to_str().and_then(|p| owner.get(p).copied());
+    // A file's bytes count once, for the owner of its first link (only its last link carries them).
+    let is_link = |e: &Entry| e.nlink > 1 && e.mode & S_IFMT == S_IFREG;
+    let mut link_bytes: std::collections::HashMap<u32, u64> = Default::default();
+    for e in entries.iter().filter(|e| is_link(e)) {
+        *link_bytes.entry(e.ino).or_default() += e.size as u64;
+    }
+    let mut bytes: std::collections::BTreeMap<&str, u64> = Default::default();
+    for e in entries.iter().filter(|e| !is_config(e)) {
+        if let Some(p) = package_of(e) {
+            let size = match is_link(e) {
+                true => link_bytes.remove(&e.ino).unwrap_or(0),
+                false => e.size as u64,
+            };
+            *bytes.entry(p).or_default() += size;
+        }
+    }
+    let mut big: Vec<(&str, u64)> = bytes
+        .into_iter()
+        .filter(|(_, b)| *b >= PACKAGE_MIN)
+        .collect();
+    big.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    big.truncate(MAX_PACKAGES);
+    let mut names: Vec<&str> = big.iter().map(|(n, _)| *n).collect();
+    names.sort();
+    let config = names.len() + 1;
+    let segment_of = |e: &Entry| {
+        if is_config(e) {
+            config
+        } else {
+            package_of(e)
+                .and_then(|p| names.iter().position(|n| *n == p))
+                .map_or(0, |i| i + 1)
+        }
+    };
+
+    let mut of: Vec<usize> = entries.iter().map(segment_of).collect();
+    let mut first_link: std::collections::HashMap<u32, usize> = Default::default();
+    for (i, e) in entries.iter().enumerate() {
+        if is_link(e) {
+            of[i] = *first_link.entry(e.ino).or_insert(of[i]);
+        }
+    }
+    let index: std::collections::HashMap<&Path, usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.mode & S_IFMT == S_IFDIR)
+        .map(|(i, e)| (e.path.as_path(), i))
+        .collect();
+    let mut member = vec![vec![false; entries.len()]; config + 1];
+    for (i, e) in entries.iter().enumerate() {
+        member[of[i]][i] = true;
+        for dir in e.path.ancestors().skip(1) {
+            match index.get(dir) {
+                Some(&d) if !member[of[i]][d] => member[of[i]][d] = true,
+                _ => break,
+            }
+        }
+    }
+    let seg_names = std::iter::once(BASE.to_string())
+        .chain(names.iter().map(|n| package_segment(n)))
+        .chain(std::iter::once(CONFIG.to_string()));
+    Ok(seg_names
+        .zip(member)
+        .enumerate()
+        .filter(|(s, (_, m))| *s == 0 || (0..entries.len()).any(|i| m[i] && of[i] == *s))
+        .map(|(_, (name, m))| Segment {
+            name,
+            entries: entries
+                .iter()
+                .zip(&m)
+                .filter(|(_, in_it)| **in_it)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        })
+        .collect())
+}
+
+/// Joins archives (a build's initrds) into one file at `dest`, through `dest.tmp`, as a boot loader loads
+/// them: the kernel unpacks one after another. For loaders that take one initrd (qemu's `-initrd`).
+pub fn join(parts: &[PathBuf], dest: &Path) -> anyhow::Result<PathBuf> {
+    let tmp = dest.with_extension("tmp");
+    let mut output = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    for part in parts {
+        let mut input = File::open(part).with_context(|| format!("opening {}", part.display()))?;
+        io::copy(&mut input, &mut output)
+            .with_context(|| format!("copying {} into {}", part.display(), tmp.display()))?;
+    }
+    drop(output);
+    fs::rename(&tmp, dest).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(dest.to_path_buf())
+}
+
+/// Entries of the tree in `segments`: each once, though a directory may sit in several archives.
+pub fn entry_count(segments: &[Segment]) -> usize {
+    let mut paths: Vec<&Path> = segments
+        .iter()
+        .flat_map(|s| s.entries.iter().map(|e| e.path.as_path()))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths.len()
 }
 
 /// Checks that `/init` exists in the tree and resolves (following symlinks inside the tree) to an
@@ -424,16 +580,25 @@ pub fn write_cpio<W: Write>(root: &Path, entries: &[Entry], mut out: W) -> anyho
     newc::trailer(out).context("writing the cpio stream")
 }
 
-/// Packs the tree at `root` into `out`, compressed with `format`.
-///
-/// A thread walks the files and writes the cpio stream in chunks; this thread compresses them.
+/// Packs the tree at `root` into `out` as one archive, compressed with `format`.
 pub fn pack(
     root: &Path,
     source_date: u32,
     format: Compression,
     out: File,
 ) -> anyhow::Result<Stats> {
-    let entries = scan(root, source_date)?;
+    pack_entries(root, scan(root, source_date)?, format, out)
+}
+
+/// Packs `entries` (from [`scan`] or [`split`]) of the tree at `root` into `out`, compressed with `format`.
+///
+/// A thread reads the files and writes the cpio stream in chunks; this thread compresses them.
+pub fn pack_entries(
+    root: &Path,
+    entries: Vec<Entry>,
+    format: Compression,
+    out: File,
+) -> anyhow::Result<Stats> {
     let count = entries.len();
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(DEPTH);
     let root_owned = root.to_path_buf();
@@ -592,6 +757,105 @@ mod tests {
         let inos: Vec<_> = entries.iter().map(|e| e.ino).collect();
         assert_eq!(inos, [1, 2, 3, 3, 4, 5, 6, 7]);
         assert!(entries.iter().all(|e| e.mtime <= 1000));
+    }
+
+    #[test]
+    fn the_initramfs_splits_into_base_big_packages_and_configuration() {
+        let dir = tree();
+        let r = dir.path();
+        for d in [
+            "usr/lib/big",
+            "usr/bin",
+            "etc/big",
+            "usr/share",
+            "lib/apk/db",
+            "root/.ssh",
+        ] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        fs::write(r.join("usr/lib/big/data"), vec![7u8; PACKAGE_MIN as usize]).unwrap();
+        fs::write(r.join("usr/bin/small"), b"small").unwrap();
+        fs::write(r.join("usr/bin/mine"), b"no package's").unwrap();
+        fs::write(r.join("etc/big/big.conf"), b"conf").unwrap();
+        fs::write(r.join("root/.ssh/authorized_keys"), b"key").unwrap();
+        // A link of a big package's file outside it goes where its first link is.
+        fs::hard_link(r.join("usr/lib/big/data"), r.join("usr/share/zlink")).unwrap();
+        fs::write(
+            r.join(crate::manifest::APK_DB),
+            "P:big\nV:1-r0\nF:usr/lib/big\nR:data\nF:etc/big\nR:big.conf\n\n\
+             P:small\nV:1-r0\nF:usr/bin\nR:small\n\n",
+        )
+        .unwrap();
+        let entries = scan(r, 1000).unwrap();
+        let all = entries.len();
+        let segments = split(r, entries).unwrap();
+        let names: Vec<&str> = segments.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, [BASE, "pkg-big.img", CONFIG]);
+        let paths = |i: usize| -> Vec<&str> {
+            segments[i]
+                .entries
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect()
+        };
+        assert_eq!(
+            paths(1),
+            [
+                ".",
+                "usr",
+                "usr/lib",
+                "usr/lib/big",
+                "usr/lib/big/data",
+                "usr/share",
+                "usr/share/zlink"
+            ]
+        );
+        assert_eq!(
+            paths(2),
+            [
+                ".",
+                "etc",
+                "etc/big",
+                "etc/big/big.conf",
+                "lib",
+                "lib/apk",
+                "lib/apk/db",
+                "lib/apk/db/installed",
+                "root",
+                "root/.ssh",
+                "root/.ssh/authorized_keys"
+            ]
+        );
+        for want in [
+            "bin/busybox",
+            "bin/sh",
+            "dev/console",
+            "init",
+            "usr/bin/small",
+            "usr/bin/mine",
+        ] {
+            assert!(paths(0).contains(&want), "{want} not in {:?}", paths(0));
+        }
+        // Every entry is in some archive, and nothing but a directory is in two.
+        assert_eq!(entry_count(&segments), all);
+        let mut seen = std::collections::HashSet::new();
+        for e in segments.iter().flat_map(|s| &s.entries) {
+            assert!(
+                seen.insert(&e.name) || e.mode & S_IFMT == S_IFDIR,
+                "{} twice",
+                e.name
+            );
+        }
+        // The link that carries the data is the last of its pair, in the same archive.
+        let (data, zlink) = (&segments[1].entries[4], &segments[1].entries[6]);
+        assert_eq!((data.ino, data.nlink, data.size), (zlink.ino, 2, 0));
+        assert_eq!(zlink.size as u64, PACKAGE_MIN);
+
+        // Without an apk database: the base and the configuration.
+        fs::remove_file(r.join(crate::manifest::APK_DB)).unwrap();
+        let segments = split(r, scan(r, 1000).unwrap()).unwrap();
+        let names: Vec<&str> = segments.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, [BASE, CONFIG]);
     }
 
     #[test]

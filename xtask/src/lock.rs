@@ -361,6 +361,7 @@ mod tests {
             depends: w(depends),
             provides: w(provides),
             install_if: w(install_if),
+            files: Vec::new(),
         }
     }
 

@@ -35,6 +35,10 @@ pub struct Manifest {
     pub packages: BTreeMap<String, String>,
     /// Every artifact in OUT/ by file name.
     pub artifacts: BTreeMap<String, Artifact>,
+    /// The artifacts the boot loader loads as initrds, in order: microcode first, then the initramfs'
+    /// archives ([`Manifest::initrds`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initrds: Vec<String>,
     /// The boot loaders the build carries in OUT/bootloaders (`syslinux`, `systemd-boot`), each with the
     /// package it came from; the host's are used for the ones it does not name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -50,6 +54,29 @@ pub struct Artifact {
 
 impl Manifest {
     pub const FILE_NAME: &'static str = "manifest.json";
+
+    /// The initrds in load order; a build made before the initramfs was split has `ucode.img` (when there
+    /// is microcode) and `initramfs`.
+    pub fn initrds(&self) -> Vec<String> {
+        if !self.initrds.is_empty() {
+            return self.initrds.clone();
+        }
+        ["ucode.img", "initramfs"]
+            .into_iter()
+            .filter(|n| self.artifacts.contains_key(*n))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Bytes of the initramfs: every initrd but the microcode.
+    pub fn initramfs_size(&self) -> u64 {
+        self.initrds()
+            .iter()
+            .filter(|n| n.as_str() != "ucode.img")
+            .filter_map(|n| self.artifacts.get(n))
+            .map(|a| a.size)
+            .sum()
+    }
 
     /// Reads a manifest, e.g. `OUT/manifest.json`.
     pub fn load(path: &Path) -> anyhow::Result<Manifest> {
@@ -149,6 +176,9 @@ pub struct ApkPackage {
     pub provides: Vec<String>,
     /// `i:`: it is installed with these (apk's install_if).
     pub install_if: Vec<String>,
+    /// `F:` directories and `R:` files (each under the `F:` before it): the paths it installed, relative
+    /// to the root.
+    pub files: Vec<String>,
 }
 
 /// Parses apk's installed database: stanzas of `X:value` lines separated by blank lines.
@@ -156,8 +186,10 @@ pub fn parse_apk_db(text: &str) -> Vec<ApkPackage> {
     let mut all = Vec::new();
     let mut cur = ApkPackage::default();
     let words = |v: &str| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let mut dir = String::new();
     for line in text.lines().chain(std::iter::once("")) {
         if line.is_empty() {
+            dir.clear();
             if !cur.name.is_empty() {
                 all.push(std::mem::take(&mut cur));
             }
@@ -173,6 +205,12 @@ pub fn parse_apk_db(text: &str) -> Vec<ApkPackage> {
             "D" => cur.depends = words(value),
             "p" => cur.provides = words(value),
             "i" => cur.install_if = words(value),
+            "F" => {
+                dir = value.to_string();
+                cur.files.push(dir.clone());
+            }
+            "R" if dir.is_empty() => cur.files.push(value.to_string()),
+            "R" => cur.files.push(format!("{dir}/{value}")),
             _ => {}
         }
     }
@@ -216,7 +254,7 @@ impl Diff {
         if old.kernel_version != new.kernel_version {
             self.kernel = Some((old.kernel_version.clone(), new.kernel_version.clone()));
         }
-        let size = |m: &Manifest| m.artifacts.get("initramfs").map_or(0, |a| a.size);
+        let size = |m: &Manifest| m.initramfs_size();
         if size(old) != size(new) {
             self.initramfs_size = Some((size(old), size(new)));
         }
@@ -325,6 +363,7 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
             artifacts,
+            initrds: Vec::new(),
             bootloaders: Default::default(),
         }
     }

@@ -3,6 +3,11 @@
 //! What the stick says is the only state: a slot is filled when `slots/<s>/manifest.json` is there and every
 //! file it names is present with its size; the default (committed) slot is syslinux.cfg's `DEFAULT`; an armed
 //! trial is the ADV's boot-once command. Nothing else records which slot is which, so nothing can disagree.
+//!
+//! A build's files live in `parts/`, each named by its content (the first 16 hex digits of its SHA-256), so
+//! the two slots share what their builds share: a deploy writes only the files the stick lacks, and removes
+//! the files no slot names any more ([`collect_garbage`]). `slots/<s>/` holds the manifest alone. (A slot
+//! written by an earlier version holds its files itself; it is read as it is.)
 
 use std::{collections::BTreeMap, fs, path::Path};
 
@@ -66,6 +71,13 @@ impl std::fmt::Display for Slot {
 pub const MANIFEST: &str = Manifest::FILE_NAME;
 /// Files a build must have to boot.
 pub const REQUIRED: &[&str] = &["vmlinuz", "initramfs", "cmdline"];
+/// Where the builds' files live on the stick, by content.
+pub const PARTS: &str = "parts";
+
+/// Where the file with this SHA-256 lives in [`PARTS`].
+pub fn part_path(sha256: &str) -> String {
+    format!("{PARTS}/{}", &sha256[..sha256.len().min(16)])
+}
 
 /// Parses a build's manifest.json (`what` names it in errors) and checks that it names a bootable build whose
 /// files can sit in a slot.
@@ -83,6 +95,16 @@ pub fn parse_manifest(json: &[u8], what: &str) -> Result<Manifest> {
         .find(|n| n.contains('/') || n.as_str() == MANIFEST || n.ends_with(".tmp"))
     {
         bail!("{what}: artifact name {bad:?} cannot be a file in a slot");
+    }
+    if let Some((name, _)) = m
+        .artifacts
+        .iter()
+        .find(|(_, a)| a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        bail!("{what}: {name} has no SHA-256");
+    }
+    if let Some(bad) = m.initrds().iter().find(|n| !m.artifacts.contains_key(*n)) {
+        bail!("{what}: initrd {bad} is no artifact of the build");
     }
     Ok(m)
 }
@@ -153,21 +175,23 @@ pub struct Filled {
     pub manifest: Manifest,
     /// The slot's manifest.json as stored, for readers that want every field (`crate::manifest`).
     pub manifest_json: Vec<u8>,
-    /// The build's kernel command line (slots/<s>/cmdline).
+    /// The build's kernel command line (its `cmdline` file).
     pub cmdline: String,
-    /// slots/<s>/ucode.img exists and is loaded before the initramfs.
-    pub ucode: bool,
+    /// Where each of the build's files is on the stick: in [`PARTS`], or in the slot's directory.
+    pub files: BTreeMap<String, String>,
 }
 
 impl Filled {
     /// How a boot loader boots the slot `slot` holding this build.
     pub fn boot_entry(&self, slot: Slot) -> BootEntry {
-        BootEntry::in_slot(
-            slot.name(),
-            &title(&self.manifest),
-            self.ucode,
-            &self.cmdline,
-        )
+        let at = |name: &str| format!("/{}", self.files[name]);
+        BootEntry {
+            label: slot.name().to_string(),
+            title: title(&self.manifest),
+            kernel: at("vmlinuz"),
+            initrds: self.manifest.initrds().iter().map(|n| at(n)).collect(),
+            cmdline: self.cmdline.clone(),
+        }
     }
 }
 
@@ -230,6 +254,24 @@ pub fn boot_config(stick: &mut dyn Stick) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// The files in a directory of the stick (none when it is missing): name → size.
+fn sizes(stick: &mut dyn Stick, dir: &str) -> Result<BTreeMap<String, u64>> {
+    if !stick.exists(dir)? {
+        return Ok(BTreeMap::new());
+    }
+    Ok(stick
+        .list(dir)?
+        .into_iter()
+        .filter(|e| !e.is_dir)
+        .map(|e| (e.name, e.size))
+        .collect())
+}
+
+/// Whether [`PARTS`] (as listed by [`sizes`]) holds the file with this SHA-256 and size.
+fn has_part(parts: &BTreeMap<String, u64>, a: &crate::manifest::Artifact) -> bool {
+    parts.get(&part_path(&a.sha256)[PARTS.len() + 1..]) == Some(&a.size)
+}
+
 /// Reads one slot; None unless it holds a complete build.
 pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
     let dir = slot.dir();
@@ -244,70 +286,80 @@ pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
     ) else {
         return Ok(None);
     };
-    let present: BTreeMap<String, u64> = stick
-        .list(&dir)?
-        .into_iter()
-        .filter(|e| !e.is_dir)
-        .map(|e| (e.name, e.size))
-        .collect();
-    if manifest
-        .artifacts
-        .iter()
-        .any(|(name, a)| present.get(name) != Some(&a.size))
-    {
-        return Ok(None);
+    let parts = sizes(stick, PARTS)?;
+    let own = sizes(stick, &dir)?;
+    let mut files = BTreeMap::new();
+    for (name, a) in &manifest.artifacts {
+        let path = if has_part(&parts, a) {
+            part_path(&a.sha256)
+        } else if own.get(name) == Some(&a.size) {
+            format!("{dir}/{name}")
+        } else {
+            return Ok(None);
+        };
+        files.insert(name.clone(), path);
     }
-    let cmdline = String::from_utf8_lossy(&stick.read(&format!("{dir}/cmdline"))?)
+    let cmdline = String::from_utf8_lossy(&stick.read(&files["cmdline"])?)
         .trim()
         .to_string();
-    let ucode = manifest.artifacts.contains_key("ucode.img");
     Ok(Some(Filled {
         manifest,
         manifest_json,
         cmdline,
-        ucode,
+        files,
     }))
 }
 
-/// Puts the build into `slot` in two halves: [`write_temps`] (every file under a temporary name, read back and
-/// checked against the manifest's SHA-256; the slot's old build untouched) and [`rename_temps`] (into place,
-/// manifest.json last). Does not touch the boot config or the other slot; [`deploy`] is the crash-safe whole.
+/// Puts the build into `slot` in two halves: [`write_temps`] (the files the stick lacks, each written under
+/// a temporary name, read back and checked against the manifest's SHA-256, then renamed into [`PARTS`]; the
+/// slot's old build untouched) and [`rename_temps`] (the slot's manifest replaced, then the files no slot
+/// names removed). Does not touch the boot config or the other slot; [`deploy`] is the crash-safe whole.
 pub fn install(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<()> {
     write_temps(stick, slot, build)?;
-    rename_temps(stick, slot, build)
+    rename_temps(stick, slot)
 }
 
-/// Writes the build into `slot` under temporary names (`NAME.tmp`), after removing any left by a killed run,
-/// and checks every one read back from the stick against the manifest. The slot's build stays as it was.
-pub fn write_temps(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<()> {
+/// Writes what the stick lacks of the build into [`PARTS`] (each file under a temporary name, after removing
+/// any left by a killed run, read back and checked against the manifest, then renamed to its part name,
+/// which nothing boots until a manifest names it), and the manifest as `slots/<s>/manifest.json.tmp`. The
+/// slot's build stays as it was. Returns the bytes of the files written.
+pub fn write_temps(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<u64> {
     let dir = slot.dir();
-    if !stick.exists(&dir)? {
-        stick.create_dir_all(&dir)?;
-    }
-    for e in stick.list(&dir)? {
-        if !e.is_dir && e.name.ends_with(".tmp") {
-            stick.remove(&format!("{dir}/{}", e.name))?;
+    for d in [dir.as_str(), PARTS] {
+        if !stick.exists(d)? {
+            stick.create_dir_all(d)?;
+        }
+        for e in stick.list(d)? {
+            if !e.is_dir && e.name.ends_with(".tmp") {
+                stick.remove(&format!("{d}/{}", e.name))?;
+            }
         }
     }
-    let total = build.manifest.artifacts.values().map(|a| a.size).sum();
+    let parts = sizes(stick, PARTS)?;
+    // Part path → (the build's file name, what it must be); a file the build has twice is written once.
+    let missing: BTreeMap<String, (&String, &crate::manifest::Artifact)> = build
+        .manifest
+        .artifacts
+        .iter()
+        .filter(|(_, a)| !has_part(&parts, a))
+        .map(|(name, a)| (part_path(&a.sha256), (name, a)))
+        .collect();
+    let total = missing.values().map(|(_, a)| a.size).sum();
     let bar = progress::bar(true, total, &format!("slot {slot}"));
-    for name in build.manifest.artifacts.keys() {
+    for (part, (name, _)) in &missing {
         let src = build.dir.join(name);
         let file = fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
-        stick.write(
-            &stick::temp_name(&format!("{dir}/{name}")),
-            &mut bar.wrap_read(file),
-        )?;
+        stick.write(&stick::temp_name(part), &mut bar.wrap_read(file))?;
     }
     bar.finish_and_clear();
     let manifest_tmp = stick::temp_name(&format!("{dir}/{MANIFEST}"));
     stick.write(&manifest_tmp, &mut &build.manifest_json[..])?;
-    for (name, want) in &build.manifest.artifacts {
-        let tmp = stick::temp_name(&format!("{dir}/{name}"));
+    for (part, (name, want)) in &missing {
+        let tmp = stick::temp_name(part);
         let (size, sha256) = stick.sha256(&tmp)?;
         if size != want.size || sha256 != want.sha256 {
             bail!(
-                "{tmp} on {} reads back as {size} bytes sha256 {sha256}, the build's {MANIFEST} says {} bytes sha256 {}: the stick or {} is damaged",
+                "{tmp} on {} reads back as {size} bytes sha256 {sha256}, the build's {MANIFEST} says {} bytes sha256 {} for {name}: the stick or {} is damaged",
                 stick.describe(),
                 want.size,
                 want.sha256,
@@ -321,12 +373,18 @@ pub fn write_temps(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<(
             stick.describe()
         );
     }
-    stick.sync()
+    stick.sync()?;
+    for part in missing.keys() {
+        stick.rename(&stick::temp_name(part), part)?;
+    }
+    stick.sync()?;
+    Ok(total)
 }
 
-/// Renames the checked temporary files of [`write_temps`] into place: the old manifest goes first (from then
-/// on the slot counts as empty), files the new build lacks go, then each file, then the new manifest.
-pub fn rename_temps(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<()> {
+/// Puts the manifest [`write_temps`] wrote into place: the old manifest goes first (from then on the slot
+/// counts as empty), then the slot's other files (a slot of an earlier version held its files itself), then
+/// the new manifest is renamed in; then the parts no slot names go ([`collect_garbage`]).
+pub fn rename_temps(stick: &mut dyn Stick, slot: Slot) -> Result<()> {
     let dir = slot.dir();
     let manifest = format!("{dir}/{MANIFEST}");
     if stick.exists(&manifest)? {
@@ -334,18 +392,43 @@ pub fn rename_temps(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<
         stick.sync()?;
     }
     for e in stick.list(&dir)? {
-        if !e.is_dir && !e.name.ends_with(".tmp") && !build.manifest.artifacts.contains_key(&e.name)
-        {
+        if !e.is_dir && !e.name.ends_with(".tmp") {
             stick.remove(&format!("{dir}/{}", e.name))?;
         }
     }
-    for name in build.manifest.artifacts.keys() {
-        let path = format!("{dir}/{name}");
-        stick.rename(&stick::temp_name(&path), &path)?;
-    }
     stick.sync()?;
     stick.rename(&stick::temp_name(&manifest), &manifest)?;
-    stick.sync()
+    stick.sync()?;
+    collect_garbage(stick)
+}
+
+/// Removes every file of [`PARTS`] that no slot's manifest names: what only a slot's old build used, what
+/// a killed deploy left.
+pub fn collect_garbage(stick: &mut dyn Stick) -> Result<()> {
+    let mut named = std::collections::BTreeSet::new();
+    for slot in Slot::ALL {
+        let path = format!("{}/{MANIFEST}", slot.dir());
+        if !stick.exists(&path)? {
+            continue;
+        }
+        let json = stick.read(&path)?;
+        let Ok(m) = serde_json::from_slice::<Manifest>(&json) else {
+            continue;
+        };
+        named.extend(m.artifacts.values().map(|a| part_path(&a.sha256)));
+    }
+    let mut removed = false;
+    for name in sizes(stick, PARTS)?.into_keys() {
+        let path = format!("{PARTS}/{name}");
+        if !named.contains(&path) {
+            stick.remove(&path)?;
+            removed = true;
+        }
+    }
+    if removed {
+        stick.sync()?;
+    }
+    Ok(())
 }
 
 /// Rewrites syslinux.cfg with an entry per filled slot and `default` as DEFAULT.
@@ -474,7 +557,8 @@ pub fn committed(stick: &mut dyn Stick, table: &Table) -> Result<Slot> {
 }
 
 /// Puts `build` into the slot that is not committed and arms it for one trial boot (`commit`: makes it the
-/// default instead). Returns that slot. On a stick that also boots UEFI ([`has_uefi`]) both boot loaders
+/// default instead). Returns that slot and the bytes of the build's files it wrote (the stick had the
+/// rest already, in [`PARTS`]). On a stick that also boots UEFI ([`has_uefi`]) both boot loaders
 /// are kept in step; their entries name the same files.
 ///
 /// The order of writes is what makes a stop at any point safe (each step is synced before the next):
@@ -492,10 +576,15 @@ pub fn committed(stick: &mut dyn Stick, table: &Table) -> Result<Slot> {
 /// Until 4, every boot is the committed slot (or, before 2, the trial armed earlier of the old build).
 ///
 /// `table` is the stick's [`Table::read`], taken just before.
-pub fn deploy(stick: &mut dyn Stick, table: &Table, build: &Build, commit: bool) -> Result<Slot> {
+pub fn deploy(
+    stick: &mut dyn Stick,
+    table: &Table,
+    build: &Build,
+    commit: bool,
+) -> Result<(Slot, u64)> {
     let keep = committed(stick, table)?;
     let target = keep.other();
-    write_temps(stick, target, build)?;
+    let written = write_temps(stick, target, build)?;
     // A running NAS may have committed a trial meanwhile (ramnas-ready): then the target is the default now.
     let default = boot_config(stick)?.and_then(|c| syslinux::default_label(&c));
     if default.as_deref() != Some(keep.name()) {
@@ -507,7 +596,7 @@ pub fn deploy(stick: &mut dyn Stick, table: &Table, build: &Build, commit: bool)
         );
     }
     detach(stick, table, target)?;
-    rename_temps(stick, target, build)?;
+    rename_temps(stick, target)?;
     let table = Table::read(stick)?;
     let Some(filled) = table.slots.get(&target) else {
         bail!(
@@ -532,7 +621,7 @@ pub fn deploy(stick: &mut dyn Stick, table: &Table, build: &Build, commit: bool)
             uefi::set_state(stick, keep.name(), Some(target.name()))?;
         }
     }
-    Ok(target)
+    Ok((target, written))
 }
 
 /// Whether the stick also boots UEFI (systemd-boot and an entry per slot).
@@ -727,8 +816,8 @@ pub fn verify_slot(stick: &mut dyn Stick, slot: Slot) -> Result<()> {
         )
     })?;
     for (name, want) in &filled.manifest.artifacts {
-        let path = format!("{}/{name}", slot.dir());
-        let (size, sha256) = stick.sha256(&path)?;
+        let path = &filled.files[name];
+        let (size, sha256) = stick.sha256(path)?;
         if size != want.size || sha256 != want.sha256 {
             bail!(
                 "{path} on {} does not match its {MANIFEST} (size {size} sha256 {sha256}, expected size {} sha256 {})",
@@ -763,6 +852,7 @@ mod tests {
             cmdline: String::new(),
             packages: BTreeMap::new(),
             artifacts,
+            initrds: Vec::new(),
             bootloaders: Default::default(),
         }
         .to_json()
@@ -786,8 +876,13 @@ mod tests {
         Build::open(dir).unwrap()
     }
 
+    /// The part of `data` on the stick.
+    fn part(data: &str) -> String {
+        part_path(&stick::hex(&Sha256::digest(data.as_bytes())))
+    }
+
     #[test]
-    fn install_replaces_a_slot_and_the_config_follows_the_slots() {
+    fn slots_share_their_builds_files_and_the_config_follows_the_slots() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("stick");
         fs::create_dir_all(root.join("syslinux")).unwrap();
@@ -802,42 +897,68 @@ mod tests {
                 ("ucode.img", "u1"),
             ],
         );
+        // The same kernel, another initramfs and command line.
         let two = build(
             &tmp.path().join("two"),
             "two",
             &[
-                ("vmlinuz", "k2"),
+                ("vmlinuz", "k1"),
                 ("initramfs", "i2"),
                 ("cmdline", "quiet\n"),
             ],
         );
         install(&mut stick, Slot::A, &one).unwrap();
-        install(&mut stick, Slot::B, &one).unwrap();
+        assert_eq!(write_temps(&mut stick, Slot::B, &one).unwrap(), 0);
+        rename_temps(&mut stick, Slot::B).unwrap();
         write_boot_config(&mut stick, Slot::B).unwrap();
         let table = Table::read(&mut stick).unwrap();
         assert_eq!(table.default, Some(Slot::B));
         assert_eq!(table.slots.len(), 2);
-        assert!(table.slots[&Slot::A].ucode);
+        assert_eq!(sizes(&mut stick, PARTS).unwrap().len(), 4);
 
-        // A stale temporary file from a killed run is cleaned up; ucode.img, not in build two, goes.
+        // A stale temporary file from a killed run is cleaned up; only what the stick lacks is written;
+        // what no slot names any more goes.
         fs::write(root.join("slots/b/junk.tmp"), "x").unwrap();
-        install(&mut stick, Slot::B, &two).unwrap();
-        let mut names: Vec<String> = stick
-            .list("slots/b")
+        fs::write(
+            root.join("parts/0123456789abcdef"),
+            "left by a killed deploy",
+        )
+        .unwrap();
+        assert_eq!(write_temps(&mut stick, Slot::B, &two).unwrap(), 2 + 6);
+        rename_temps(&mut stick, Slot::B).unwrap();
+        assert_eq!(
+            stick
+                .list("slots/b")
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect::<Vec<_>>(),
+            ["manifest.json"]
+        );
+        let mut parts: Vec<String> = sizes(&mut stick, PARTS)
             .unwrap()
-            .into_iter()
-            .map(|e| e.name)
+            .into_keys()
+            .map(|n| format!("{PARTS}/{n}"))
             .collect();
-        names.sort();
-        assert_eq!(names, ["cmdline", "initramfs", "manifest.json", "vmlinuz"]);
+        parts.sort();
+        let mut want: Vec<String> = ["k1", "i1", "console=ttyS0\n", "u1", "i2", "quiet\n"]
+            .map(part)
+            .to_vec();
+        want.sort();
+        assert_eq!(parts, want);
         write_boot_config(&mut stick, Slot::B).unwrap();
         let cfg = fs::read_to_string(root.join(syslinux::CONFIG)).unwrap();
+        let (k1, u1, i1, i2) = (part("k1"), part("u1"), part("i1"), part("i2"));
         assert!(
-            cfg.contains("INITRD /slots/a/ucode.img,/slots/a/initramfs\n"),
+            cfg.contains(&format!(
+                "  KERNEL /{k1}\n  INITRD /{u1},/{i1}\n  APPEND console=ttyS0 ramnas.slot=a\n"
+            )),
             "{cfg}"
         );
         assert!(
-            cfg.contains("INITRD /slots/b/initramfs\n  APPEND quiet ramnas.slot=b\n"),
+            cfg.contains(&format!(
+                "  KERNEL /{k1}\n  INITRD /{i2}\n  APPEND quiet ramnas.slot=b\n"
+            )),
             "{cfg}"
         );
         assert_eq!(
@@ -847,12 +968,27 @@ mod tests {
         let table = Table::read(&mut stick).unwrap();
         assert_eq!(table.slots[&Slot::B].manifest.build_id, "two");
         assert_eq!(table.slots[&Slot::B].cmdline, "quiet");
+        verify_slot(&mut stick, Slot::B).unwrap();
 
         // A slot missing a file is not filled, and cannot be made the default.
-        fs::remove_file(root.join("slots/b/initramfs")).unwrap();
+        fs::remove_file(root.join(&i2)).unwrap();
         assert!(read_slot(&mut stick, Slot::B).unwrap().is_none());
         let err = write_boot_config(&mut stick, Slot::B).unwrap_err();
         assert!(err.to_string().contains("slot b"), "{err}");
+
+        // A slot of an earlier version holds its files itself: read, booted and verified where they are.
+        for (name, data) in [
+            ("vmlinuz", "k1"),
+            ("initramfs", "i2"),
+            ("cmdline", "quiet\n"),
+        ] {
+            fs::write(root.join("slots/b").join(name), data).unwrap();
+        }
+        let filled = read_slot(&mut stick, Slot::B).unwrap().unwrap();
+        assert_eq!(filled.files["initramfs"], "slots/b/initramfs");
+        assert_eq!(filled.files["vmlinuz"], k1);
+        assert_eq!(filled.boot_entry(Slot::B).initrds, ["/slots/b/initramfs"]);
+        verify_slot(&mut stick, Slot::B).unwrap();
     }
 
     #[test]
@@ -872,14 +1008,19 @@ mod tests {
         // Same size, other bytes: only the SHA-256 check can notice.
         fs::write(two.dir.join("initramfs"), "XX").unwrap();
         let err = install(&mut stick, Slot::A, &two).unwrap_err().to_string();
-        assert!(err.contains("slots/a/initramfs.tmp"), "{err}");
-        assert!(err.contains("sha256"), "{err}");
+        assert!(err.contains(&format!("{}.tmp", part("i2"))), "{err}");
+        assert!(
+            err.contains("sha256") && err.contains("for initramfs"),
+            "{err}"
+        );
         let slot = read_slot(&mut stick, Slot::A).unwrap().unwrap();
         assert_eq!(slot.manifest.build_id, "one");
         assert_eq!(
-            fs::read_to_string(root.join("slots/a/initramfs")).unwrap(),
+            fs::read_to_string(root.join(&slot.files["initramfs"])).unwrap(),
             "i1"
         );
+        // Nothing of build two was left under its part name.
+        assert!(!root.join(part("i2")).exists() && !root.join(part("k2")).exists());
     }
 
     /// A directory stick on which "the NAS" commits slot b the first time a file is checked.
@@ -987,7 +1128,10 @@ mod tests {
         install(&mut stick, Slot::A, &one).unwrap();
         write_boot_config(&mut stick, Slot::A).unwrap();
         let table = Table::read(&mut stick).unwrap();
-        assert_eq!(deploy(&mut stick, &table, &two, false).unwrap(), Slot::B);
+        assert_eq!(
+            deploy(&mut stick, &table, &two, false).unwrap(),
+            (Slot::B, 6)
+        );
 
         let mut names: Vec<String> = fs::read_dir(root.join(uefi::ENTRIES_DIR))
             .unwrap()
@@ -998,9 +1142,11 @@ mod tests {
         let entry =
             fs::read_to_string(root.join("loader/entries/ramnas-trial-b+1-0.conf")).unwrap();
         assert!(
-            entry.contains(
-                "linux   /slots/b/vmlinuz\ninitrd  /slots/b/initramfs\noptions q ramnas.slot=b\n"
-            ),
+            entry.contains(&format!(
+                "linux   /{}\ninitrd  /{}\noptions q ramnas.slot=b\n",
+                part("k2"),
+                part("i2")
+            )),
             "{entry}"
         );
         assert!(!root.join("EFI/Linux/ramnas-default-a.efi").exists());

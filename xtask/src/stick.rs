@@ -149,6 +149,29 @@ pub fn temp_name(path: &str) -> String {
     format!("{path}.tmp")
 }
 
+/// Copies every file from one stick to another (an image's partition into a directory, say), directories
+/// made as met.
+pub fn copy_all(from: &mut dyn Stick, to: &mut dyn Stick) -> Result<()> {
+    let mut todo = vec![String::new()];
+    while let Some(dir) = todo.pop() {
+        for e in from.list(&dir)? {
+            let path = if dir.is_empty() {
+                e.name.clone()
+            } else {
+                format!("{dir}/{}", e.name)
+            };
+            if e.is_dir {
+                to.create_dir_all(&path)?;
+                todo.push(path);
+            } else {
+                let data = from.read(&path)?;
+                to.write(&path, &mut &data[..])?;
+            }
+        }
+    }
+    to.sync()
+}
+
 struct HashWriter(Sha256);
 
 impl Write for HashWriter {

@@ -93,12 +93,20 @@ fn check_host_tools(uefi: bool) -> Result<Option<(PathBuf, PathBuf)>> {
     uefi.then(qemu::ovmf).transpose()
 }
 
-/// Direct kernel boot: qemu takes one initrd, so the microcode archive (which must come first) and the
-/// initramfs are joined into `vm/initrd` when there is microcode.
+/// Direct kernel boot: qemu takes one initrd, so the build's initrds (microcode first, then the
+/// initramfs' archives) are joined into `vm/initrd` when there are several.
 fn direct_boot(out: &Path, dir: &Path) -> Result<Direct> {
     let kernel = out.join("vmlinuz");
-    let initramfs = out.join("initramfs");
-    for file in [&kernel, &initramfs] {
+    let manifest_path = out.join(crate::manifest::Manifest::FILE_NAME);
+    let manifest = crate::manifest::Manifest::load(&manifest_path).with_context(|| {
+        format!(
+            "{} not found: build first with `cargo xtask build --out {}`",
+            manifest_path.display(),
+            out.display()
+        )
+    })?;
+    let initrds: Vec<PathBuf> = manifest.initrds().iter().map(|n| out.join(n)).collect();
+    for file in std::iter::once(&kernel).chain(&initrds) {
         if !file.exists() {
             bail!(
                 "{} not found: build first with `cargo xtask build --out {}`",
@@ -110,33 +118,15 @@ fn direct_boot(out: &Path, dir: &Path) -> Result<Direct> {
     let cmdline_file = out.join("cmdline");
     let cmdline = fs::read_to_string(&cmdline_file)
         .with_context(|| format!("reading {}", cmdline_file.display()))?;
-    let ucode = out.join("ucode.img");
-    let initrd = if ucode.exists() {
-        join_files(&[&ucode, &initramfs], &dir.join("initrd"))?
-    } else {
-        initramfs
+    let initrd = match &initrds[..] {
+        [one] => one.clone(),
+        all => crate::initramfs::join(all, &dir.join("initrd"))?,
     };
     Ok(Direct {
         kernel,
         initrd,
         append: format!("{} console=ttyS0", cmdline.trim()),
     })
-}
-
-/// Concatenates `parts` into `dest` (through a temporary file, renamed at the end).
-fn join_files(parts: &[&Path], dest: &Path) -> Result<PathBuf> {
-    let tmp = dest.with_extension("tmp");
-    let mut output =
-        fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    for part in parts {
-        let mut input =
-            fs::File::open(part).with_context(|| format!("opening {}", part.display()))?;
-        std::io::copy(&mut input, &mut output)
-            .with_context(|| format!("copying {} into {}", part.display(), tmp.display()))?;
-    }
-    drop(output);
-    fs::rename(&tmp, dest).with_context(|| format!("renaming {}", tmp.display()))?;
-    Ok(dest.to_path_buf())
 }
 
 /// The writable UEFI variable store: a copy of OVMF's template, made once and kept like a machine's NVRAM.

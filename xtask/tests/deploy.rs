@@ -9,14 +9,13 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Output},
-    time::Duration,
 };
 
 use common::{assert_boots_bios_then_uefi, boot_bios, boot_uefi};
 use xtask::{
     fixture::{Fixture, Init},
     slots::{self, Build, Slot, Table},
-    stick::{self, Stick},
+    stick,
 };
 
 /// Builds fixture `marker` with `cargo xtask build --base` into DIR/out-MARKER.
@@ -84,30 +83,12 @@ fn table(target: &Path) -> Table {
     Table::read(&mut *s).unwrap()
 }
 
-/// Copies every file under `path` from one stick to another (the partition's files into a directory).
-fn copy_tree(from: &mut dyn Stick, to: &mut dyn Stick, path: &str) {
-    for e in from.list(path).unwrap() {
-        let child = if path.is_empty() {
-            e.name.clone()
-        } else {
-            format!("{path}/{}", e.name)
-        };
-        if e.is_dir {
-            to.create_dir_all(&child).unwrap();
-            copy_tree(from, to, &child);
-        } else {
-            let data = from.read(&child).unwrap();
-            to.write(&child, &mut &data[..]).unwrap();
-        }
-    }
-}
-
 /// A directory holding a copy of the partition's files of an image (or of another such directory).
 fn partition_copy(from: &Path, dir: &Path) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
     let mut fat = stick::open(from.to_str().unwrap()).unwrap();
     let mut copy = stick::Dir::open(dir).unwrap();
-    copy_tree(&mut *fat, &mut copy, "");
+    stick::copy_all(&mut *fat, &mut copy).unwrap();
     dir.to_path_buf()
 }
 
@@ -502,11 +483,13 @@ fn a_directory_target_works_like_the_image() {
         "{out}"
     );
     assert!(status(d, &root).contains("slot b (armed for trial):"));
-    assert!(fs::read_dir(root.join("slots/b")).unwrap().all(|e| !e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .ends_with(".tmp")));
+    for dir in ["slots/b", "parts"] {
+        assert!(fs::read_dir(root.join(dir)).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")));
+    }
     // The NAS's own `ramnas-slot commit` (busybox sh), on a copy, after the trial boot it would run in.
     let nas = partition_copy(&root, &d.join("nas-copy"));
     fs::write(
@@ -591,90 +574,11 @@ fn a_block_device_target_works_like_the_image() {
     );
 }
 
-/// An sshd on 127.0.0.1 standing in for the NAS: its RAMNAS_BOOT is a directory holding the partition's
-/// files, its RAMNAS_CMDLINE a file saying which slot "runs".
-struct Sshd {
-    child: std::process::Child,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts sshd; returns it, the port and an ssh wrapper that trusts it.
-fn sshd(dir: &Path, boot: &Path, cmdline: &Path) -> (Sshd, u16, PathBuf) {
-    let sshd = Path::new("/usr/sbin/sshd");
-    assert!(
-        sshd.exists(),
-        "the ssh test needs sshd: apt-get install openssh-server"
-    );
-    let keys = dir.join("ssh");
-    fs::create_dir_all(&keys).unwrap();
-    let host_key = keys.join("host_key");
-    let id = keys.join("id");
-    for key in [&host_key, &id] {
-        common::run(
-            "ssh-keygen",
-            &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
-        );
-    }
-    fs::copy(keys.join("id.pub"), keys.join("authorized_keys")).unwrap();
-    let port = common::free_port();
-    let config = keys.join("sshd_config");
-    fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
-             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             UsePAM no\nStrictModes no\nSetEnv RAMNAS_BOOT={} RAMNAS_CMDLINE={}\n",
-            host_key.display(),
-            keys.join("authorized_keys").display(),
-            keys.join("sshd.pid").display(),
-            boot.display(),
-            cmdline.display()
-        ),
-    )
-    .unwrap();
-    fs::create_dir_all("/run/sshd").unwrap();
-    let child = Command::new(sshd)
-        .args(["-D", "-e", "-f", config.to_str().unwrap()])
-        .stderr(fs::File::create(keys.join("sshd.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let server = Sshd { child };
-    let client_config = keys.join("ssh_config");
-    fs::write(
-        &client_config,
-        format!(
-            "Host *\n  IdentityFile {}\n  IdentitiesOnly yes\n  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  LogLevel ERROR\n",
-            id.display()
-        ),
-    )
-    .unwrap();
-    let wrapper = keys.join("ssh");
-    fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec ssh -F {} \"$@\"\n",
-            client_config.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sshd did not start: {}",
-            fs::read_to_string(keys.join("sshd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (server, port, wrapper)
+/// Starts sshd (`fixture::Sshd`) for a "NAS" whose stick is `boot`; returns it, the port and its ssh.
+fn sshd(dir: &Path, boot: &Path, cmdline: &Path) -> (xtask::fixture::Sshd, u16, PathBuf) {
+    let server = xtask::fixture::Sshd::start(dir, boot, cmdline).unwrap();
+    let (port, ssh) = (server.port, server.ssh.clone());
+    (server, port, ssh)
 }
 
 /// Runs `cargo xtask ARGS…` with `wrapper` as its ssh.
@@ -712,14 +616,25 @@ fn an_ssh_target_works_like_the_image() {
     let st = common::ok(&xtask_ssh(d, &wrapper, &["status", &target]));
     assert!(st.contains("slot b (armed for trial):"), "{st}");
     // The files on the "NAS" match the build, and no temporary file is left.
-    for name in ["vmlinuz", "initramfs", "cmdline", "manifest.json"] {
+    let manifest = xtask::manifest::Manifest::load(&b.join("manifest.json")).unwrap();
+    for (name, a) in &manifest.artifacts {
         assert_eq!(
-            fs::read(boot.join("slots/b").join(name)).unwrap(),
+            fs::read(boot.join(slots::part_path(&a.sha256))).unwrap(),
             fs::read(b.join(name)).unwrap(),
             "{name}"
         );
     }
-    assert!(!boot.join("slots/b/initramfs.tmp").exists());
+    assert_eq!(
+        fs::read(boot.join("slots/b/manifest.json")).unwrap(),
+        fs::read(b.join("manifest.json")).unwrap()
+    );
+    for dir in ["slots/b", "parts"] {
+        assert!(fs::read_dir(boot.join(dir)).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")));
+    }
 
     // The NAS still runs a: nothing to commit over ssh until it has booted the trial.
     let err = common::failed(&xtask_ssh(d, &wrapper, &["commit", &target]));

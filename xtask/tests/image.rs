@@ -51,6 +51,7 @@ fn write_manifest(out: &Path, build_id: &str) {
             .to_string(),
         packages: Default::default(),
         artifacts,
+        initrds: Vec::new(),
         bootloaders: Default::default(),
     };
     fs::write(out.join("manifest.json"), manifest.to_json()).unwrap();
@@ -66,6 +67,19 @@ fn small_fake_build(dir: &Path) -> PathBuf {
     }
     write_manifest(&out, "small");
     out
+}
+
+/// Where the build's file `name` is on the stick: `/parts/<its SHA-256's first 16 hex digits>`.
+fn part_of(out: &Path, name: &str) -> String {
+    let m = Build::open(out).unwrap().manifest;
+    format!("/{}", slots::part_path(&m.artifacts[name].sha256))
+}
+
+/// The syslinux INITRD value of the build in `out`: its initrds' parts, in load order.
+fn initrd_line(out: &Path) -> String {
+    let m = Build::open(out).unwrap().manifest;
+    let parts: Vec<String> = m.initrds().iter().map(|n| part_of(out, n)).collect();
+    parts.join(",")
 }
 
 /// The fixture builds `a` and `b`, and a stick made from `a` (slot a); returns the stick and build `b`.
@@ -85,10 +99,12 @@ fn image_boots_slot_a_under_seabios() {
     let img = common::make_stick(dir.path(), &out);
     let spec = format!("{}@@1M", img.display());
     let cfg = common::run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);
+    let initrd = initrd_line(&out);
     assert!(
-        cfg.contains("INITRD /slots/a/ucode.img,/slots/a/initramfs\n"),
-        "{cfg}"
+        initrd.starts_with(&format!("{},", part_of(&out, "ucode.img"))),
+        "microcode first: {initrd}"
     );
+    assert!(cfg.contains(&format!("INITRD {initrd}\n")), "{cfg}");
     let (line, console) = common::boot_to_ready(&common::bios_machine(&img), dir.path(), "boot");
     assert_eq!(line, "ramnas: ready slot=a build=img-a");
     // The menu was on the serial console too, slot a marked as the default.
@@ -158,7 +174,7 @@ fn image_layout_is_as_specified_and_reproducible() {
     let spec = format!("{}@@1M", img.display());
     let mdir = |path: &str| common::run("mdir", &["-a", "-b", "-i", &spec, path]);
     let root = mdir("::/");
-    for d in ["::/syslinux/", "::/slots/", "::/persist/"] {
+    for d in ["::/syslinux/", "::/slots/", "::/parts/", "::/persist/"] {
         assert!(root.contains(d), "{d} missing from {root}");
     }
     let minfo = common::run("minfo", &["-i", &spec, "::"]);
@@ -178,21 +194,24 @@ fn image_layout_is_as_specified_and_reproducible() {
             "{f} missing from {syslinux}"
         );
     }
-    let slot_a = mdir("::/slots/a");
-    let mut files: Vec<String> = Build::open(&out)
+    // Slot a holds its manifest; its files are in /parts by content, byte for byte the build's.
+    assert_eq!(mdir("::/slots/a").trim(), "::/slots/a/manifest.json");
+    let names: Vec<String> = Build::open(&out)
         .unwrap()
         .manifest
         .artifacts
         .into_keys()
         .collect();
-    files.push("manifest.json".into());
-    assert!(files.len() >= 4, "{files:?}");
-    for f in &files {
-        assert!(
-            slot_a.contains(&format!("::/slots/a/{f}")),
-            "{f} missing from {slot_a}"
+    assert!(names.len() >= 4, "{names:?}");
+    for name in &names {
+        let part = part_of(&out, name);
+        assert_eq!(
+            fs::read(out.join(name)).unwrap(),
+            run_bytes("mtype", &["-i", &spec, &format!("::{part}")]),
+            "{name} as {part}"
         );
     }
+    assert_eq!(mdir("::/parts").lines().count(), names.len());
     assert_eq!(mdir("::/slots/b").trim(), "");
     // Every timestamp is 1980-01-01 00:00, whoever wrote the file.
     let listing = common::run("mdir", &["-/", "-a", "-i", &spec, "::"]);
@@ -227,17 +246,26 @@ fn image_layout_is_as_specified_and_reproducible() {
         "{cfg}"
     );
     assert!(!cfg.contains("LABEL b"), "{cfg}");
-    assert!(entry.contains("linux   /slots/a/vmlinuz\n"), "{entry}");
+    assert!(
+        cfg.contains(&format!(
+            "  KERNEL {}\n  INITRD {}\n",
+            part_of(&out, "vmlinuz"),
+            initrd_line(&out)
+        )),
+        "{cfg}"
+    );
+    // systemd-boot's entry names the same files, one initrd a line, and the same command line.
+    let initrds: String = initrd_line(&out)
+        .split(',')
+        .map(|p| format!("initrd  {p}\n"))
+        .collect();
     assert!(
         entry.contains(&format!(
-            "initrd  /slots/a/initramfs\noptions {} ramnas.slot=a\n",
+            "linux   {}\n{initrds}options {} ramnas.slot=a\n",
+            part_of(&out, "vmlinuz"),
             cmdline.trim()
         )),
         "{entry}"
-    );
-    assert_eq!(
-        fs::read(out.join("initramfs")).unwrap(),
-        run_bytes("mtype", &["-i", &spec, "::/slots/a/initramfs"])
     );
 
     // Our own reader agrees.

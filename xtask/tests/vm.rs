@@ -137,14 +137,16 @@ fn check_boots_the_fixture_with_persistent_data_disks() {
     for i in 0..2 {
         assert!(vm_dir.join(format!("disks/disk{i}.qcow2")).exists());
     }
-    // qemu takes one initrd: the microcode archive first, then the initramfs.
+    // qemu takes one initrd: the microcode archive first, then the initramfs' archives in order.
     let joined = fs::read(vm_dir.join("initrd")).unwrap();
     let ucode = fs::read(one.join("ucode.img")).unwrap();
     assert!(joined.starts_with(&ucode));
-    assert_eq!(
-        joined[ucode.len()..],
-        fs::read(one.join("initramfs")).unwrap()
-    );
+    let archives: Vec<u8> = common::archives(&one)
+        .iter()
+        .flat_map(|a| fs::read(a).unwrap())
+        .collect();
+    assert!(common::archives(&one).len() >= 2);
+    assert_eq!(joined[ucode.len()..], archives);
 
     let two = build_fixture(dir.path(), &disk_fixture("two"), "two");
     vm_ok(&vm_dir, &two, &["--check", "--expect", "build=two"]);

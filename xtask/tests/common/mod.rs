@@ -137,13 +137,58 @@ pub fn make_stick(dir: &Path, out: &Path) -> PathBuf {
     out.join("boot.img")
 }
 
-/// A TCG machine that boots OUT/vmlinuz with OUT/initramfs and OUT/cmdline plus `append`.
+/// The build's initrds in load order (microcode first, then the initramfs' archives).
+pub fn initrds(out: &Path) -> Vec<PathBuf> {
+    xtask::manifest::Manifest::load(&out.join("manifest.json"))
+        .unwrap()
+        .initrds()
+        .iter()
+        .map(|n| out.join(n))
+        .collect()
+}
+
+/// The initramfs' archives of the build in OUT, in load order (its initrds without the microcode).
+pub fn archives(out: &Path) -> Vec<PathBuf> {
+    initrds(out)
+        .into_iter()
+        .filter(|p| !p.ends_with("ucode.img"))
+        .collect()
+}
+
+/// GNU cpio run on each of the build's archives in turn (compressed ones through `zstd -dc`), in `cwd`,
+/// with `args`: what the kernel unpacks, as GNU cpio reads it. Returns the concatenated stdout.
+pub fn cpio_each(out: &Path, cwd: &Path, args: &[&str]) -> String {
+    let mut stdout = String::new();
+    for archive in archives(out) {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg("if zstd -t -q \"$0\" 2>/dev/null; then zstd -dc \"$0\"; else cat \"$0\"; fi | cpio \"$@\"")
+            .arg(&archive)
+            .args(args)
+            .current_dir(cwd)
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "cpio {args:?} on {}: {}",
+            archive.display(),
+            text(&o)
+        );
+        stdout.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    stdout
+}
+
+/// A TCG machine that boots OUT/vmlinuz with the build's initrds (joined, as a boot loader loads them)
+/// and OUT/cmdline plus `append`.
 pub fn direct_machine(out: &Path, append: &str) -> Machine {
     let cmdline = std::fs::read_to_string(out.join("cmdline")).unwrap_or_default();
+    let initrd = xtask::initramfs::join(&initrds(out), &out.join("initrd.joined")).unwrap();
     let mut m = Machine::new(Accel::Tcg);
     m.direct = Some(Direct {
         kernel: out.join("vmlinuz"),
-        initrd: out.join("initramfs"),
+        initrd,
         append: format!("{} console=ttyS0 {append}", cmdline.trim()),
     });
     m
