@@ -18,7 +18,7 @@
 //! 6. flash a 1 GiB image holding 300 MiB of data to a loop device: `cargo xtask flash` against
 //!    `dd bs=4M conv=fsync` (needs root and a free loop device; skipped with the reason otherwise);
 //! 7. deploys over ssh (sshd on 127.0.0.1, the bytes counted on its TCP connection) onto a stick holding
-//!    build A of a tree with the kernel's whole module directory: A again, one file of /etc changed, one
+//!    build A of a fixture of its own (with the kernel's whole module directory, unless `--tree` is given): A again, one file of /etc changed, one
 //!    4 MiB package upgraded, a new kernel and modules (each against its goal in bytes); and the new
 //!    kernel's deploy timed against `cat` of that build's files over the same ssh (needs root).
 //!
@@ -85,6 +85,7 @@ pub fn run(flags: BenchFlags) -> Result<()> {
     let bench = Bench {
         exe,
         tree,
+        full_size: flags.tree.is_none(),
         work: work.0.clone(),
         runs: flags.runs,
     };
@@ -179,6 +180,8 @@ fn pack_child(flags: &BenchFlags, spec: &str) -> Result<()> {
 struct Bench {
     exe: PathBuf,
     tree: PathBuf,
+    /// No `--tree`: the deploy cases' fixture carries every kernel module too.
+    full_size: bool,
     work: PathBuf,
     runs: u32,
 }
@@ -954,7 +957,8 @@ impl Bench {
         eprintln!("  deploy: writing the tree and four builds of it");
         let tree = dir.join("tree");
         let mut f = fixture::Fixture::new("deploy");
-        f.all_modules = true;
+        // The kernel's whole module directory, as the default tree has, unless `--tree` asks for another size.
+        f.all_modules = self.full_size;
         f.write(&tree).context("writing the deploy fixture")?;
         let kernel = fixture::HostKernel::find()?;
         let conf = tree.join("etc/bench.conf");

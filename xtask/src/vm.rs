@@ -98,15 +98,18 @@ fn check_host_tools(uefi: bool) -> Result<Option<(PathBuf, PathBuf)>> {
 fn direct_boot(out: &Path, dir: &Path) -> Result<Direct> {
     let kernel = out.join("vmlinuz");
     let manifest_path = out.join(crate::manifest::Manifest::FILE_NAME);
-    let manifest = crate::manifest::Manifest::load(&manifest_path).with_context(|| {
-        format!(
-            "{} not found: build first with `cargo xtask build --out {}`",
-            manifest_path.display(),
-            out.display()
-        )
-    })?;
+    for file in [&kernel, &manifest_path] {
+        if !file.exists() {
+            bail!(
+                "{} not found: build first with `cargo xtask build --out {}`",
+                file.display(),
+                out.display()
+            );
+        }
+    }
+    let manifest = crate::manifest::Manifest::load(&manifest_path)?;
     let initrds: Vec<PathBuf> = manifest.initrds().iter().map(|n| out.join(n)).collect();
-    for file in std::iter::once(&kernel).chain(&initrds) {
+    for file in &initrds {
         if !file.exists() {
             bail!(
                 "{} not found: build first with `cargo xtask build --out {}`",

@@ -712,3 +712,75 @@ fn a_mounted_block_device_is_refused() {
         "{err}"
     );
 }
+
+/// Over ssh too: a deploy to the running NAS killed at every point where it changes the stick (the ssh client
+/// dies with it, mid-stream for a write) leaves a stick whose every boot entry names a complete build that
+/// matches its manifest, and a rerun finishes the deploy (tried after every fourth stop: each round trip
+/// costs). The stick starts with a trial of an earlier build armed in slot b, as in the image-file case.
+#[test]
+fn a_deploy_over_ssh_killed_at_any_point_leaves_a_stick_that_boots() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let a = build(d, &Fixture::new("sshkill-a"));
+    let b1 = build(d, &Fixture::new("sshkill-b1"));
+    let b2 = build(d, &Fixture::new("sshkill-b2"));
+    let markers = [
+        ("sshkill-a", a.as_path()),
+        ("sshkill-b1", b1.as_path()),
+        ("sshkill-b2", b2.as_path()),
+    ];
+    let img = image(d, &a, "base.img");
+    deploy(d, &img, &b1, &[]);
+    let base = partition_copy(&img, &d.join("base"));
+    let boot = d.join("media-boot");
+    let cmdline = d.join("proc-cmdline");
+    fs::write(&cmdline, "console=ttyS0 panic=10 ramnas.slot=a\n").unwrap();
+    let (_sshd, port, wrapper) = sshd(d, &boot, &cmdline);
+    let target = format!("ssh://root@127.0.0.1:{port}");
+    let fresh = || {
+        let _ = fs::remove_dir_all(&boot);
+        partition_copy(&base, &boot);
+    };
+    let args = ["deploy", &target, "--out", b2.to_str().unwrap()];
+    let mut seen = Vec::new();
+    let mut n = 1;
+    loop {
+        fresh();
+        let res = common::xtask_command(d, &args)
+            .env(xtask::ssh::PROGRAM_ENV, &wrapper)
+            .env(stick::KILL_AT_ENV, n.to_string())
+            .output()
+            .unwrap();
+        if res.status.success() {
+            break;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            res.status.signal(),
+            Some(9),
+            "point {n}: {}",
+            common::text(&res)
+        );
+        seen.push((n, bootable(&boot, &markers)));
+        if n % 4 == 1 {
+            common::ok(&xtask_ssh(d, &wrapper, &args));
+            assert_eq!(
+                bootable(&boot, &markers),
+                (Slot::B, "sshkill-b2".to_string()),
+                "the rerun after point {n}"
+            );
+        }
+        n += 1;
+    }
+    eprintln!("kill points: {seen:?}");
+    assert!(n > 15, "only {} kill points", n - 1);
+    for marker in ["sshkill-a", "sshkill-b1"] {
+        assert!(
+            seen.iter().any(|(_, (_, m))| m == marker),
+            "{marker} never the next boot: {seen:?}"
+        );
+    }
+    let t = table(&boot);
+    assert_eq!((t.default, t.trial()), (Some(Slot::A), Some(Slot::B)));
+    assert_eq!((t.uefi.committed(), t.uefi.trial()), (Some("a"), Some("b")));
+}
