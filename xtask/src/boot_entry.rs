@@ -1,7 +1,7 @@
 //! One slot as a boot loader boots it: kernel, initrds in order, command line, menu title.
 //!
-//! syslinux (`syslinux::config`) and systemd-boot (`uefi::entry`) both render a [`BootEntry`], so the files a
-//! slot boots from are named once, here.
+//! syslinux (`syslinux::config`) and systemd-boot (`uefi::entry`) both render a [`BootEntry`], which
+//! `slots::Filled::boot_entry` makes from where the slot's files are: both boot loaders boot the same files.
 
 /// What a boot loader needs to boot one slot. Paths are absolute on the stick's FAT partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,8 @@ pub struct BootEntry {
 }
 
 impl BootEntry {
-    /// The entry of a build in `/slots/<label>/`: `vmlinuz`, then `ucode.img` (when `ucode`) and `initramfs`.
+    /// The entry of a build whose files sit in `/slots/<label>/` (`vmlinuz`, then `ucode.img` when `ucode`,
+    /// and `initramfs`): the layout of earlier versions, and of the tests' hand-made sticks.
     pub fn in_slot(label: &str, title: &str, ucode: bool, cmdline: &str) -> BootEntry {
         let dir = format!("/slots/{label}");
         let mut initrds = Vec::new();
