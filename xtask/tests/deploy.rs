@@ -310,17 +310,53 @@ fn entry_names(img: &Path) -> Vec<String> {
     names
 }
 
-/// Runs one deploy with the kill hook at point `n`.
-fn deploy_killed_at(dir: &Path, target: &Path, out: &Path, n: u32, extra: &[&str]) -> Output {
-    common::xtask_command(dir, &deploy_args(target, out, extra))
-        .env(stick::KILL_AT_ENV, n.to_string())
-        .output()
-        .unwrap()
+/// Runs `cargo xtask ARGS…` (a deploy; with `ssh` as its ssh when given) with the kill hook at point `n`:
+/// true when it was killed there (by SIGKILL, nothing else), false when it finished before point `n`.
+fn killed_at(dir: &Path, args: &[&str], ssh: Option<&Path>, n: u32) -> bool {
+    let mut command = common::xtask_command(dir, args);
+    command.env(stick::KILL_AT_ENV, n.to_string());
+    if let Some(ssh) = ssh {
+        command.env(xtask::ssh::PROGRAM_ENV, ssh);
+    }
+    let res = command.output().unwrap();
+    if res.status.success() {
+        return false;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        res.status.signal(),
+        Some(9),
+        "point {n}: {}",
+        common::text(&res)
+    );
+    true
+}
+
+/// Builds fixture markers with the directory each was built into.
+type Markers = Vec<(String, PathBuf)>;
+
+/// The start of the kill tests: fixture builds PREFIX-a, PREFIX-b1 and PREFIX-b2, and a stick of a
+/// (`base.img`) whose slot b holds b1 armed for a trial (the hardest case for a deploy of b2: the slot's
+/// entries, the armed trial and its files must all change). Returns the markers, b2 and the stick.
+fn stick_with_a_trial(d: &Path, prefix: &str) -> (Markers, PathBuf, PathBuf) {
+    let markers: Markers = ["a", "b1", "b2"]
+        .iter()
+        .map(|b| {
+            let marker = format!("{prefix}-{b}");
+            let out = build(d, &Fixture::new(&marker));
+            (marker, out)
+        })
+        .collect();
+    let img = image(d, &markers[0].1, "base.img");
+    deploy(d, &img, &markers[1].1, &[]);
+    assert_eq!(table(&img).trial(), Some(Slot::B));
+    let b2 = markers[2].1.clone();
+    (markers, b2, img)
 }
 
 /// What the next boot runs, as the stick says: the armed trial, else the default; it must hold a complete
 /// build whose every file matches its manifest. Returns (slot, build marker).
-fn bootable(target: &Path, markers: &[(&str, &Path)]) -> (Slot, String) {
+fn bootable(target: &Path, markers: &[(String, PathBuf)]) -> (Slot, String) {
     let mut s = stick::open(target.to_str().unwrap()).unwrap();
     let t = Table::read(&mut *s).unwrap();
     // UEFI: one entry per slot (Table::read refuses two), a default, and one of them boots next; every
@@ -347,7 +383,7 @@ fn bootable(target: &Path, markers: &[(&str, &Path)]) -> (Slot, String) {
                 .build_id
                 == id
         })
-        .map(|(m, _)| m.to_string())
+        .map(|(m, _)| m.clone())
         .expect("a build of ours");
     (slot, marker)
 }
@@ -359,36 +395,19 @@ fn bootable(target: &Path, markers: &[(&str, &Path)]) -> (Slot, String) {
 fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
     let dir = common::tempdir();
     let d = dir.path();
-    let a = build(d, &Fixture::new("kill-a"));
-    let b1 = build(d, &Fixture::new("kill-b1"));
-    let b2 = build(d, &Fixture::new("kill-b2"));
-    let markers = [
-        ("kill-a", a.as_path()),
-        ("kill-b1", b1.as_path()),
-        ("kill-b2", b2.as_path()),
-    ];
-    let base = image(d, &a, "base.img");
-    deploy(d, &base, &b1, &[]);
-    assert_eq!(table(&base).trial(), Some(Slot::B));
+    let (markers, b2, base) = stick_with_a_trial(d, "kill");
 
     let stick = d.join("stick.img");
     let efi_copy = d.join("efi.img");
     let mut n = 1;
     let mut seen = Vec::new();
     let mut efi_seen: Vec<(u32, Vec<String>, String)> = Vec::new();
+    let args = deploy_args(&stick, &b2, &[]);
     loop {
         fs::copy(&base, &stick).unwrap();
-        let res = deploy_killed_at(d, &stick, &b2, n, &[]);
-        if res.status.success() {
+        if !killed_at(d, &args, None, n) {
             break;
         }
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            res.status.signal(),
-            Some(9),
-            "point {n}: {}",
-            common::text(&res)
-        );
         let (slot, marker) = bootable(&stick, &markers);
         // UEFI: booted (on a copy) at every point where the entries' names differ from the last one booted.
         let names = entry_names(&stick);
@@ -411,7 +430,7 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
         seen.push((n, slot, marker));
         // The rerun finishes the deploy.
         fs::copy(&base, &stick).unwrap();
-        assert!(!deploy_killed_at(d, &stick, &b2, n, &[]).status.success());
+        assert!(killed_at(d, &args, None, n));
         deploy(d, &stick, &b2, &[]);
         assert_eq!(bootable(&stick, &markers), (Slot::B, "kill-b2".to_string()));
         let t = table(&stick);
@@ -447,17 +466,18 @@ fn a_committing_deploy_killed_at_any_point_leaves_a_complete_default() {
     let dir = common::tempdir();
     let d = dir.path();
     let (a, b, base) = builds_a_b_and_stick_of_a(d, "kc");
-    let markers = [("kc-a", a.as_path()), ("kc-b", b.as_path())];
+    let markers = [
+        ("kc-a".to_string(), a.clone()),
+        ("kc-b".to_string(), b.clone()),
+    ];
     deploy(d, &base, &b, &["--commit"]);
     let stick = d.join("killed.img");
+    // Slot b is committed: this deploy writes a again.
+    let args = deploy_args(&stick, &a, &["--commit"]);
     let mut n = 1;
     loop {
         fs::copy(&base, &stick).unwrap();
-        // Slot b is committed: this deploy writes a again.
-        if deploy_killed_at(d, &stick, &a, n, &["--commit"])
-            .status
-            .success()
-        {
+        if !killed_at(d, &args, None, n) {
             break;
         }
         bootable(&stick, &markers);
@@ -721,16 +741,7 @@ fn a_mounted_block_device_is_refused() {
 fn a_deploy_over_ssh_killed_at_any_point_leaves_a_stick_that_boots() {
     let dir = common::tempdir();
     let d = dir.path();
-    let a = build(d, &Fixture::new("sshkill-a"));
-    let b1 = build(d, &Fixture::new("sshkill-b1"));
-    let b2 = build(d, &Fixture::new("sshkill-b2"));
-    let markers = [
-        ("sshkill-a", a.as_path()),
-        ("sshkill-b1", b1.as_path()),
-        ("sshkill-b2", b2.as_path()),
-    ];
-    let img = image(d, &a, "base.img");
-    deploy(d, &img, &b1, &[]);
+    let (markers, b2, img) = stick_with_a_trial(d, "sshkill");
     let base = partition_copy(&img, &d.join("base"));
     let boot = d.join("media-boot");
     let cmdline = d.join("proc-cmdline");
@@ -746,21 +757,9 @@ fn a_deploy_over_ssh_killed_at_any_point_leaves_a_stick_that_boots() {
     let mut n = 1;
     loop {
         fresh();
-        let res = common::xtask_command(d, &args)
-            .env(xtask::ssh::PROGRAM_ENV, &wrapper)
-            .env(stick::KILL_AT_ENV, n.to_string())
-            .output()
-            .unwrap();
-        if res.status.success() {
+        if !killed_at(d, &args, Some(&wrapper), n) {
             break;
         }
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            res.status.signal(),
-            Some(9),
-            "point {n}: {}",
-            common::text(&res)
-        );
         seen.push((n, bootable(&boot, &markers)));
         if n % 4 == 1 {
             common::ok(&xtask_ssh(d, &wrapper, &args));
