@@ -183,8 +183,9 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         .into_iter()
         .collect();
     let (mut cpio_bytes, mut compressed_bytes) = (0, 0);
-    let segments = initramfs::split(&tree, initramfs::scan(&tree, source_date)?)?;
-    let entries = initramfs::entry_count(&segments);
+    let scanned = initramfs::scan(&tree, source_date)?;
+    let entries = scanned.len();
+    let segments = initramfs::split(&tree, scanned)?;
     for segment in segments {
         let tmp = temps.add(&segment.name);
         let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;

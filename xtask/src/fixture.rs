@@ -625,11 +625,11 @@ poweroff -f
 "#;
 
 /// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+        .context("finding a free port on 127.0.0.1")?
+        .port())
 }
 
 /// An OpenSSH server on 127.0.0.1 standing in for the running NAS (tests and `bench`): its sessions get
@@ -666,7 +666,7 @@ impl Sshd {
             }
         }
         fs::copy(keys.join("id.pub"), keys.join("authorized_keys"))?;
-        let port = free_port();
+        let port = free_port()?;
         let config = keys.join("sshd_config");
         fs::write(
             &config,

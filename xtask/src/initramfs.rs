@@ -96,11 +96,7 @@ pub fn split(root: &Path, entries: Vec<Entry>) -> anyhow::Result<Vec<Segment>> {
             owner.insert(f.as_str(), p.name.as_str());
         }
     }
-    let is_config = |e: &Entry| {
-        CONFIG_DIRS
-            .iter()
-            .any(|d| e.path.starts_with(d) && !e.path.as_os_str().is_empty())
-    };
+    let is_config = |e: &Entry| CONFIG_DIRS.iter().any(|d| e.path.starts_with(d));
     let package_of = |e: &Entry| e.path.to_str().and_then(|p| owner.get(p).copied());
     // A file's bytes count once, for the owner of its first link (only its last link carries them).
     let is_link = |e: &Entry| e.nlink > 1 && e.mode & S_IFMT == S_IFREG;
@@ -192,17 +188,6 @@ pub fn join(parts: &[PathBuf], dest: &Path) -> anyhow::Result<PathBuf> {
     drop(output);
     fs::rename(&tmp, dest).with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(dest.to_path_buf())
-}
-
-/// Entries of the tree in `segments`: each once, though a directory may sit in several archives.
-pub fn entry_count(segments: &[Segment]) -> usize {
-    let mut paths: Vec<&Path> = segments
-        .iter()
-        .flat_map(|s| s.entries.iter().map(|e| e.path.as_path()))
-        .collect();
-    paths.sort();
-    paths.dedup();
-    paths.len()
 }
 
 /// Checks that `/init` exists in the tree and resolves (following symlinks inside the tree) to an
@@ -837,7 +822,13 @@ mod tests {
             assert!(paths(0).contains(&want), "{want} not in {:?}", paths(0));
         }
         // Every entry is in some archive, and nothing but a directory is in two.
-        assert_eq!(entry_count(&segments), all);
+        let mut paths: Vec<&Path> = segments
+            .iter()
+            .flat_map(|s| s.entries.iter().map(|e| e.path.as_path()))
+            .collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), all);
         let mut seen = std::collections::HashSet::new();
         for e in segments.iter().flat_map(|s| &s.entries) {
             assert!(

@@ -74,9 +74,14 @@ pub const REQUIRED: &[&str] = &["vmlinuz", "initramfs", "cmdline"];
 /// Where the builds' files live on the stick, by content.
 pub const PARTS: &str = "parts";
 
-/// Where the file with this SHA-256 lives in [`PARTS`].
+/// The name in [`PARTS`] of the file with this SHA-256: its first 16 hex digits.
+fn part_name(sha256: &str) -> &str {
+    &sha256[..sha256.len().min(16)]
+}
+
+/// Where the file with this SHA-256 lives on the stick: `parts/<`[`part_name`]`>`.
 pub fn part_path(sha256: &str) -> String {
-    format!("{PARTS}/{}", &sha256[..sha256.len().min(16)])
+    format!("{PARTS}/{}", part_name(sha256))
 }
 
 /// Parses a build's manifest.json (`what` names it in errors) and checks that it names a bootable build whose
@@ -269,7 +274,7 @@ fn sizes(stick: &mut dyn Stick, dir: &str) -> Result<BTreeMap<String, u64>> {
 
 /// Whether [`PARTS`] (as listed by [`sizes`]) holds the file with this SHA-256 and size.
 fn has_part(parts: &BTreeMap<String, u64>, a: &crate::manifest::Artifact) -> bool {
-    parts.get(&part_path(&a.sha256)[PARTS.len() + 1..]) == Some(&a.size)
+    parts.get(part_name(&a.sha256)) == Some(&a.size)
 }
 
 /// Reads one slot; None unless it holds a complete build.
@@ -562,13 +567,15 @@ pub fn committed(stick: &mut dyn Stick, table: &Table) -> Result<Slot> {
 /// are kept in step; their entries name the same files.
 ///
 /// The order of writes is what makes a stop at any point safe (each step is synced before the next):
-/// 1. the build under temporary names in the target slot, each file checked (the slot's old build, its boot
-///    entries and any trial armed for it stay usable);
+/// 1. the files the stick lacks into [`PARTS`] (each under a temporary name, checked, then renamed to its
+///    part name, which no manifest names yet) and the manifest under a temporary name in the target slot
+///    (the slot's old build, its boot entries and any trial armed for it stay usable);
 /// 2. the target slot is detached: a boot-once naming it is cleared, then syslinux.cfg is rewritten without
 ///    its entry (the committed slot as DEFAULT); on UEFI the committed slot's entry is made the default and
 ///    the target's removed. Nothing boots the slot while its files change;
-/// 3. the files are renamed into place, manifest.json last (the stick never holds more than three builds'
-///    worth: two slots, one temporary copy);
+/// 3. the slot's old manifest goes, then the new one is renamed in, then the parts no manifest names
+///    ([`rename_temps`]: the stick never holds more than three builds' worth: the committed build, the
+///    slot's old one, the new files);
 /// 4. the slot gets its entries back: syslinux.cfg's (and, with `commit`, DEFAULT), systemd-boot's as a spare;
 /// 5. the trial is armed: the ADV's boot-once, then the systemd-boot entry renamed to a trial with one try
 ///    (with `commit`: the boot-once cleared, the entry renamed to the default).
@@ -876,6 +883,25 @@ mod tests {
         Build::open(dir).unwrap()
     }
 
+    /// Builds `one` (k1, i1, command line `c`) and `two` (k2, i2, `two_cmdline`) in `dir`.
+    fn builds_one_and_two(dir: &Path, two_cmdline: &str) -> (Build, Build) {
+        let one = build(
+            &dir.join("one"),
+            "one",
+            &[("vmlinuz", "k1"), ("initramfs", "i1"), ("cmdline", "c\n")],
+        );
+        let two = build(
+            &dir.join("two"),
+            "two",
+            &[
+                ("vmlinuz", "k2"),
+                ("initramfs", "i2"),
+                ("cmdline", two_cmdline),
+            ],
+        );
+        (one, two)
+    }
+
     /// The part of `data` on the stick.
     fn part(data: &str) -> String {
         part_path(&stick::hex(&Sha256::digest(data.as_bytes())))
@@ -997,14 +1023,8 @@ mod tests {
         let root = tmp.path().join("stick");
         fs::create_dir_all(&root).unwrap();
         let mut stick = Dir::open(&root).unwrap();
-        let files = [("vmlinuz", "k1"), ("initramfs", "i1"), ("cmdline", "c\n")];
-        let one = build(&tmp.path().join("one"), "one", &files);
+        let (one, two) = builds_one_and_two(tmp.path(), "c\n");
         install(&mut stick, Slot::A, &one).unwrap();
-        let two = build(
-            &tmp.path().join("two"),
-            "two",
-            &[("vmlinuz", "k2"), ("initramfs", "i2"), ("cmdline", "c\n")],
-        );
         // Same size, other bytes: only the SHA-256 check can notice.
         fs::write(two.dir.join("initramfs"), "XX").unwrap();
         let err = install(&mut stick, Slot::A, &two).unwrap_err().to_string();
@@ -1078,13 +1098,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("stick");
         fs::create_dir_all(root.join("syslinux")).unwrap();
-        let files = [("vmlinuz", "k1"), ("initramfs", "i1"), ("cmdline", "c\n")];
-        let one = build(&tmp.path().join("one"), "one", &files);
-        let two = build(
-            &tmp.path().join("two"),
-            "two",
-            &[("vmlinuz", "k2"), ("initramfs", "i2"), ("cmdline", "c\n")],
-        );
+        let (one, two) = builds_one_and_two(tmp.path(), "c\n");
         let mut stick = Racing {
             inner: Dir::open(&root).unwrap(),
             root: root.clone(),
@@ -1117,13 +1131,7 @@ mod tests {
         fs::write(root.join(uefi::LOADER_CONF), "default ramnas-*\n").unwrap();
         fs::write(root.join("EFI/Linux/ramnas-default-a.efi"), "uki").unwrap();
         fs::write(root.join("EFI/Linux/other.efi"), "not ours").unwrap();
-        let files = [("vmlinuz", "k1"), ("initramfs", "i1"), ("cmdline", "c\n")];
-        let one = build(&tmp.path().join("one"), "one", &files);
-        let two = build(
-            &tmp.path().join("two"),
-            "two",
-            &[("vmlinuz", "k2"), ("initramfs", "i2"), ("cmdline", "q\n")],
-        );
+        let (one, two) = builds_one_and_two(tmp.path(), "q\n");
         let mut stick = Dir::open(&root).unwrap();
         install(&mut stick, Slot::A, &one).unwrap();
         write_boot_config(&mut stick, Slot::A).unwrap();

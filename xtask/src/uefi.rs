@@ -32,7 +32,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::{boot_entry::BootEntry, stick::Stick};
 
@@ -134,7 +134,6 @@ pub fn loader_conf() -> String {
 
 /// The files systemd-boot needs besides the entries: (path on the partition, contents).
 pub fn boot_files(host: &Host) -> Result<Vec<(String, Vec<u8>)>> {
-    use anyhow::Context;
     let boot =
         std::fs::read(&host.boot).with_context(|| format!("reading {}", host.boot.display()))?;
     Ok(vec![
@@ -322,7 +321,6 @@ pub fn install_boot(stick: &mut dyn Stick, host: &Host) -> Result<()> {
 
 /// The entries on a stick (an empty view when it has no /loader/entries).
 pub fn read_view(stick: &mut dyn Stick) -> Result<View> {
-    use anyhow::Context;
     if !stick.exists(ENTRIES_DIR)? {
         return Ok(View::default());
     }
@@ -338,7 +336,9 @@ pub fn read_view(stick: &mut dyn Stick) -> Result<View> {
 /// name (systemd-boot reads only `*.conf`) renamed over the old entry of the slot, whatever its role.
 /// [`set_state`] then gives it its role. The slot's files must be complete: the entry names them.
 pub fn install_entry(stick: &mut dyn Stick, entry: &BootEntry) -> Result<()> {
-    stick.create_dir_all(ENTRIES_DIR)?;
+    if !stick.exists(ENTRIES_DIR)? {
+        stick.create_dir_all(ENTRIES_DIR)?;
+    }
     let spare = format!("{ENTRIES_DIR}/{}", file_name(&entry.label, Role::Spare));
     stick.replace(&spare, self::entry(entry).as_bytes())?;
     stick.sync()?;

@@ -304,11 +304,7 @@ impl Drop for Loop {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    xtask::fixture::free_port().unwrap()
 }
 
 /// Packs `tree` with GNU cpio (`find . | cpio -o -H newc`), the reference packer, into `archive`.
