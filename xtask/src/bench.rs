@@ -156,7 +156,7 @@ committed; bytes: what crossed the TCP connection (both ways, ssh's own included
 one file in /etc ≤ 2 % of the build, one package ≤ 1.5 × its archive + 1 MiB, a new kernel ≤ 1.1 × the build. \
 The package is synthetic (4 MiB that do not compress, `bench-data`), and the new kernel is the same kernel \
 and modules with every file changed: each build's files differ where a real one's would. Time: the new \
-kernel's deploy against `cat` of each of its files over the same ssh.
+kernel's deploy against `cat` of each of its files over the same ssh, each into a file of its own.
 - flash: `cargo xtask flash --yes --force --wipe` (writes the data ranges, then reads every one back and \
 compares) against `dd bs=4M conv=fsync` of the whole image, to the same loop device (direct I/O when the \
 file system allows it; `sync` before each run).";
@@ -1012,10 +1012,14 @@ impl Bench {
         let relay = fixture::CountingRelay::start(sshd.port)?;
         let target = format!("ssh://root@127.0.0.1:{}", relay.port);
 
+        // The NAS's stick as build A left it.
+        let reset = || -> Result<()> {
+            let _ = fs::remove_dir_all(&boot);
+            copy_dir(&base, &boot)
+        };
         // One deploy onto a fresh copy of the stick: (seconds, bytes over the wire, its output).
         let deploy = |out: &Path| -> Result<(f64, f64, String)> {
-            let _ = fs::remove_dir_all(&boot);
-            copy_dir(&base, &boot)?;
+            reset()?;
             let before = relay.bytes();
             let (t, output) = timed(|| {
                 Command::new(&self.exe)
@@ -1036,27 +1040,22 @@ impl Bench {
             }
             Ok((t, (relay.bytes() - before) as f64, text))
         };
-        let measure = |out: &Path, case: &str| -> Result<(Vec<f64>, Vec<f64>)> {
-            let (mut times, mut bytes) = (Vec::new(), Vec::new());
+        // The bytes of a warm-up and `runs` deploys of `out`; the first is not counted.
+        let measure = |out: &Path, case: &str| -> Result<Vec<f64>> {
+            let mut bytes = Vec::new();
             for run in 0..=self.runs {
                 eprintln!("  {case}: run {run}/{}", self.runs);
-                let (t, b, text) = deploy(out)?;
+                let (_, b, text) = deploy(out)?;
                 if out == a && !text.contains("nothing changed") {
                     bail!("the deploy of the committed build did not say nothing changed:\n{text}");
                 }
                 if run > 0 {
-                    times.push(t);
                     bytes.push(b);
                 }
             }
-            Ok((times, bytes))
+            Ok(bytes)
         };
-        let size_of = |out: &Path| -> Result<u64> {
-            Ok(crate::slots::build_size(
-                &crate::slots::Build::open(out)?.manifest,
-            ))
-        };
-        let build_size = size_of(&a)?;
+        let build_size = crate::slots::build_size(&a_build.manifest);
         let share = fs::metadata(package.join(initramfs::package_segment("bench-data")))
             .context("the upgraded package's own archive")?
             .len();
@@ -1069,12 +1068,13 @@ impl Bench {
             (cases[3], &new_kernel, build_size * 11 / 10),
         ] {
             let row = match measure(out, case) {
-                Ok((_, bytes)) => Row::alone(case, Samples::bytes(bytes), Goal::Bytes(limit)),
+                Ok(bytes) => Row::alone(case, Samples::bytes(bytes), Goal::Bytes(limit)),
                 Err(err) => Row::failed(case, &err),
             };
             rows.push(row);
         }
-        // Time: the new kernel's deploy against `cat` of every file of that build over the same ssh.
+        // Time: the new kernel's deploy against `cat` of every file of that build over the same ssh, each into
+        // a file of its own on the NAS's stick.
         let files: Vec<PathBuf> = crate::slots::Build::open(&new_kernel)?
             .manifest
             .artifacts
@@ -1082,13 +1082,12 @@ impl Bench {
             .map(|n| new_kernel.join(n))
             .collect();
         let copy = || -> Result<f64> {
-            let _ = fs::remove_dir_all(&boot);
-            copy_dir(&base, &boot)?;
+            reset()?;
             timed(|| {
-                for file in &files {
+                for (i, file) in files.iter().enumerate() {
                     let status = Command::new(&sshd.ssh)
                         .args(["-p", &relay.port.to_string(), "root@127.0.0.1"])
-                        .arg("cat > \"$RAMNAS_BOOT/copy.bin\" && sync")
+                        .arg(format!("cat > \"$RAMNAS_BOOT/copy-{i}.bin\" && sync"))
                         .stdin(fs::File::open(file)?)
                         .status()
                         .context("running ssh")?;
