@@ -20,7 +20,8 @@
 //! 7. deploys over ssh (sshd on 127.0.0.1, the bytes counted on its TCP connection) onto a stick holding
 //!    build A of a fixture of its own (with the kernel's whole module directory, unless `--tree` is given): A again, one file of /etc changed, one
 //!    4 MiB package upgraded, a new kernel and modules (each against its goal in bytes); and the new
-//!    kernel's deploy timed against `cat` of that build's files over the same ssh (needs root).
+//!    kernel's deploy timed against a full copy of that build over one ssh session, checked on the NAS
+//!    (`tar`, `sha256sum`, `sync`; needs root).
 //!
 //! `--only` picks groups of cases (`pack,rebuild,boot,flash,deploy`).
 
@@ -156,7 +157,8 @@ committed; bytes: what crossed the TCP connection (both ways, ssh's own included
 one file in /etc ≤ 2 % of the build, one package ≤ 1.5 × its archive + 1 MiB, a new kernel ≤ 1.1 × the build. \
 The package is synthetic (4 MiB that do not compress, `bench-data`), and the new kernel is the same kernel \
 and modules with every file changed: each build's files differ where a real one's would. Time: the new \
-kernel's deploy against `cat` of each of its files over the same ssh, each into a file of its own.
+kernel's deploy against a full copy of that build as checked as a deploy's: `tar` of its files through one ssh \
+session, unpacked on the NAS, each file's `sha256sum` read back there, then `sync`.
 - flash: `cargo xtask flash --yes --force --wipe` (writes the data ranges, then reads every one back and \
 compares) against `dd bs=4M conv=fsync` of the whole image, to the same loop device (direct I/O when the \
 file system allows it; `sync` before each run).";
@@ -1073,27 +1075,36 @@ impl Bench {
             };
             rows.push(row);
         }
-        // Time: the new kernel's deploy against `cat` of every file of that build over the same ssh, each into
-        // a file of its own on the NAS's stick.
-        let files: Vec<PathBuf> = crate::slots::Build::open(&new_kernel)?
+        // Time: the new kernel's deploy against a full copy of that build, as checked as a deploy's: tar of its
+        // files through one ssh session, unpacked into the NAS's stick, each file's SHA-256 read back there,
+        // then sync.
+        let names: Vec<String> = crate::slots::Build::open(&new_kernel)?
             .manifest
             .artifacts
-            .keys()
-            .map(|n| new_kernel.join(n))
+            .into_keys()
             .collect();
         let copy = || -> Result<f64> {
             reset()?;
             timed(|| {
-                for (i, file) in files.iter().enumerate() {
-                    let status = Command::new(&sshd.ssh)
-                        .args(["-p", &relay.port.to_string(), "root@127.0.0.1"])
-                        .arg(format!("cat > \"$RAMNAS_BOOT/copy-{i}.bin\" && sync"))
-                        .stdin(fs::File::open(file)?)
-                        .status()
-                        .context("running ssh")?;
-                    if !status.success() {
-                        bail!("copying {} over ssh failed", file.display());
-                    }
+                let mut tar = Command::new("tar")
+                    .arg("-c")
+                    .arg("-C")
+                    .arg(&new_kernel)
+                    .args(&names)
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .context("running tar")?;
+                let status = Command::new(&sshd.ssh)
+                    .args(["-p", &relay.port.to_string(), "root@127.0.0.1"])
+                    .arg(
+                        "mkdir \"$RAMNAS_BOOT/copy\" && cd \"$RAMNAS_BOOT/copy\" && tar -x && \
+                         sha256sum * >/dev/null && sync",
+                    )
+                    .stdin(tar.stdout.take().expect("piped"))
+                    .status()
+                    .context("running ssh")?;
+                if !tar.wait().context("waiting for tar")?.success() || !status.success() {
+                    bail!("copying {} over ssh failed", new_kernel.display());
                 }
                 Ok(())
             })

@@ -230,13 +230,18 @@ fn shared_libraries(listing: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// `/bin/busybox` from busybox-static, with the applet links `/init` needs before `--install` runs.
-fn write_busybox(root: &Path) -> Result<()> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+/// The host's busybox (Debian's busybox-static).
+fn host_busybox() -> Result<&'static Path> {
+    ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(Path::new)
         .find(|p| p.exists())
-        .context("no /bin/busybox on the host: install Debian's busybox-static")?;
+        .context("no /bin/busybox on the host: install Debian's busybox-static")
+}
+
+/// `/bin/busybox` from busybox-static, with the applet links `/init` needs before `--install` runs.
+fn write_busybox(root: &Path) -> Result<()> {
+    let busybox = host_busybox()?;
     for dir in [
         "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "etc", "root",
     ] {
@@ -666,6 +671,18 @@ impl Sshd {
             }
         }
         fs::copy(keys.join("id.pub"), keys.join("authorized_keys"))?;
+        // The NAS runs busybox: its applets are the only programs on the sessions' PATH.
+        let bin = keys.join("nas-bin");
+        let _ = fs::remove_dir_all(&bin);
+        fs::create_dir_all(&bin)?;
+        let busybox = host_busybox()?;
+        let list = std::process::Command::new(busybox)
+            .arg("--list")
+            .output()
+            .with_context(|| format!("running {} --list", busybox.display()))?;
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            symlink(busybox, bin.join(applet))?;
+        }
         let port = free_port()?;
         let config = keys.join("sshd_config");
         fs::write(
@@ -673,12 +690,13 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
                  PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nStrictModes no\nSetEnv RAMNAS_BOOT={} RAMNAS_CMDLINE={}\n",
+                 UsePAM no\nStrictModes no\nSetEnv RAMNAS_BOOT={} RAMNAS_CMDLINE={} PATH={}\n",
                 host_key.display(),
                 keys.join("authorized_keys").display(),
                 keys.join("sshd.pid").display(),
                 boot.display(),
-                cmdline.display()
+                cmdline.display(),
+                bin.display()
             ),
         )?;
         fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;

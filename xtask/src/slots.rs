@@ -593,6 +593,7 @@ pub fn deploy(
     let target = keep.other();
     let written = write_temps(stick, target, build)?;
     // A running NAS may have committed a trial meanwhile (ramnas-ready): then the target is the default now.
+    stick.forget();
     let default = boot_config(stick)?.and_then(|c| syslinux::default_label(&c));
     if default.as_deref() != Some(keep.name()) {
         bail!(

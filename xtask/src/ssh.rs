@@ -1,17 +1,19 @@
 //! The running NAS as a [`Stick`]: its boot partition mounted at `/media/boot`, reached with the system's
 //! OpenSSH client.
 //!
-//! One master connection (`ControlMaster`) carries every operation. Each operation runs one fixed POSIX sh
-//! script on the NAS (busybox is enough) with the operation and the stick paths as its arguments; the paths
-//! are checked here to be plain relative names, and every argument is quoted, so nothing from the user
-//! becomes shell code on either side. On the NAS, `RAMNAS_BOOT` overrides /media/boot and `RAMNAS_CMDLINE`
-//! /proc/cmdline (as for ramnas-slot); on this machine `RAMNAS_SSH` names another ssh program.
+//! One ssh session carries every operation: it runs a fixed POSIX sh loop on the NAS (busybox is enough)
+//! that reads one request line at a time (`OP ARGS…`) and answers each with a header line `STATUS OUTLEN
+//! ERRLEN` and that many bytes of the operation's stdout and stderr. A file to write follows its request as
+//! chunks, each a line with its size and then exactly that many bytes (read with `dd iflag=fullblock`, which
+//! never reads past them); a line `0` ends it. The paths are checked here to be plain relative names, and
+//! they travel as data, so nothing from the user becomes shell code on either side. On the NAS,
+//! `RAMNAS_BOOT` overrides /media/boot and `RAMNAS_CMDLINE` /proc/cmdline (as for ramnas-slot); on this
+//! machine `RAMNAS_SSH` names another ssh program.
 
 use std::{
-    ffi::OsString,
-    fs,
-    io::{Read, Write},
-    path::PathBuf,
+    io::{BufRead, BufReader, Read, Write},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex},
 };
 
 use anyhow::{bail, Context, Result};
@@ -21,238 +23,488 @@ use crate::stick::{Entry, Stick};
 /// Names an ssh program other than `ssh` on PATH (a wrapper adding `-F CONFIG`, say).
 pub const PROGRAM_ENV: &str = "RAMNAS_SSH";
 
-/// The one script every operation runs on the NAS: `sh -c SCRIPT ramnas-stick OP ARGS…`.
-const SCRIPT: &str = r#"set -eu
+/// The loop the session runs on the NAS: `sh -c SCRIPT`. `stick OP ARGS…` is one operation, run in a
+/// subshell with `set -e` and its stdin empty (or, for `patch`, the bytes that came with it); a failed
+/// operation is answered and the loop goes on. A write or a read that breaks off ends the session, since
+/// the stream would no longer be in step.
+const SCRIPT: &str = r#"set -u
 root=${RAMNAS_BOOT:-/media/boot}
-op=$1
-shift
-case $op in
-check)
-	[ -d "$root/syslinux" ] || { echo "no ramnas stick mounted at $root (no $root/syslinux)" >&2; exit 3; } ;;
-list)
-	for f in "$root/$1"/* "$root/$1"/.[!.]*; do
-		[ -e "$f" ] || continue
-		if [ -d "$f" ]; then echo "d 0 ${f##*/}"; else echo "f $(stat -c %s "$f") ${f##*/}"; fi
-	done ;;
-entry)
-	if [ -d "$root/$1" ]; then echo "d 0"; elif [ -e "$root/$1" ]; then echo "f $(stat -c %s "$root/$1")"; fi ;;
-read) cat "$root/$1" ;;
-write) cat >"$root/$1" ;;
-rename) mv -f "$root/$1" "$root/$2" ;;
-remove) if [ -d "$root/$1" ]; then rmdir "$root/$1"; else rm "$root/$1"; fi ;;
-mkdir) mkdir -p "$root/$1" ;;
-patch)
-	size=$(stat -c %s "$root/$1")
-	[ $(($2 + $3)) -le "$size" ] || { echo "$3 bytes at $2 reach past the end of $1 ($size bytes)" >&2; exit 1; }
-	dd of="$root/$1" bs=1 seek="$2" count="$3" conv=notrunc 2>/dev/null ;;
-sha256)
-	sum=$(sha256sum "$root/$1")
-	echo "$(stat -c %s "$root/$1") ${sum%% *}" ;;
-sync) sync ;;
-cmdline) cat "${RAMNAS_CMDLINE:-/proc/cmdline}" ;;
-*) echo "unknown operation $op" >&2; exit 2 ;;
-esac
+tmp=$(mktemp -d) || exit 1
+trap "rm -rf $tmp" EXIT
+trap "exit 1" HUP INT TERM PIPE
+stick() {
+	op=$1
+	shift
+	case $op in
+	check)
+		[ -d "$root/syslinux" ] || { echo "no ramnas stick mounted at $root (no $root/syslinux)" >&2; exit 3; } ;;
+	list)
+		for f in "$root/$1"/* "$root/$1"/.[!.]*; do
+			[ -e "$f" ] || continue
+			if [ -d "$f" ]; then echo "d 0 ${f##*/}"; else echo "f $(stat -c %s "$f") ${f##*/}"; fi
+		done ;;
+	read) cat "$root/$1" ;;
+	rename) mv -f "$root/$1" "$root/$2" ;;
+	remove) if [ -d "$root/$1" ]; then rmdir "$root/$1"; else rm "$root/$1"; fi ;;
+	mkdir) mkdir -p "$root/$1" ;;
+	patch)
+		size=$(stat -c %s "$root/$1")
+		[ $(($2 + $3)) -le "$size" ] || { echo "$3 bytes at $2 reach past the end of $1 ($size bytes)" >&2; exit 1; }
+		dd of="$root/$1" bs=1 seek="$2" count="$3" conv=notrunc 2>/dev/null ;;
+	sha256)
+		sum=$(sha256sum "$root/$1")
+		echo "$(stat -c %s "$root/$1") ${sum%% *}" ;;
+	sync) sync ;;
+	cmdline) cat "${RAMNAS_CMDLINE:-/proc/cmdline}" ;;
+	*) echo "unknown operation $op" >&2; exit 2 ;;
+	esac
+}
+receive() {
+	dd bs=1048576 count="$1" iflag=count_bytes,fullblock status=none
+}
+# The answer goes out in one write: ssh sends a small second write only once the first is acknowledged,
+# and the other end delays that acknowledgement (the Nagle algorithm against delayed ACKs: 40 ms each time).
+answer() {
+	{
+		echo "$1 $(stat -c %s "$tmp/out") $(stat -c %s "$tmp/err")"
+		cat "$tmp/out" "$tmp/err"
+	} >"$tmp/answer"
+	dd if="$tmp/answer" bs=1048576 status=none
+}
+: >"$tmp/in"
+# The arguments are checked stick paths and numbers: words without blanks.
+while read -r op a b c; do
+	case $op in
+	write)
+		{
+			while read -r n && [ "$n" -gt 0 ]; do
+				receive "$n" || exit 1
+			done
+		} >"$root/$a" || exit 1
+		: >"$tmp/out"
+		: >"$tmp/err"
+		answer 0
+		continue ;;
+	read)
+		# A big file streams; a small one is answered like any operation, at once.
+		if [ -f "$root/$a" ] && [ "$(stat -c %s "$root/$a")" -gt 1048576 ]; then
+			echo "0 $(stat -c %s "$root/$a") 0"
+			cat "$root/$a" || exit 1
+			continue
+		fi ;;
+	patch)
+		receive "$c" >"$tmp/in" || exit 1 ;;
+	esac
+	(set -e; stick "$op" "$a" "$b" "$c") <"$tmp/in" >"$tmp/out" 2>"$tmp/err"
+	answer $?
+	: >"$tmp/in"
+done
 "#;
+
+/// A write is sent in chunks of this size.
+const CHUNK: usize = 8 << 20;
 
 /// A running NAS's stick over ssh.
 pub struct Ssh {
     target: String,
-    program: OsString,
-    /// `[user@]host`.
-    dest: String,
-    port: Option<String>,
-    /// Holds the master connection's socket.
-    control: PathBuf,
-    open: bool,
-    /// What the NAS answered since the last change made through this connection: listings and small
-    /// files, so that looking again costs no round trip. Every change (write, rename, removal, mkdir,
-    /// patch) empties it; `sha256` and `cmdline` always ask.
+    session: Option<Session>,
+    /// What the NAS answered, and what this connection changed since: listings and small files, so that
+    /// looking again costs no round trip. Each change made here updates it; a change that fails, and
+    /// [`Stick::forget`], empty it. `sha256` and `cmdline` always ask.
     seen: Seen,
     /// Changes made since the last `sync`: a `sync` with none asks nothing.
     unsynced: bool,
 }
 
-/// The cache of [`Ssh::seen`].
+/// The ssh process running [`SCRIPT`].
+struct Session {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+    /// ssh's own stderr (and the loop's, outside the operations), gathered by a thread so that the pipe
+    /// never fills.
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+/// The cache of [`Ssh::seen`], keyed by checked paths.
 #[derive(Default)]
 struct Seen {
     lists: std::collections::HashMap<String, Vec<Entry>>,
     files: std::collections::HashMap<String, Vec<u8>>,
 }
 
+/// A checked path's directory and name.
+fn parent_and_name(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+impl Seen {
+    /// Puts `entry` into its directory's listing, if that is known.
+    fn insert(&mut self, path: &str, mut entry: Entry) {
+        let (dir, name) = parent_and_name(path);
+        if let Some(list) = self.lists.get_mut(dir) {
+            list.retain(|e| e.name != name);
+            entry.name = name.to_string();
+            list.push(entry);
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+    }
+
+    /// Takes `path` out of its directory's listing; returns its entry if the listing is known.
+    fn take(&mut self, path: &str) -> Option<Option<Entry>> {
+        let (dir, name) = parent_and_name(path);
+        let list = self.lists.get_mut(dir)?;
+        let at = list.iter().position(|e| e.name == name);
+        Some(at.map(|i| list.remove(i)))
+    }
+
+    /// `path` now holds `size` bytes: `data`, if they were kept.
+    fn wrote(&mut self, path: &str, size: u64, data: Option<Vec<u8>>) {
+        let entry = Entry {
+            name: String::new(),
+            is_dir: false,
+            size,
+        };
+        self.insert(path, entry);
+        match data {
+            Some(data) => self.files.insert(path.to_string(), data),
+            None => self.files.remove(path),
+        };
+    }
+
+    fn renamed(&mut self, from: &str, to: &str) {
+        match self.files.remove(from) {
+            Some(data) => self.files.insert(to.to_string(), data),
+            None => self.files.remove(to),
+        };
+        match self.take(from) {
+            Some(Some(entry)) if !entry.is_dir => self.insert(to, entry),
+            // Not a file we know the size of: the listing of its new directory is no longer known.
+            _ => {
+                self.lists.remove(parent_and_name(to).0);
+            }
+        }
+    }
+
+    fn removed(&mut self, path: &str) {
+        self.files.remove(path);
+        self.lists.remove(path);
+        self.take(path);
+    }
+
+    /// `dir` and its parents exist now; those that did not are known to be empty.
+    fn made(&mut self, dir: &str) {
+        let mut at = 0;
+        while at < dir.len() {
+            at = dir[at..].find('/').map_or(dir.len(), |i| at + i);
+            let path = &dir[..at];
+            if let Some(None) = self.take(path) {
+                self.lists.insert(path.to_string(), Vec::new());
+            }
+            let entry = Entry {
+                name: String::new(),
+                is_dir: true,
+                size: 0,
+            };
+            self.insert(path, entry);
+            at += 1;
+        }
+    }
+
+    fn patched(&mut self, path: &str, offset: u64, bytes: &[u8]) {
+        if let Some(data) = self.files.get_mut(path) {
+            let start = offset as usize;
+            match data.get_mut(start..start + bytes.len()) {
+                Some(range) => range.copy_from_slice(bytes),
+                None => {
+                    self.files.remove(path);
+                }
+            }
+        }
+    }
+}
+
 /// Files up to this size are kept in [`Seen`] once read (the configs, manifests, ldlinux.sys).
 const SEEN_FILE_MAX: usize = 1 << 20;
 
+/// What a request sends after its line.
+enum Body<'a> {
+    None,
+    /// A file's contents, in chunks.
+    Chunks(&'a mut dyn Read),
+    /// Bytes whose length the request line gives.
+    Exact(&'a [u8]),
+}
+
 impl Ssh {
-    /// Connects to `ssh://[user@]host[:port]` and checks that a ramnas stick is mounted there.
+    /// Connects to `ssh://[user@]host[:port]` with `ssh` (or [`PROGRAM_ENV`]) and checks that a ramnas stick
+    /// is mounted there.
     pub fn open(target: &str) -> Result<Ssh> {
-        let (dest, port) = parse_target(target)?;
         let program = std::env::var_os(PROGRAM_ENV).unwrap_or_else(|| "ssh".into());
-        let control = std::env::temp_dir().join(format!("ramnas-ssh-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&control);
-        fs::create_dir(&control).with_context(|| format!("creating {}", control.display()))?;
+        Ssh::open_with(target, &program)
+    }
+
+    /// [`Ssh::open`] with `program` as the ssh client.
+    pub fn open_with(target: &str, program: &std::ffi::OsStr) -> Result<Ssh> {
+        let (dest, port) = parse_target(target)?;
+        let mut command = Command::new(program);
+        command.args(["-o", "BatchMode=yes"]);
+        if let Some(port) = &port {
+            command.args(["-p", port]);
+        }
+        command
+            .arg(&dest)
+            .arg("--")
+            .arg(format!("sh -c {}", quote(SCRIPT)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().with_context(|| {
+            format!(
+                "running {program:?} (OpenSSH client: Debian/Ubuntu openssh-client, Alpine openssh-client)"
+            )
+        })?;
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().expect("piped");
+        let gathered = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                gathered.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let session = Session {
+            input: child.stdin.take().expect("piped"),
+            output: BufReader::new(child.stdout.take().expect("piped")),
+            child,
+            stderr,
+        };
         let mut ssh = Ssh {
             target: target.to_string(),
-            program,
-            dest,
-            port,
-            control,
-            open: false,
+            session: Some(session),
             seen: Seen::default(),
             unsynced: false,
         };
-        ssh.connect()?;
-        ssh.run("check", &[])?;
-        Ok(ssh)
-    }
-
-    fn base_args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec!["-o".into(), "BatchMode=yes".into()];
-        if let Some(port) = &self.port {
-            args.extend(["-p".into(), port.into()]);
+        match ssh.run("check", &[]) {
+            Err(err) if ssh.session.is_none() => {
+                Err(err.context(format!("{target}: cannot connect")))
+            }
+            Err(err) => Err(err),
+            Ok(_) => Ok(ssh),
         }
-        let mut path = OsString::from("ControlPath=");
-        path.push(self.control.join("master"));
-        args.extend(["-o".into(), path]);
-        args
     }
 
-    /// Starts the master connection in the background. Its stderr goes to a file: a pipe would stay open
-    /// as long as the master lives.
-    fn connect(&mut self) -> Result<()> {
-        let log = self.control.join("master.log");
-        let mut args = self.base_args();
-        args.extend(
-            [
-                "-o",
-                "ControlMaster=yes",
-                "-o",
-                "ControlPersist=300",
-                "-N",
-                "-f",
-            ]
-            .map(OsString::from),
-        );
-        args.push(self.dest.clone().into());
-        let done = duct::cmd(&self.program, args)
-            .stdin_null()
-            .stdout_null()
-            .stderr_path(&log)
-            .unchecked()
-            .run()
-            .with_context(|| {
-                format!(
-                    "running {:?} (OpenSSH client: Debian/Ubuntu openssh-client, Alpine openssh-client)",
-                    self.program
-                )
-            })?;
-        if !done.status.success() {
-            let why = fs::read_to_string(&log).unwrap_or_default();
-            bail!("{}: cannot connect: {}", self.target, why.trim());
+    /// Sends one request and reads its answer's header; returns the status and the lengths of stdout and
+    /// stderr, which follow on the session's output. A broken session is ended and its error returned.
+    fn request(&mut self, op: &str, args: &[&str], body: Body) -> Result<(i32, u64, u64)> {
+        let Some(session) = &mut self.session else {
+            bail!("{}: the ssh session has ended", self.target);
+        };
+        match session.request(op, args, body) {
+            Ok(header) => Ok(header),
+            Err(err) => {
+                let why = self.session.take().map(Session::end).unwrap_or_default();
+                Err(err.context(format!("{}: the ssh session broke off: {why}", self.target)))
+            }
         }
-        self.open = true;
-        Ok(())
     }
 
-    /// The ssh invocation of one operation.
-    fn expression(&self, op: &str, paths: &[&str]) -> Result<duct::Expression> {
-        let mut remote = format!("sh -c {} ramnas-stick {op}", quote(SCRIPT));
-        for p in paths {
-            remote.push(' ');
-            remote.push_str(&quote(p));
+    /// Runs an operation; returns its stdout, or an error naming it and quoting the NAS's stderr.
+    fn run_with(&mut self, op: &str, args: &[&str], body: Body) -> Result<Vec<u8>> {
+        let (status, out_len, err_len) = self.request(op, args, body)?;
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let read = self
+            .session
+            .as_mut()
+            .expect("open")
+            .read_answer(out_len, &mut out);
+        let read = read.and_then(|_| {
+            self.session
+                .as_mut()
+                .expect("open")
+                .read_answer(err_len, &mut err)
+        });
+        if let Err(e) = read {
+            let why = self.session.take().map(Session::end).unwrap_or_default();
+            return Err(e.context(format!("{}: the ssh session broke off: {why}", self.target)));
         }
-        let mut args = self.base_args();
-        args.extend(["-o".into(), "ControlMaster=no".into()]);
-        args.push(self.dest.clone().into());
-        args.push("--".into());
-        args.push(remote.into());
-        Ok(duct::cmd(&self.program, args))
-    }
-
-    /// Runs an operation with no input; returns its stdout.
-    fn run(&self, op: &str, args: &[&str]) -> Result<Vec<u8>> {
-        let out = self
-            .expression(op, args)?
-            .stdin_null()
-            .stdout_capture()
-            .stderr_capture()
-            .unchecked()
-            .run()
-            .with_context(|| format!("running {:?}", self.program))?;
-        self.succeeded(op, args, &out)?;
-        Ok(out.stdout)
-    }
-
-    /// An error naming the operation and quoting the remote stderr, unless `out` says it succeeded.
-    fn succeeded(&self, op: &str, args: &[&str], out: &std::process::Output) -> Result<()> {
-        if !out.status.success() {
+        if status != 0 {
             bail!(
                 "{}: {op} {} failed: {}",
                 self.describe(),
                 args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
+                String::from_utf8_lossy(&err).trim()
             );
+        }
+        Ok(out)
+    }
+
+    fn run(&mut self, op: &str, args: &[&str]) -> Result<Vec<u8>> {
+        self.run_with(op, args, Body::None)
+    }
+
+    fn run_text(&mut self, op: &str, args: &[&str]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.run(op, args)?).into_owned())
+    }
+
+    /// Runs a change; on success `update` applies it to what was seen, on failure nothing seen is trusted.
+    fn change(
+        &mut self,
+        op: &str,
+        args: &[&str],
+        body: Body,
+        update: impl FnOnce(&mut Seen),
+    ) -> Result<()> {
+        self.unsynced = true;
+        match self.run_with(op, args, body) {
+            Ok(_) => {
+                update(&mut self.seen);
+                Ok(())
+            }
+            Err(err) => {
+                self.seen = Seen::default();
+                Err(err)
+            }
+        }
+    }
+
+    /// Streams the NAS's file at `path` (checked) into `out`.
+    fn read_uncached(&mut self, path: &str, out: &mut dyn Write) -> Result<u64> {
+        let (status, out_len, err_len) = self.request("read", &[path], Body::None)?;
+        if status != 0 {
+            // A failed read is answered like any operation: nothing on stdout, the reason on stderr.
+            let mut err = Vec::new();
+            let session = self.session.as_mut().expect("open");
+            session.read_answer(out_len, &mut std::io::sink())?;
+            session.read_answer(err_len, &mut err)?;
+            bail!(
+                "{}: read {path} failed: {}",
+                self.describe(),
+                String::from_utf8_lossy(&err).trim()
+            );
+        }
+        let session = self.session.as_mut().expect("open");
+        match session
+            .read_answer(out_len, out)
+            .and_then(|()| session.read_answer(err_len, &mut std::io::sink()))
+        {
+            Ok(()) => Ok(out_len),
+            Err(e) => {
+                let why = self.session.take().map(Session::end).unwrap_or_default();
+                Err(e.context(format!("reading {path} from {}: {why}", self.describe())))
+            }
+        }
+    }
+}
+
+impl Session {
+    fn request(&mut self, op: &str, args: &[&str], body: Body) -> Result<(i32, u64, u64)> {
+        // Like the answers, each request goes out in as few writes as it can (see SCRIPT).
+        let mut pending = op.to_string().into_bytes();
+        for a in args {
+            pending.push(b' ');
+            pending.extend_from_slice(a.as_bytes());
+        }
+        pending.push(b'\n');
+        match body {
+            Body::None => {}
+            Body::Exact(bytes) => pending.extend_from_slice(bytes),
+            Body::Chunks(data) => {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = fill(data, &mut buf).context("reading what to send")?;
+                    if n > 0 {
+                        pending.extend_from_slice(format!("{n}\n").as_bytes());
+                        pending.extend_from_slice(&buf[..n]);
+                    }
+                    if n < CHUNK {
+                        pending.extend_from_slice(b"0\n");
+                        break;
+                    }
+                    self.input.write_all(&pending).context("sending a file")?;
+                    pending.clear();
+                }
+            }
+        }
+        self.input
+            .write_all(&pending)
+            .and_then(|()| self.input.flush())
+            .context("sending a request")?;
+        let mut header = String::new();
+        self.output
+            .read_line(&mut header)
+            .context("reading an answer")?;
+        let fields: Vec<&str> = header.split_whitespace().collect();
+        let parsed = match fields[..] {
+            [status, out, err] => status
+                .parse()
+                .ok()
+                .zip(out.parse().ok())
+                .zip(err.parse().ok())
+                .map(|((s, o), e)| (s, o, e)),
+            _ => None,
+        };
+        parsed.with_context(|| {
+            if header.is_empty() {
+                "the NAS closed the session".to_string()
+            } else {
+                format!("unexpected answer from the NAS: {header:?}")
+            }
+        })
+    }
+
+    /// Copies exactly `len` bytes of the answer into `out`.
+    fn read_answer(&mut self, len: u64, out: &mut dyn Write) -> Result<()> {
+        let copied =
+            std::io::copy(&mut (&mut self.output).take(len), out).context("reading an answer")?;
+        if copied != len {
+            bail!("the NAS closed the session after {copied} of {len} bytes");
         }
         Ok(())
     }
 
-    fn run_text(&self, op: &str, args: &[&str]) -> Result<String> {
-        Ok(String::from_utf8_lossy(&self.run(op, args)?).into_owned())
-    }
-
-    /// Runs an operation with `data` on its stdin.
-    fn run_with_input(&self, op: &str, args: &[&str], data: &mut dyn Read) -> Result<u64> {
-        let (reader, mut writer) = std::io::pipe().context("making a pipe")?;
-        let handle = self
-            .expression(op, args)?
-            .stdin_file(reader)
-            .stdout_null()
-            .stderr_capture()
-            .unchecked()
-            .start()
-            .with_context(|| format!("running {:?}", self.program))?;
-        let copied = std::io::copy(data, &mut writer);
-        drop(writer);
-        let out = handle.wait().context("waiting for ssh")?;
-        self.succeeded(op, args, out)?;
-        copied.with_context(|| format!("sending {} to {}", args.join(" "), self.describe()))
-    }
-
-    /// Before every change: what was seen may no longer hold, and the next `sync` must ask.
-    fn changing(&mut self) {
-        self.seen = Seen::default();
-        self.unsynced = true;
-    }
-
-    /// Streams the NAS's file at `path` (checked) into `out`.
-    fn read_uncached(&self, path: &str, out: &mut dyn Write) -> Result<u64> {
-        let mut reader = self
-            .expression("read", &[path])?
-            .stdin_null()
-            .stderr_capture()
-            .reader()
-            .with_context(|| format!("running {:?}", self.program))?;
-        std::io::copy(&mut reader, out)
-            .with_context(|| format!("reading {path} from {}", self.describe()))
-    }
-
-    fn disconnect(&mut self) {
-        if std::mem::take(&mut self.open) {
-            let mut args = self.base_args();
-            args.extend(["-O".into(), "exit".into(), self.dest.clone().into()]);
-            let _ = duct::cmd(&self.program, args)
-                .stdin_null()
-                .stdout_null()
-                .stderr_null()
-                .unchecked()
-                .run();
+    /// Closes the session; returns what ssh said on stderr.
+    fn end(self) -> String {
+        let Session {
+            mut child,
+            input,
+            output,
+            stderr,
+        } = self;
+        drop(input);
+        drop(output);
+        let _ = child.wait();
+        let said = String::from_utf8_lossy(&stderr.lock().unwrap())
+            .trim()
+            .to_string();
+        if said.is_empty() {
+            "ssh said nothing".to_string()
+        } else {
+            said
         }
-        let _ = fs::remove_dir_all(&self.control);
     }
+}
+
+/// Reads into `buf` until it is full or `data` ends; returns how much it read.
+fn fill(data: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match data.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 impl Drop for Ssh {
     fn drop(&mut self) {
-        self.disconnect();
+        if let Some(session) = self.session.take() {
+            session.end();
+        }
     }
 }
 
@@ -329,10 +581,11 @@ impl Stick for Ssh {
     }
 
     fn list(&mut self, dir: &str) -> Result<Vec<Entry>> {
+        let dir = checked(dir)?;
         if let Some(seen) = self.seen.lists.get(dir) {
             return Ok(seen.clone());
         }
-        let text = self.run_text("list", &[checked(dir)?])?;
+        let text = self.run_text("list", &[dir])?;
         let mut out = Vec::new();
         for line in text.lines() {
             let fields: Vec<&str> = line.splitn(3, ' ').collect();
@@ -348,7 +601,7 @@ impl Stick for Ssh {
     /// missing directory lists as empty).
     fn entry(&mut self, path: &str) -> Result<Option<Entry>> {
         let path = checked(path)?;
-        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let (parent, name) = parent_and_name(path);
         Ok(self.list(parent)?.into_iter().find(|e| e.name == name))
     }
 
@@ -390,32 +643,45 @@ impl Stick for Ssh {
     }
 
     fn write(&mut self, path: &str, data: &mut dyn Read) -> Result<u64> {
-        self.changing();
         let path = checked(path)?;
-        self.run_with_input("write", &[path], data)
+        let mut sent = Sent {
+            inner: data,
+            count: 0,
+            kept: Some(Vec::new()),
+        };
+        self.change("write", &[path], Body::Chunks(&mut sent), |_| {})?;
+        let Sent { count, kept, .. } = sent;
+        self.seen.wrote(path, count, kept);
+        Ok(count)
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-        self.changing();
-        self.run("rename", &[checked(from)?, checked(to)?])
-            .map(drop)
+        let (from, to) = (checked(from)?, checked(to)?);
+        self.change("rename", &[from, to], Body::None, |seen| {
+            seen.renamed(from, to)
+        })
     }
 
     fn remove(&mut self, path: &str) -> Result<()> {
-        self.changing();
-        self.run("remove", &[checked(path)?]).map(drop)
+        let path = checked(path)?;
+        self.change("remove", &[path], Body::None, |seen| seen.removed(path))
     }
 
     fn create_dir_all(&mut self, dir: &str) -> Result<()> {
-        self.changing();
-        self.run("mkdir", &[checked(dir)?]).map(drop)
+        let dir = checked(dir)?;
+        self.change("mkdir", &[dir], Body::None, |seen| seen.made(dir))
     }
 
     fn patch(&mut self, path: &str, offset: u64, bytes: &[u8]) -> Result<()> {
-        self.changing();
-        let (offset, len) = (offset.to_string(), bytes.len().to_string());
-        self.run_with_input("patch", &[checked(path)?, &offset, &len], &mut &bytes[..])
-            .map(drop)
+        let path = checked(path)?;
+        let (at, len) = (offset.to_string(), bytes.len().to_string());
+        self.change("patch", &[path, &at, &len], Body::Exact(bytes), |seen| {
+            seen.patched(path, offset, bytes)
+        })
+    }
+
+    fn forget(&mut self) {
+        self.seen = Seen::default();
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -426,9 +692,7 @@ impl Stick for Ssh {
     }
 
     fn close(mut self: Box<Self>) -> Result<()> {
-        self.sync()?;
-        self.disconnect();
-        Ok(())
+        self.sync()
     }
 
     fn sha256(&mut self, path: &str) -> Result<(u64, String)> {
@@ -446,6 +710,27 @@ impl Stick for Ssh {
 
     fn running_cmdline(&mut self) -> Result<Option<String>> {
         Ok(Some(self.run_text("cmdline", &[])?.trim().to_string()))
+    }
+}
+
+/// What a write sends: counted, and kept unless it turns out bigger than [`SEEN_FILE_MAX`].
+struct Sent<'a> {
+    inner: &'a mut dyn Read,
+    count: u64,
+    kept: Option<Vec<u8>>,
+}
+
+impl Read for Sent<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        if let Some(kept) = &mut self.kept {
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > SEEN_FILE_MAX {
+                self.kept = None;
+            }
+        }
+        Ok(n)
     }
 }
 

@@ -93,6 +93,10 @@ pub trait Stick {
         true
     }
 
+    /// Forgets what was read so far: the next reads ask the stick itself. For a stick that another hand may
+    /// change meanwhile (a running NAS commits its own trial).
+    fn forget(&mut self) {}
+
     /// The kernel command line of the system running from this stick, when the target is a running NAS.
     fn running_cmdline(&mut self) -> Result<Option<String>> {
         Ok(None)
@@ -823,6 +827,9 @@ impl Stick for Faulty {
     }
     fn running_cmdline(&mut self) -> Result<Option<String>> {
         self.inner.running_cmdline()
+    }
+    fn forget(&mut self) {
+        self.inner.forget()
     }
     fn entry(&mut self, path: &str) -> Result<Option<Entry>> {
         self.inner.entry(path)

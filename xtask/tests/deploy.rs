@@ -706,6 +706,87 @@ fn an_ssh_target_works_like_the_image() {
     assert!(err.contains("cannot connect"), "{err}");
 }
 
+/// Every file and directory under the stick's root, as `stick` sees it: path → contents (None: a directory).
+fn snapshot(stick: &mut dyn stick::Stick) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut todo = vec![String::new()];
+    while let Some(dir) = todo.pop() {
+        for e in stick.list(&dir).unwrap() {
+            let path = if dir.is_empty() {
+                e.name.clone()
+            } else {
+                format!("{dir}/{}", e.name)
+            };
+            assert_eq!(stick.entry(&path).unwrap().as_ref(), Some(&e), "{path}");
+            if e.is_dir {
+                todo.push(path.clone());
+                seen.insert(path, None);
+            } else {
+                let data = stick.read(&path).unwrap();
+                assert_eq!(data.len() as u64, e.size, "{path}");
+                seen.insert(path, Some(data));
+            }
+        }
+    }
+    seen
+}
+
+/// The ssh stick keeps what it has seen and updates it with each change of its own, so it must agree with
+/// the stick itself after every kind of change, after a change that fails, and, once told to forget, after
+/// a change made behind its back.
+#[test]
+fn the_ssh_stick_sees_what_the_stick_holds_after_each_change() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let boot = d.join("media-boot");
+    fs::create_dir_all(boot.join("syslinux")).unwrap();
+    fs::write(boot.join("syslinux/syslinux.cfg"), "DEFAULT a\n").unwrap();
+    let cmdline = d.join("proc-cmdline");
+    fs::write(&cmdline, "ramnas.slot=a\n").unwrap();
+    let (_sshd, port, wrapper) = sshd(d, &boot, &cmdline);
+    let mut ssh =
+        xtask::ssh::Ssh::open_with(&format!("ssh://root@127.0.0.1:{port}"), wrapper.as_os_str())
+            .unwrap();
+    let big: Vec<u8> = (0..(3 << 20) + 7)
+        .map(|i: u32| (i * 7 % 251) as u8)
+        .collect();
+    let agree = |ssh: &mut xtask::ssh::Ssh, step: &str| {
+        let truth = snapshot(&mut stick::Dir::open(&boot).unwrap());
+        assert!(
+            snapshot(ssh) == truth,
+            "after {step}: the ssh stick no longer agrees"
+        );
+    };
+    use stick::Stick;
+    agree(&mut ssh, "opening");
+    ssh.create_dir_all("slots/a/deep").unwrap();
+    agree(&mut ssh, "making new directories");
+    ssh.create_dir_all("slots/a").unwrap();
+    agree(&mut ssh, "making a directory that is there");
+    ssh.write("slots/a/small.tmp", &mut &b"hello"[..]).unwrap();
+    ssh.write("slots/a/big.tmp", &mut &big[..]).unwrap();
+    agree(&mut ssh, "writing a small and a big file");
+    ssh.rename("slots/a/small.tmp", "syslinux/syslinux.cfg")
+        .unwrap();
+    ssh.rename("slots/a/big.tmp", "slots/a/deep/big").unwrap();
+    agree(&mut ssh, "renaming over a file and into another directory");
+    ssh.patch("syslinux/syslinux.cfg", 1, b"EY").unwrap();
+    agree(&mut ssh, "patching");
+    assert!(ssh.patch("syslinux/syslinux.cfg", 4, b"xx").is_err());
+    agree(&mut ssh, "a patch that fails");
+    ssh.remove("slots/a/deep/big").unwrap();
+    ssh.remove("slots/a/deep").unwrap();
+    agree(&mut ssh, "removing a file and a directory");
+    ssh.replace("slots/a/f", b"x").unwrap();
+    assert_eq!(ssh.sha256("slots/a/f").unwrap().0, 1);
+    agree(&mut ssh, "replacing");
+    fs::write(boot.join("syslinux/syslinux.cfg"), "DEFAULT b\n").unwrap();
+    fs::create_dir(boot.join("loader")).unwrap();
+    ssh.forget();
+    agree(&mut ssh, "forgetting what changed behind its back");
+    Box::new(ssh).close().unwrap();
+}
+
 /// A block device any part of which is mounted is refused before anything is read or written: the kernel's
 /// vfat driver owns it then (deploy to the mount point instead).
 #[test]
