@@ -66,12 +66,14 @@ receive() {
 # and the other end delays that acknowledgement (the Nagle algorithm against delayed ACKs: 40 ms each time).
 answer() {
 	{
-		echo "$1 $(stat -c %s "$tmp/out") $(stat -c %s "$tmp/err")"
+		echo "$1" $(stat -c %s "$tmp/out" "$tmp/err")
 		cat "$tmp/out" "$tmp/err"
 	} >"$tmp/answer"
 	dd if="$tmp/answer" bs=1048576 status=none
 }
 : >"$tmp/in"
+# Whatever a login script printed ends here.
+echo ramnas-stick-ready
 # The arguments are checked stick paths and numbers: words without blanks.
 while read -r op a b c; do
 	case $op in
@@ -273,12 +275,16 @@ impl Ssh {
                 gathered.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        let session = Session {
+        let mut session = Session {
             input: child.stdin.take().expect("piped"),
             output: BufReader::new(child.stdout.take().expect("piped")),
             child,
             stderr,
         };
+        if let Err(err) = session.started() {
+            let why = session.end();
+            return Err(err.context(format!("{target}: cannot connect: {why}")));
+        }
         let mut ssh = Ssh {
             target: target.to_string(),
             session: Some(session),
@@ -399,6 +405,24 @@ impl Ssh {
 }
 
 impl Session {
+    /// Reads past whatever the remote login printed, up to the loop's first line.
+    fn started(&mut self) -> Result<()> {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = (&mut self.output)
+                .take(64 << 10)
+                .read_until(b'\n', &mut line)
+                .context("reading from ssh")?;
+            if n == 0 {
+                bail!("the session ended before it started");
+            }
+            if line == b"ramnas-stick-ready\n" {
+                return Ok(());
+            }
+        }
+    }
+
     fn request(&mut self, op: &str, args: &[&str], body: Body) -> Result<(i32, u64, u64)> {
         // Like the answers, each request goes out in as few writes as it can (see SCRIPT).
         let mut pending = op.to_string().into_bytes();
