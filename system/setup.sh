@@ -3,11 +3,6 @@
 # copied in. It wires what files alone cannot: /init, the runlevels, sharing, the ZFS import mode.
 set -eu
 
-# --- Sharing: off until enabled here (README "Sharing"). yes = start the server at boot. -----------------
-SHARE_SMB=no   # Samba: shares from /etc/samba/smb.conf (worked example: tank/share for the user `share`)
-SHARE_NFS=no   # NFS: exports from /etc/exports (worked example: tank/share)
-# ------------------------------------------------------------------------------------------------------
-
 die() {
 	echo "setup.sh: $*" >&2
 	exit 1
@@ -39,14 +34,12 @@ for service in killprocs savecache mount-ro; do
 	rc-update add "$service" shutdown
 done
 
-# Sharing, as chosen at the top.
-if [ "$SHARE_SMB" = yes ]; then
-	id share >/dev/null 2>&1 || adduser -D -H -h /tank/share -s /sbin/nologin share
-	rc-update add samba default
-fi
-if [ "$SHARE_NFS" = yes ]; then
-	rc-update add nfs default
-fi
+# Sharing: off until you uncomment it here. Samba shares what /etc/samba/smb.conf says (the worked example:
+# tank/share, for the user `share`, who needs a Samba password: `smbpasswd -a share` on the NAS); NFS exports
+# what /etc/exports says.
+#adduser -D -H -h /tank/share -s /sbin/nologin share
+#rc-update add samba default
+#rc-update add nfs default
 
 # Nothing survives a reboot, not even zpool.cache: import every pool the disks hold (by id, see README).
 found=

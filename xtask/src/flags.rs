@@ -15,54 +15,157 @@ pub struct Xtask {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Build `system/` into OUT/: vmlinuz, initramfs, ucode.img, cmdline, manifest.json.
+    /// Build `system/` into OUT/: vmlinuz, the initramfs archives, ucode.img, cmdline, manifest.json.
     ///
-    /// Runs alpine-make-rootfs (as root, through sudo when needed) to make the root tree, unless nothing it
-    /// depends on changed since the last build or `--base` names a finished tree; then packs the tree into a
-    /// compressed newc cpio archive. The tree holds exactly the versions in system/packages.lock, which the
-    /// build writes (and updates for a `packages` edit; `--update` resolves afresh).
+    /// OUT/ holds:
+    ///   vmlinuz        the kernel, /boot/vmlinuz-<flavour> of the tree (or its only vmlinuz-*)
+    ///   initramfs      the root tree (without /boot) as compressed newc cpio archives, loaded in the
+    ///   pkg-*.img      order manifest.json gives: config.img (/etc, /root, /lib/apk: what a configuration
+    ///   config.img     change touches), one pkg-<name>.img for each of the 12 biggest packages of 2 MiB or
+    ///                  more, and initramfs for the rest; /init is PID 1
+    ///   ucode.img      early microcode (intel-ucode.img + amd-ucode.img), when the tree has any
+    ///   cmdline        the kernel command line from system.toml, plus ramnas.build=<build id>
+    ///   manifest.json  build id, source date, git commit, Alpine branch, kernel, packages, SHA-256 sums
+    ///
+    /// The tree is made by alpine-make-rootfs v0.8.1 with the static apk-tools v2.14.10, both downloaded
+    /// once into ~/.cache/ramnas and checked against their pinned SHA-256 before every use. It needs root:
+    /// when you are not root the build runs itself again through sudo (what it writes to OUT/ stays yours,
+    /// except the tree, OUT/rootfs/). The tree is made again only when packages, setup.sh, root/, the
+    /// [alpine] settings, packages.lock, the day of SOURCE_DATE_EPOCH or the tools changed (--fresh forces
+    /// it); a build where nothing changed rewrites nothing and says so. Before the long step the build runs
+    /// the lint of `cargo xtask check`; after it, root's authorized_keys is written into the tree.
+    ///
+    /// The lock: system/packages.lock holds every package of the tree (name, version, apk's checksum). The
+    /// first build writes it; commit it, and every later build installs exactly those versions. A packages
+    /// edit updates it for what it touches (a new package resolved, a removed one dropped with what only it
+    /// needed). A locked version the mirror no longer has, or one rebuilt under the same version, fails the
+    /// build, naming it: then --update.
+    ///
+    /// The cache: apk keeps every index and package it downloads in ~/.cache/ramnas/apk/<branch>. With it
+    /// warm, --offline builds with nothing from the network; with it cold it fails at once, naming what is
+    /// missing.
+    ///
+    /// Builds are reproducible: the same commit and cache give the same bytes on another day and machine
+    /// (mtimes clamped to SOURCE_DATE_EPOCH, default 0; inodes counted in archive order; the dates tools
+    /// write into the tree clamped too).
+    ///
+    /// Local mirrors and your own packages ([alpine] in system.toml): `mirror` may be a local directory;
+    /// `repositories` adds apk repositories (URLs, or directories relative to system/); `keys` names the
+    /// *.pub keys apk trusts instead of Alpine's; `default_packages = false` leaves out alpine-make-rootfs's
+    /// base packages. [kernel] `package` names your own kernel package; a kernel in root/boot needs none.
+    ///
+    /// Environment: ALPINE_MAKE_ROOTFS and RAMNAS_APK run another alpine-make-rootfs and apk (unverified);
+    /// SOURCE_DATE_EPOCH as above. The variables alpine-make-rootfs reads come from system.toml only.
+    #[command(verbatim_doc_comment)]
     Build(BuildFlags),
     /// Make a bootable stick image (OUT/boot.img) holding the build in slot a.
     ///
-    /// One MBR partition (FAT32, labelled RAMNAS, from 1 MiB) with syslinux in /syslinux, the build in
-    /// /slots/a, an empty /slots/b and /persist. Made without root: mkfs.vfat, syslinux's mtools installer,
-    /// mtools. The same build gives the same bytes. The boot loaders are the build's own when it carries
-    /// them (Alpine's syslinux and systemd-boot, from its tree: OUT/bootloaders); else syslinux's mbr.bin and
-    /// modules are looked for where Debian/Ubuntu, Alpine, Fedora and Arch install them
-    /// (RAMNAS_SYSLINUX_DIR names another directory), systemd-boot's likewise (RAMNAS_SYSTEMD_BOOT_DIR).
+    /// One MBR partition, FAT32, labelled RAMNAS, bootable, from 1 MiB to the end:
+    ///   syslinux/           the BIOS boot loader and syslinux.cfg (a copy at /syslinux.cfg)
+    ///   EFI/BOOT/, loader/  systemd-boot for UEFI, and one boot loader spec entry per filled slot
+    ///   slots/a/, slots/b/  each slot's manifest.json (b is empty until a deploy)
+    ///   parts/              the builds' files, each named by 16 hex digits of its SHA-256, shared by the slots
+    ///   persist/            empty: the running system's own (ssh host keys, RNG seed)
+    ///
+    /// At boot a menu on the serial and VGA console shows one entry per filled slot and boots the default
+    /// after 3 seconds: pick the other slot there to go back to the previous build. The image must hold
+    /// three times the build plus 16 MiB (two slots and what a deploy writes before it replaces one).
+    ///
+    /// Made without root and without mounting anything (mkfs.vfat, mtools, syslinux's mtools installer); the
+    /// same build gives the same bytes. The boot loaders are the build's own when its tree has them (list
+    /// Alpine's syslinux and systemd-boot in packages: the build copies them to OUT/bootloaders/), so one
+    /// commit gives the same stick on any host; else they are looked for where Debian/Ubuntu, Alpine, Fedora
+    /// and Arch install them (RAMNAS_SYSLINUX_DIR and RAMNAS_SYSTEMD_BOOT_DIR name other directories).
+    /// systemd-boot is not signed: turn Secure Boot off on the NAS, or boot it in BIOS mode.
+    #[command(verbatim_doc_comment)]
     Image(ImageFlags),
     /// Boot the build in qemu with persistent ZFS data disks from vm/disks/.
     ///
-    /// Boots OUT/vmlinuz with OUT/ucode.img + OUT/initramfs and OUT/cmdline (or, with --image, OUT/boot.img
-    /// through its bootloader), with OUT/boot.img attached as a USB stick when it exists and N virtio data
-    /// disks with serials ramnas-disk<i> (/dev/disk/by-id/virtio-ramnas-disk<i>). The serial console is on the
-    /// terminal (Ctrl-a x quits) and guest port 22 is forwarded to 127.0.0.1:--ssh-port; --check instead runs
-    /// headless until the console matches --expect, then presses the ACPI power button and waits up to 90 s
-    /// for the guest to shut down (so the stick is unmounted cleanly).
+    ///   cargo xtask vm                 OUT/vmlinuz, ucode.img + initramfs, cmdline; the console here
+    ///   cargo xtask vm --image         OUT/boot.img through its boot loader under SeaBIOS
+    ///   cargo xtask vm --image --uefi  the same under OVMF, with its own variable store in vm/
+    ///   cargo xtask vm --check         headless: pass when the console says `ramnas: ready`
     ///
-    /// VM state (data disks, the UEFI variable store, last-boot.log) lives in vm/ at the repository root, or
-    /// in $RAMNAS_VM_DIR when set.
+    /// OUT/boot.img, when it exists, is attached as a USB stick in every mode, so the system finds its
+    /// RAMNAS partition and /persist as on hardware. The data disks vm/disks/disk<i>.qcow2 are virtio disks
+    /// with serials ramnas-disk<i> (/dev/disk/by-id/virtio-ramnas-disk<i>); they persist across runs, so a
+    /// pool made in one session imports in the next (--fresh-disks recreates them).
+    ///
+    /// Interactive, the serial console is on your terminal (Ctrl-a x quits) and guest port 22 is forwarded
+    /// to 127.0.0.1:--ssh-port. --check writes the console to vm/last-boot.log and exits 0 once --expect
+    /// matches, non-zero on timeout, kernel panic or qemu exiting first, with the log's last lines; after the
+    /// match it presses the power button and gives the NAS 90 s to shut down, so the stick is unmounted
+    /// cleanly. qemu never outlives the command. VM state lives in vm/ at the repository root, or in
+    /// $RAMNAS_VM_DIR.
+    #[command(verbatim_doc_comment)]
     Vm(VmFlags),
     /// Write the stick image to a whole-disk device, keeping the stick's /persist.
     ///
-    /// Refuses, writing nothing: a partition, a disk with a mounted or swap partition or a RAID/LVM/dm
-    /// holder, the disk under the running /, a disk smaller than the image; a disk that is not removable
-    /// needs --force. Shows the disk and asks for its name (unless --yes), writes only the image's data and
-    /// what must be zeroed so old partition tables and signatures cannot survive, reads everything back
-    /// from the device and compares, and carries /persist over from a ramnas stick (unless --wipe).
+    /// Refuses, writing nothing, and says why: a path that is not a block device; a partition (it names the
+    /// disk); a disk with a mounted or swap partition; a disk held by RAID, LVM or device-mapper; the disk
+    /// under the running /; a disk smaller than the image. A disk the kernel does not call removable needs
+    /// --force (some USB sticks call themselves fixed); the other refusals have no override.
+    ///
+    /// It shows the disk (model, size, transport, partitions and labels) and asks you to type its name
+    /// (--yes skips that), then writes only what matters: the image's data and the FAT's allocated clusters,
+    /// and zeroes the first and last MiB of the disk and of the partition, so no old partition table or
+    /// signature survives. It reads every written byte back from the device (not the page cache), compares,
+    /// and has the kernel re-read the partition table. A stick that holds a ramnas image keeps its /persist
+    /// (read before, written back after, compared); --wipe starts it empty. A flash that stops midway says
+    /// where the old /persist was saved; flash again.
+    #[command(verbatim_doc_comment)]
     Flash(FlashFlags),
-    /// Put the build into the slot that is not committed and arm it for one trial boot (and forget the
-    /// record of the last unhealthy trial). The committed build again, with no trial armed, changes nothing.
+    /// Put the build into the slot not committed and arm it for one trial boot; sends only what is new.
+    ///
+    /// Prints what changes against the committed slot (packages, kernel, size), writes the files the stick
+    /// lacks under temporary names, checks each one's SHA-256 read back from the stick, and only then puts
+    /// the build in place (saying how much it wrote) and arms ONE trial boot of it on both boot loaders. On
+    /// the NAS, ramnas-ready commits a trial that comes up healthy; one that comes up unhealthy disarms
+    /// itself, leaves a record on the stick and reboots into the committed slot; one that panics, hangs
+    /// until the watchdog fires or loses power is never committed, and the next boot is the committed slot.
+    /// --commit makes the new slot the default at once. The committed build again, with no trial armed,
+    /// changes nothing and says so. Of /persist, a deploy removes only the last trial's record.
+    ///
+    /// TARGET is an image file, a whole-disk block device holding a ramnas stick (refused while mounted
+    /// here: use its mount point), a directory where the stick's partition is mounted, or
+    /// ssh://[user@]host[:port] for the running NAS (its stick at /media/boot; the system's OpenSSH client
+    /// with your keys and ~/.ssh/config; RAMNAS_SSH names another ssh program).
+    ///
+    /// Stop a deploy at any moment (Ctrl-C, a crash, a power cut) and the stick still boots a complete
+    /// build: the committed one, or the new one on trial if the deploy had finished. Run it again to finish.
+    ///
+    /// Under UEFI the A/B state is in the names of the files in loader/entries/ (no EFI variables):
+    ///   ramnas-default-a.conf    slot a is committed: it boots whenever no trial has tries left
+    ///   ramnas-trial-b+1-0.conf  slot b is on trial: it boots next (systemd-boot renames it +0-1)
+    ///   ramnas-trial-b+0-1.conf  b's trial was tried and never committed: a boots again, by itself
+    ///   ramnas-b.conf            b holds a build that boots only when picked in the menu
+    #[command(verbatim_doc_comment)]
     Deploy(DeployFlags),
     /// Make the slot on trial the default.
+    ///
+    /// Over ssh it commits only the slot the NAS runs on trial.
     Commit(TargetFlags),
     /// Make the other slot the default again.
+    ///
+    /// Checks every file of that slot first and refuses when it holds no complete build. With a trial armed
+    /// and not booted yet, it disarms the trial instead.
     Rollback(TargetFlags),
     /// Show both slots, the default, any armed trial, and the NAS's record of its last unhealthy trial.
+    ///
+    /// Each slot's build id, date, kernel, git commit, size and boot loaders; the UEFI view (which entry is
+    /// the default, on trial, booted next); over ssh which slot runs; and, until the next deploy, the last
+    /// unhealthy trial (slot, build, the failed services and the boot log's last lines).
     Status(TargetFlags),
     /// Lint system/ and check that the host has the tools each command needs.
+    ///
+    /// The lint: package lines, duplicates, the kernel and ZFS module of the configured flavour, a firmware
+    /// provider, setup.sh (shellcheck), no keys or password hashes under root/, CRLF, config keys, and a
+    /// packages.lock that does not match packages. Then the host tools missing for each command, with the
+    /// install command; tools only the tests and the bench use are listed but do not fail the check.
     Check(CheckFlags),
-    /// Measure packing, booting and flashing against the plain shell pipeline.
+    /// Measure packing, booting, flashing and deploying against the plain tools.
+    ///
+    /// The cases, their baselines and goals are in CONTRIBUTING.md; the table says how each is measured.
     Bench(BenchFlags),
     /// Install the host packages the tests need (apt-get), then run `cargo test --workspace`.
     Test(TestFlags),

@@ -8,6 +8,47 @@
 //! the two slots share what their builds share: a deploy writes only the files the stick lacks, and removes
 //! the files no slot names any more ([`collect_garbage`]). `slots/<s>/` holds the manifest alone. (A slot
 //! written by an earlier version holds its files itself; it is read as it is.)
+//!
+//! # The crash-safe order of writes
+//!
+//! Every boot, whenever a writer stops, finds a complete build. BIOS: ldlinux boots the ADV's boot-once if
+//! armed, else `DEFAULT` of `/syslinux/syslinux.cfg`, or of `/syslinux.cfg` while the former is missing.
+//! UEFI: systemd-boot boots a trial entry with tries left, else the default entry ([`crate::uefi`]). So:
+//!
+//! 1. A config is replaced root copy first, then `/syslinux`; each via `NAME.tmp` + rename, synced. While
+//!    `/syslinux/syslinux.cfg` is missing (FAT's rename is remove-then-rename), the root copy is whole. The
+//!    NAS's `ramnas-slot commit` writes the same two files in the same order, then the same entry renames,
+//!    then clears a boot-once still armed by writing an empty ADV the same way.
+//! 2. Neither config, boot-once nor any systemd-boot entry (a spare may be picked by hand) ever names a
+//!    slot that is not complete.
+//! 3. [`deploy`] into slot T (the one that is not the default), each step synced before the next:
+//!    1. the files `parts/` lacks, each as `parts/<h>.tmp`, read back and its SHA-256 checked, then renamed
+//!       to `parts/<h>` (no manifest names it yet: nothing boots it); the manifest as
+//!       `slots/T/manifest.json.tmp` (stale `.tmp` files of a killed run are removed first);
+//!    2. T is detached: a boot-once naming T is cleared, then the config is rewritten without T's entry;
+//!       the committed slot's entry is made the UEFI default (written first on a stick that booted UKIs,
+//!       whose UKIs then go), and T's entry is removed;
+//!    3. T's old manifest is removed (T now counts as empty), then T's other files (an old-layout slot),
+//!       then the new manifest is renamed in; then every part no manifest names goes ([`collect_garbage`]),
+//!       so the stick never needs more than three builds' room: the committed build, T's old one and the
+//!       new files;
+//!    4. the config gets T's entry (DEFAULT stays, or is T with `--commit`), and systemd-boot gets
+//!       `ramnas-T.conf` (through `.tmp`, which systemd-boot ignores);
+//!    5. the ADV arms `T ramnas.trial=1`, then T's entry becomes `ramnas-trial-T+1-0.conf` (with
+//!       `--commit`: the boot-once cleared, T's entry the default).
+//! 4. `commit`/`rollback` ([`make_default`]): the config with the new DEFAULT, the boot-once cleared, the
+//!    entries renamed (a complete slot without one gets it first). `rollback` checks the other slot's files
+//!    against its manifest first; with a trial armed and not booted yet it disarms it instead.
+//!
+//! `RAMNAS_DEPLOY_KILL_AT=N` makes a deploy SIGKILL itself at the N-th point where it changes the stick
+//! ([`stick::Faulty`], the one place they are counted); `tests/deploy.rs` stops a deploy at every point in
+//! turn, checks that the stick boots, and runs the deploy again.
+//!
+//! Known limits: a kill during a FAT write leaves lost clusters and the volume's dirty bit; `fsck.vfat -a`
+//! reclaims them, and `ramnas-persist` runs it on the NAS before it mounts the stick. Each firmware spends
+//! its own trial: one that comes up unhealthy disarms both (`ramnas-slot disarm`), but after one that
+//! panicked or hung the other firmware's trial stays armed until the next deploy, commit or rollback. A
+//! boot-once naming the default slot counts as no trial ([`armed_trial`]).
 
 use std::{collections::BTreeMap, fs, path::Path};
 

@@ -26,7 +26,7 @@ fn install_missing() -> anyhow::Result<()> {
     if !host::is_debian_like() {
         eprintln!(
             "ramnas: not a Debian/Ubuntu host; the tests need the equivalents of these Debian packages \
-             (see README.md): {}",
+             (see CONTRIBUTING.md): {}",
             packages.join(" ")
         );
         return Ok(());
