@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::flags::{BenchCases, BenchFlags, Compression};
+use crate::compress::Compression;
+use crate::flags::{BenchCases, BenchFlags};
 use crate::{fixture, initramfs, qemu};
 
 /// Set (to `FORMAT OUTPUT`) in the environment of the child that packs `--tree`: the hidden entry point
@@ -246,7 +247,7 @@ impl Bench {
 
     /// pack → FORMAT of `tree` against the cpio pipeline, and the packer's peak memory.
     fn pack(&self, kind: Tree, tree: &Path, format: Compression) -> Vec<Row> {
-        let name = format_name(format);
+        let name = format.name();
         let case = format!("pack → {name}{}", kind.suffix());
         let ours_out = self.work.join(format!("pack.{name}"));
         let base_out = self.work.join(format!("baseline.{name}"));
@@ -306,7 +307,7 @@ impl Bench {
             .arg(tree)
             .env(
                 PACK_CHILD,
-                format!("{} {}", format_name(format), output.display()),
+                format!("{} {}", format.name(), output.display()),
             )
             .stdin(std::process::Stdio::null());
         let started = Instant::now();
@@ -476,8 +477,7 @@ impl Bench {
     /// Flash a 1 GiB image with 300 MiB of data to a loop device, against dd.
     fn flash(&self) -> Row {
         let case = "flash 1 GiB image (300 MiB data) to a loop device";
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !crate::host::is_root() {
             return Row::skipped(case, "needs root (loop devices); run the bench as root");
         }
         if which::which("losetup").is_err() {
@@ -613,7 +613,7 @@ fn baseline_pack(tree: &Path, format: Compression, out: &Path) -> Result<()> {
         .with_context(|| {
             format!(
                 "running find | cpio -o -H newc | {} in {}",
-                format_name(format),
+                format.name(),
                 tree.display()
             )
         })?;
@@ -766,15 +766,6 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
     let started = Instant::now();
     let value = f()?;
     Ok((started.elapsed().as_secs_f64(), value))
-}
-
-fn format_name(c: Compression) -> &'static str {
-    match c {
-        Compression::Zstd => "zstd",
-        Compression::Xz => "xz",
-        Compression::Gzip => "gzip",
-        Compression::None => "none",
-    }
 }
 
 fn loadavg() -> String {
@@ -1076,8 +1067,7 @@ impl Bench {
             "deploy, a new kernel and modules",
             "deploy time, new kernel, against copying the build",
         ];
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !crate::host::is_root() {
             let why = "needs root (sshd logs in as root); run the bench as root";
             return cases.iter().map(|c| Row::skipped(c, why)).collect();
         }

@@ -4,11 +4,9 @@
 //! [`Host::read`] takes the machine-wide facts (mounts, swaps, the disks under the running `/`);
 //! [`describe`] looks one device up in /sys against them; [`refusal`] is the pure safety decision over that
 //! description, so tests can inject "this is the root disk" without going near the real one.
-//! [`mbr_partitions`] reads an MBR partition table from an image or a device.
 
 use std::{
     fmt, fs,
-    io::{Read, Seek, SeekFrom},
     os::unix::fs::{FileTypeExt, MetadataExt},
     path::{Path, PathBuf},
 };
@@ -541,50 +539,6 @@ pub fn refusal(dev: &Device, image_len: u64, force: bool) -> Result<(), String> 
     Ok(())
 }
 
-/// An entry of an MBR partition table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MbrEntry {
-    pub index: usize,
-    pub kind: u8,
-    pub bootable: bool,
-    /// Bytes from the start of the disk.
-    pub start: u64,
-    pub len: u64,
-}
-
-/// The primary partitions of an MBR partition table (none when sector 0 has no 0x55AA signature or is a
-/// GPT protective MBR).
-pub fn mbr_partitions(disk: &mut (impl Read + Seek)) -> Result<Vec<MbrEntry>> {
-    let mut sector = [0u8; 512];
-    disk.seek(SeekFrom::Start(0))
-        .context("seeking to the partition table")?;
-    disk.read_exact(&mut sector)
-        .context("reading the partition table (sector 0)")?;
-    if sector[510..512] != [0x55, 0xaa] {
-        return Ok(Vec::new());
-    }
-    let mut entries = Vec::new();
-    for index in 0..4 {
-        let e = &sector[446 + 16 * index..446 + 16 * (index + 1)];
-        let kind = e[4];
-        let start = u32::from_le_bytes(e[8..12].try_into().unwrap()) as u64 * 512;
-        let len = u32::from_le_bytes(e[12..16].try_into().unwrap()) as u64 * 512;
-        if kind == 0xee {
-            return Ok(Vec::new());
-        }
-        if kind != 0 && len != 0 {
-            entries.push(MbrEntry {
-                index: index + 1,
-                kind,
-                bootable: e[0] == 0x80,
-                start,
-                len,
-            });
-        }
-    }
-    Ok(entries)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -712,28 +666,5 @@ mod tests {
         );
         assert_eq!(mounts[1].mountpoint, Path::new("/mnt/with space"));
         assert_eq!(mounts[1].source_dev, None);
-    }
-
-    #[test]
-    fn mbr_entries_are_read() {
-        let mut sector = vec![0u8; 1024];
-        sector[510] = 0x55;
-        sector[511] = 0xaa;
-        let e = &mut sector[446..462];
-        e[0] = 0x80;
-        e[4] = 0x0c;
-        e[8..12].copy_from_slice(&2048u32.to_le_bytes());
-        e[12..16].copy_from_slice(&4096u32.to_le_bytes());
-        let parts = mbr_partitions(&mut std::io::Cursor::new(sector)).unwrap();
-        assert_eq!(
-            parts,
-            vec![MbrEntry {
-                index: 1,
-                kind: 0x0c,
-                bootable: true,
-                start: 1 << 20,
-                len: 2 << 20
-            }]
-        );
     }
 }

@@ -27,8 +27,9 @@ use anyhow::{bail, Context};
 use xshell::{cmd, Shell};
 
 use crate::bootloaders;
+use crate::compress::Compression;
 use crate::config::System;
-use crate::flags::{BuildFlags, Compression};
+use crate::flags::BuildFlags;
 use crate::initramfs;
 use crate::keys;
 use crate::lint;
@@ -65,11 +66,11 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         system.packages.len(),
         system.config.alpine.branch,
         system.config.kernel.flavour,
-        name(compression)
+        compression.name()
     );
 
     if let Some(why) = why_root(&flags) {
-        if !is_root() {
+        if !crate::host::is_root() {
             if flags.base.is_none() {
                 // Fetch and verify the programs, and make the package cache, as the user, so the cache
                 // stays the user's.
@@ -176,7 +177,10 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         }
     }
 
-    step(4, &format!("packing the initramfs ({})", name(compression)));
+    step(
+        4,
+        &format!("packing the initramfs ({})", compression.name()),
+    );
     let packing = Instant::now();
     let mut initrds: Vec<String> = (!ucode.is_empty())
         .then(|| "ucode.img".into())
@@ -195,7 +199,7 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
                     e.downcast_ref::<std::io::Error>()
                         .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
                 });
-                if denied && !is_root() {
+                if denied && !crate::host::is_root() {
                     err.context("the tree holds files only root can read: run the build with sudo")
                 } else {
                     err
@@ -311,7 +315,7 @@ impl Inputs<'_> {
             tree.display(),
             initramfs::metadata_digest(&tree)?,
             self.kernel.display(),
-            name(self.compression),
+            self.compression.name(),
             self.source_date,
             self.cmdline,
             self.alpine_branch,
@@ -415,15 +419,6 @@ fn step(n: usize, what: &str) {
     eprintln!("==> [{n}/{STEPS}] {what}");
 }
 
-fn name(c: Compression) -> &'static str {
-    match c {
-        Compression::Zstd => "zstd",
-        Compression::Xz => "xz",
-        Compression::Gzip => "gzip",
-        Compression::None => "none",
-    }
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -436,11 +431,6 @@ fn source_date() -> anyhow::Result<u32> {
         }),
         _ => Ok(DEFAULT_SOURCE_DATE),
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// Why this build needs root, if it does.

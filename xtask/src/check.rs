@@ -106,7 +106,7 @@ fn missing_tools() -> Vec<Tool> {
         .filter(|t| !t.is_present())
         .copied()
         .collect();
-    if unsafe { libc::geteuid() } != 0 && !host::has("sudo") {
+    if !crate::host::is_root() && !host::has("sudo") {
         missing.push(Tool {
             program: "sudo",
             found: None,

@@ -11,7 +11,29 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::thread::JoinHandle;
 
-use crate::flags::Compression;
+/// The initramfs's compression: `--compression`, `compression` in system.toml, the manifest.
+#[derive(
+    clap::ValueEnum, serde::Deserialize, serde::Serialize, Clone, Copy, Debug, PartialEq, Eq,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    Xz,
+    Gzip,
+    None,
+}
+
+impl Compression {
+    /// The name users write (`--compression`, system.toml) and tools are called by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
 
 /// zstd level 3, zstd(1)'s default: the archive is read from the stick on every boot and sent on every
 /// deploy, so it must be no bigger than `zstd -T0` makes it.

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::flags::Compression;
+use crate::compress::Compression;
 
 /// The whole system definition: system.toml plus the package list.
 #[derive(Debug, Clone)]

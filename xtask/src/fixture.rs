@@ -94,7 +94,7 @@ impl Fixture {
 
     /// Writes the tree into `dir` (created if missing; must be empty). Needs root for owners and devices.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        if unsafe { libc::geteuid() } != 0 {
+        if !crate::host::is_root() {
             bail!(
                 "the test fixture sets file owners and makes device nodes: run the tests as root"
             );

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::compress::Compression;
+
 /// ramnas: a home NAS defined by plain files in `system/`, built into one initramfs and booted from a
 /// USB stick with two boot slots (A/B).
 #[derive(Parser, Debug)]
@@ -203,15 +205,6 @@ pub struct BuildFlags {
     /// local repositories). Fails at once, naming what is missing.
     #[arg(long, conflicts_with = "update")]
     pub offline: bool,
-}
-
-#[derive(ValueEnum, serde::Deserialize, serde::Serialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Zstd,
-    Xz,
-    Gzip,
-    None,
 }
 
 #[derive(Args, Debug)]

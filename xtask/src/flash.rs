@@ -33,18 +33,16 @@ use std::{
         io::AsRawFd,
     },
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    blockdev::{self, Device, Host, MbrEntry},
+    blockdev::{self, Device, Host},
     flags::FlashFlags,
+    mbr::{self, Partition},
     progress,
     stick::{self, Stick},
 };
@@ -98,7 +96,9 @@ pub fn run(flags: FlashFlags) -> Result<()> {
         // The kernel may not parse the table (no partition scanning, no MBR support): read it ourselves.
         let table = File::open(&flags.device)
             .map_err(anyhow::Error::from)
-            .and_then(|mut f| blockdev::mbr_partitions(&mut f))
+            .and_then(|mut f| mbr::read(&mut f))
+            .ok()
+            .flatten()
             .unwrap_or_default();
         for p in table {
             eprintln!(
@@ -184,7 +184,7 @@ struct Plan {
     /// The image's own data ranges (for the statistics).
     data: Vec<Range>,
     /// The image's partition table, which the kernel should show after the flash.
-    partitions: Vec<MbrEntry>,
+    partitions: Vec<Partition>,
 }
 
 impl Plan {
@@ -220,8 +220,9 @@ fn plan(host: &Host, image: &Path, device: &Path, force: bool) -> Result<Plan> {
     }
     let data = data_ranges(&file, image_len)
         .with_context(|| format!("finding the data in {}", image.display()))?;
-    let partitions = blockdev::mbr_partitions(&mut file)
-        .with_context(|| format!("reading the partition table of {}", image.display()))?;
+    let partitions = mbr::read(&mut file)
+        .with_context(|| format!("reading the partition table of {}", image.display()))?
+        .unwrap_or_default();
     let mut wanted = data.clone();
     for p in &partitions {
         wanted
@@ -280,7 +281,7 @@ fn data_ranges(file: &File, len: u64) -> Result<Vec<Range>> {
 /// The ranges of partition `p` whose contents matter: for FAT32 its reserved sectors, its FATs and every
 /// allocated cluster (holes there must become zeros on the device: a copy of the image with zero blocks
 /// turned into holes must not leave old bytes inside files); for anything else, all of it.
-fn partition_used(file: &File, p: &MbrEntry, image_len: u64) -> Result<Vec<Range>> {
+fn partition_used(file: &File, p: &Partition, image_len: u64) -> Result<Vec<Range>> {
     let end = (p.start + p.len).min(image_len);
     let whole = vec![Range {
         start: p.start,
@@ -336,7 +337,7 @@ fn partition_used(file: &File, p: &MbrEntry, image_len: u64) -> Result<Vec<Range
 /// Data ranges plus guards, aligned outward to `align`, clipped to the device, merged.
 fn write_ranges(
     data: &[Range],
-    partitions: &[MbrEntry],
+    partitions: &[Partition],
     image_len: u64,
     device_len: u64,
     align: u64,
@@ -413,7 +414,7 @@ fn confirm(device: &Device) -> Result<()> {
 fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
     let dev = &plan.device;
     let path = &dev.path;
-    let sigint = SigintGuard::install()?;
+    let sigint = crate::signals::Interrupts::catch(&[libc::SIGINT])?;
     let claim = OpenOptions::new()
         .read(true)
         .write(true)
@@ -693,7 +694,7 @@ fn drop_caches(dev: &File) {
 /// the image's partitions (a kernel without MBR support, say), `partx --update`, which parses the table
 /// itself and adds the partitions one by one. False when neither made the kernel show them (a loop device
 /// without partition scanning, say).
-fn reread_partitions(claim: &File, dev: &Device, expected: &[MbrEntry]) -> bool {
+fn reread_partitions(claim: &File, dev: &Device, expected: &[Partition]) -> bool {
     // udev may be probing the old partitions for a moment (EBUSY): try a few times.
     for _ in 0..5 {
         // SAFETY: an ioctl without arguments on an open descriptor.
@@ -718,7 +719,7 @@ fn reread_partitions(claim: &File, dev: &Device, expected: &[MbrEntry]) -> bool 
 }
 
 /// (number, start, length) of each partition, sorted.
-fn table(entries: &[MbrEntry]) -> Vec<(u64, u64, u64)> {
+fn table(entries: &[Partition]) -> Vec<(u64, u64, u64)> {
     let mut t: Vec<_> = entries
         .iter()
         .map(|e| (e.index as u64, e.start, e.len))
@@ -748,48 +749,6 @@ fn kernel_partitions(name: &str) -> Vec<(u64, u64, u64)> {
     t
 }
 
-/// Whether SIGINT arrived since [`SigintGuard::install`].
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Turns SIGINT into a flag while alive; puts the previous handler back on drop.
-struct SigintGuard {
-    old: libc::sigaction,
-}
-
-impl SigintGuard {
-    fn install() -> Result<SigintGuard> {
-        INTERRUPTED.store(false, Ordering::SeqCst);
-        // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic.
-        unsafe {
-            let mut new: libc::sigaction = std::mem::zeroed();
-            new.sa_sigaction = on_sigint as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut new.sa_mask);
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(libc::SIGINT, &new, &mut old) != 0 {
-                return Err(io::Error::last_os_error()).context("installing the Ctrl-C handler");
-            }
-            Ok(SigintGuard { old })
-        }
-    }
-
-    fn interrupted(&self) -> bool {
-        INTERRUPTED.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for SigintGuard {
-    fn drop(&mut self) {
-        // SAFETY: restores the handler saved in `install`.
-        unsafe {
-            libc::sigaction(libc::SIGINT, &self.old, std::ptr::null_mut());
-        }
-    }
-}
-
 // ---- /persist ----------------------------------------------------------------------------------------
 
 /// The contents of a stick's /persist: directories and files, paths relative to it, parents first. (FAT
@@ -815,21 +774,10 @@ impl Persist {
 }
 
 /// The RAMNAS FAT partition of the disk at `device`, if there is one.
-fn ramnas_partition(device: &Path) -> Result<Option<MbrEntry>> {
+fn ramnas_partition(device: &Path) -> Result<Option<Partition>> {
     let mut file = File::open(device).with_context(|| format!("opening {}", device.display()))?;
-    for p in blockdev::mbr_partitions(&mut file)? {
-        if !matches!(p.kind, 0x01 | 0x04 | 0x06 | 0x0b | 0x0c | 0x0e | 0xef) {
-            continue;
-        }
-        let slice = stick::Slice::new(file.try_clone()?, p.start, p.len);
-        let Ok(fs) = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()) else {
-            continue;
-        };
-        if fs.volume_label().trim_end() == stick::LABEL {
-            return Ok(Some(p));
-        }
-    }
-    Ok(None)
+    let parts = mbr::read(&mut file)?.unwrap_or_default();
+    Ok(stick::ramnas_partition(&file, &parts)?.map(|(p, _)| p))
 }
 
 /// /persist of the ramnas stick on `device`, or `None` when there is no ramnas stick there.
@@ -957,7 +905,7 @@ mod tests {
     fn guards_cover_device_ends_and_partition_edges() {
         const M: u64 = 1 << 20;
         let data = [r(0, 512), r(M, M + 8192), r(40 * M, 40 * M + 100)];
-        let part = MbrEntry {
+        let part = Partition {
             index: 1,
             kind: 0x0c,
             bootable: true,

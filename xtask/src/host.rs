@@ -466,8 +466,7 @@ pub fn missing_debian(packages: &[&'static str]) -> anyhow::Result<Vec<&'static 
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     sh.set_var("DEBIAN_FRONTEND", "noninteractive");
-    // SAFETY: geteuid has no preconditions.
-    let (program, args): (&str, &[&str]) = if unsafe { libc::geteuid() } == 0 {
+    let (program, args): (&str, &[&str]) = if crate::host::is_root() {
         ("apt-get", &[])
     } else {
         ("sudo", &["apt-get"])
@@ -482,6 +481,12 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     .run()
     .context("apt-get install (Debian 12 with backported qemu-utils: see .ci/run)")?;
     Ok(())
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 #[cfg(test)]

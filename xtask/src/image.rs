@@ -160,48 +160,19 @@ fn install_uefi(stick: &mut dyn Stick, build: &Build) -> Result<String> {
 
 /// The MBR: syslinux's boot code, the fixed disk id, one bootable FAT32 (LBA) partition from 1 MiB to the end.
 fn write_mbr(image: &Path, code: &[u8], size: u64) -> Result<()> {
-    let mut mbr = [0u8; 512];
-    mbr[..code.len()].copy_from_slice(code);
-    mbr[440..444].copy_from_slice(&DISK_ID.to_le_bytes());
-    mbr[446..462].copy_from_slice(&partition_entry(
-        (PART_START / 512) as u32,
-        ((size - PART_START) / 512) as u32,
-    ));
-    mbr[510] = 0x55;
-    mbr[511] = 0xaa;
+    let sectors = |bytes: u64| (bytes / crate::mbr::SECTOR) as u32;
+    let mbr = crate::mbr::sector_zero(
+        code,
+        DISK_ID,
+        sectors(PART_START),
+        sectors(size - PART_START),
+    );
     let f = fs::OpenOptions::new()
         .write(true)
         .open(image)
         .with_context(|| format!("opening {}", image.display()))?;
     std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0)
         .with_context(|| format!("writing the MBR of {}", image.display()))
-}
-
-/// A bootable type-0x0c entry; CHS as fdisk writes it for 255 heads and 63 sectors per track.
-pub fn partition_entry(start: u32, sectors: u32) -> [u8; 16] {
-    let mut e = [0u8; 16];
-    e[0] = 0x80;
-    e[1..4].copy_from_slice(&chs(start));
-    e[4] = 0x0c;
-    e[5..8].copy_from_slice(&chs(start + sectors - 1));
-    e[8..12].copy_from_slice(&start.to_le_bytes());
-    e[12..16].copy_from_slice(&sectors.to_le_bytes());
-    e
-}
-
-fn chs(lba: u32) -> [u8; 3] {
-    let (heads, per_track) = (255, 63);
-    let cylinder = lba / (heads * per_track);
-    if cylinder > 1023 {
-        return [0xfe, 0xff, 0xff];
-    }
-    let head = (lba / per_track) % heads;
-    let sector = lba % per_track + 1;
-    [
-        head as u8,
-        (sector as u8) | (((cylinder >> 8) as u8) << 6),
-        cylinder as u8,
-    ]
 }
 
 fn mkfs(image: &Path, sectors: u64) -> Result<()> {
@@ -286,11 +257,5 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn chs_matches_fdisk() {
-        assert_eq!(chs(2048), [32, 33, 0]);
-        assert_eq!(chs(16 * 1024 * 1024), [0xfe, 0xff, 0xff]);
     }
 }

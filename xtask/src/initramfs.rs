@@ -28,8 +28,8 @@ use std::sync::mpsc;
 use anyhow::{bail, Context};
 use cpio::newc;
 
+use crate::compress::Compression;
 use crate::compress::Compressor;
-use crate::flags::Compression;
 
 /// Top-level names kept out of the archive: the kernel and microcode are separate build products.
 pub const EXCLUDED: &[&str] = &["boot"];

@@ -74,7 +74,7 @@ pub fn collect(configured: Option<&Path>, home: Option<&Path>) -> Result<Authori
 
 /// The home directory of the user running the build: under sudo, the invoking user's, else `$HOME`.
 pub fn build_user_home() -> Option<PathBuf> {
-    if unsafe { libc::geteuid() } == 0 {
+    if crate::host::is_root() {
         if let Ok(user) = std::env::var("SUDO_USER") {
             if let Some(home) = home_of(&user) {
                 return Some(home);

@@ -28,7 +28,7 @@ pub struct Manifest {
     /// Version of the kernel in OUT/vmlinuz, such as `6.12.13-0-lts`.
     pub kernel_version: Option<String>,
     /// Compression of OUT/initramfs.
-    pub compression: crate::flags::Compression,
+    pub compression: crate::compress::Compression,
     /// Kernel command line (also in OUT/cmdline).
     pub cmdline: String,
     /// Installed Alpine packages and their versions, from /lib/apk/db/installed (empty without one).
@@ -129,7 +129,7 @@ impl Manifest {
 }
 
 impl Artifact {
-    /// Size and SHA-256 of a file.
+    /// Size and SHA-256 of a file, read in 1 MiB pieces: the one place a file is hashed.
     pub fn of(path: &Path) -> anyhow::Result<Artifact> {
         let mut file =
             std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
@@ -153,6 +153,7 @@ impl Artifact {
     }
 }
 
+/// Lowercase hexadecimal, as SHA-256 sums are written everywhere (manifests, part names, the lock).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -356,7 +357,7 @@ mod tests {
             git_dirty: false,
             alpine_branch: "v3.22".into(),
             kernel_version: Some(kernel.into()),
-            compression: crate::flags::Compression::Zstd,
+            compression: crate::compress::Compression::Zstd,
             cmdline: "console=ttyS0".into(),
             packages: packages
                 .iter()

@@ -184,8 +184,7 @@ impl Pin {
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hex(&Sha256::digest(&bytes)))
+    Ok(crate::manifest::Artifact::of(path)?.sha256)
 }
 
 /// Hash of everything the tree depends on: the two programs, the repositories (branch, mirror and the
@@ -605,8 +604,7 @@ fn index_packages(index: &Path) -> anyhow::Result<Vec<(String, String)>> {
 
 /// The user (uid, gid) who ran this program through sudo, when it runs as root through sudo.
 pub fn invoking_user() -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::host::is_root() {
         return None;
     }
     let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;

@@ -897,7 +897,7 @@ mod tests {
             git_dirty: false,
             alpine_branch: "v3.22".into(),
             kernel_version: None,
-            compression: crate::flags::Compression::Zstd,
+            compression: crate::compress::Compression::Zstd,
             cmdline: String::new(),
             packages: BTreeMap::new(),
             artifacts,
@@ -917,7 +917,7 @@ mod tests {
                 name.to_string(),
                 crate::manifest::Artifact {
                     size: data.len() as u64,
-                    sha256: stick::hex(&Sha256::digest(data.as_bytes())),
+                    sha256: crate::manifest::hex(&Sha256::digest(data.as_bytes())),
                 },
             );
         }
@@ -946,7 +946,7 @@ mod tests {
 
     /// The part of `data` on the stick.
     fn part(data: &str) -> String {
-        part_path(&stick::hex(&Sha256::digest(data.as_bytes())))
+        part_path(&crate::manifest::hex(&Sha256::digest(data.as_bytes())))
     }
 
     #[test]

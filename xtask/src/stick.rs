@@ -144,7 +144,7 @@ pub trait Stick {
     fn sha256(&mut self, path: &str) -> Result<(u64, String)> {
         let mut hasher = HashWriter(Sha256::new());
         let size = self.read_into(path, &mut hasher)?;
-        Ok((size, hex(&hasher.0.finalize())))
+        Ok((size, crate::manifest::hex(&hasher.0.finalize())))
     }
 }
 
@@ -186,10 +186,6 @@ impl Write for HashWriter {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn clean(path: &str) -> &str {
@@ -305,34 +301,22 @@ fn read_at(file: &fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     std::os::unix::fs::FileExt::read_at(file, buf, offset)
 }
 
-/// One MBR partition entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Partition {
-    pub bootable: bool,
-    pub kind: u8,
-    pub start_sector: u32,
-    pub sectors: u32,
-}
-
-/// The primary partitions of an MBR (first sector), or an error when there is no MBR signature.
-pub fn mbr_partitions(sector: &[u8; 512]) -> Result<Vec<Partition>> {
-    if sector[510..512] != [0x55, 0xaa] {
-        bail!("no MBR partition table (no 55aa signature)");
+/// Of `parts` (`file`'s MBR), the FAT partition labelled [`LABEL`], with its file system.
+pub fn ramnas_partition(
+    file: &fs::File,
+    parts: &[crate::mbr::Partition],
+) -> Result<Option<(crate::mbr::Partition, fatfs::FileSystem<Slice>)>> {
+    for &part in parts.iter().filter(|p| p.is_fat()) {
+        let slice = Slice::new(file.try_clone()?, part.start, part.len);
+        let Ok(fs) = fatfs::FileSystem::new(slice, fs_options()) else {
+            continue;
+        };
+        if fs.volume_label().trim_end() == LABEL {
+            return Ok(Some((part, fs)));
+        }
     }
-    Ok((0..4)
-        .map(|i| &sector[446 + 16 * i..446 + 16 * (i + 1)])
-        .map(|e| Partition {
-            bootable: e[0] == 0x80,
-            kind: e[4],
-            start_sector: u32::from_le_bytes(e[8..12].try_into().unwrap()),
-            sectors: u32::from_le_bytes(e[12..16].try_into().unwrap()),
-        })
-        .filter(|p| p.kind != 0 && p.sectors != 0)
-        .collect())
+    Ok(None)
 }
-
-/// FAT partition types in an MBR.
-const FAT_TYPES: &[u8] = &[0x01, 0x04, 0x06, 0x0b, 0x0c, 0x0e, 0xef];
 
 /// The FAT partition labelled `RAMNAS` of an image file or whole-disk device.
 pub struct Fat {
@@ -354,26 +338,25 @@ impl Fat {
             .write(true)
             .open(path)
             .with_context(|| format!("opening {} for reading and writing", path.display()))?;
-        let mut mbr = [0u8; 512];
-        file.read_exact_at_start(&mut mbr)
-            .with_context(|| format!("reading the first sector of {}", path.display()))?;
-        let parts = mbr_partitions(&mbr).with_context(|| format!("{}", path.display()))?;
-        for part in parts.iter().filter(|p| FAT_TYPES.contains(&p.kind)) {
-            let (start, len) = (part.start_sector as u64 * 512, part.sectors as u64 * 512);
-            let slice = Slice::new(file.try_clone()?, start, len);
-            let Ok(fs) = fatfs::FileSystem::new(slice, fs_options()) else {
-                continue;
-            };
-            if fs.volume_label().trim_end() == LABEL {
-                return Ok(Fat {
-                    fs: Some(fs),
-                    file,
-                    path: path.to_path_buf(),
-                    start,
-                    len,
-                    what: format!("{} (FAT at byte {start})", path.display()),
-                });
-            }
+        let parts = crate::mbr::read(&mut &file)
+            .with_context(|| format!("reading {}", path.display()))?
+            .with_context(|| {
+                format!(
+                    "{}: no MBR partition table (no 55aa signature, or a GPT disk)",
+                    path.display()
+                )
+            })?;
+        let found = ramnas_partition(&file, &parts)?;
+        if let Some((part, fs)) = found {
+            let (start, len) = (part.start, part.len);
+            return Ok(Fat {
+                fs: Some(fs),
+                file,
+                path: path.to_path_buf(),
+                start,
+                len,
+                what: format!("{} (FAT at byte {start})", path.display()),
+            });
         }
         bail!(
             "{}: no FAT partition labelled {LABEL} in its MBR partition table; is it a ramnas stick (made by `cargo xtask image` and `flash`)?",
@@ -439,16 +422,6 @@ impl Fat {
 
     fn err(&self, what: &str, path: &str) -> String {
         format!("{what} {path} on {}", self.what)
-    }
-}
-
-trait ReadStart {
-    fn read_exact_at_start(&self, buf: &mut [u8]) -> io::Result<()>;
-}
-
-impl ReadStart for fs::File {
-    fn read_exact_at_start(&self, buf: &mut [u8]) -> io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(self, buf, 0)
     }
 }
 
@@ -869,7 +842,7 @@ mod tests {
         assert!(stick.entry("slots/b/file").unwrap().is_none());
         assert_eq!(
             stick.sha256("slots/a/file").unwrap(),
-            (5, hex(&Sha256::digest(b"HeyLO")))
+            (5, crate::manifest::hex(&Sha256::digest(b"HeyLO")))
         );
         let names: Vec<String> = stick
             .list("slots")
@@ -903,13 +876,7 @@ mod tests {
             fatfs::FormatVolumeOptions::new().volume_label(*b"RAMNAS     "),
         )
         .unwrap();
-        let mut mbr = [0u8; 512];
-        mbr[446] = 0x80;
-        mbr[446 + 4] = 0x0c;
-        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
-        mbr[446 + 12..446 + 16].copy_from_slice(&(32u32 << 11).to_le_bytes());
-        mbr[510] = 0x55;
-        mbr[511] = 0xaa;
+        let mbr = crate::mbr::sector_zero(&[], 1, 2048, 32 << 11);
         std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0).unwrap();
         let mut stick = open(img.to_str().unwrap()).unwrap();
         exercise(&mut *stick);

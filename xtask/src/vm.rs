@@ -4,7 +4,6 @@
 use std::{
     env, fs,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -233,14 +232,15 @@ fn describe_machine(machine: &Machine, image: bool, stick: &Path) {
 /// or an interrupt — is an error naming it, with the console's last lines.
 fn check(machine: &Machine, log: &Path, pattern: &Regex, timeout: Duration) -> Result<()> {
     let expect = pattern.as_str();
-    catch_interrupts();
+    // Ctrl-C, SIGTERM and SIGHUP set a flag the wait loop checks, so qemu is killed and reaped before we exit.
+    let signals = crate::signals::Interrupts::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
     let mut vm = machine.start(log, true)?;
     let deadline = Instant::now() + timeout;
     let outcome = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let step = left.min(Duration::from_millis(500));
         let outcome = vm.wait_for(pattern, step);
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if signals.interrupted() {
             vm.kill();
             bail!("interrupted: qemu stopped\n{}", vm.tail(10));
         }
@@ -256,7 +256,7 @@ fn check(machine: &Machine, log: &Path, pattern: &Regex, timeout: Duration) -> R
                 Ok(()) => {
                     let deadline = Instant::now() + POWER_OFF_TIMEOUT;
                     while !vm.exited() && Instant::now() < deadline {
-                        if INTERRUPTED.load(Ordering::SeqCst) {
+                        if signals.interrupted() {
                             vm.kill();
                             bail!(
                                 "interrupted while the guest shut down: qemu stopped\n{}",
@@ -293,22 +293,6 @@ fn check(machine: &Machine, log: &Path, pattern: &Regex, timeout: Duration) -> R
 /// How long `--check` gives the guest to shut down after the power button: its services stop and the stick
 /// is unmounted, so that the next boot finds a clean FAT.
 const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(90);
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Ctrl-C, SIGTERM and SIGHUP set a flag the wait loop checks, so qemu is killed and reaped before we exit.
-fn catch_interrupts() {
-    let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        unsafe {
-            libc::signal(signal, handler);
-        }
-    }
-}
 
 /// On this terminal: the serial console (and a copy in `log`), ssh forwarded, until the guest powers off or
 /// the user quits.

@@ -44,7 +44,7 @@ fn write_manifest(out: &Path, build_id: &str) {
         git_dirty: false,
         alpine_branch: "v3.22".into(),
         kernel_version: None,
-        compression: xtask::flags::Compression::None,
+        compression: xtask::compress::Compression::None,
         cmdline: fs::read_to_string(out.join("cmdline"))
             .unwrap()
             .trim()

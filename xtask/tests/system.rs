@@ -185,13 +185,10 @@ fn mtype(image: impl AsRef<OsStr>, path: &str) -> String {
 
 /// The byte offset and length of the first partition in `disk`'s MBR.
 fn first_partition(disk: &Path) -> (u64, u64) {
-    let mut entry = [0u8; 16];
-    fs::File::open(disk)
+    let parts = xtask::mbr::read(&mut fs::File::open(disk).unwrap())
         .unwrap()
-        .read_exact_at(&mut entry, 446)
-        .unwrap();
-    let field = |at: usize| u32::from_le_bytes(entry[at..at + 4].try_into().unwrap()) as u64 * 512;
-    (field(8), field(12))
+        .expect("an MBR");
+    (parts[0].start, parts[0].len)
 }
 
 /// `fsck.vfat -n` (check, change nothing) on the first partition of `disk`, cut out into DIR/part.img:
