@@ -348,15 +348,7 @@ impl Fat {
             })?;
         let found = ramnas_partition(&file, &parts)?;
         if let Some((part, fs)) = found {
-            let (start, len) = (part.start, part.len);
-            return Ok(Fat {
-                fs: Some(fs),
-                file,
-                path: path.to_path_buf(),
-                start,
-                len,
-                what: format!("{} (FAT at byte {start})", path.display()),
-            });
+            return Ok(Fat::with(fs, file, path, part.start, part.len));
         }
         bail!(
             "{}: no FAT partition labelled {LABEL} in its MBR partition table; is it a ramnas stick (made by `cargo xtask image` and `flash`)?",
@@ -374,14 +366,25 @@ impl Fat {
         let slice = Slice::new(file.try_clone()?, start, len);
         let fs = fatfs::FileSystem::new(slice, fs_options())
             .with_context(|| format!("{}: no FAT file system at byte {start}", path.display()))?;
-        Ok(Fat {
+        Ok(Fat::with(fs, file, path, start, len))
+    }
+
+    /// The open file system `fs` at byte `start` (length `len`) of `file`, opened from `path`.
+    fn with(
+        fs: fatfs::FileSystem<Slice>,
+        file: fs::File,
+        path: &Path,
+        start: u64,
+        len: u64,
+    ) -> Fat {
+        Fat {
             fs: Some(fs),
             file,
             path: path.to_path_buf(),
             start,
             len,
             what: format!("{} (FAT at byte {start})", path.display()),
-        })
+        }
     }
 
     fn fs(&self) -> &fatfs::FileSystem<Slice> {
