@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::compress::Compression;
+use crate::build::compress::Compression;
 
 /// ramnas: a home NAS defined by plain files in `system/`, built into one initramfs and booted from a
 /// USB stick with two boot slots (A/B).

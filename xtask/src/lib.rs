@@ -1,59 +1,69 @@
-//! ramnas's tool: one module per subcommand on top, shared primitives below them.
-//!
-//! Subcommands (`build`, `image`, `vm`, `flash`, `deploy`, `check`, `bench`, `test`) never import each
-//! other; they meet only in the primitives and in the files a build writes to `out/`.
+//! ramnas's tool, `cargo xtask`. Each folder is a layer and imports only from those declared before it
+//! (ARCHITECTURE.md has the map); the subcommands in `cmd` never import each other, they meet in the
+//! layers below and in the files a build writes to `out/`.
 
+/// Every flag and the manual (`--help`): data, read by any layer that takes a flag.
 pub mod flags;
 
-// Subcommands.
-pub mod bench;
-pub mod build;
-pub mod check;
-pub mod deploy;
-pub mod flash;
-pub mod image;
-pub mod test;
-pub mod vm;
-
-// Primitives.
-pub mod blockdev;
-pub mod boot_entry;
-pub mod bootloaders;
-pub mod compress;
-pub mod config;
-pub mod fixture;
+/// The machine we run on, its tools and devices.
 pub mod host;
-pub mod initramfs;
-pub mod keys;
-pub mod lint;
-pub mod lock;
-pub mod manifest;
-pub mod mbr;
-pub mod progress;
-pub mod qemu;
-pub mod rootfs;
-pub mod signals;
-pub mod slots;
-pub mod ssh;
+
+/// The build path, `system/` to `out/`.
+pub mod build {
+    pub mod compress;
+    pub mod config;
+    pub mod initramfs;
+    pub mod keys;
+    pub mod lint;
+    pub mod lock;
+    pub mod manifest;
+    pub mod rootfs;
+}
+
+/// The boot partition of a stick, whatever holds it.
 pub mod stick;
-pub mod syslinux;
-pub mod uefi;
+
+/// What a stick's boot partition holds, and the A/B slots written once over any [`stick::Stick`].
+pub mod boot {
+    pub mod bootloaders;
+    pub mod entry;
+    pub mod slots;
+    pub mod syslinux;
+    pub mod uefi;
+}
+
+/// The product's subcommands, one file each. They never import each other.
+pub mod cmd {
+    pub mod build;
+    pub mod check;
+    pub mod deploy;
+    pub mod flash;
+    pub mod image;
+    pub mod vm;
+}
+
+/// Development only: the test and bench subcommands, and the fixture system they boot.
+pub mod dev {
+    pub mod bench;
+    pub mod fixture;
+    pub mod test;
+}
 
 use flags::{Cmd, Xtask};
 
 /// Runs one `cargo xtask` invocation.
 pub fn run(flags: Xtask) -> anyhow::Result<()> {
     match flags.cmd {
-        Cmd::Build(f) => build::run(f),
-        Cmd::Image(f) => image::run(f),
-        Cmd::Vm(f) => vm::run(f),
-        Cmd::Flash(f) => flash::run(f),
-        Cmd::Deploy(f) => deploy::deploy(f),
-        Cmd::Commit(f) => deploy::commit(f),
-        Cmd::Rollback(f) => deploy::rollback(f),
-        Cmd::Status(f) => deploy::status(f),
-        Cmd::Check(f) => check::run(f),
-        Cmd::Bench(f) => bench::run(f),
-        Cmd::Test(f) => test::run(f),
+        Cmd::Build(f) => cmd::build::run(f),
+        Cmd::Image(f) => cmd::image::run(f),
+        Cmd::Vm(f) => cmd::vm::run(f),
+        Cmd::Flash(f) => cmd::flash::run(f),
+        Cmd::Deploy(f) => cmd::deploy::deploy(f),
+        Cmd::Commit(f) => cmd::deploy::commit(f),
+        Cmd::Rollback(f) => cmd::deploy::rollback(f),
+        Cmd::Status(f) => cmd::deploy::status(f),
+        Cmd::Check(f) => cmd::check::run(f),
+        Cmd::Bench(f) => dev::bench::run(f),
+        Cmd::Test(f) => dev::test::run(f),
     }
 }

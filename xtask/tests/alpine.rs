@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use xtask::{lock::Lock, manifest::Manifest};
+use xtask::{build::lock::Lock, build::manifest::Manifest};
 
 const SETUP: &str = "#!/bin/sh\n\
 set -eu\n\
@@ -144,7 +144,10 @@ fn a_real_alpine_system_builds_boots_and_rebuilds_offline_to_the_same_bytes() {
     cold.arg(&system)
         .args(["--out", "out-cold", "--offline"])
         .env("XDG_CACHE_HOME", dir.path().join("cold"));
-    for pin in [&xtask::rootfs::ALPINE_MAKE_ROOTFS, &xtask::rootfs::APK] {
+    for pin in [
+        &xtask::build::rootfs::ALPINE_MAKE_ROOTFS,
+        &xtask::build::rootfs::APK,
+    ] {
         if std::env::var_os(pin.env).is_none() {
             let cached = cache
                 .join("ramnas")

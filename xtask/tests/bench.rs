@@ -4,7 +4,7 @@
 mod common;
 
 use common::{text, xtask_ok};
-use xtask::fixture::Fixture;
+use xtask::dev::fixture::Fixture;
 
 const CASES: &[&str] = &[
     "pack → zstd",

@@ -14,7 +14,9 @@ use std::{
 
 use common::{build_command, text, xtask};
 use sha2::{Digest, Sha256};
-use xtask::{fixture::Fixture, lock::Lock, manifest::Manifest, qemu::Outcome};
+use xtask::{
+    build::lock::Lock, build::manifest::Manifest, dev::fixture::Fixture, host::qemu::Outcome,
+};
 
 // ---------------------------------------------------------------------------------------------------
 // Boots: every compression format, proven by the Debian kernel unpacking it.
@@ -170,7 +172,7 @@ fn gnu_cpio_extracts_the_tree() {
     let tree = dir.path().join("tree-out");
     // The manifest knows the kernel (from the bzImage header) and the packages (from apk's database).
     let manifest = Manifest::load(&out.join("manifest.json")).unwrap();
-    let kernel = xtask::fixture::HostKernel::find().unwrap();
+    let kernel = xtask::dev::fixture::HostKernel::find().unwrap();
     assert_eq!(
         manifest.kernel_version.as_deref(),
         Some(kernel.version.as_str())
@@ -1553,7 +1555,10 @@ fn not_root_reruns_through_sudo() {
 /// A cached alpine-make-rootfs or apk.static that does not match its pinned SHA-256 is refused, never run.
 #[test]
 fn tampered_cached_tool_is_refused() {
-    for pin in [&xtask::rootfs::ALPINE_MAKE_ROOTFS, &xtask::rootfs::APK] {
+    for pin in [
+        &xtask::build::rootfs::ALPINE_MAKE_ROOTFS,
+        &xtask::build::rootfs::APK,
+    ] {
         let dir = common::tempdir();
         let system = dir.path().join("system");
         write_system(&system, PACKAGES, "");
@@ -1570,7 +1575,10 @@ fn tampered_cached_tool_is_refused() {
             common::xtask_command(dir.path(), &["build", "--system", "system", "--out", "out"]);
         command.env("XDG_CACHE_HOME", dir.path().join("cache"));
         // The other one is a stand-in, so that only this one's pin decides.
-        for other in [&xtask::rootfs::ALPINE_MAKE_ROOTFS, &xtask::rootfs::APK] {
+        for other in [
+            &xtask::build::rootfs::ALPINE_MAKE_ROOTFS,
+            &xtask::build::rootfs::APK,
+        ] {
             if other.name == pin.name {
                 command.env_remove(other.env);
             } else {

@@ -13,8 +13,8 @@ use std::{
 
 use common::{assert_boots_bios_then_uefi, boot_bios, boot_uefi};
 use xtask::{
-    fixture::{Fixture, Init},
-    slots::{self, Build, Slot, Table},
+    boot::slots::{self, Build, Slot, Table},
+    dev::fixture::{Fixture, Init},
     stick,
 };
 
@@ -235,7 +235,8 @@ fn a_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
         common::BOOT_TIMEOUT,
     )
     .unwrap();
-    vm.expect(xtask::qemu::PANIC, common::BOOT_TIMEOUT).unwrap();
+    vm.expect(xtask::host::qemu::PANIC, common::BOOT_TIMEOUT)
+        .unwrap();
     let line = vm
         .expect("^ramnas: ready slot=", common::BOOT_TIMEOUT)
         .unwrap();
@@ -300,7 +301,7 @@ fn commit_keeps_the_new_build_and_rollback_returns() {
 fn entry_names(img: &Path) -> Vec<String> {
     let mut s = stick::open(img.to_str().unwrap()).unwrap();
     let mut names: Vec<String> = s
-        .list(xtask::uefi::ENTRIES_DIR)
+        .list(xtask::boot::uefi::ENTRIES_DIR)
         .unwrap()
         .into_iter()
         .map(|e| e.name)
@@ -316,7 +317,7 @@ fn killed_at(dir: &Path, args: &[&str], ssh: Option<&Path>, n: u32) -> bool {
     let mut command = common::xtask_command(dir, args);
     command.env(stick::KILL_AT_ENV, n.to_string());
     if let Some(ssh) = ssh {
-        command.env(xtask::ssh::PROGRAM_ENV, ssh);
+        command.env(xtask::stick::ssh::PROGRAM_ENV, ssh);
     }
     let res = command.output().unwrap();
     if res.status.success() {
@@ -378,7 +379,7 @@ fn bootable(target: &Path, markers: &[(String, PathBuf)]) -> (Slot, String) {
     let marker = markers
         .iter()
         .find(|(_, out)| {
-            &xtask::manifest::Manifest::load(&out.join("manifest.json"))
+            &xtask::build::manifest::Manifest::load(&out.join("manifest.json"))
                 .unwrap()
                 .build_id
                 == id
@@ -540,7 +541,7 @@ fn a_directory_target_works_like_the_image() {
         !nas.join("syslinux.cfg.tmp").exists() && !nas.join("syslinux/syslinux.cfg.tmp").exists()
     );
     let entries = |root: &Path| -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(root.join(xtask::uefi::ENTRIES_DIR))
+        let mut names: Vec<String> = fs::read_dir(root.join(xtask::boot::uefi::ENTRIES_DIR))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
@@ -595,8 +596,8 @@ fn a_block_device_target_works_like_the_image() {
 }
 
 /// Starts sshd (`fixture::Sshd`) for a "NAS" whose stick is `boot`; returns it, the port and its ssh.
-fn sshd(dir: &Path, boot: &Path, cmdline: &Path) -> (xtask::fixture::Sshd, u16, PathBuf) {
-    let server = xtask::fixture::Sshd::start(dir, boot, cmdline).unwrap();
+fn sshd(dir: &Path, boot: &Path, cmdline: &Path) -> (xtask::dev::fixture::Sshd, u16, PathBuf) {
+    let server = xtask::dev::fixture::Sshd::start(dir, boot, cmdline).unwrap();
     let (port, ssh) = (server.port, server.ssh.clone());
     (server, port, ssh)
 }
@@ -604,7 +605,7 @@ fn sshd(dir: &Path, boot: &Path, cmdline: &Path) -> (xtask::fixture::Sshd, u16, 
 /// Runs `cargo xtask ARGS…` with `wrapper` as its ssh.
 fn xtask_ssh(dir: &Path, wrapper: &Path, args: &[&str]) -> Output {
     common::xtask_command(dir, args)
-        .env(xtask::ssh::PROGRAM_ENV, wrapper)
+        .env(xtask::stick::ssh::PROGRAM_ENV, wrapper)
         .output()
         .unwrap()
 }
@@ -636,7 +637,7 @@ fn an_ssh_target_works_like_the_image() {
     let st = common::ok(&xtask_ssh(d, &wrapper, &["status", &target]));
     assert!(st.contains("slot b (armed for trial):"), "{st}");
     // The files on the "NAS" match the build, and no temporary file is left.
-    let manifest = xtask::manifest::Manifest::load(&b.join("manifest.json")).unwrap();
+    let manifest = xtask::build::manifest::Manifest::load(&b.join("manifest.json")).unwrap();
     for (name, a) in &manifest.artifacts {
         assert_eq!(
             fs::read(boot.join(slots::part_path(&a.sha256))).unwrap(),
@@ -744,13 +745,15 @@ fn the_ssh_stick_sees_what_the_stick_holds_after_each_change() {
     let cmdline = d.join("proc-cmdline");
     fs::write(&cmdline, "ramnas.slot=a\n").unwrap();
     let (_sshd, port, wrapper) = sshd(d, &boot, &cmdline);
-    let mut ssh =
-        xtask::ssh::Ssh::open_with(&format!("ssh://root@127.0.0.1:{port}"), wrapper.as_os_str())
-            .unwrap();
+    let mut ssh = xtask::stick::ssh::Ssh::open_with(
+        &format!("ssh://root@127.0.0.1:{port}"),
+        wrapper.as_os_str(),
+    )
+    .unwrap();
     let big: Vec<u8> = (0..(3 << 20) + 7)
         .map(|i: u32| (i * 7 % 251) as u8)
         .collect();
-    let agree = |ssh: &mut xtask::ssh::Ssh, step: &str| {
+    let agree = |ssh: &mut xtask::stick::ssh::Ssh, step: &str| {
         let truth = snapshot(&mut stick::Dir::open(&boot).unwrap());
         assert!(
             snapshot(ssh) == truth,

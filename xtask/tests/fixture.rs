@@ -6,8 +6,8 @@ mod common;
 use std::{fs, time::Duration};
 
 use xtask::{
-    fixture::{Fixture, HostKernel, Init},
-    qemu::{Accel, Direct, Machine, Outcome},
+    dev::fixture::{Fixture, HostKernel, Init},
+    host::qemu::{Accel, Direct, Machine, Outcome},
 };
 
 /// The fixture packed by GNU cpio into DIR, booted directly by the host kernel under TCG with `append`.
@@ -94,7 +94,7 @@ fn fixture_lists_virtio_disks_with_serials() {
     let disk = dir.path().join("disk.raw");
     fs::File::create(&disk).unwrap().set_len(8 << 20).unwrap();
     let mut m = gnu_machine(dir.path(), &Fixture::new("disks"), "console=ttyS0");
-    let mut d = xtask::qemu::Drive::raw(&disk, xtask::qemu::Bus::Virtio);
+    let mut d = xtask::host::qemu::Drive::raw(&disk, xtask::host::qemu::Bus::Virtio);
     d.serial = Some("ramnas-disk0".into());
     m.drives.push(d);
     let mut vm = common::start(&m, dir.path(), "boot");

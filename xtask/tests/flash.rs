@@ -16,9 +16,9 @@ use std::{
 use common::Loop;
 use sha2::{Digest, Sha256};
 use xtask::{
-    blockdev::{self, Host},
-    fixture::Fixture,
-    flash,
+    cmd::flash,
+    dev::fixture::Fixture,
+    host::blockdev::{self, Host},
 };
 
 const MIB: u64 = 1 << 20;

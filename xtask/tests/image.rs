@@ -11,9 +11,10 @@ use std::{
 };
 
 use xtask::{
-    fixture::Fixture,
-    slots::{self, Build, Slot, Table},
-    stick, syslinux,
+    boot::slots::{self, Build, Slot, Table},
+    boot::syslinux,
+    dev::fixture::Fixture,
+    stick,
 };
 
 /// The fixture with `marker`, built by `cargo xtask build --base` into DIR/out-<marker>.
@@ -33,18 +34,18 @@ fn write_manifest(out: &Path, build_id: &str) {
         if out.join(name).exists() {
             artifacts.insert(
                 name.to_string(),
-                xtask::manifest::Artifact::of(&out.join(name)).unwrap(),
+                xtask::build::manifest::Artifact::of(&out.join(name)).unwrap(),
             );
         }
     }
-    let manifest = xtask::manifest::Manifest {
+    let manifest = xtask::build::manifest::Manifest {
         build_id: build_id.to_string(),
         source_date: 0,
         git_commit: None,
         git_dirty: false,
         alpine_branch: "v3.22".into(),
         kernel_version: None,
-        compression: xtask::compress::Compression::None,
+        compression: xtask::build::compress::Compression::None,
         cmdline: fs::read_to_string(out.join("cmdline"))
             .unwrap()
             .trim()
@@ -356,7 +357,7 @@ fn too_small_says_how_much_is_needed_before_writing() {
     assert!(text.contains("too small"), "{text}");
     // 3 × 310 MiB (3 copies of the slot) + 16 MiB, plus 1/32, plus the MiB before the partition.
     let needed = Build::open(&out)
-        .map(|b| xtask::image::needed_bytes(&b))
+        .map(|b| xtask::cmd::image::needed_bytes(&b))
         .unwrap()
         >> 20;
     assert!((960..1000).contains(&needed), "{needed}");

@@ -16,8 +16,8 @@ use std::{
 };
 
 use xtask::{
-    fixture::{Fixture, Init},
-    qemu::{Machine, Running},
+    dev::fixture::{Fixture, Init},
+    host::qemu::{Machine, Running},
 };
 
 /// alpine-make-rootfs as far as ramnas uses it, on a tree made beforehand: "install the packages" (copy
@@ -203,7 +203,7 @@ fn stick_with_trial(nas: &Nas, a: &Path, b: &Path) -> PathBuf {
 }
 
 fn build_id(out: &Path) -> String {
-    xtask::manifest::Manifest::load(&out.join("manifest.json"))
+    xtask::build::manifest::Manifest::load(&out.join("manifest.json"))
         .unwrap()
         .build_id
 }
@@ -371,8 +371,8 @@ fn a_trial_committed_under_uefi_leaves_nothing_armed() {
     // The NAS cleared the boot-once itself: ldlinux.sys ends in an empty ADV, byte for byte the one
     // xtask writes (two valid copies, no record).
     let mut opened = xtask::stick::open(stick).unwrap();
-    let ldlinux = opened.read(xtask::syslinux::LDLINUX_SYS).unwrap();
-    let empty = xtask::syslinux::Adv::default().to_bytes();
+    let ldlinux = opened.read(xtask::boot::syslinux::LDLINUX_SYS).unwrap();
+    let empty = xtask::boot::syslinux::Adv::default().to_bytes();
     assert_eq!(&ldlinux[ldlinux.len() - empty.len()..], &empty[..]);
     opened.close().unwrap();
     let status = nas.xtask(&["status", stick]);

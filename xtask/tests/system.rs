@@ -16,13 +16,13 @@ use std::{
 };
 
 use xtask::{
-    fixture::{Fixture, HostKernel},
-    qemu::{Bus, Direct, Drive, Machine},
-    slots::{self, Slot},
+    boot::slots::{self, Slot},
+    dev::fixture::{Fixture, HostKernel},
+    host::qemu::{Bus, Direct, Drive, Machine},
     stick,
 };
 
-/// syslinux.cfg as `cargo xtask image` writes it (xtask::syslinux::config), slot a the default.
+/// syslinux.cfg as `cargo xtask image` writes it (xtask::boot::syslinux::config), slot a the default.
 const SYSLINUX_CFG: &str = "\
 # Written by cargo xtask; rewritten on every deploy, commit and rollback.
 SERIAL 0 115200
@@ -185,7 +185,7 @@ fn mtype(image: impl AsRef<OsStr>, path: &str) -> String {
 
 /// The byte offset and length of the first partition in `disk`'s MBR.
 fn first_partition(disk: &Path) -> (u64, u64) {
-    let parts = xtask::mbr::read(&mut fs::File::open(disk).unwrap())
+    let parts = xtask::stick::mbr::read(&mut fs::File::open(disk).unwrap())
         .unwrap()
         .expect("an MBR");
     (parts[0].start, parts[0].len)
@@ -245,7 +245,7 @@ fn boot(dir: &Path, name: &str, hook: &str, append: &str, stick: &Path) -> Vec<S
     let archive = dir.join(format!("{name}.cpio"));
     common::gnu_cpio(&tree, &archive);
 
-    let mut m = Machine::new(xtask::qemu::Accel::Tcg);
+    let mut m = Machine::new(xtask::host::qemu::Accel::Tcg);
     m.direct = Some(Direct {
         kernel: HostKernel::find().unwrap().vmlinuz,
         initrd: archive,

@@ -16,10 +16,11 @@ use std::{
 };
 
 use xtask::{
-    boot_entry::BootEntry,
-    fixture::{Fixture, HostKernel, Init},
-    qemu, syslinux,
-    uefi::{self, Role, View},
+    boot::entry::BootEntry,
+    boot::syslinux,
+    boot::uefi::{self, Role, View},
+    dev::fixture::{Fixture, HostKernel, Init},
+    host::qemu,
 };
 
 /// The FAT partition starts 1 MiB into the image.
@@ -404,7 +405,7 @@ fn boot_loaders_from_the_tree_make_the_stick() {
         .packages
         .push(("systemd-boot".into(), "257.9-r0".into()));
     let out = common::build_fixture(dir, &fixture, "out-own", &[]);
-    let manifest = xtask::slots::Build::open(&out).unwrap().manifest;
+    let manifest = xtask::boot::slots::Build::open(&out).unwrap().manifest;
     assert_eq!(
         manifest.bootloaders,
         [

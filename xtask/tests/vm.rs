@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xtask::fixture::{Fixture, Init};
+use xtask::dev::fixture::{Fixture, Init};
 
 /// The fixture built by `cargo xtask build --base` into DIR/OUT.
 fn build_fixture(dir: &Path, fixture: &Fixture, out: &str) -> PathBuf {
@@ -341,7 +341,7 @@ fn image_boots_the_stick_through_seabios_and_ovmf() {
     let uefi = log(&vm_dir);
     assert!(uefi.contains("EFI stub"), "{uefi}");
     assert!(uefi.contains("ramnas: ready slot=a build=stick"), "{uefi}");
-    let template = xtask::qemu::ovmf().unwrap().1;
+    let template = xtask::host::qemu::ovmf().unwrap().1;
     assert!(vm_dir.join(template.file_name().unwrap()).exists());
     assert_no_qemu(&vm_dir);
 }

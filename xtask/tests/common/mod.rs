@@ -9,8 +9,8 @@ use std::{
 };
 
 use xtask::{
-    fixture::Fixture,
-    qemu::{self, Accel, Bus, Direct, Drive, Firmware, Machine, Running},
+    dev::fixture::Fixture,
+    host::qemu::{self, Accel, Bus, Direct, Drive, Firmware, Machine, Running},
 };
 
 /// How long a test waits for a guest line: generous, since TCG on a loaded 2-core machine is slow.
@@ -139,7 +139,7 @@ pub fn make_stick(dir: &Path, out: &Path) -> PathBuf {
 
 /// The build's initrds in load order (microcode first, then the initramfs' archives).
 pub fn initrds(out: &Path) -> Vec<PathBuf> {
-    xtask::manifest::Manifest::load(&out.join("manifest.json"))
+    xtask::build::manifest::Manifest::load(&out.join("manifest.json"))
         .unwrap()
         .initrds()
         .iter()
@@ -184,7 +184,7 @@ pub fn cpio_each(out: &Path, cwd: &Path, args: &[&str]) -> String {
 /// and OUT/cmdline plus `append`.
 pub fn direct_machine(out: &Path, append: &str) -> Machine {
     let cmdline = std::fs::read_to_string(out.join("cmdline")).unwrap_or_default();
-    let initrd = xtask::initramfs::join(&initrds(out), &out.join("initrd.joined")).unwrap();
+    let initrd = xtask::build::initramfs::join(&initrds(out), &out.join("initrd.joined")).unwrap();
     let mut m = Machine::new(Accel::Tcg);
     m.direct = Some(Direct {
         kernel: out.join("vmlinuz"),
@@ -304,7 +304,7 @@ impl Drop for Loop {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    xtask::fixture::free_port().unwrap()
+    xtask::dev::fixture::free_port().unwrap()
 }
 
 /// Packs `tree` with GNU cpio (`find . | cpio -o -H newc`), the reference packer, into `archive`.

@@ -586,7 +586,7 @@ fn init_script(init: Init) -> String {
 }
 
 const PRELUDE: &str = r#"#!/bin/sh
-# ramnas test fixture /init (written by xtask::fixture).
+# ramnas test fixture /init (written by xtask::dev::fixture).
 /bin/busybox mkdir -p /proc /sys /dev /tmp
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys

@@ -13,7 +13,7 @@ use xshell::{cmd, Shell};
 
 use crate::{
     flags::VmFlags,
-    qemu::{self, Accel, Bus, Direct, Drive, Firmware, Machine, Outcome},
+    host::qemu::{self, Accel, Bus, Direct, Drive, Firmware, Machine, Outcome},
 };
 
 /// Overrides where VM state lives (default: `vm/` at the repository root).
@@ -96,7 +96,7 @@ fn check_host_tools(uefi: bool) -> Result<Option<(PathBuf, PathBuf)>> {
 /// initramfs' archives) are joined into `vm/initrd` when there are several.
 fn direct_boot(out: &Path, dir: &Path) -> Result<Direct> {
     let kernel = out.join("vmlinuz");
-    let manifest_path = out.join(crate::manifest::Manifest::FILE_NAME);
+    let manifest_path = out.join(crate::build::manifest::Manifest::FILE_NAME);
     for file in [&kernel, &manifest_path] {
         if !file.exists() {
             bail!(
@@ -106,7 +106,7 @@ fn direct_boot(out: &Path, dir: &Path) -> Result<Direct> {
             );
         }
     }
-    let manifest = crate::manifest::Manifest::load(&manifest_path)?;
+    let manifest = crate::build::manifest::Manifest::load(&manifest_path)?;
     let initrds: Vec<PathBuf> = manifest.initrds().iter().map(|n| out.join(n)).collect();
     for file in &initrds {
         if !file.exists() {
@@ -122,7 +122,7 @@ fn direct_boot(out: &Path, dir: &Path) -> Result<Direct> {
         .with_context(|| format!("reading {}", cmdline_file.display()))?;
     let initrd = match &initrds[..] {
         [one] => one.clone(),
-        all => crate::initramfs::join(all, &dir.join("initrd"))?,
+        all => crate::build::initramfs::join(all, &dir.join("initrd"))?,
     };
     Ok(Direct {
         kernel,
@@ -233,7 +233,8 @@ fn describe_machine(machine: &Machine, image: bool, stick: &Path) {
 fn check(machine: &Machine, log: &Path, pattern: &Regex, timeout: Duration) -> Result<()> {
     let expect = pattern.as_str();
     // Ctrl-C, SIGTERM and SIGHUP set a flag the wait loop checks, so qemu is killed and reaped before we exit.
-    let signals = crate::signals::Interrupts::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+    let signals =
+        crate::host::signals::Interrupts::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
     let mut vm = machine.start(log, true)?;
     let deadline = Instant::now() + timeout;
     let outcome = loop {

@@ -28,8 +28,8 @@ use std::sync::mpsc;
 use anyhow::{bail, Context};
 use cpio::newc;
 
-use crate::compress::Compression;
-use crate::compress::Compressor;
+use crate::build::compress::Compression;
+use crate::build::compress::Compressor;
 
 /// Top-level names kept out of the archive: the kernel and microcode are separate build products.
 pub const EXCLUDED: &[&str] = &["boot"];
@@ -84,9 +84,9 @@ pub fn package_segment(name: &str) -> String {
 /// parents; a directory met again is left as it is), and every link of a file sits in the archive of its
 /// first link (the kernel pairs links within one archive).
 pub fn split(root: &Path, entries: Vec<Entry>) -> anyhow::Result<Vec<Segment>> {
-    let db = root.join(crate::manifest::APK_DB);
+    let db = root.join(crate::build::manifest::APK_DB);
     let packages = match fs::read_to_string(&db) {
-        Ok(text) => crate::manifest::parse_apk_db(&text),
+        Ok(text) => crate::build::manifest::parse_apk_db(&text),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(err) => return Err(err).with_context(|| format!("reading {}", db.display())),
     };
@@ -330,7 +330,7 @@ pub fn metadata_digest(root: &Path) -> anyhow::Result<String> {
     }
     let mut h = Sha256::new();
     visit(root, Path::new(""), &mut h)?;
-    Ok(crate::manifest::hex(&h.finalize()))
+    Ok(crate::build::manifest::hex(&h.finalize()))
 }
 
 /// One archive entry, decided before any byte is written.
@@ -766,7 +766,7 @@ mod tests {
         // A link of a big package's file outside it goes where its first link is.
         fs::hard_link(r.join("usr/lib/big/data"), r.join("usr/share/zlink")).unwrap();
         fs::write(
-            r.join(crate::manifest::APK_DB),
+            r.join(crate::build::manifest::APK_DB),
             "P:big\nV:1-r0\nF:usr/lib/big\nR:data\nF:etc/big\nR:big.conf\n\n\
              P:small\nV:1-r0\nF:usr/bin\nR:small\n\n",
         )
@@ -843,7 +843,7 @@ mod tests {
         assert_eq!(zlink.size as u64, PACKAGE_MIN);
 
         // Without an apk database: the base and the configuration.
-        fs::remove_file(r.join(crate::manifest::APK_DB)).unwrap();
+        fs::remove_file(r.join(crate::build::manifest::APK_DB)).unwrap();
         let segments = split(r, scan(r, 1000).unwrap()).unwrap();
         let names: Vec<&str> = segments.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, [BASE, CONFIG]);

@@ -40,10 +40,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    blockdev::{self, Device, Host},
     flags::FlashFlags,
-    mbr::{self, Partition},
-    progress,
+    host::blockdev::{self, Device, Host},
+    host::progress,
+    stick::mbr::{self, Partition},
     stick::{self, Stick},
 };
 
@@ -414,7 +414,7 @@ fn confirm(device: &Device) -> Result<()> {
 fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
     let dev = &plan.device;
     let path = &dev.path;
-    let sigint = crate::signals::Interrupts::catch(&[libc::SIGINT])?;
+    let sigint = crate::host::signals::Interrupts::catch(&[libc::SIGINT])?;
     let claim = OpenOptions::new()
         .read(true)
         .write(true)

@@ -1,4 +1,10 @@
-//! Host tools each command needs, and the package that provides each per distro.
+//! The machine ramnas runs on: the host tools each command needs and the package that provides each per
+//! distribution, whether we are root; below it qemu, block devices, signals and progress bars.
+
+pub mod blockdev;
+pub mod progress;
+pub mod qemu;
+pub mod signals;
 
 use anyhow::Context;
 use xshell::{cmd, Shell};
@@ -8,9 +14,8 @@ use xshell::{cmd, Shell};
 pub struct Tool {
     /// Command name (looked up in PATH), or what [`Tool::found`] looks for.
     pub program: &'static str,
-    /// How the command that needs it finds it, when that is not a PATH lookup of `program`: the same search
-    /// (the places each distribution installs it, and its environment variable).
-    pub found: Option<fn() -> bool>,
+    /// How the command that needs it finds it.
+    pub found: Found,
     /// What needs it.
     pub used_by: &'static str,
     /// Only `cargo xtask test` and `cargo xtask bench` need it: `check` lists it but does not fail.
@@ -19,6 +24,20 @@ pub struct Tool {
     pub fedora: &'static str,
     pub alpine: &'static str,
     pub arch: &'static str,
+}
+
+/// How a command finds a [`Tool`]: on PATH, or by a search of its own (the places each distribution
+/// installs it, and its environment variable), which `check` runs as the command does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// `program` on PATH or in the sbin directories ([`find`]).
+    OnPath,
+    /// qemu's UEFI firmware, where `host::qemu::ovmf` looks.
+    Ovmf,
+    /// syslinux's mbr.bin and BIOS modules, where `boot::syslinux::find` looks.
+    SyslinuxFiles,
+    /// systemd-boot's EFI program, where `boot::uefi::find` looks.
+    SystemdBoot,
 }
 
 /// The row of qemu's UEFI firmware (`qemu::ovmf` looks in each distribution's place).
@@ -30,7 +49,7 @@ pub const TOOLS: &[Tool] = &[
     // build: alpine-make-rootfs and its helpers
     Tool {
         program: "wget",
-        found: None,
+        found: Found::OnPath,
         used_by: "build (alpine-make-rootfs)",
         tests_only: false,
         debian: "wget",
@@ -40,7 +59,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "getopt",
-        found: None,
+        found: Found::OnPath,
         used_by: "build (alpine-make-rootfs)",
         tests_only: false,
         debian: "util-linux",
@@ -50,7 +69,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "rsync",
-        found: None,
+        found: Found::OnPath,
         used_by: "build (alpine-make-rootfs)",
         tests_only: false,
         debian: "rsync",
@@ -60,7 +79,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "tar",
-        found: None,
+        found: Found::OnPath,
         used_by: "build (--base tarballs)",
         tests_only: false,
         debian: "tar",
@@ -71,7 +90,7 @@ pub const TOOLS: &[Tool] = &[
     // tests, image, vm
     Tool {
         program: "qemu-system-x86_64",
-        found: None,
+        found: Found::OnPath,
         used_by: "vm, tests",
         tests_only: false,
         debian: "qemu-system-x86",
@@ -81,7 +100,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "qemu-img",
-        found: None,
+        found: Found::OnPath,
         used_by: "vm, tests",
         tests_only: false,
         debian: "qemu-utils",
@@ -91,7 +110,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: OVMF,
-        found: Some(|| crate::qemu::ovmf().is_ok()),
+        found: Found::Ovmf,
         used_by: "vm --uefi, tests",
         tests_only: false,
         debian: "ovmf",
@@ -101,7 +120,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "syslinux",
-        found: None,
+        found: Found::OnPath,
         used_by: "image",
         tests_only: false,
         debian: "syslinux",
@@ -111,7 +130,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "syslinux's mbr.bin and BIOS modules",
-        found: Some(crate::syslinux::files_present),
+        found: Found::SyslinuxFiles,
         used_by: "image",
         tests_only: false,
         debian: "syslinux-common",
@@ -121,7 +140,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "mcopy",
-        found: None,
+        found: Found::OnPath,
         used_by: "image, flash",
         tests_only: false,
         debian: "mtools",
@@ -131,7 +150,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "mkfs.vfat",
-        found: None,
+        found: Found::OnPath,
         used_by: "image, flash",
         tests_only: false,
         debian: "dosfstools",
@@ -141,7 +160,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "sfdisk",
-        found: None,
+        found: Found::OnPath,
         used_by: "tests (the image's partition table)",
         tests_only: true,
         debian: "fdisk",
@@ -151,7 +170,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "systemd-boot",
-        found: Some(|| crate::uefi::find().is_ok()),
+        found: Found::SystemdBoot,
         used_by: "image (UEFI)",
         tests_only: false,
         debian: "systemd-boot-efi",
@@ -161,7 +180,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "cpio",
-        found: None,
+        found: Found::OnPath,
         used_by: "tests",
         tests_only: true,
         debian: "cpio",
@@ -171,7 +190,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "busybox",
-        found: None,
+        found: Found::OnPath,
         used_by: "tests (fixture)",
         tests_only: true,
         debian: "busybox-static",
@@ -181,7 +200,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "shellcheck",
-        found: None,
+        found: Found::OnPath,
         used_by: "check, tests",
         tests_only: false,
         debian: "shellcheck",
@@ -191,7 +210,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "blkid",
-        found: None,
+        found: Found::OnPath,
         used_by: "flash",
         tests_only: false,
         debian: "util-linux",
@@ -201,7 +220,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "partx",
-        found: None,
+        found: Found::OnPath,
         used_by: "flash",
         tests_only: false,
         debian: "util-linux",
@@ -211,7 +230,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "losetup",
-        found: None,
+        found: Found::OnPath,
         used_by: "tests (flash)",
         tests_only: true,
         debian: "mount",
@@ -221,7 +240,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "mkfs.ext2",
-        found: None,
+        found: Found::OnPath,
         used_by: "tests (flash)",
         tests_only: true,
         debian: "e2fsprogs",
@@ -231,7 +250,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "ssh",
-        found: None,
+        found: Found::OnPath,
         used_by: "deploy, commit, rollback, status (ssh:// targets)",
         tests_only: false,
         debian: "openssh-client",
@@ -241,7 +260,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "sshd",
-        found: None,
+        found: Found::OnPath,
         used_by: "tests (deploy to an ssh:// target on 127.0.0.1)",
         tests_only: true,
         debian: "openssh-server",
@@ -251,7 +270,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "/sbin/openrc-init",
-        found: None,
+        found: Found::OnPath,
         used_by: "tests (the NAS under real OpenRC)",
         tests_only: true,
         debian: "openrc",
@@ -261,7 +280,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "faketime",
-        found: None,
+        found: Found::OnPath,
         used_by: "tests (a build on another day gives the same bytes)",
         tests_only: true,
         debian: "faketime",
@@ -271,7 +290,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "zstd",
-        found: None,
+        found: Found::OnPath,
         used_by: "bench",
         tests_only: true,
         debian: "zstd",
@@ -281,7 +300,7 @@ pub const TOOLS: &[Tool] = &[
     },
     Tool {
         program: "xz",
-        found: None,
+        found: Found::OnPath,
         used_by: "bench",
         tests_only: true,
         debian: "xz-utils",
@@ -328,16 +347,6 @@ pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
 /// Whether `program` is on this host (a command in PATH, or an existing absolute path).
 pub fn has(program: &str) -> bool {
     find(program).is_ok()
-}
-
-impl Tool {
-    /// Whether the host has it, found the way the command that needs it finds it.
-    pub fn is_present(&self) -> bool {
-        match self.found {
-            Some(found) => found(),
-            None => has(self.program),
-        }
-    }
 }
 
 /// Where `program` is: an absolute path that exists, or a command in PATH or in the sbin directories an

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::boot_entry::BootEntry;
+use crate::boot::entry::BootEntry;
 
 /// Where the bootloader lives on the stick's FAT partition (`syslinux --directory`).
 pub const DIR: &str = "syslinux";
@@ -64,7 +64,7 @@ pub fn find_for(
     build: &std::path::Path,
     carried: &std::collections::BTreeMap<String, String>,
 ) -> Result<Host> {
-    let host = match crate::bootloaders::syslinux(build) {
+    let host = match crate::boot::bootloaders::syslinux(build) {
         Some((dir, installer, loader)) => Host {
             mbr: dir.join("mbr.bin"),
             modules: dir,
@@ -73,7 +73,7 @@ pub fn find_for(
             source: format!(
                 "the build's ({})",
                 carried
-                    .get(crate::bootloaders::SYSLINUX)
+                    .get(crate::boot::bootloaders::SYSLINUX)
                     .map_or("from its tree", String::as_str)
             ),
         },

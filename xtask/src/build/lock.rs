@@ -21,7 +21,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
-use crate::manifest::{parse_apk_db, ApkPackage, Diff, APK_DB};
+use crate::build::manifest::{parse_apk_db, ApkPackage, Diff, APK_DB};
 
 pub const FILE_NAME: &str = "packages.lock";
 
@@ -188,7 +188,7 @@ impl Lock {
                 .map(|(n, p)| (n.clone(), p.version.clone()))
                 .collect()
         };
-        let mut diff = crate::manifest::diff_packages(&versions(old), &versions(self));
+        let mut diff = crate::build::manifest::diff_packages(&versions(old), &versions(self));
         let kernel = |l: &Lock| l.packages.get(kernel_package).map(|p| p.version.clone());
         if kernel(old) != kernel(self) {
             diff.kernel = Some((kernel(old), kernel(self)));

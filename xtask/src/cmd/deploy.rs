@@ -1,15 +1,15 @@
 //! `cargo xtask deploy|commit|rollback|status`: A/B slots on a stick, whatever the target.
 //!
-//! Each command opens the target as a [`Stick`] and hands it to [`crate::slots`], where the A/B logic and the
+//! Each command opens the target as a [`Stick`] and hands it to [`crate::boot::slots`], where the A/B logic and the
 //! crash-safe order of writes live; here are only the words around it.
 
 use anyhow::{bail, Result};
 
 use crate::{
-    bootloaders,
+    boot::bootloaders,
+    boot::slots::{self, Build, LastTrial, Running, Slot, Table},
+    build::manifest::{self, Manifest},
     flags::{DeployFlags, TargetFlags},
-    manifest::{self, Manifest},
-    slots::{self, Build, LastTrial, Running, Slot, Table},
     stick::{self, Faulty, Stick},
 };
 

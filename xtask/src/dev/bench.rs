@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::compress::Compression;
+use crate::build::compress::Compression;
 use crate::flags::{BenchCases, BenchFlags};
-use crate::{fixture, initramfs, qemu};
+use crate::{build::initramfs, dev::fixture, host::qemu};
 
 /// Set (to `FORMAT OUTPUT`) in the environment of the child that packs `--tree`: the hidden entry point
 /// that lets the packer run in a process of its own.
@@ -288,7 +288,7 @@ impl Bench {
         time_row.size_goal = size_goal;
         // xz needs what liblzma says its threads need; our own part is the 16 MiB on top.
         let memory_goal = match format {
-            Compression::Xz => crate::compress::xz_memory() + (16 << 20),
+            Compression::Xz => crate::build::compress::xz_memory() + (16 << 20),
             _ => 64 << 20,
         };
         let memory = Row::alone(
@@ -420,8 +420,9 @@ impl Bench {
             self.build(&out, extra)?;
             let kernel = out.join("vmlinuz");
             // The initramfs' archives joined, as the boot loader loads them (no microcode: the seed has none).
-            let manifest =
-                crate::manifest::Manifest::load(&out.join(crate::manifest::Manifest::FILE_NAME))?;
+            let manifest = crate::build::manifest::Manifest::load(
+                &out.join(crate::build::manifest::Manifest::FILE_NAME),
+            )?;
             let archives: Vec<PathBuf> = manifest
                 .initrds()
                 .iter()
@@ -1104,7 +1105,7 @@ impl Bench {
         let new_kernel = build("kernel")?;
 
         // The stick of build A, as a directory: the NAS's /media/boot.
-        let a_build = crate::slots::Build::open(&a)?;
+        let a_build = crate::boot::slots::Build::open(&a)?;
         let size_mib = (4 * a_build.slot_bytes() + (64 << 20)) >> 20;
         let image = dir.join("a.img");
         let made = Command::new(&self.exe)
@@ -1149,7 +1150,7 @@ impl Bench {
                 Command::new(&self.exe)
                     .args(["deploy", &target, "--out"])
                     .arg(out)
-                    .env(crate::ssh::PROGRAM_ENV, &sshd.ssh)
+                    .env(crate::stick::ssh::PROGRAM_ENV, &sshd.ssh)
                     .current_dir(&self.work)
                     .output()
                     .context("running cargo xtask deploy")
@@ -1179,7 +1180,7 @@ impl Bench {
             }
             Ok(bytes)
         };
-        let build_size = crate::slots::build_size(&a_build.manifest);
+        let build_size = crate::boot::slots::build_size(&a_build.manifest);
         let share = fs::metadata(package.join(initramfs::package_segment("bench-data")))
             .context("the upgraded package's own archive")?
             .len();
@@ -1200,7 +1201,7 @@ impl Bench {
         // Time: the new kernel's deploy against a full copy of that build, as checked as a deploy's: tar of its
         // files through one ssh session, unpacked into the NAS's stick, each file's SHA-256 read back there,
         // then sync.
-        let names: Vec<String> = crate::slots::Build::open(&new_kernel)?
+        let names: Vec<String> = crate::boot::slots::Build::open(&new_kernel)?
             .manifest
             .artifacts
             .into_keys()
@@ -1273,7 +1274,7 @@ fn write_bench_packages(tree: &Path, version: &str, data: u32, kernel: u32) -> R
             }
         }
     }
-    let db = tree.join(crate::manifest::APK_DB);
+    let db = tree.join(crate::build::manifest::APK_DB);
     let text = fs::read_to_string(&db).with_context(|| format!("reading {}", db.display()))?;
     let own = text.split("\n\n").filter(|s| {
         !s.starts_with("P:linux-lts\n") && !s.starts_with("P:bench-data\n") && !s.trim().is_empty()

@@ -2,7 +2,7 @@
 //!
 //! No root, no mount, no loop device: the MBR is written here, the FAT32 file system by `mkfs.vfat --offset`,
 //! syslinux by its mtools installer (`syslinux --install --offset`), everything else through [`crate::stick`],
-//! including the UEFI path ([`crate::uefi`]: systemd-boot and slot a's entry as the committed slot).
+//! including the UEFI path ([`crate::boot::uefi`]: systemd-boot and slot a's entry as the committed slot).
 //! The same build gives the same bytes: fixed disk id and volume serial, fixed timestamps.
 
 use std::{
@@ -14,11 +14,12 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::{
-    bootloaders,
+    boot::bootloaders,
+    boot::slots::{self, Build, Slot},
+    boot::syslinux,
+    boot::uefi,
     flags::ImageFlags,
-    slots::{self, Build, Slot},
     stick::{self, Stick},
-    syslinux, uefi,
 };
 
 const MIB: u64 = 1 << 20;
@@ -160,8 +161,8 @@ fn install_uefi(stick: &mut dyn Stick, build: &Build) -> Result<String> {
 
 /// The MBR: syslinux's boot code, the fixed disk id, one bootable FAT32 (LBA) partition from 1 MiB to the end.
 fn write_mbr(image: &Path, code: &[u8], size: u64) -> Result<()> {
-    let sectors = |bytes: u64| (bytes / crate::mbr::SECTOR) as u32;
-    let mbr = crate::mbr::sector_zero(
+    let sectors = |bytes: u64| (bytes / crate::stick::mbr::SECTOR) as u32;
+    let mbr = crate::stick::mbr::sector_zero(
         code,
         DISK_ID,
         sectors(PART_START),

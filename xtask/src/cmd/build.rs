@@ -26,15 +26,15 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use xshell::{cmd, Shell};
 
-use crate::bootloaders;
-use crate::compress::Compression;
-use crate::config::System;
+use crate::boot::bootloaders;
+use crate::build::compress::Compression;
+use crate::build::config::System;
+use crate::build::initramfs;
+use crate::build::keys;
+use crate::build::lint;
+use crate::build::manifest::{self, Artifact, Manifest};
+use crate::build::rootfs;
 use crate::flags::BuildFlags;
-use crate::initramfs;
-use crate::keys;
-use crate::lint;
-use crate::manifest::{self, Artifact, Manifest};
-use crate::rootfs;
 
 /// mtimes in the archive are clamped to `SOURCE_DATE_EPOCH`, or to this when it is unset: the Unix epoch
 /// (1970-01-01), so that the same tree always gives the same bytes.

@@ -5,8 +5,11 @@
 //!
 //! Implementations: [`Fat`] (the FAT32 partition labelled `RAMNAS` found through the MBR of an image file or a
 //! whole-disk block device, read and written with the `fatfs` crate, nothing mounted) and [`Dir`] (a directory
-//! where the stick's partition is mounted); [`crate::ssh::Ssh`] is the running NAS, its stick at `/media/boot`.
+//! where the stick's partition is mounted); [`crate::stick::ssh::Ssh`] is the running NAS, its stick at `/media/boot`.
 //! [`Faulty`] wraps any of them for the crash tests.
+
+pub mod mbr;
+pub mod ssh;
 
 use std::{
     fs,
@@ -144,7 +147,7 @@ pub trait Stick {
     fn sha256(&mut self, path: &str) -> Result<(u64, String)> {
         let mut hasher = HashWriter(Sha256::new());
         let size = self.read_into(path, &mut hasher)?;
-        Ok((size, crate::manifest::hex(&hasher.0.finalize())))
+        Ok((size, crate::build::manifest::hex(&hasher.0.finalize())))
     }
 }
 
@@ -196,7 +199,7 @@ fn clean(path: &str) -> &str {
 /// (the `RAMNAS` partition in its MBR).
 pub fn open(target: &str) -> Result<Box<dyn Stick>> {
     if target.starts_with("ssh://") {
-        return Ok(Box::new(crate::ssh::Ssh::open(target)?));
+        return Ok(Box::new(crate::stick::ssh::Ssh::open(target)?));
     }
     let path = Path::new(target);
     let meta = fs::metadata(path)
@@ -215,7 +218,7 @@ pub fn open(target: &str) -> Result<Box<dyn Stick>> {
 /// A block device must be the whole disk (the MBR is there, not on `/dev/sdb1`), and none of it may be
 /// mounted: writing the FAT under the kernel's own vfat driver would corrupt it.
 fn refuse_device_in_use(dev: &Path) -> Result<()> {
-    let device = crate::blockdev::describe(dev, &crate::blockdev::Host::read()?)?;
+    let device = crate::host::blockdev::describe(dev, &crate::host::blockdev::Host::read()?)?;
     if let Some(disk) = &device.partition_of {
         bail!(
             "{}: a partition; give the whole disk (/dev/{disk}, not {})",
@@ -304,8 +307,8 @@ fn read_at(file: &fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// Of `parts` (`file`'s MBR), the FAT partition labelled [`LABEL`], with its file system.
 pub fn ramnas_partition(
     file: &fs::File,
-    parts: &[crate::mbr::Partition],
-) -> Result<Option<(crate::mbr::Partition, fatfs::FileSystem<Slice>)>> {
+    parts: &[crate::stick::mbr::Partition],
+) -> Result<Option<(crate::stick::mbr::Partition, fatfs::FileSystem<Slice>)>> {
     for &part in parts.iter().filter(|p| p.is_fat()) {
         let slice = Slice::new(file.try_clone()?, part.start, part.len);
         let Ok(fs) = fatfs::FileSystem::new(slice, fs_options()) else {
@@ -338,7 +341,7 @@ impl Fat {
             .write(true)
             .open(path)
             .with_context(|| format!("opening {} for reading and writing", path.display()))?;
-        let parts = crate::mbr::read(&mut &file)
+        let parts = crate::stick::mbr::read(&mut &file)
             .with_context(|| format!("reading {}", path.display()))?
             .with_context(|| {
                 format!(
@@ -845,7 +848,7 @@ mod tests {
         assert!(stick.entry("slots/b/file").unwrap().is_none());
         assert_eq!(
             stick.sha256("slots/a/file").unwrap(),
-            (5, crate::manifest::hex(&Sha256::digest(b"HeyLO")))
+            (5, crate::build::manifest::hex(&Sha256::digest(b"HeyLO")))
         );
         let names: Vec<String> = stick
             .list("slots")
@@ -879,7 +882,7 @@ mod tests {
             fatfs::FormatVolumeOptions::new().volume_label(*b"RAMNAS     "),
         )
         .unwrap();
-        let mbr = crate::mbr::sector_zero(&[], 1, 2048, 32 << 11);
+        let mbr = crate::stick::mbr::sector_zero(&[], 1, 2048, 32 << 11);
         std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0).unwrap();
         let mut stick = open(img.to_str().unwrap()).unwrap();
         exercise(&mut *stick);

@@ -28,7 +28,7 @@ pub struct Manifest {
     /// Version of the kernel in OUT/vmlinuz, such as `6.12.13-0-lts`.
     pub kernel_version: Option<String>,
     /// Compression of OUT/initramfs.
-    pub compression: crate::compress::Compression,
+    pub compression: crate::build::compress::Compression,
     /// Kernel command line (also in OUT/cmdline).
     pub cmdline: String,
     /// Installed Alpine packages and their versions, from /lib/apk/db/installed (empty without one).
@@ -357,7 +357,7 @@ mod tests {
             git_dirty: false,
             alpine_branch: "v3.22".into(),
             kernel_version: Some(kernel.into()),
-            compression: crate::compress::Compression::Zstd,
+            compression: crate::build::compress::Compression::Zstd,
             cmdline: "console=ttyS0".into(),
             packages: packages
                 .iter()

@@ -34,7 +34,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{boot_entry::BootEntry, stick::Stick};
+use crate::{boot::entry::BootEntry, stick::Stick};
 
 /// systemd-boot, where UEFI firmware looks on removable media.
 pub const BOOTLOADER: &str = "EFI/BOOT/BOOTX64.EFI";
@@ -79,12 +79,12 @@ pub fn find_for(
     build: &std::path::Path,
     carried: &std::collections::BTreeMap<String, String>,
 ) -> Result<Host> {
-    let host = match crate::bootloaders::systemd_boot(build) {
+    let host = match crate::boot::bootloaders::systemd_boot(build) {
         Some(dir) => Host {
             source: format!(
                 "the build's ({})",
                 carried
-                    .get(crate::bootloaders::SYSTEMD_BOOT)
+                    .get(crate::boot::bootloaders::SYSTEMD_BOOT)
                     .map_or("from its tree", String::as_str)
             ),
             ..find_in(&[dir])?

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::compress::Compression;
+use crate::build::compress::Compression;
 
 /// The whole system definition: system.toml plus the package list.
 #[derive(Debug, Clone)]
@@ -155,7 +155,7 @@ impl System {
 
     /// `DIR/packages.lock`.
     pub fn lock_path(&self) -> PathBuf {
-        self.dir.join(crate::lock::FILE_NAME)
+        self.dir.join(crate::build::lock::FILE_NAME)
     }
 
     /// What apk is asked to install: alpine-make-rootfs's base packages (unless
@@ -163,7 +163,11 @@ impl System {
     pub fn world(&self) -> Vec<String> {
         let mut world: Vec<String> = Vec::new();
         if self.config.alpine.default_packages {
-            world.extend(crate::rootfs::BASE_PACKAGES.iter().map(|p| p.to_string()));
+            world.extend(
+                crate::build::rootfs::BASE_PACKAGES
+                    .iter()
+                    .map(|p| p.to_string()),
+            );
         }
         for p in &self.packages {
             if !world.contains(p) {

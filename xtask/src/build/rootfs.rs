@@ -23,9 +23,9 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
-use crate::config::System;
-use crate::lock::{self, Lock};
-use crate::manifest::{hex, APK_DB};
+use crate::build::config::System;
+use crate::build::lock::{self, Lock};
+use crate::build::manifest::{hex, APK_DB};
 
 /// A program fetched once by URL and verified by SHA-256.
 #[derive(Debug)]
@@ -184,7 +184,7 @@ impl Pin {
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    Ok(crate::manifest::Artifact::of(path)?.sha256)
+    Ok(crate::build::manifest::Artifact::of(path)?.sha256)
 }
 
 /// Hash of everything the tree depends on: the two programs, the repositories (branch, mirror and the
@@ -597,7 +597,7 @@ fn index_packages(index: &Path) -> anyhow::Result<Vec<(String, String)>> {
                 index.display()
             )
         })?;
-    Ok(crate::manifest::parse_apk_installed(&text)
+    Ok(crate::build::manifest::parse_apk_installed(&text)
         .into_iter()
         .collect())
 }

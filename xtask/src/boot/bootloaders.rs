@@ -56,7 +56,7 @@ pub fn copy_from_tree(
     let sys = tree.join(TREE_SYSLINUX);
     let mut syslinux: Vec<PathBuf> = ["mbr.bin"]
         .iter()
-        .chain(crate::syslinux::MODULES)
+        .chain(crate::boot::syslinux::MODULES)
         .map(|f| sys.join(f))
         .collect();
     syslinux.push(tree.join(TREE_SYSLINUX_INSTALLER));
@@ -78,7 +78,7 @@ pub fn copy_from_tree(
     }
 
     let efi = tree.join(TREE_SYSTEMD_BOOT);
-    let uefi = [efi.join(crate::uefi::SYSTEMD_BOOT)];
+    let uefi = [efi.join(crate::boot::uefi::SYSTEMD_BOOT)];
     if complete(tree, "systemd-boot", &uefi) {
         copy_into(tree, &uefi, &dest.join(SYSTEMD_BOOT))?;
         found.insert(SYSTEMD_BOOT.to_string(), from("systemd-boot"));

@@ -7,11 +7,12 @@
 use anyhow::bail;
 
 use crate::{
-    config::System,
+    boot::{syslinux, uefi},
+    build::config::System,
+    build::lint,
+    build::lock::Lock,
     flags::CheckFlags,
-    host::{self, Family, Tool},
-    lint,
-    lock::Lock,
+    host::{self, qemu, Family, Found, Tool},
 };
 
 pub fn run(flags: CheckFlags) -> anyhow::Result<()> {
@@ -99,17 +100,27 @@ fn report(missing: &[Tool], family: Family, prefix: &str, install: &str) {
     }
 }
 
+/// Whether the host has `tool`, found the way the command that needs it finds it.
+fn is_present(tool: &Tool) -> bool {
+    match tool.found {
+        Found::OnPath => host::has(tool.program),
+        Found::Ovmf => qemu::ovmf().is_ok(),
+        Found::SyslinuxFiles => syslinux::files_present(),
+        Found::SystemdBoot => uefi::find().is_ok(),
+    }
+}
+
 /// The tools of the host table that are not here, plus sudo when the build would need it.
 fn missing_tools() -> Vec<Tool> {
     let mut missing: Vec<Tool> = host::TOOLS
         .iter()
-        .filter(|t| !t.is_present())
+        .filter(|t| !is_present(t))
         .copied()
         .collect();
     if !crate::host::is_root() && !host::has("sudo") {
         missing.push(Tool {
             program: "sudo",
-            found: None,
+            found: Found::OnPath,
             used_by: "build (alpine-make-rootfs runs as root)",
             tests_only: false,
             debian: "sudo",

@@ -16,7 +16,7 @@ use std::{
 use regex::Regex;
 use xshell::{cmd, Shell};
 
-use crate::config;
+use crate::build::config;
 
 /// One thing wrong, at a file and (when known) a line.
 #[derive(Debug, Clone, PartialEq, Eq)]

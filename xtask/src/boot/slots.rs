@@ -13,7 +13,7 @@
 //!
 //! Every boot, whenever a writer stops, finds a complete build. BIOS: ldlinux boots the ADV's boot-once if
 //! armed, else `DEFAULT` of `/syslinux/syslinux.cfg`, or of `/syslinux.cfg` while the former is missing.
-//! UEFI: systemd-boot boots a trial entry with tries left, else the default entry ([`crate::uefi`]). So:
+//! UEFI: systemd-boot boots a trial entry with tries left, else the default entry ([`crate::boot::uefi`]). So:
 //!
 //! 1. A config is replaced root copy first, then `/syslinux`; each via `NAME.tmp` + rename, synced. While
 //!    `/syslinux/syslinux.cfg` is missing (FAT's rename is remove-then-rename), the root copy is whole. The
@@ -55,12 +55,12 @@ use std::{collections::BTreeMap, fs, path::Path};
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    boot_entry::BootEntry,
-    manifest::Manifest,
-    progress,
+    boot::entry::BootEntry,
+    boot::syslinux::{self, Adv},
+    boot::uefi,
+    build::manifest::Manifest,
+    host::progress,
     stick::{self, Stick},
-    syslinux::{self, Adv},
-    uefi,
 };
 
 /// One of the two boot slots.
@@ -219,7 +219,7 @@ impl Build {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filled {
     pub manifest: Manifest,
-    /// The slot's manifest.json as stored, for readers that want every field (`crate::manifest`).
+    /// The slot's manifest.json as stored, for readers that want every field (`crate::build::manifest`).
     pub manifest_json: Vec<u8>,
     /// The build's kernel command line (its `cmdline` file).
     pub cmdline: String,
@@ -314,7 +314,7 @@ fn sizes(stick: &mut dyn Stick, dir: &str) -> Result<BTreeMap<String, u64>> {
 }
 
 /// Whether [`PARTS`] (as listed by [`sizes`]) holds the file with this SHA-256 and size.
-fn has_part(parts: &BTreeMap<String, u64>, a: &crate::manifest::Artifact) -> bool {
+fn has_part(parts: &BTreeMap<String, u64>, a: &crate::build::manifest::Artifact) -> bool {
     parts.get(part_name(&a.sha256)) == Some(&a.size)
 }
 
@@ -383,7 +383,7 @@ pub fn write_temps(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<u
     }
     let parts = sizes(stick, PARTS)?;
     // Part path → (the build's file name, what it must be); a file the build has twice is written once.
-    let missing: BTreeMap<String, (&String, &crate::manifest::Artifact)> = build
+    let missing: BTreeMap<String, (&String, &crate::build::manifest::Artifact)> = build
         .manifest
         .artifacts
         .iter()
@@ -888,7 +888,7 @@ mod tests {
     /// A manifest naming `artifacts`, as `cargo xtask build` writes it.
     pub(crate) fn manifest_json(
         id: &str,
-        artifacts: BTreeMap<String, crate::manifest::Artifact>,
+        artifacts: BTreeMap<String, crate::build::manifest::Artifact>,
     ) -> String {
         Manifest {
             build_id: id.to_string(),
@@ -897,7 +897,7 @@ mod tests {
             git_dirty: false,
             alpine_branch: "v3.22".into(),
             kernel_version: None,
-            compression: crate::compress::Compression::Zstd,
+            compression: crate::build::compress::Compression::Zstd,
             cmdline: String::new(),
             packages: BTreeMap::new(),
             artifacts,
@@ -915,9 +915,9 @@ mod tests {
             fs::write(dir.join(name), data).unwrap();
             artifacts.insert(
                 name.to_string(),
-                crate::manifest::Artifact {
+                crate::build::manifest::Artifact {
                     size: data.len() as u64,
-                    sha256: crate::manifest::hex(&Sha256::digest(data.as_bytes())),
+                    sha256: crate::build::manifest::hex(&Sha256::digest(data.as_bytes())),
                 },
             );
         }
@@ -946,7 +946,9 @@ mod tests {
 
     /// The part of `data` on the stick.
     fn part(data: &str) -> String {
-        part_path(&crate::manifest::hex(&Sha256::digest(data.as_bytes())))
+        part_path(&crate::build::manifest::hex(&Sha256::digest(
+            data.as_bytes(),
+        )))
     }
 
     #[test]
@@ -1241,7 +1243,7 @@ mod tests {
 
     #[test]
     fn a_build_without_a_kernel_is_refused() {
-        let a = crate::manifest::Artifact {
+        let a = crate::build::manifest::Artifact {
             size: 1,
             sha256: "00".into(),
         };
