@@ -169,7 +169,8 @@ pub enum Cmd {
     ///
     /// The cases, their baselines and goals are in CONTRIBUTING.md; the table says how each is measured.
     Bench(BenchFlags),
-    /// Install the host packages the tests need (apt-get), then run `cargo test --workspace`.
+    /// Install the host packages the tests need (apt-get), then run them all: `cargo test --workspace --
+    /// --include-ignored` (most need root and qemu; a plain `cargo test` skips those, saying why).
     Test(TestFlags),
 }
 

@@ -41,7 +41,7 @@
 //!    against its manifest first; with a trial armed and not booted yet it disarms it instead.
 //!
 //! `RAMNAS_DEPLOY_KILL_AT=N` makes a deploy SIGKILL itself at the N-th point where it changes the stick
-//! ([`stick::Faulty`], the one place they are counted); `tests/deploy.rs` stops a deploy at every point in
+//! ([`stick::Faulty`], the one place they are counted); `tests/integration/deploy.rs` stops a deploy at every point in
 //! turn, checks that the stick boots, and runs the deploy again.
 //!
 //! Known limits: a kill during a FAT write leaves lost clusters and the volume's dirty bit; `fsck.vfat -a`

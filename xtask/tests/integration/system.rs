@@ -4,7 +4,7 @@
 //! keys saved on the stick and restored on the next boot, and the FAT a killed deploy left damaged repaired
 //! by the host's real fsck.vfat before the mount. The image is inspected afterwards with mtools and fsck.vfat.
 
-mod common;
+use crate::common;
 
 use std::{
     ffi::OsStr,
@@ -291,6 +291,7 @@ fn assert_quiet_check(lines: &[String]) {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn slot_helper_health_check_and_persistence_on_a_stick() {
     let dir = common::tempdir();
     let stick = stick_image(dir.path());
@@ -381,6 +382,7 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
 /// it, it repairs the FAT first; with a failing checker it says so on stderr and mounts all the same. After
 /// the boot the FAT is clean, and the host keys, a file in /persist and the build in slot a are intact.
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn persist_repairs_the_fat_a_killed_deploy_left() {
     let dir = common::tempdir();
     let d = dir.path();

@@ -1,7 +1,7 @@
 //! `cargo xtask bench` runs end to end on a tiny fixture and prints a row for every case, so the command
 //! does not rot. Nothing here measures speed: only the bench itself does.
 
-mod common;
+use crate::common;
 
 use common::{text, xtask_ok};
 use xtask::dev::fixture::Fixture;
@@ -27,6 +27,7 @@ const CASES: &[&str] = &[
 ];
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn bench_prints_every_case() {
     let dir = common::tempdir();
     let tree = dir.path().join("tree");

@@ -2,7 +2,7 @@
 //! what the tree holds; builds are reproducible; the alpine-make-rootfs seam gets what it must; every
 //! error is clear and leaves OUT/ as it was.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeMap,
@@ -58,27 +58,32 @@ fn boot_with(compression: &str) {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn boots_zstd() {
     boot_with("zstd");
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn boots_xz() {
     boot_with("xz");
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn boots_gzip() {
     boot_with("gzip");
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn boots_none() {
     boot_with("none");
 }
 
 /// The bootloader loads ucode.img and the initramfs one after the other; the kernel must accept that.
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn boots_with_microcode_in_front() {
     let dir = common::tempdir();
     let mut fixture = Fixture::new("ucode");
@@ -161,6 +166,7 @@ fn describe(root: &Path) -> (BTreeMap<PathBuf, Node>, BTreeMap<PathBuf, (u64, u6
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn gnu_cpio_extracts_the_tree() {
     let dir = common::tempdir();
     let out = common::build_fixture(
@@ -295,6 +301,7 @@ fn build_ok(dir: &Path, base: &Path, out: &Path, extra: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn same_tree_gives_the_same_bytes() {
     let dir = common::tempdir();
     let out1 = common::build_fixture(dir.path(), &Fixture::new("same"), "one", &[]);
@@ -597,6 +604,7 @@ fn write_system(dir: &Path, packages: &str, toml: &str) {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn alpine_make_rootfs_contract() {
     let s = Seam::new();
     let first = common::ok(&s.build(&[]));
@@ -698,6 +706,7 @@ fn alpine_make_rootfs_contract() {
 /// `[alpine]`'s repositories, keys and default packages reach alpine-make-rootfs, each is an input of the
 /// tree, and a bad value is one error naming the file and the key, before anything runs.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn alpine_settings_for_local_mirrors_and_repositories() {
     let s = Seam::new();
     fs::create_dir_all(s.system.join("repo/x86_64")).unwrap();
@@ -880,6 +889,7 @@ fn publish(repo: &Path, name: &str, version: &str, deps: &str) {
 /// `packages` edit (an added package resolved, a removed one dropped with what only it needed), noticed
 /// by `check` when stale, and resolved afresh by `--update`, which prints what changed.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn packages_lock_holds_versions_and_follows_edits() {
     let s = Seam::with_tool(FAKE_APK_TOOL);
     let repo = s.dir.path().join("repo");
@@ -1122,6 +1132,7 @@ fn packages_lock_holds_versions_and_follows_edits() {
 /// With the cache warm, `--offline` needs nothing from the network and gives the same bytes on another
 /// day, from another checkout; with it cold, it fails at once naming everything missing.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn offline_builds_from_the_cache_give_the_same_bytes_on_another_day() {
     let s = Seam::with_tool(FAKE_APK_TOOL);
     let repo = s.dir.path().join("repo");
@@ -1380,6 +1391,7 @@ fn error_file_of_4_gib() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn error_missing_base() {
     fails_cleanly(
         |tree, _| fs::remove_dir_all(tree).unwrap(),
@@ -1404,6 +1416,7 @@ fn error_out_inside_the_tree() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn base_tarball_keeps_owners_and_devices() {
     let dir = common::tempdir();
     let tree = dir.path().join("tree");
@@ -1434,6 +1447,7 @@ fn base_tarball_keeps_owners_and_devices() {
 
 /// The example system/ of this repository parses and goes through the seam as written.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn example_system_builds_through_the_seam() {
     let s = Seam::new();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system");
@@ -1474,6 +1488,7 @@ fn example_system_builds_through_the_seam() {
 
 /// Through sudo, the products belong to the user who ran it (SUDO_UID/SUDO_GID).
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn products_belong_to_the_sudo_user() {
     let dir = common::tempdir();
     let tree = mini_tree(dir.path());
@@ -1493,6 +1508,7 @@ fn products_belong_to_the_sudo_user() {
 /// A user who is not root gets told why, and the same build runs again through sudo with the
 /// environment it needs.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn not_root_reruns_through_sudo() {
     let dir = common::tempdir();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
@@ -1619,6 +1635,7 @@ fn lint_problems_stop_the_build_before_the_tool_runs() {
 /// Root's authorized_keys come from the building user's ~/.ssh/*.pub, or from the file system.toml
 /// names; they land in the initramfs as /root/.ssh/authorized_keys, 0600, and go away with the keys.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn authorized_keys_from_the_user_or_the_config() {
     let s = Seam::new();
     let home = s.dir.path().join("home");

@@ -16,7 +16,7 @@
 //!
 //! Without internet, also point `ALPINE_MAKE_ROOTFS` and `RAMNAS_APK` at copies of the two programs.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -45,7 +45,7 @@ fn a_real_alpine_system_builds_boots_and_rebuilds_offline_to_the_same_bytes() {
         // Straight to stderr, past the test harness's capture, so that every run shows it.
         let _ = writeln!(
             std::io::stderr(),
-            "tests/alpine.rs: skipped: RAMNAS_TEST_ALPINE_MIRROR is not set (a real Alpine mirror, path or \
+            "tests/integration/alpine.rs: skipped: RAMNAS_TEST_ALPINE_MIRROR is not set (a real Alpine mirror, path or \
              URL; CI cannot reach one: see the test's doc comment)"
         );
         return;

@@ -3,7 +3,7 @@
 //! deploy killed at every point where it changes the stick (each followed by a boot), a directory holding
 //! the partition's files, a loop block device, and a real sshd standing in for the NAS.
 
-mod common;
+use crate::common;
 
 use std::{
     fs,
@@ -95,6 +95,7 @@ fn partition_copy(from: &Path, dir: &Path) -> PathBuf {
 /// Deploying the committed build again, with no trial armed, says so and writes nothing; with a trial of
 /// another build armed, it goes ahead (the trial must not stay armed).
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn the_committed_build_again_changes_nothing() {
     let dir = common::tempdir();
     let dir = dir.path();
@@ -116,6 +117,7 @@ fn the_committed_build_again_changes_nothing() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn trial_boots_the_new_build_once_then_the_committed_one() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -196,6 +198,7 @@ fn trial_boots_the_new_build_once_then_the_committed_one() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn a_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -246,6 +249,7 @@ fn a_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn commit_keeps_the_new_build_and_rollback_returns() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -393,6 +397,7 @@ fn bootable(target: &Path, markers: &[(String, PathBuf)]) -> (Slot, String) {
 /// armed for a trial (the hardest case: the slot's entry, the armed trial and its files must all change):
 /// each stop leaves a stick that boots a complete build, and a rerun finishes the deploy.
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -463,6 +468,7 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
 
 /// The same stops with --commit, checked on the stick (a complete default or trial, every file matching).
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn a_committing_deploy_killed_at_any_point_leaves_a_complete_default() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -491,6 +497,7 @@ fn a_committing_deploy_killed_at_any_point_leaves_a_complete_default() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn a_directory_target_works_like_the_image() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -574,6 +581,7 @@ fn a_directory_target_works_like_the_image() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn a_block_device_target_works_like_the_image() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -611,6 +619,7 @@ fn xtask_ssh(dir: &Path, wrapper: &Path, args: &[&str]) -> Output {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn an_ssh_target_works_like_the_image() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -736,6 +745,7 @@ fn snapshot(stick: &mut dyn stick::Stick) -> std::collections::BTreeMap<String, 
 /// the stick itself after every kind of change, after a change that fails, and, once told to forget, after
 /// a change made behind its back.
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn the_ssh_stick_sees_what_the_stick_holds_after_each_change() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -793,6 +803,7 @@ fn the_ssh_stick_sees_what_the_stick_holds_after_each_change() {
 /// A block device any part of which is mounted is refused before anything is read or written: the kernel's
 /// vfat driver owns it then (deploy to the mount point instead).
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_mounted_block_device_is_refused() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -822,6 +833,7 @@ fn a_mounted_block_device_is_refused() {
 /// matches its manifest, and a rerun finishes the deploy (tried after every fourth stop: each round trip
 /// costs). The stick starts with a trial of an earlier build armed in slot b, as in the image-file case.
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn a_deploy_over_ssh_killed_at_any_point_leaves_a_stick_that_boots() {
     let dir = common::tempdir();
     let d = dir.path();

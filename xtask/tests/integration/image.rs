@@ -2,7 +2,7 @@
 //! partition table, file system and layout checked with sfdisk, fsck.vfat and mtools; reproducible bytes;
 //! the size and syslinux errors; and the ADV's boot-once, written by our code, obeyed by a real ldlinux.
 
-mod common;
+use crate::common;
 
 use std::{
     fs,
@@ -91,6 +91,7 @@ fn stick_of_a_and_build_b(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn image_boots_slot_a_under_seabios() {
     let dir = common::tempdir();
     let mut fixture = Fixture::new("img-a");
@@ -120,6 +121,7 @@ fn image_boots_slot_a_under_seabios() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn image_layout_is_as_specified_and_reproducible() {
     let dir = common::tempdir();
     let out = build(dir.path(), "layout");
@@ -392,6 +394,7 @@ fn missing_syslinux_names_the_package() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn boot_once_in_the_adv_boots_slot_b_once_then_slot_a() {
     let dir = common::tempdir();
     let (img, out_b) = stick_of_a_and_build_b(dir.path());
@@ -423,6 +426,7 @@ fn boot_once_in_the_adv_boots_slot_b_once_then_slot_a() {
 /// ldlinux reads /syslinux/syslinux.cfg, and the copy at the root when that one is gone (as after a crash
 /// between removing it and renaming its replacement into place).
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn the_root_config_is_the_fallback() {
     let dir = common::tempdir();
     let (img, out_b) = stick_of_a_and_build_b(dir.path());
@@ -457,6 +461,7 @@ fn the_root_config_is_the_fallback() {
 
 /// The same stick through a whole-disk block device (a loop device over the image).
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn a_block_device_opens_like_the_image() {
     let dir = common::tempdir();
     let out = small_fake_build(dir.path());
@@ -478,6 +483,7 @@ fn a_block_device_opens_like_the_image() {
 
 /// An ordinary user makes the image: no root, no mount, no loop device.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn an_ordinary_user_makes_the_image() {
     use std::os::unix::fs::PermissionsExt;
     let dir = common::tempdir();

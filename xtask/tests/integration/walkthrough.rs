@@ -2,7 +2,7 @@
 //! `cargo xtask …` command in it exists with the flags shown: the real binary's `--help` of each subcommand
 //! lists each flag, and the whole command line parses.
 
-mod common;
+use crate::common;
 
 use std::{fs, path::Path};
 

@@ -2,7 +2,7 @@
 //! a SeaBIOS boot from the flashed device, every refusal with the device left untouched, /persist carried
 //! over a re-flash, and Ctrl-C.
 
-mod common;
+use crate::common;
 
 use std::{
     fs::{self, File},
@@ -231,6 +231,7 @@ fn stick_on_a_loop_device(dir: &Path) -> (PathBuf, Loop) {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn flashes_data_ranges_rereads_the_table_and_boots() {
     require_root();
     let dir = common::tempdir();
@@ -293,6 +294,7 @@ fn flashes_data_ranges_rereads_the_table_and_boots() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn the_library_call_flashes_without_asking() {
     require_root();
     let (_dir, img, dev) = stick_and_old_disk(IMAGE);
@@ -345,6 +347,7 @@ fn refuses_what_is_not_a_block_device() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn refuses_a_partition_naming_its_disk() {
     require_root();
     let dir = common::tempdir();
@@ -359,6 +362,7 @@ fn refuses_a_partition_naming_its_disk() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn refuses_a_disk_with_a_mounted_partition() {
     require_root();
     let dir = common::tempdir();
@@ -378,6 +382,7 @@ fn refuses_a_disk_with_a_mounted_partition() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn refuses_a_disk_used_as_swap() {
     require_root();
     let dir = common::tempdir();
@@ -397,6 +402,7 @@ fn refuses_a_disk_used_as_swap() {
 /// device-mapper (dmsetup) and md are not available in this workplace's kernel, so the holder is injected
 /// into the description of a real loop device.
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn refuses_a_disk_with_holders() {
     require_root();
     let dir = common::tempdir();
@@ -413,6 +419,7 @@ fn refuses_a_disk_with_holders() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn refuses_the_root_disk() {
     require_root();
     let (_dir, img, dev) = stick_and_old_disk(64 * MIB);
@@ -435,6 +442,7 @@ fn refuses_the_root_disk() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn refuses_a_disk_smaller_than_the_image() {
     require_root();
     let (_dir, img, dev) = stick_and_old_disk(40 * MIB);
@@ -442,6 +450,7 @@ fn refuses_a_disk_smaller_than_the_image() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn refuses_a_fixed_disk_without_force_and_asks_for_its_name() {
     require_root();
     let (_dir, img, dev) = stick_and_old_disk(IMAGE);
@@ -474,6 +483,7 @@ fn refuses_a_fixed_disk_without_force_and_asks_for_its_name() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn reflash_keeps_persist_and_wipe_drops_it() {
     require_root();
     let dir = common::tempdir();
@@ -522,6 +532,7 @@ fn reflash_keeps_persist_and_wipe_drops_it() {
 }
 
 #[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn ctrl_c_says_the_stick_is_incomplete() {
     require_root();
     let dir = common::tempdir();

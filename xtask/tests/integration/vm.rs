@@ -3,7 +3,7 @@
 //! to them; the stick from `cargo xtask image` boots with `--image` under SeaBIOS and OVMF; no qemu outlives
 //! the command, Ctrl-C included; missing tools or build files are one clear error.
 
-mod common;
+use crate::common;
 
 use std::{
     fs,
@@ -115,6 +115,7 @@ fn wait_for_log(vm_dir: &Path, line: &str) {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn check_boots_the_fixture_with_persistent_data_disks() {
     let dir = common::tempdir();
     let vm_dir = dir.path().join("vm");
@@ -169,6 +170,7 @@ fn check_boots_the_fixture_with_persistent_data_disks() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn check_fails_naming_a_kernel_panic() {
     let fixture = Fixture {
         init: Init::Panic,
@@ -182,6 +184,7 @@ fn check_fails_naming_a_kernel_panic() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn check_fails_by_timeout_when_the_line_never_comes() {
     let (_dir, vm_dir, out_dir) = built(&silent_fixture("silent"));
     let text = vm_fails(
@@ -197,6 +200,7 @@ fn check_fails_by_timeout_when_the_line_never_comes() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn ctrl_c_stops_qemu() {
     let (_dir, vm_dir, out_dir) = built(&silent_fixture("silent"));
     let mut command = vm(&vm_dir, &out_dir, &["--check", "--disks", "1"]);
@@ -222,6 +226,7 @@ fn ctrl_c_stops_qemu() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn interactive_vm_runs_the_console_on_the_terminal() {
     let (_dir, vm_dir, out_dir) = built(&Fixture::new("tty"));
     let port = common::free_port().to_string();
@@ -246,6 +251,7 @@ fn interactive_vm_runs_the_console_on_the_terminal() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn interactive_vm_forwards_ssh_and_quits_on_ctrl_a_x() {
     let (dir, vm_dir, out_dir) = built(&silent_fixture("quit"));
     let port = common::free_port();
@@ -312,6 +318,7 @@ fn missing_qemu_tools_are_one_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn image_boots_the_stick_through_seabios_and_ovmf() {
     let (dir, vm_dir, out_dir) = built(&Fixture::new("stick"));
     common::make_stick(dir.path(), &out_dir);

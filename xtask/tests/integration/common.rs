@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: temp dirs, running the real `cargo xtask` binary and other
 //! commands, fixture builds and stick images, loop devices, and booting them in qemu under TCG.
-#![allow(dead_code)]
 
 use std::{
     path::{Path, PathBuf},

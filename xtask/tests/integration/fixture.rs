@@ -1,7 +1,7 @@
 //! The fixture itself, packed by GNU cpio (the reference packer), boots and passes its own checks; its
 //! failure modes are the ones the other tests rely on.
 
-mod common;
+use crate::common;
 
 use std::{fs, time::Duration};
 
@@ -52,6 +52,7 @@ fn boot(init: Init, append: &str) -> (Outcome, Vec<String>) {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn fixture_boots_and_passes_its_checks() {
     let (outcome, lines) = boot(Init::Ready, "ramnas.slot=b");
     assert_eq!(
@@ -64,6 +65,7 @@ fn fixture_boots_and_passes_its_checks() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn panicking_fixture_panics() {
     let (outcome, lines) = boot(Init::Panic, "");
     assert!(
@@ -73,6 +75,7 @@ fn panicking_fixture_panics() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn silent_fixture_never_reports_ready() {
     let dir = common::tempdir();
     let mut fixture = Fixture::new("silent");
@@ -89,6 +92,7 @@ fn silent_fixture_never_reports_ready() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn fixture_lists_virtio_disks_with_serials() {
     let dir = common::tempdir();
     let disk = dir.path().join("disk.raw");
@@ -109,6 +113,7 @@ fn fixture_lists_virtio_disks_with_serials() {
 /// console reader puts such lines back together. Here a program in the guest floods the kernel's log while
 /// another writes numbered lines, so the kernel cuts many of them.
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn lines_the_kernel_cuts_arrive_whole() {
     const LINES: usize = 1000;
     let dir = common::tempdir();

@@ -6,7 +6,7 @@
 //! entry in loader/entries. The last tests take `cargo xtask image`'s stick instead and boot it under both
 //! SeaBIOS and OVMF.
 
-mod common;
+use crate::common;
 
 use std::{
     fs,
@@ -272,6 +272,7 @@ fn file_names_sort_the_way_systemd_boot_must_boot_them() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn ovmf_boots_the_committed_slot_then_a_trial_once_then_commit_and_rollback() {
     let dir = common::tempdir();
     let dir = dir.path();
@@ -306,6 +307,7 @@ fn ovmf_boots_the_committed_slot_then_a_trial_once_then_commit_and_rollback() {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn ovmf_panicking_trial_falls_back_to_the_committed_slot_by_itself() {
     let dir = common::tempdir();
     let dir = dir.path();
@@ -336,6 +338,7 @@ fn fixture_build(dir: &Path, marker: &str) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn the_image_boots_under_seabios_and_ovmf() {
     let dir = common::tempdir();
     let dir = dir.path();
@@ -363,6 +366,7 @@ fn the_image_boots_under_seabios_and_ovmf() {
 /// and `status` say so, and `image` makes a stick from them alone — the host's out of reach — that boots
 /// under SeaBIOS and OVMF. The same build without them cannot be made into a stick that way.
 #[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn boot_loaders_from_the_tree_make_the_stick() {
     let dir = common::tempdir();
     let dir = dir.path();
