@@ -175,18 +175,20 @@ pub fn split(root: &Path, entries: Vec<Entry>) -> anyhow::Result<Vec<Segment>> {
         .collect())
 }
 
-/// Joins archives (a build's initrds) into one file at `dest`, through `dest.tmp`, as a boot loader loads
+/// Joins archives (a build's initrds) into one file at `dest`, replaced whole, as a boot loader loads
 /// them: the kernel unpacks one after another. For loaders that take one initrd (qemu's `-initrd`).
 pub fn join(parts: &[PathBuf], dest: &Path) -> anyhow::Result<PathBuf> {
-    let tmp = dest.with_extension("tmp");
-    let mut output = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    for part in parts {
-        let mut input = File::open(part).with_context(|| format!("opening {}", part.display()))?;
-        io::copy(&mut input, &mut output)
-            .with_context(|| format!("copying {} into {}", part.display(), tmp.display()))?;
-    }
-    drop(output);
-    fs::rename(&tmp, dest).with_context(|| format!("renaming {}", tmp.display()))?;
+    crate::host::atomic::replace(dest, |tmp| {
+        let mut output =
+            File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        for part in parts {
+            let mut input =
+                File::open(part).with_context(|| format!("opening {}", part.display()))?;
+            io::copy(&mut input, &mut output)
+                .with_context(|| format!("copying {} into {}", part.display(), tmp.display()))?;
+        }
+        Ok(())
+    })?;
     Ok(dest.to_path_buf())
 }
 

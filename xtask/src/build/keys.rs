@@ -112,7 +112,6 @@ impl AuthorizedKeys {
         fs::set_permissions(skel.join("root"), fs::Permissions::from_mode(0o700))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         let path = dir.join("authorized_keys");
-        let tmp = dir.join(".authorized_keys.tmp");
         let text: String = self.keys.iter().map(|k| format!("{k}\n")).collect();
         // Already there as it would be written: leave it, so that an unchanged build finds the tree
         // unchanged (a rewrite would give the file a new inode and ctime).
@@ -122,9 +121,10 @@ impl AuthorizedKeys {
         if same {
             return Ok(());
         }
-        fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
-        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+        crate::host::atomic::replace(&path, |tmp| {
+            fs::write(tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+            Ok(fs::set_permissions(tmp, fs::Permissions::from_mode(0o600))?)
+        })
     }
 }
 

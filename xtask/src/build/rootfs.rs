@@ -150,36 +150,32 @@ impl Pin {
     fn download(&self, dest: &Path) -> anyhow::Result<()> {
         let dir = dest.parent().expect("cache path has a parent");
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut tmp = dest.as_os_str().to_owned();
-        tmp.push(".download");
-        let tmp = PathBuf::from(tmp);
         eprintln!(
             "ramnas: downloading {} {} into {}",
             self.name,
             self.version,
             dir.display()
         );
-        let sh = Shell::new()?;
-        let url = self.url;
-        let result = if which::which("wget").is_ok() {
-            cmd!(sh, "wget -q -O {tmp} {url}").run()
-        } else {
-            cmd!(sh, "curl -fsSL -o {tmp} {url}").run()
-        };
-        result.with_context(|| {
-            format!("downloading {url} (needs wget or curl and internet access)")
-        })?;
-        let sha256 = sha256_file(&tmp)?;
-        if sha256 != self.sha256 {
-            let _ = fs::remove_file(&tmp);
-            bail!(
-                "{url}: SHA-256 is {sha256}, expected {}; refusing to use it",
-                self.sha256
-            );
-        }
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
-        fs::rename(&tmp, dest).with_context(|| format!("writing {}", dest.display()))?;
-        Ok(())
+        crate::host::atomic::replace(dest, |tmp| {
+            let sh = Shell::new()?;
+            let url = self.url;
+            let result = if which::which("wget").is_ok() {
+                cmd!(sh, "wget -q -O {tmp} {url}").run()
+            } else {
+                cmd!(sh, "curl -fsSL -o {tmp} {url}").run()
+            };
+            result.with_context(|| {
+                format!("downloading {url} (needs wget or curl and internet access)")
+            })?;
+            let sha256 = sha256_file(tmp)?;
+            if sha256 != self.sha256 {
+                bail!(
+                    "{url}: SHA-256 is {sha256}, expected {}; refusing to use it",
+                    self.sha256
+                );
+            }
+            Ok(fs::set_permissions(tmp, fs::Permissions::from_mode(0o755))?)
+        })
     }
 }
 
@@ -474,11 +470,10 @@ fn write_lock(
             new.packages.len()
         ),
     }
-    let tmp = path.with_extension("lock.new");
-    fs::write(&tmp, new.to_text()).with_context(|| format!("writing {}", tmp.display()))?;
-    give_to_invoking_user(&tmp)?;
-    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::host::atomic::replace(&path, |tmp| {
+        fs::write(tmp, new.to_text()).with_context(|| format!("writing {}", tmp.display()))?;
+        give_to_invoking_user(tmp)
+    })
 }
 
 /// With `--offline`: everything the build will install is at hand, or one error naming all that is not.

@@ -378,9 +378,7 @@ fn bootloaders_present(out: &Path, manifest: &Manifest) -> bool {
 fn record_inputs(out: &Path, inputs: &str, manifest: &Manifest) -> anyhow::Result<PathBuf> {
     let text = inputs_record(out, inputs, manifest)?;
     let path = out.join(INPUTS_FILE);
-    let tmp = out.join(".new.inputs");
-    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    crate::host::atomic::write(&path, text)?;
     Ok(path)
 }
 

@@ -5,10 +5,7 @@
 //! including the UEFI path ([`crate::boot::uefi`]: systemd-boot and slot a's entry as the committed slot).
 //! The same build gives the same bytes: fixed disk id and volume serial, fixed timestamps.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
@@ -48,14 +45,7 @@ pub fn run(flags: ImageFlags) -> Result<()> {
         );
     }
     let host = syslinux::find_for(&build.dir, &build.manifest.bootloaders)?;
-    let tmp = PathBuf::from(format!("{}.tmp", output.display()));
-    let made = make(&tmp, size, &build, &host);
-    if let Err(err) = made {
-        let _ = fs::remove_file(&tmp);
-        return Err(err);
-    }
-    fs::rename(&tmp, &output)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), output.display()))?;
+    crate::host::atomic::replace(&output, |tmp| make(tmp, size, &build, &host))?;
     eprintln!(
         "{}: {} MiB, build {} in slot a, slot b empty",
         output.display(),

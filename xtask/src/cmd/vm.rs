@@ -139,10 +139,11 @@ fn uefi_vars(dir: &Path, template: &Path) -> Result<PathBuf> {
             .context("OVMF vars template has no name")?,
     );
     if !vars.exists() {
-        let tmp = vars.with_extension("tmp");
-        fs::copy(template, &tmp)
-            .with_context(|| format!("copying {} to {}", template.display(), tmp.display()))?;
-        fs::rename(&tmp, &vars).with_context(|| format!("renaming {}", tmp.display()))?;
+        crate::host::atomic::replace(&vars, |tmp| {
+            fs::copy(template, tmp)
+                .with_context(|| format!("copying {} to {}", template.display(), tmp.display()))?;
+            Ok(())
+        })?;
     }
     Ok(vars)
 }

@@ -1,6 +1,7 @@
 //! The machine ramnas runs on: the host tools each command needs and the package that provides each per
 //! distribution, whether we are root; below it qemu, block devices, signals and progress bars.
 
+pub mod atomic;
 pub mod blockdev;
 pub mod progress;
 pub mod qemu;
