@@ -269,14 +269,8 @@ fn xz_threads(most: u32, limit: u64, mut usage: impl FnMut(u32) -> u64) -> u32 {
 
 /// This machine's RAM in bytes (0 when unknown, which leaves xz one thread).
 fn physical_memory() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    u64::try_from(pages).unwrap_or(0) * u64::try_from(size).unwrap_or(0)
+    let info = rustix::system::sysinfo();
+    info.totalram.saturating_mul(u64::from(info.mem_unit))
 }
 
 #[cfg(test)]

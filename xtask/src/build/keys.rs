@@ -179,10 +179,13 @@ fn summary(key: &str) -> String {
 fn home_of(user: &str) -> Option<PathBuf> {
     use std::ffi::{CStr, CString};
     let name = CString::new(user).ok()?;
+    // SAFETY: `name` is a valid C string; getpwnam's result points into libc's static buffer, read at once
+    // below (the build asks for one user, from one thread).
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
     if pw.is_null() {
         return None;
     }
+    // SAFETY: a non-null passwd entry's pw_dir is a valid C string.
     let dir = unsafe { CStr::from_ptr((*pw).pw_dir) };
     Some(PathBuf::from(dir.to_string_lossy().into_owned()))
 }

@@ -250,28 +250,20 @@ fn plan(host: &Host, image: &Path, device: &Path, force: bool) -> Result<Plan> {
 /// The ranges of `file` that hold data, from SEEK_DATA/SEEK_HOLE (all of it when the filesystem cannot
 /// tell).
 fn data_ranges(file: &File, len: u64) -> Result<Vec<Range>> {
-    let fd = file.as_raw_fd();
+    use rustix::{fs::SeekFrom, io::Errno};
     let mut ranges = Vec::new();
     let mut pos = 0u64;
     while pos < len {
-        // SAFETY: lseek on an open descriptor has no memory effects.
-        let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if start < 0 {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::ENXIO) => break,
-                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
-                    return Ok(vec![Range { start: 0, end: len }])
-                }
-                _ => return Err(err).context("lseek(SEEK_DATA)"),
-            }
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        if end < 0 {
-            return Err(io::Error::last_os_error()).context("lseek(SEEK_HOLE)");
-        }
-        let (start, end) = (start as u64, (end as u64).min(len));
+        let start = match rustix::fs::seek(file, SeekFrom::Data(pos)) {
+            Ok(start) => start,
+            Err(Errno::NXIO) => break,
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => return Ok(vec![Range { start: 0, end: len }]),
+            Err(err) => return Err(io::Error::from(err)).context("lseek(SEEK_DATA)"),
+        };
+        let end = rustix::fs::seek(file, SeekFrom::Hole(start))
+            .map_err(io::Error::from)
+            .context("lseek(SEEK_HOLE)")?;
+        let end = end.min(len);
         ranges.push(Range { start, end });
         pos = end;
     }
@@ -682,12 +674,11 @@ const BLKRRPART: libc::c_ulong = 0x125f;
 
 /// Writes back and drops the device's buffer cache, so later reads come from the device.
 fn drop_caches(dev: &File) {
-    let fd = dev.as_raw_fd();
-    // SAFETY: ioctls without arguments and fadvise on an open descriptor.
+    // SAFETY: BLKFLSBUF takes no argument and touches no memory of ours; the descriptor is open.
     unsafe {
-        libc::ioctl(fd, BLKFLSBUF as _, 0);
-        libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED);
+        libc::ioctl(dev.as_raw_fd(), BLKFLSBUF as _, 0);
     }
+    let _ = rustix::fs::fadvise(dev, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 /// Tells the kernel about the new partition table: BLKRRPART, and when the kernel's own parse does not show
@@ -697,7 +688,7 @@ fn drop_caches(dev: &File) {
 fn reread_partitions(claim: &File, dev: &Device, expected: &[Partition]) -> bool {
     // udev may be probing the old partitions for a moment (EBUSY): try a few times.
     for _ in 0..5 {
-        // SAFETY: an ioctl without arguments on an open descriptor.
+        // SAFETY: BLKRRPART takes no argument and touches no memory of ours; the descriptor is open.
         if unsafe { libc::ioctl(claim.as_raw_fd(), BLKRRPART as _, 0) } == 0
             || io::Error::last_os_error().raw_os_error() != Some(libc::EBUSY)
         {

@@ -708,8 +708,7 @@ fn dd(image: &Path, device: &Path) -> Result<()> {
 /// Writes back every dirty page before a timed flash or dd, so that neither pays for the other's
 /// writeback.
 fn settle() {
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    rustix::fs::sync();
 }
 
 /// A loop device over a file, detached on drop.

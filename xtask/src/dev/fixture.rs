@@ -352,23 +352,22 @@ fn write_special_files(root: &Path) -> Result<()> {
     write_file(root, "fixture/hard1", "hardlinked data\n", 0o644)?;
     fs::hard_link(dir.join("hard1"), dir.join("hard2")).context("hard link")?;
     symlink("hard1", dir.join("link")).context("symlink")?;
+    use rustix::fs::{makedev, FileType};
     mknod(
         &dir.join("null"),
-        libc::S_IFCHR | 0o666,
-        libc::makedev(1, 3),
+        FileType::CharacterDevice,
+        0o666,
+        makedev(1, 3),
     )?;
-    mknod(&dir.join("fifo"), libc::S_IFIFO | 0o600, 0)?;
+    mknod(&dir.join("fifo"), FileType::Fifo, 0o600, 0)?;
     Ok(())
 }
 
-fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mknod {}", path.display()));
-    }
-    Ok(())
+fn mknod(path: &Path, kind: rustix::fs::FileType, mode: u32, dev: rustix::fs::Dev) -> Result<()> {
+    let mode = rustix::fs::Mode::from_raw_mode(mode);
+    rustix::fs::mknodat(rustix::fs::CWD, path, kind, mode, dev)
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("mknod {}", path.display()))
 }
 
 fn apk_installed(packages: &[(String, String)]) -> String {

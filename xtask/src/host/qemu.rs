@@ -352,9 +352,11 @@ fn escape_commas(path: &Path) -> OsString {
 
 /// The kernel sends SIGKILL to qemu when the thread that started it dies, whatever the cause.
 fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe calls are
+    // allowed: it makes one prctl system call and allocates nothing.
     unsafe {
         command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
             Ok(())
         });
     }

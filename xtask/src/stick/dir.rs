@@ -105,13 +105,10 @@ impl Stick for Dir {
     }
 
     fn sync(&mut self) -> Result<()> {
-        use std::os::fd::AsRawFd;
         let d = fs::File::open(&self.root)?;
-        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("syncing {}", self.root.display()));
-        }
-        Ok(())
+        rustix::fs::syncfs(&d)
+            .map_err(io::Error::from)
+            .with_context(|| format!("syncing {}", self.root.display()))
     }
 
     fn close(mut self: Box<Self>) -> Result<()> {

@@ -30,9 +30,8 @@ impl Points {
         self.seen += 1;
         if self.seen == self.kill_at {
             eprintln!("{KILL_AT_ENV}={}: killing myself here", self.kill_at);
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
+            let me = rustix::process::getpid();
+            let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
         }
     }
 }

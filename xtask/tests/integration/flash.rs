@@ -7,7 +7,7 @@ use crate::common;
 use std::{
     fs::{self, File},
     io::{BufRead, BufReader, Read, Write},
-    os::unix::{fs::FileExt, io::AsRawFd},
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::OnceLock,
@@ -148,19 +148,15 @@ fn stick_image(dir: &Path, size: u64, filler: u64) -> PathBuf {
 /// The data ranges of a sparse file, by SEEK_DATA/SEEK_HOLE.
 fn data_ranges(path: &Path) -> Vec<(u64, u64)> {
     let f = File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as i64;
-    let fd = f.as_raw_fd();
+    let len = f.metadata().unwrap().len();
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < len {
-        // SAFETY: lseek on an open descriptor.
-        let start = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if start < 0 {
+        let Ok(start) = rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) else {
             break;
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        out.push((start as u64, end as u64));
+        };
+        let end = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(start)).unwrap();
+        out.push((start, end));
         pos = end;
     }
     out
@@ -567,8 +563,8 @@ fn ctrl_c_says_the_stick_is_incomplete() {
             break;
         }
     }
-    // SAFETY: kill on the child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
     stderr.read_to_string(&mut seen).unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "{seen}");

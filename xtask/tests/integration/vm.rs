@@ -212,9 +212,8 @@ fn ctrl_c_stops_qemu() {
     wait_for_log(&vm_dir, "ramnas: fixture stays silent");
     let qemu = processes_naming(&vm_dir);
     assert_eq!(qemu.len(), 1, "one qemu expected: {qemu:?}");
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success());
     assert!(
