@@ -36,9 +36,10 @@
 //!       `ramnas-T.conf` (through `.tmp`, which systemd-boot ignores);
 //!    5. the ADV arms `T ramnas.trial=1`, then T's entry becomes `ramnas-trial-T+1-0.conf` (with
 //!       `--commit`: the boot-once cleared, T's entry the default).
-//! 4. `commit`/`rollback` ([`make_default`]): the config with the new DEFAULT, the boot-once cleared, the
-//!    entries renamed (a complete slot without one gets it first). `rollback` checks the other slot's files
-//!    against its manifest first; with a trial armed and not booted yet it disarms it instead.
+//! 4. `commit`/`rollback` ([`make_default`], per boot loader): the config with the new DEFAULT, the
+//!    boot-once cleared, the entries renamed (a complete slot without one gets it first). `rollback`
+//!    checks the other slot's files against its manifest first; with a trial armed and not booted yet it
+//!    disarms it instead.
 //!
 //! `RAMNAS_DEPLOY_KILL_AT=N` makes a deploy SIGKILL itself at the N-th point where it changes the stick
 //! ([`stick::Faulty`], the one place they are counted); `tests/integration/deploy.rs` stops a deploy at every point in
@@ -604,24 +605,8 @@ pub fn committed(stick: &mut dyn Stick, table: &Table) -> Result<Slot> {
 
 /// Puts `build` into the slot that is not committed and arms it for one trial boot (`commit`: makes it the
 /// default instead). Returns that slot and the bytes of the build's files it wrote (the stick had the
-/// rest already, in [`PARTS`]). On a stick that also boots UEFI ([`has_uefi`]) both boot loaders
-/// are kept in step; their entries name the same files.
-///
-/// The order of writes is what makes a stop at any point safe (each step is synced before the next):
-/// 1. the files the stick lacks into [`PARTS`] (each under a temporary name, checked, then renamed to its
-///    part name, which no manifest names yet) and the manifest under a temporary name in the target slot
-///    (the slot's old build, its boot entries and any trial armed for it stay usable);
-/// 2. the target slot is detached: a boot-once naming it is cleared, then syslinux.cfg is rewritten without
-///    its entry (the committed slot as DEFAULT); on UEFI the committed slot's entry is made the default and
-///    the target's removed. Nothing boots the slot while its files change;
-/// 3. the slot's old manifest goes, then the new one is renamed in, then the parts no manifest names
-///    ([`rename_temps`]: the stick never holds more than three builds' worth: the committed build, the
-///    slot's old one, the new files);
-/// 4. the slot gets its entries back: syslinux.cfg's (and, with `commit`, DEFAULT), systemd-boot's as a spare;
-/// 5. the trial is armed: the ADV's boot-once, then the systemd-boot entry renamed to a trial with one try
-///    (with `commit`: the boot-once cleared, the entry renamed to the default).
-///
-/// Until 4, every boot is the committed slot (or, before 2, the trial armed earlier of the old build).
+/// rest already, in [`PARTS`]). The order of its writes is step 3 of the module's documentation: the
+/// files, then each step once per boot loader ([`Loader`]: detach, install, arm the trial or commit).
 ///
 /// `table` is the stick's [`Table::read`], taken just before.
 pub fn deploy(
@@ -644,30 +629,27 @@ pub fn deploy(
             default.as_deref().unwrap_or("none")
         );
     }
-    detach(stick, table, target)?;
+    let loaders = loaders(stick)?;
+    for loader in &loaders {
+        loader.detach(stick, table, target, keep)?;
+    }
     rename_temps(stick, target)?;
     let table = Table::read(stick)?;
-    let Some(filled) = table.slots.get(&target) else {
+    if !table.slots.contains_key(&target) {
         bail!(
             "slot {target} on {} is not complete after writing it",
             stick.describe()
         );
-    };
-    let uefi = has_uefi(stick)?;
-    if uefi {
-        uefi::install_entry(stick, &filled.boot_entry(target))?;
     }
-    if commit {
-        write_config(stick, &table.slots, target)?;
-        set_boot_once(stick, None)?;
-        if uefi {
-            uefi::set_state(stick, target.name(), None)?;
-        }
-    } else {
-        write_config(stick, &table.slots, keep)?;
-        set_boot_once(stick, Some(&trial_command(target)))?;
-        if uefi {
-            uefi::set_state(stick, keep.name(), Some(target.name()))?;
+    let default = if commit { target } else { keep };
+    for loader in &loaders {
+        loader.install(stick, &table, default)?;
+    }
+    for loader in &loaders {
+        if commit {
+            loader.commit(stick, target)?;
+        } else {
+            loader.arm_trial(stick, target, keep)?;
         }
     }
     Ok((target, written))
@@ -678,35 +660,108 @@ pub fn has_uefi(stick: &mut dyn Stick) -> Result<bool> {
     stick.exists(uefi::BOOTLOADER)
 }
 
-/// Makes sure nothing boots `slot`: clears a boot-once naming it, then drops its entry from syslinux.cfg;
-/// on UEFI makes the committed slot's entry the default (writing it first on a stick that booted UKIs) and
-/// removes `slot`'s. `table` is still the stick's: only temporary files changed since it was read.
-fn detach(stick: &mut dyn Stick, table: &Table, slot: Slot) -> Result<()> {
-    if table.trial() == Some(slot) {
-        set_boot_once(stick, None)?;
+/// A boot loader whose files say which slot boots. `slots` drives each one the stick has through the same
+/// steps, in the order of this module's documentation, syslinux first: a third way to boot would be one
+/// more implementation, not another thread through every step.
+trait Loader {
+    /// Nothing boots `slot` any more: a trial armed for it is disarmed and its entry removed, and `keep`
+    /// (complete) is the default. `table` is the stick's: only temporary files changed since it was read.
+    fn detach(&self, stick: &mut dyn Stick, table: &Table, slot: Slot, keep: Slot) -> Result<()>;
+    /// Every complete slot of `table` has its entry, and `default` is the default; a trial stays as it is.
+    fn install(&self, stick: &mut dyn Stick, table: &Table, default: Slot) -> Result<()>;
+    /// Arms one trial boot of `slot` (installed), `keep` staying the default.
+    fn arm_trial(&self, stick: &mut dyn Stick, slot: Slot, keep: Slot) -> Result<()>;
+    /// Disarms any trial and makes `slot` the default for good (installed as the default).
+    fn commit(&self, stick: &mut dyn Stick, slot: Slot) -> Result<()>;
+
+    /// Makes `slot` the default and disarms any trial, every complete slot of `table` having its entry.
+    fn make_default(&self, stick: &mut dyn Stick, table: &Table, slot: Slot) -> Result<()> {
+        self.install(stick, table, slot)?;
+        self.commit(stick, slot)
     }
-    let keep = committed(stick, table)?;
-    let mut stale = false;
-    for path in [syslinux::FALLBACK_CONFIG, syslinux::CONFIG] {
-        stale |= !stick.exists(path)?
-            || syslinux::labels(&String::from_utf8_lossy(&stick.read(path)?))
-                .iter()
-                .any(|l| l == slot.name());
-    }
-    if stale {
-        let mut rest = table.slots.clone();
-        rest.remove(&slot);
-        write_config(stick, &rest, keep)?;
-    }
+}
+
+/// The boot loaders on `stick`: syslinux (BIOS) always, systemd-boot (UEFI) where it is installed.
+fn loaders(stick: &mut dyn Stick) -> Result<Vec<&'static dyn Loader>> {
+    let mut loaders: Vec<&'static dyn Loader> = vec![&Syslinux];
     if has_uefi(stick)? {
+        loaders.push(&SystemdBoot);
+    }
+    Ok(loaders)
+}
+
+/// syslinux: an entry per slot in syslinux.cfg (both copies), its DEFAULT, and the ADV's boot-once.
+struct Syslinux;
+
+impl Loader for Syslinux {
+    /// Clears a boot-once naming `slot`, then drops its entry from syslinux.cfg.
+    fn detach(&self, stick: &mut dyn Stick, table: &Table, slot: Slot, keep: Slot) -> Result<()> {
+        if table.trial() == Some(slot) {
+            set_boot_once(stick, None)?;
+        }
+        let mut stale = false;
+        for path in [syslinux::FALLBACK_CONFIG, syslinux::CONFIG] {
+            stale |= !stick.exists(path)?
+                || syslinux::labels(&String::from_utf8_lossy(&stick.read(path)?))
+                    .iter()
+                    .any(|l| l == slot.name());
+        }
+        if stale {
+            let mut rest = table.slots.clone();
+            rest.remove(&slot);
+            write_config(stick, &rest, keep)?;
+        }
+        Ok(())
+    }
+
+    fn install(&self, stick: &mut dyn Stick, table: &Table, default: Slot) -> Result<()> {
+        write_config(stick, &table.slots, default)
+    }
+
+    fn arm_trial(&self, stick: &mut dyn Stick, slot: Slot, _keep: Slot) -> Result<()> {
+        set_boot_once(stick, Some(&trial_command(slot)))
+    }
+
+    /// syslinux.cfg names `slot` as DEFAULT already: clears the boot-once.
+    fn commit(&self, stick: &mut dyn Stick, _slot: Slot) -> Result<()> {
+        set_boot_once(stick, None)
+    }
+}
+
+/// systemd-boot: an entry file per slot, whose name says its role (default, trial with tries, spare).
+struct SystemdBoot;
+
+impl Loader for SystemdBoot {
+    /// Makes the committed slot's entry the default (writing it first on a stick that booted UKIs, whose
+    /// UKIs then go), and removes `slot`'s.
+    fn detach(&self, stick: &mut dyn Stick, table: &Table, slot: Slot, keep: Slot) -> Result<()> {
         if !table.uefi.entries.contains_key(keep.name()) {
             uefi::install_entry(stick, &table.slots[&keep].boot_entry(keep))?;
         }
         uefi::set_state(stick, keep.name(), None)?;
         uefi::remove_entry(stick, slot.name())?;
-        uefi::remove_old_ukis(stick)?;
+        uefi::remove_old_ukis(stick)
     }
-    Ok(())
+
+    /// Writes the entry of each complete slot that has none, as a spare; the default is set by
+    /// [`Loader::arm_trial`] and [`Loader::make_default`], which rename the entries.
+    fn install(&self, stick: &mut dyn Stick, table: &Table, _default: Slot) -> Result<()> {
+        for (s, filled) in &table.slots {
+            if !table.uefi.entries.contains_key(s.name()) {
+                uefi::install_entry(stick, &filled.boot_entry(*s))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn arm_trial(&self, stick: &mut dyn Stick, slot: Slot, keep: Slot) -> Result<()> {
+        uefi::set_state(stick, keep.name(), Some(slot.name()))
+    }
+
+    fn commit(&self, stick: &mut dyn Stick, slot: Slot) -> Result<()> {
+        uefi::set_state(stick, slot.name(), None)?;
+        uefi::remove_old_ukis(stick)
+    }
 }
 
 /// The slot a running NAS runs on trial: its command line says `ramnas.trial=1` (BIOS), or its entry is a
@@ -775,16 +830,8 @@ pub fn trial_to_commit(
 /// spare; a complete slot without an entry, on a stick that booted UKIs, gets one first).
 pub fn make_default(stick: &mut dyn Stick, slot: Slot) -> Result<()> {
     let table = Table::read(stick)?;
-    write_config(stick, &table.slots, slot)?;
-    set_boot_once(stick, None)?;
-    if has_uefi(stick)? {
-        for (s, filled) in &table.slots {
-            if !table.uefi.entries.contains_key(s.name()) {
-                uefi::install_entry(stick, &filled.boot_entry(*s))?;
-            }
-        }
-        uefi::set_state(stick, slot.name(), None)?;
-        uefi::remove_old_ukis(stick)?;
+    for loader in loaders(stick)? {
+        loader.make_default(stick, &table, slot)?;
     }
     Ok(())
 }
