@@ -404,10 +404,46 @@ fn confirm(device: &Device) -> Result<()> {
 }
 
 fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
-    let dev = &plan.device;
-    let path = &dev.path;
     let sigint = crate::host::signals::Interrupts::catch(&[libc::SIGINT])?;
-    let claim = OpenOptions::new()
+    let claim = claim(&plan.device.path)?;
+    let persist = read_persist_unless_wiped(plan, opts)?;
+    let saved = match &persist {
+        Some(p) => Some(save_copy(p, &plan.device.name)?),
+        None => None,
+    };
+    let run = Run {
+        plan,
+        claim: &claim,
+        sigint: &sigint,
+        saved: saved.as_deref(),
+    };
+    let mut stats = Stats {
+        ranges: plan.ranges.len(),
+        written: plan.total(),
+        zeroed: plan
+            .total()
+            .saturating_sub(overlap(&plan.ranges, &plan.data)),
+        ..Stats::default()
+    };
+    let image = File::open(&plan.image)
+        .with_context(|| format!("opening the image {}", plan.image.display()))?;
+    stats.write_time = run.write(&image, opts.progress)?;
+    stats.verify_time = run.verify(&image, opts.progress)?;
+    if let Some(persist) = &persist {
+        run.restore(persist)?;
+        stats.persist_files = Some(persist.files());
+    }
+    if let Some(dir) = &saved {
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    stats.reread = reread_partitions(&claim, &plan.device, &plan.partitions);
+    Ok(stats)
+}
+
+/// Opens the device for writing, exclusively (no one may mount or claim it meanwhile) and bypassing the
+/// page cache.
+fn claim(path: &Path) -> Result<File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_EXCL | libc::O_DIRECT)
@@ -419,140 +455,136 @@ fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
                 _ => "nothing was written",
             };
             anyhow::Error::new(e).context(format!("opening {} for writing ({why})", path.display()))
-        })?;
+        })
+}
 
-    let persist = if opts.wipe {
-        None
-    } else {
-        read_persist(path).with_context(|| {
-            format!(
-                "reading /persist from the ramnas stick on {} (nothing was written; --wipe flashes without keeping it)",
-                path.display()
-            )
-        })?
-    };
-    let saved = match &persist {
-        Some(p) => Some(save_copy(p, &dev.name)?),
-        None => None,
-    };
-    let incomplete = |what: &str| {
+/// The old stick's /persist, unless `--wipe`.
+fn read_persist_unless_wiped(plan: &Plan, opts: &Options) -> Result<Option<Persist>> {
+    if opts.wipe {
+        return Ok(None);
+    }
+    let path = &plan.device.path;
+    read_persist(path).with_context(|| {
+        format!(
+            "reading /persist from the ramnas stick on {} (nothing was written; --wipe flashes without keeping it)",
+            path.display()
+        )
+    })
+}
+
+/// One flash under way: the device claimed, Ctrl-C caught, the old /persist saved on the host.
+struct Run<'a> {
+    plan: &'a Plan,
+    claim: &'a File,
+    sigint: &'a crate::host::signals::Interrupts,
+    saved: Option<&'a Path>,
+}
+
+impl Run<'_> {
+    /// The error for a stop after the first write: the stick will not boot, and where the old /persist is.
+    fn incomplete(&self, what: &str) -> String {
         let mut msg = format!(
             "{what}: {} is INCOMPLETE and will not boot; run `cargo xtask flash` on it again",
-            path.display()
+            self.plan.device.path.display()
         );
-        if let Some(dir) = &saved {
+        if let Some(dir) = self.saved {
             msg.push_str(&format!(
                 ". Its old /persist is saved in {} (copy it back into /persist on the stick)",
                 dir.display()
             ));
         }
         msg
-    };
-
-    let mut stats = Stats {
-        ranges: plan.ranges.len(),
-        ..Stats::default()
-    };
-    let chunks = chunks(&plan.ranges);
-    let total = plan.total();
-    stats.written = total;
-    stats.zeroed = total.saturating_sub(overlap(&plan.ranges, &plan.data));
-
-    // Write.
-    if sigint.interrupted() {
-        bail!(
-            "interrupted by Ctrl-C: nothing was written to {}",
-            path.display()
-        );
     }
-    let image = File::open(&plan.image)
-        .with_context(|| format!("opening the image {}", plan.image.display()))?;
-    if opts.progress {
-        eprintln!(
-            "writing {} to {} (Ctrl-C stops, leaving the stick incomplete)",
-            blockdev::human(total),
-            path.display()
-        );
-    }
-    let bar = progress::bar(opts.progress, total, "writing  ");
-    let started = Instant::now();
-    let written = pipeline(
-        &chunks,
-        |off, buf| read_image(&image, plan.image_len, off, buf),
-        |_, off, buf, ()| {
-            if sigint.interrupted() {
-                bail!(incomplete("interrupted by Ctrl-C while writing"));
-            }
-            claim
-                .write_all_at(buf, off)
-                .with_context(|| format!("writing {} at byte {off}", path.display()))?;
-            bar.inc(buf.len() as u64);
-            Ok(())
-        },
-    );
-    bar.finish_and_clear();
-    written.map_err(|e| {
-        if sigint.interrupted() {
-            e
-        } else {
-            e.context(incomplete("the write failed"))
+
+    /// Writes the plan's ranges from `image`, then flushes the device; returns how long it took.
+    fn write(&self, image: &File, progress: bool) -> Result<Duration> {
+        let (plan, path, total) = (self.plan, &self.plan.device.path, self.plan.total());
+        if self.sigint.interrupted() {
+            bail!(
+                "interrupted by Ctrl-C: nothing was written to {}",
+                path.display()
+            );
         }
-    })?;
-    claim
-        .sync_all()
-        .with_context(|| incomplete(&format!("flushing {}", path.display())))?;
-    stats.write_time = started.elapsed();
-
-    // Verify, from the device rather than the page cache.
-    drop_caches(&claim);
-    let bar = progress::bar(opts.progress, total, "verifying");
-    let mut expected = AlignedBuf::new(CHUNK as usize);
-    let started = Instant::now();
-    pipeline(
-        &chunks,
-        |off, buf| {
-            claim
-                .read_exact_at(buf, off)
-                .with_context(|| format!("reading {} back at byte {off}", path.display()))
-        },
-        |_, off, buf, ()| {
-            if sigint.interrupted() {
-                bail!(incomplete("interrupted by Ctrl-C while verifying"));
-            }
-            let want = &mut expected.as_mut()[..buf.len()];
-            read_image(&image, plan.image_len, off, want)?;
-            if buf != want {
-                bail!(incomplete(&format!(
-                    "verification failed: {} bytes at byte {off} of {} differ from the image (is the stick failing?)",
-                    buf.len(),
-                    path.display()
-                )));
-            }
-            bar.inc(buf.len() as u64);
-            Ok(())
-        },
-    )?;
-    bar.finish_and_clear();
-    stats.verify_time = started.elapsed();
-
-    // Put /persist back.
-    if let Some(persist) = &persist {
-        if sigint.interrupted() {
-            bail!(incomplete(
-                "interrupted by Ctrl-C before /persist was restored"
-            ));
+        if progress {
+            eprintln!(
+                "writing {} to {} (Ctrl-C stops, leaving the stick incomplete)",
+                blockdev::human(total),
+                path.display()
+            );
         }
-        restore_persist(path, persist, &claim)
-            .with_context(|| incomplete("restoring /persist failed"))?;
-        stats.persist_files = Some(persist.files());
-    }
-    if let Some(dir) = &saved {
-        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        let bar = progress::bar(progress, total, "writing  ");
+        let started = Instant::now();
+        let written = pipeline(
+            &chunks(&plan.ranges),
+            |off, buf| read_image(image, plan.image_len, off, buf),
+            |_, off, buf, ()| {
+                if self.sigint.interrupted() {
+                    bail!(self.incomplete("interrupted by Ctrl-C while writing"));
+                }
+                self.claim
+                    .write_all_at(buf, off)
+                    .with_context(|| format!("writing {} at byte {off}", path.display()))?;
+                bar.inc(buf.len() as u64);
+                Ok(())
+            },
+        );
+        bar.finish_and_clear();
+        written.map_err(|e| {
+            if self.sigint.interrupted() {
+                e
+            } else {
+                e.context(self.incomplete("the write failed"))
+            }
+        })?;
+        self.claim
+            .sync_all()
+            .with_context(|| self.incomplete(&format!("flushing {}", path.display())))?;
+        Ok(started.elapsed())
     }
 
-    stats.reread = reread_partitions(&claim, dev, &plan.partitions);
-    drop(claim);
-    Ok(stats)
+    /// Reads every range back from the device (not the page cache) and compares it with `image`.
+    fn verify(&self, image: &File, progress: bool) -> Result<Duration> {
+        let (plan, path) = (self.plan, &self.plan.device.path);
+        drop_caches(self.claim);
+        let bar = progress::bar(progress, plan.total(), "verifying");
+        let mut expected = AlignedBuf::new(CHUNK as usize);
+        let started = Instant::now();
+        pipeline(
+            &chunks(&plan.ranges),
+            |off, buf| {
+                self.claim
+                    .read_exact_at(buf, off)
+                    .with_context(|| format!("reading {} back at byte {off}", path.display()))
+            },
+            |_, off, buf, ()| {
+                if self.sigint.interrupted() {
+                    bail!(self.incomplete("interrupted by Ctrl-C while verifying"));
+                }
+                let want = &mut expected.as_mut()[..buf.len()];
+                read_image(image, plan.image_len, off, want)?;
+                if buf != want {
+                    bail!(self.incomplete(&format!(
+                        "verification failed: {} bytes at byte {off} of {} differ from the image (is the stick failing?)",
+                        buf.len(),
+                        path.display()
+                    )));
+                }
+                bar.inc(buf.len() as u64);
+                Ok(())
+            },
+        )?;
+        bar.finish_and_clear();
+        Ok(started.elapsed())
+    }
+
+    /// Puts the old /persist back onto the new stick.
+    fn restore(&self, persist: &Persist) -> Result<()> {
+        if self.sigint.interrupted() {
+            bail!(self.incomplete("interrupted by Ctrl-C before /persist was restored"));
+        }
+        restore_persist(&self.plan.device.path, persist, self.claim)
+            .with_context(|| self.incomplete("restoring /persist failed"))
+    }
 }
 
 /// Bytes of `a` that are also in `b` (both sorted and disjoint).
