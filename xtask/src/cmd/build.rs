@@ -45,18 +45,7 @@ const STEPS: usize = 5;
 pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
     let started = Instant::now();
     step(1, "reading the system definition");
-    let system = if flags.base.is_some() && !flags.system.exists() {
-        eprintln!(
-            "    no {} directory: default settings for the --base tree",
-            flags.system.display()
-        );
-        System::defaults(&flags.system)
-    } else {
-        System::load(&flags.system)?
-    };
-    if flags.base.is_none() {
-        lint_system(&flags.system)?;
-    }
+    let system = read_system(&flags)?;
     let compression = flags
         .compression
         .unwrap_or(system.config.initramfs.compression);
@@ -68,62 +57,17 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         system.config.kernel.flavour,
         compression.name()
     );
-
     if let Some(why) = why_root(&flags) {
         if !crate::host::is_root() {
-            if flags.base.is_none() {
-                // Fetch and verify the programs, and make the package cache, as the user, so the cache
-                // stays the user's.
-                rootfs::Tools::get(flags.offline)?;
-                let cache = rootfs::package_cache(&system)?;
-                fs::create_dir_all(&cache)
-                    .with_context(|| format!("creating {}", cache.display()))?;
-            }
-            return rerun_with_sudo(&why);
+            return rerun_with_sudo(&flags, &system, &why);
         }
     }
-
     let out = &flags.out.out;
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut temps = Temps::new(out);
 
     step(2, "the root tree");
-    let extracted;
-    let tree: PathBuf = match &flags.base {
-        Some(base) if base.is_dir() => {
-            eprintln!("    using the finished tree {}", base.display());
-            base.clone()
-        }
-        Some(base) => {
-            extracted = extract_tarball(base, out)?;
-            extracted.0.clone()
-        }
-        None => {
-            let tools = rootfs::Tools::get(flags.offline)?;
-            eprintln!(
-                "    alpine-make-rootfs {} into {}",
-                tools.make_rootfs.path.display(),
-                out.join("rootfs").display()
-            );
-            let request = rootfs::Request {
-                fresh: flags.fresh,
-                update: flags.update,
-                offline: flags.offline,
-                source_date,
-            };
-            let tree = rootfs::ensure(&system, &tools, out, request)?;
-            install_authorized_keys(&system, &tree)?;
-            tree
-        }
-    };
-    if fs::canonicalize(out)?.starts_with(fs::canonicalize(&tree)?) {
-        bail!(
-            "--out {} is inside the tree {}: the build would pack its own output; choose another --out",
-            out.display(),
-            tree.display()
-        );
-    }
-    initramfs::check_init(&tree)?;
+    let (tree, _extracted) = root_tree(&flags, &system, out, source_date)?;
 
     step(3, "kernel, microcode and boot loaders from the tree");
     let kernel = find_kernel(&tree, &system.config.kernel.flavour)?;
@@ -133,8 +77,6 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         kernel.display(),
         kernel_version.as_deref().unwrap_or("version unknown")
     );
-    let ucode = ["intel-ucode.img", "amd-ucode.img"].map(|n| tree.join("boot").join(n));
-    let ucode: Vec<&PathBuf> = ucode.iter().filter(|p| p.is_file()).collect();
     let (git_commit, git_dirty) = git_state(&system.dir);
     let inputs = Inputs {
         tree: &tree,
@@ -147,8 +89,7 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         git_dirty,
     }
     .describe()?;
-    let manifest_path = out.join(Manifest::FILE_NAME);
-    if unchanged(out, &inputs, &manifest_path) {
+    if unchanged(out, &inputs, &out.join(Manifest::FILE_NAME)) {
         eprintln!(
             "ramnas: nothing changed since the last build (tree, settings and products as it left them); \
              {} left as it was",
@@ -164,37 +105,145 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
     for (name, from) in &boot {
         eprintln!("    {name} from the tree ({from})");
     }
-    if !ucode.is_empty() {
-        let tmp = temps.add("ucode.img");
-        let mut dst =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        for src in &ucode {
-            eprintln!("    {}", src.display());
-            let mut f =
-                fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
-            std::io::copy(&mut f, &mut dst)
-                .with_context(|| format!("copying {}", src.display()))?;
-        }
-    }
+    let ucode = join_microcode(&tree, &mut temps)?;
 
     step(
         4,
         &format!("packing the initramfs ({})", compression.name()),
     );
+    let mut initrds: Vec<String> = ucode.into_iter().collect();
+    initrds.extend(pack(&tree, compression, source_date, &mut temps)?);
+
+    step(5, "manifest");
+    let cmdline = &system.config.kernel.cmdline;
+    let (build_id, artifacts) = artifacts(&mut temps, cmdline)?;
+    let new = Manifest {
+        build_id,
+        source_date: source_date as u64,
+        git_commit,
+        git_dirty,
+        alpine_branch: system.config.alpine.branch.clone(),
+        kernel_version,
+        compression,
+        cmdline: cmdline.clone(),
+        packages,
+        artifacts,
+        initrds,
+        bootloaders: boot,
+    };
+    if !put_in_place(out, temps, &inputs, &new)? {
+        eprintln!(
+            "ramnas: nothing changed since the last build; {} left as it was",
+            out.display()
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "ramnas: built {} (build {}) in {:.1} s",
+        out.display(),
+        new.build_id,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// system/ as settings and packages, linted; with `--base` and no system/, the defaults.
+fn read_system(flags: &BuildFlags) -> anyhow::Result<System> {
+    if flags.base.is_some() && !flags.system.exists() {
+        eprintln!(
+            "    no {} directory: default settings for the --base tree",
+            flags.system.display()
+        );
+        return Ok(System::defaults(&flags.system));
+    }
+    let system = System::load(&flags.system)?;
+    if flags.base.is_none() {
+        lint_system(&flags.system)?;
+    }
+    Ok(system)
+}
+
+/// The tree to pack: `--base` (a directory as it is, or a tarball extracted into OUT, removed when the
+/// returned guard drops), else alpine-make-rootfs's in OUT/rootfs.
+fn root_tree(
+    flags: &BuildFlags,
+    system: &System,
+    out: &Path,
+    source_date: u32,
+) -> anyhow::Result<(PathBuf, Option<Extracted>)> {
+    let (tree, extracted) = match &flags.base {
+        Some(base) if base.is_dir() => {
+            eprintln!("    using the finished tree {}", base.display());
+            (base.clone(), None)
+        }
+        Some(base) => {
+            let extracted = extract_tarball(base, out)?;
+            (extracted.0.clone(), Some(extracted))
+        }
+        None => {
+            let tools = rootfs::Tools::get(flags.offline)?;
+            eprintln!(
+                "    alpine-make-rootfs {} into {}",
+                tools.make_rootfs.path.display(),
+                out.join("rootfs").display()
+            );
+            let request = rootfs::Request {
+                fresh: flags.fresh,
+                update: flags.update,
+                offline: flags.offline,
+                source_date,
+            };
+            let tree = rootfs::ensure(system, &tools, out, request)?;
+            install_authorized_keys(system, &tree)?;
+            (tree, None)
+        }
+    };
+    if fs::canonicalize(out)?.starts_with(fs::canonicalize(&tree)?) {
+        bail!(
+            "--out {} is inside the tree {}: the build would pack its own output; choose another --out",
+            out.display(),
+            tree.display()
+        );
+    }
+    initramfs::check_init(&tree)?;
+    Ok((tree, extracted))
+}
+
+/// The tree's Intel and AMD microcode joined into OUT/ucode.img, the first initrd; its name, if any.
+fn join_microcode(tree: &Path, temps: &mut Temps) -> anyhow::Result<Option<String>> {
+    let ucode = ["intel-ucode.img", "amd-ucode.img"].map(|n| tree.join("boot").join(n));
+    let ucode: Vec<&PathBuf> = ucode.iter().filter(|p| p.is_file()).collect();
+    if ucode.is_empty() {
+        return Ok(None);
+    }
+    let tmp = temps.add("ucode.img");
+    let mut dst = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    for src in &ucode {
+        eprintln!("    {}", src.display());
+        let mut f = fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
+        std::io::copy(&mut f, &mut dst).with_context(|| format!("copying {}", src.display()))?;
+    }
+    Ok(Some("ucode.img".to_string()))
+}
+
+/// Packs the tree (but /boot) as compressed newc archives, split where content changes together
+/// ([`initramfs::split`]); returns their names in boot order.
+fn pack(
+    tree: &Path,
+    compression: Compression,
+    source_date: u32,
+    temps: &mut Temps,
+) -> anyhow::Result<Vec<String>> {
     let packing = Instant::now();
-    let mut initrds: Vec<String> = (!ucode.is_empty())
-        .then(|| "ucode.img".into())
-        .into_iter()
-        .collect();
+    let mut names = Vec::new();
     let (mut cpio_bytes, mut compressed_bytes) = (0, 0);
-    let scanned = initramfs::scan(&tree, source_date)?;
+    let scanned = initramfs::scan(tree, source_date)?;
     let entries = scanned.len();
-    let segments = initramfs::split(&tree, scanned)?;
-    for segment in segments {
+    for segment in initramfs::split(tree, scanned)? {
         let tmp = temps.add(&segment.name);
         let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let stats =
-            initramfs::pack_entries(&tree, segment.entries, compression, file).map_err(|err| {
+            initramfs::pack_entries(tree, segment.entries, compression, file).map_err(|err| {
                 let denied = err.chain().any(|e| {
                     e.downcast_ref::<std::io::Error>()
                         .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
@@ -213,7 +262,7 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         );
         cpio_bytes += stats.cpio_bytes;
         compressed_bytes += stats.compressed_bytes;
-        initrds.push(segment.name);
+        names.push(segment.name);
     }
     eprintln!(
         "    {entries} entries, {:.1} MiB → {:.1} MiB in {:.1} s",
@@ -221,61 +270,55 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         mib(compressed_bytes),
         packing.elapsed().as_secs_f64()
     );
+    Ok(names)
+}
 
-    step(5, "manifest");
+/// Every product made so far, by name with its size and SHA-256, and the cmdline file (which names the
+/// build id they give); returns the build id and them.
+fn artifacts(
+    temps: &mut Temps,
+    cmdline: &str,
+) -> anyhow::Result<(String, std::collections::BTreeMap<String, Artifact>)> {
     let mut artifacts = std::collections::BTreeMap::new();
     for (name, path) in &temps.files {
         fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
         artifacts.insert(name.clone(), Artifact::of(path)?);
     }
-    let cmdline = &system.config.kernel.cmdline;
     let build_id = Manifest::compute_build_id(&artifacts, cmdline);
     let tmp = temps.add("cmdline");
     fs::write(&tmp, Manifest::cmdline_file(cmdline, &build_id))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
     artifacts.insert("cmdline".to_string(), Artifact::of(&tmp)?);
-    let new = Manifest {
-        build_id,
-        source_date: source_date as u64,
-        git_commit,
-        git_dirty,
-        alpine_branch: system.config.alpine.branch.clone(),
-        kernel_version,
-        compression,
-        cmdline: system.config.kernel.cmdline.clone(),
-        packages,
-        artifacts,
-        initrds,
-        bootloaders: boot,
-    };
+    Ok((build_id, artifacts))
+}
+
+/// Renames the products into OUT with `new` as its manifest, the manifest last, and records the inputs;
+/// returns false, and leaves OUT's products as they were, when they are `new` already.
+fn put_in_place(
+    out: &Path,
+    mut temps: Temps,
+    inputs: &str,
+    new: &Manifest,
+) -> anyhow::Result<bool> {
+    let manifest_path = out.join(Manifest::FILE_NAME);
     let old = Manifest::load(&manifest_path).ok();
-    if old.as_ref() == Some(&new) && new.verify(out).is_ok() && bootloaders_present(out, &new) {
+    if old.as_ref() == Some(new) && new.verify(out).is_ok() && bootloaders_present(out, new) {
         drop(temps);
-        let recorded = record_inputs(out, &inputs, &new)?;
+        let recorded = record_inputs(out, inputs, new)?;
         give_to_invoking_user(out, &[recorded])?;
-        eprintln!(
-            "ramnas: nothing changed since the last build; {} left as it was",
-            out.display()
-        );
-        return Ok(());
+        return Ok(false);
     }
     if let Some(old) = &old {
-        eprint!("{}", manifest::diff(old, &new));
+        eprint!("{}", manifest::diff(old, new));
     }
     let tmp = temps.add(Manifest::FILE_NAME);
     fs::write(&tmp, new.to_json())?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
     remove_if_exists(&out.join(INPUTS_FILE))?;
     let mut written = temps.commit()?;
-    written.push(record_inputs(out, &inputs, &new)?);
+    written.push(record_inputs(out, inputs, new)?);
     give_to_invoking_user(out, &written)?;
-    eprintln!(
-        "ramnas: built {} (build {}) in {:.1} s",
-        out.display(),
-        new.build_id,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(true)
 }
 
 /// What the last build was made from, beside its products.
@@ -446,8 +489,16 @@ fn why_root(flags: &BuildFlags) -> Option<String> {
     }
 }
 
-/// Runs this same build again as root through sudo; products are handed back to the user (SUDO_UID).
-fn rerun_with_sudo(why: &str) -> anyhow::Result<()> {
+/// Runs this same build again as root through sudo, after fetching the tools and making the package cache
+/// as the user; products are handed back to the user (SUDO_UID).
+fn rerun_with_sudo(flags: &BuildFlags, system: &System, why: &str) -> anyhow::Result<()> {
+    if flags.base.is_none() {
+        // Fetch and verify the programs, and make the package cache, as the user, so the cache stays the
+        // user's.
+        rootfs::Tools::get(flags.offline)?;
+        let cache = rootfs::package_cache(system)?;
+        fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    }
     eprintln!("ramnas: {why}.");
     eprintln!("ramnas: running this build as root through sudo; what it writes to the output directory stays yours.");
     let exe = std::env::current_exe().context("finding this program")?;
