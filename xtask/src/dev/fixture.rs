@@ -766,6 +766,10 @@ impl CountingRelay {
                 let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
                     continue;
                 };
+                // A wire adds no delay: without this, each hop's Nagle algorithm holds a small write until
+                // the last one is acknowledged, a stall a direct connection does not have.
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 for (mut from, mut into) in [
                     (client.try_clone(), server.try_clone()),
                     (server.try_clone(), client.try_clone()),
