@@ -393,7 +393,10 @@ pub fn write_temps(stick: &mut dyn Stick, slot: Slot, build: &Build) -> Result<u
         .collect();
     let total = missing.values().map(|(_, a)| a.size).sum();
     let bar = progress::bar(true, total, &format!("slot {slot}"));
-    for (part, (name, _)) in &missing {
+    // The biggest first: a stick that checks as it goes (ssh) hashes each while the next ones arrive.
+    let mut order: Vec<_> = missing.iter().collect();
+    order.sort_by_key(|(part, (_, a))| (std::cmp::Reverse(a.size), *part));
+    for (part, (name, _)) in order {
         let src = build.dir.join(name);
         let file = fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
         stick.write(&stick::temp_name(part), &mut bar.wrap_read(file))?;

@@ -5,7 +5,8 @@
 //! that reads one request line at a time (`OP ARGS…`) and answers each with a header line `STATUS OUTLEN
 //! ERRLEN` and that many bytes of the operation's stdout and stderr. A file to write follows its request as
 //! chunks, each a line with its size and then exactly that many bytes (read with `dd iflag=fullblock`, which
-//! never reads past them); a line `0` ends it. The paths are checked here to be plain relative names, and
+//! never reads past them); a line `0` ends it, or `0 N` for a big file, whose SHA-256 the NAS then computes
+//! as hash N while the next files arrive (a deploy asks for it next). The paths are checked here to be plain relative names, and
 //! they travel as data, so nothing from the user becomes shell code on either side. On the NAS,
 //! `RAMNAS_BOOT` overrides /media/boot and `RAMNAS_CMDLINE` /proc/cmdline (as for ramnas-slot); on this
 //! machine `RAMNAS_SSH` names another ssh program.
@@ -52,7 +53,12 @@ stick() {
 		[ $(($2 + $3)) -le "$size" ] || { echo "$3 bytes at $2 reach past the end of $1 ($size bytes)" >&2; exit 1; }
 		dd of="$root/$1" bs=1 seek="$2" count="$3" conv=notrunc 2>/dev/null ;;
 	sha256)
-		sum=$(sha256sum "$root/$1")
+		if [ -n "$2" ] && [ -s "$tmp/sum$2" ]; then
+			read -r sum _ <"$tmp/sum$2"
+			rm -f "$tmp/sum$2"
+		else
+			sum=$(sha256sum "$root/$1")
+		fi
 		echo "$(stat -c %s "$root/$1") ${sum%% *}" ;;
 	sync) sync ;;
 	cmdline) cat "${RAMNAS_CMDLINE:-/proc/cmdline}" ;;
@@ -79,14 +85,22 @@ while read -r op a b c; do
 	case $op in
 	write)
 		{
-			while read -r n && [ "$n" -gt 0 ]; do
+			while read -r n h && [ "$n" -gt 0 ]; do
 				receive "$n" || exit 1
 			done
 		} >"$root/$a" || exit 1
+		# The end line of a big file names a hash to start: its SHA-256 is asked for next (a deploy
+		# checks what it wrote), and is computed while the next files arrive.
+		if [ -n "$h" ]; then
+			sha256sum "$root/$a" >"$tmp/sum$h" 2>/dev/null &
+		fi
 		: >"$tmp/out"
 		: >"$tmp/err"
 		answer 0
 		continue ;;
+	sha256)
+		# Waits for the hashes started by writes (see write).
+		[ -z "$b" ] || wait ;;
 	read)
 		# A big file streams; a small one is answered like any operation, at once.
 		if [ -f "$root/$a" ] && [ "$(stat -c %s "$root/$a")" -gt 1048576 ]; then
@@ -106,6 +120,10 @@ done
 /// A write is sent in chunks of this size.
 const CHUNK: usize = 8 << 20;
 
+/// A written file of at least this size is hashed on the NAS as soon as it is whole, while the next
+/// ones arrive; [`Stick::sha256`] then waits for that hash.
+const HASH_AHEAD_MIN: u64 = 1 << 20;
+
 /// A running NAS's stick over ssh.
 pub struct Ssh {
     target: String,
@@ -116,6 +134,11 @@ pub struct Ssh {
     seen: Seen,
     /// Changes made since the last `sync`: a `sync` with none asks nothing.
     unsynced: bool,
+    /// The big files written since they last changed, with the number of the hash the NAS started of
+    /// each ([`HASH_AHEAD_MIN`]).
+    hashing: std::collections::HashMap<String, u32>,
+    /// The number of the next write, which names its hash.
+    writes: u32,
 }
 
 /// The ssh process running [`SCRIPT`].
@@ -232,8 +255,9 @@ const SEEN_FILE_MAX: usize = 1 << 20;
 /// What a request sends after its line.
 enum Body<'a> {
     None,
-    /// A file's contents, in chunks.
-    Chunks(&'a mut dyn Read),
+    /// A file's contents, in chunks; when they come to [`HASH_AHEAD_MIN`], the end line names this
+    /// hash for the NAS to start.
+    Chunks(&'a mut dyn Read, u32),
     /// Bytes whose length the request line gives.
     Exact(&'a [u8]),
 }
@@ -290,6 +314,8 @@ impl Ssh {
             session: Some(session),
             seen: Seen::default(),
             unsynced: false,
+            hashing: Default::default(),
+            writes: 0,
         };
         match ssh.run("check", &[]) {
             Err(err) if ssh.session.is_none() => {
@@ -363,6 +389,9 @@ impl Ssh {
         update: impl FnOnce(&mut Seen),
     ) -> Result<()> {
         self.unsynced = true;
+        // A hash started before this change may no longer be the file's.
+        self.hashing
+            .retain(|path, _| !args.contains(&path.as_str()));
         match self.run_with(op, args, body) {
             Ok(_) => {
                 update(&mut self.seen);
@@ -370,6 +399,7 @@ impl Ssh {
             }
             Err(err) => {
                 self.seen = Seen::default();
+                self.hashing.clear();
                 Err(err)
             }
         }
@@ -434,16 +464,23 @@ impl Session {
         match body {
             Body::None => {}
             Body::Exact(bytes) => pending.extend_from_slice(bytes),
-            Body::Chunks(data) => {
+            Body::Chunks(data, hash) => {
                 let mut buf = vec![0u8; CHUNK];
+                let mut total = 0;
                 loop {
                     let n = fill(data, &mut buf).context("reading what to send")?;
+                    total += n as u64;
                     if n > 0 {
                         pending.extend_from_slice(format!("{n}\n").as_bytes());
                         pending.extend_from_slice(&buf[..n]);
                     }
                     if n < CHUNK {
-                        pending.extend_from_slice(b"0\n");
+                        let end = if total >= HASH_AHEAD_MIN {
+                            format!("0 {hash}\n")
+                        } else {
+                            "0\n".to_string()
+                        };
+                        pending.extend_from_slice(end.as_bytes());
                         break;
                     }
                     self.input.write_all(&pending).context("sending a file")?;
@@ -673,9 +710,14 @@ impl Stick for Ssh {
             count: 0,
             kept: Some(Vec::new()),
         };
-        self.change("write", &[path], Body::Chunks(&mut sent), |_| {})?;
+        self.writes += 1;
+        let hash = self.writes;
+        self.change("write", &[path], Body::Chunks(&mut sent, hash), |_| {})?;
         let Sent { count, kept, .. } = sent;
         self.seen.wrote(path, count, kept);
+        if count >= HASH_AHEAD_MIN {
+            self.hashing.insert(path.to_string(), hash);
+        }
         Ok(count)
     }
 
@@ -706,6 +748,7 @@ impl Stick for Ssh {
 
     fn forget(&mut self) {
         self.seen = Seen::default();
+        self.hashing.clear();
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -720,7 +763,11 @@ impl Stick for Ssh {
     }
 
     fn sha256(&mut self, path: &str) -> Result<(u64, String)> {
-        let text = self.run_text("sha256", &[checked(path)?])?;
+        let path = checked(path)?;
+        let text = match self.hashing.remove(path) {
+            Some(hash) => self.run_text("sha256", &[path, &hash.to_string()])?,
+            None => self.run_text("sha256", &[path])?,
+        };
         let (size, sum) = text
             .trim()
             .split_once(' ')

@@ -800,6 +800,82 @@ fn the_ssh_stick_sees_what_the_stick_holds_after_each_change() {
     Box::new(ssh).close().unwrap();
 }
 
+/// A big file's SHA-256 is computed on the NAS while the next files arrive, so it must still be the file's
+/// whatever happened to it since: patched, renamed, written again, or changed behind the stick's back
+/// (then forgotten).
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn the_ssh_sticks_sha256_is_the_files_own_after_any_change() {
+    use stick::Stick;
+    let dir = common::tempdir();
+    let d = dir.path();
+    let boot = d.join("media-boot");
+    fs::create_dir_all(boot.join("syslinux")).unwrap();
+    fs::write(boot.join("syslinux/syslinux.cfg"), "DEFAULT a\n").unwrap();
+    let cmdline = d.join("proc-cmdline");
+    fs::write(&cmdline, "ramnas.slot=a\n").unwrap();
+    let (_sshd, port, wrapper) = sshd(d, &boot, &cmdline);
+    let mut ssh = xtask::stick::ssh::Ssh::open_with(
+        &format!("ssh://root@127.0.0.1:{port}"),
+        wrapper.as_os_str(),
+    )
+    .unwrap();
+    let big = |seed: u32| -> Vec<u8> {
+        (0..(3 << 20) + 7)
+            .map(|i: u32| (i.wrapping_mul(seed) % 251) as u8)
+            .collect()
+    };
+    let agree = |ssh: &mut xtask::stick::ssh::Ssh, path: &str, step: &str| {
+        let truth = stick::Dir::open(&boot).unwrap().sha256(path).unwrap();
+        assert_eq!(ssh.sha256(path).unwrap(), truth, "after {step}");
+    };
+    // Asking for a hash the NAS started waits for every hash under way: after this, each one started
+    // so far is of the file as it was before the change that follows.
+    let settle = |ssh: &mut xtask::stick::ssh::Ssh| {
+        ssh.write("slots/w", &mut &big(3)[..]).unwrap();
+        agree(ssh, "slots/w", "writing a big file");
+    };
+    ssh.create_dir_all("slots/a").unwrap();
+    ssh.write("slots/a/f.tmp", &mut &big(7)[..]).unwrap();
+    agree(&mut ssh, "slots/a/f.tmp", "writing a big file");
+    ssh.write("slots/a/f.tmp", &mut &big(11)[..]).unwrap();
+    settle(&mut ssh);
+    ssh.patch("slots/a/f.tmp", 5, b"patched").unwrap();
+    agree(
+        &mut ssh,
+        "slots/a/f.tmp",
+        "writing it again, then patching it",
+    );
+    ssh.write("slots/a/f.tmp", &mut &big(13)[..]).unwrap();
+    settle(&mut ssh);
+    ssh.write("slots/a/f.tmp", &mut &big(17)[..]).unwrap();
+    agree(&mut ssh, "slots/a/f.tmp", "writing it twice");
+    ssh.write("slots/a/f.tmp", &mut &big(19)[..]).unwrap();
+    settle(&mut ssh);
+    ssh.write("slots/a/f.tmp", &mut &b"small"[..]).unwrap();
+    agree(
+        &mut ssh,
+        "slots/a/f.tmp",
+        "writing a small file over a big one",
+    );
+    ssh.write("slots/a/g.tmp", &mut &big(23)[..]).unwrap();
+    ssh.write("slots/a/f.tmp", &mut &big(19)[..]).unwrap();
+    settle(&mut ssh);
+    ssh.rename("slots/a/g.tmp", "slots/a/f.tmp").unwrap();
+    agree(&mut ssh, "slots/a/f.tmp", "renaming a big file over it");
+    ssh.write("slots/a/h.tmp", &mut &big(29)[..]).unwrap();
+    settle(&mut ssh);
+    ssh.rename("slots/a/h.tmp", "slots/a/h").unwrap();
+    agree(&mut ssh, "slots/a/h", "renaming a big file just written");
+    assert!(ssh.sha256("slots/a/h.tmp").is_err());
+    ssh.write("slots/a/h", &mut &big(31)[..]).unwrap();
+    settle(&mut ssh);
+    fs::write(boot.join("slots/a/h"), big(37)).unwrap();
+    ssh.forget();
+    agree(&mut ssh, "slots/a/h", "a change behind its back, forgotten");
+    Box::new(ssh).close().unwrap();
+}
+
 /// A block device any part of which is mounted is refused before anything is read or written: the kernel's
 /// vfat driver owns it then (deploy to the mount point instead).
 #[test]
