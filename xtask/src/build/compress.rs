@@ -348,10 +348,10 @@ mod tests {
             c.write_all(piece).unwrap();
         }
         let packed = c.finish().unwrap();
-        let unpacked = duct::cmd!("gzip", "-dc")
-            .stdin_bytes(packed.clone())
-            .stdout_capture()
-            .run()
+        let sh = xshell::Shell::new().unwrap();
+        let unpacked = xshell::cmd!(sh, "gzip -dc")
+            .stdin(&packed)
+            .output()
             .unwrap();
         assert_eq!(unpacked.stdout, data);
         // One member: a single-member decoder reads it all, and nothing follows.
@@ -364,11 +364,7 @@ mod tests {
             .unwrap()
             .finish()
             .unwrap();
-        let unpacked = duct::cmd!("gzip", "-dc")
-            .stdin_bytes(empty)
-            .stdout_capture()
-            .run()
-            .unwrap();
+        let unpacked = xshell::cmd!(sh, "gzip -dc").stdin(empty).output().unwrap();
         assert!(unpacked.stdout.is_empty());
     }
 

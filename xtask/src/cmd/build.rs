@@ -523,11 +523,11 @@ fn rerun_with_sudo(flags: &BuildFlags, system: &System, why: &str) -> anyhow::Re
     }
     args.push(exe.into());
     args.extend(std::env::args_os().skip(1));
-    let status = duct::cmd("sudo", args)
-        .unchecked()
-        .run()
-        .context("running sudo")?
-        .status;
+    // std's Command, as sudo's own exit status is passed on (xshell gives none).
+    let status = std::process::Command::new("sudo")
+        .args(args)
+        .status()
+        .context("running sudo")?;
     std::process::exit(status.code().unwrap_or(1));
 }
 

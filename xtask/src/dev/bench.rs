@@ -172,7 +172,8 @@ changes; the whole boot to the `ramnas: ready` line is shown for comparison. The
 the same tree packed with `--compression none`: no decompression at all, the floor for any format under \
 TCG (on a real machine its size is read from the stick first).
 - deploy: `cargo xtask deploy ssh://…` to an sshd on 127.0.0.1 whose stick (a directory) holds build A \
-committed; bytes: what crossed the TCP connection (both ways, ssh's own included), goals: A again ≤ 1 MiB, \
+committed; bytes: what crossed the TCP connection (both ways, ssh's own included; counted by a relay \
+that forwards each read at once, as a wire would), goals: A again ≤ 1 MiB, \
 one file in /etc ≤ 2 % of the build, one package ≤ 1.5 × its archive + 1 MiB, a new kernel ≤ 1.1 × the build. \
 The package is synthetic (4 MiB that do not compress, `bench-data`), and the new kernel is the same kernel \
 and modules with every file changed: each build's files differ where a real one's would. Time: the new \
@@ -699,7 +700,8 @@ fn dd(image: &Path, device: &Path) -> Result<()> {
     input.push(image);
     let mut output = std::ffi::OsString::from("of=");
     output.push(device);
-    duct::cmd!("dd", input, output, "bs=4M", "conv=fsync", "status=none")
+    let sh = xshell::Shell::new()?;
+    xshell::cmd!(sh, "dd {input} {output} bs=4M conv=fsync status=none")
         .run()
         .context("running dd")?;
     Ok(())
@@ -718,13 +720,15 @@ impl Loop {
     /// In direct-I/O mode when the file system allows it: writes then reach the disk as they would a
     /// stick's, instead of stopping in the host's page cache.
     fn attach(file: &Path) -> Result<Loop> {
-        let direct = duct::cmd!("losetup", "--find", "--show", "--direct-io=on", file)
-            .stderr_capture()
+        let sh = xshell::Shell::new()?;
+        let direct = xshell::cmd!(sh, "losetup --find --show --direct-io=on {file}")
+            .quiet()
+            .ignore_stderr()
             .read();
         let dev = match direct {
             Ok(dev) => dev,
-            Err(_) => duct::cmd!("losetup", "--find", "--show", file)
-                .stderr_capture()
+            Err(_) => xshell::cmd!(sh, "losetup --find --show {file}")
+                .quiet()
                 .read()
                 .context("losetup --find --show")?,
         };
@@ -734,7 +738,10 @@ impl Loop {
 
 impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = duct::cmd!("losetup", "-d", &self.0).run();
+        if let Ok(sh) = xshell::Shell::new() {
+            let dev = &self.0;
+            let _ = xshell::cmd!(sh, "losetup -d {dev}").quiet().run();
+        }
     }
 }
 
