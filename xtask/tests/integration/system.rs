@@ -16,41 +16,25 @@ use std::{
 };
 
 use xtask::{
+    boot::entry::BootEntry,
     boot::slots::{self, Slot},
+    boot::syslinux,
     dev::fixture::{Fixture, HostKernel},
     host::qemu::{Bus, Direct, Drive, Machine},
     stick,
 };
 
-/// syslinux.cfg as `cargo xtask image` writes it (xtask::boot::syslinux::config), slot a the default.
-const SYSLINUX_CFG: &str = "\
-# Written by cargo xtask; rewritten on every deploy, commit and rollback.
-SERIAL 0 115200
-CONSOLE 1
-UI menu.c32
-MENU TITLE ramnas
-TIMEOUT 30
-DEFAULT a
+/// syslinux.cfg as `cargo xtask image` writes it for slots a and b (their files in `/slots/<s>/`), `default`
+/// the default.
+fn syslinux_cfg(default: &str) -> String {
+    let entry =
+        |s: &str| BootEntry::in_slot(s, &format!("build-{s}"), true, "console=ttyS0 panic=10");
+    syslinux::config(&[entry("a"), entry("b")], default)
+}
 
-LABEL a
-  MENU LABEL slot a: build-a (default)
-  KERNEL /slots/a/vmlinuz
-  INITRD /slots/a/ucode.img,/slots/a/initramfs
-  APPEND console=ttyS0 panic=10 ramnas.slot=a
-
-LABEL b
-  MENU LABEL slot b: build-b
-  KERNEL /slots/b/vmlinuz
-  INITRD /slots/b/ucode.img,/slots/b/initramfs
-  APPEND console=ttyS0 panic=10 ramnas.slot=b
-";
-
-/// The same with slot b the default.
+/// The same with slot b the default, as a commit of b writes it.
 fn committed_b() -> String {
-    SYSLINUX_CFG
-        .replace("DEFAULT a", "DEFAULT b")
-        .replace("build-a (default)", "build-a")
-        .replace("build-b\n", "build-b (default)\n")
+    syslinux_cfg("b")
 }
 
 /// A stand-in for `ssh-keygen -A`: one host key pair with random contents, so a restore can be told apart
@@ -155,7 +139,7 @@ fn stick_image(dir: &Path) -> PathBuf {
         .arg(&image)
         .arg("32768"));
     let cfg = dir.join("syslinux.cfg");
-    fs::write(&cfg, SYSLINUX_CFG).unwrap();
+    fs::write(&cfg, syslinux_cfg("a")).unwrap();
     run(Command::new("mmd").arg("-i").arg(&image).arg("::/syslinux"));
     run(Command::new("mcopy")
         .arg("-i")
