@@ -227,24 +227,7 @@ pub struct Device {
 
 /// Describes `path` against the host's mounts, swaps and root. Fails when it is not a block device.
 pub fn describe(path: &Path, host: &Host) -> Result<Device> {
-    let meta =
-        fs::metadata(path).with_context(|| format!("{}: cannot look at it", path.display()))?;
-    if !meta.file_type().is_block_device() {
-        let kind = if meta.is_file() {
-            "a regular file"
-        } else if meta.is_dir() {
-            "a directory"
-        } else if meta.file_type().is_char_device() {
-            "a character device"
-        } else {
-            "not a device"
-        };
-        bail!(
-            "refusing {}: it is not a block device (it is {kind}); give a whole-disk device such as /dev/sdb",
-            path.display()
-        );
-    }
-    let dev = DevNum::from_rdev(meta.rdev());
+    let dev = block_device(path)?;
     let dir = dev.sys_dir().with_context(|| {
         format!(
             "{}: block device {dev} is not in /sys/dev/block",
@@ -274,31 +257,10 @@ pub fn describe(path: &Path, host: &Host) -> Result<Device> {
         .filter(|s| !s.is_empty())
         .reduce(|a, b| format!("{a} {b}"));
     let removable = read_u64(&dir.join("removable")).unwrap_or(0) == 1;
-
-    let mut partitions = Vec::new();
-    if partition_of.is_none() {
-        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-            let p = entry?.path();
-            if !p.join("partition").exists() {
-                continue;
-            }
-            let Some(pdev) = read_devnum(&p) else {
-                continue;
-            };
-            let pname = file_name(&p);
-            let Probe { fs, label, .. } = probe(&Path::new("/dev").join(&pname));
-            partitions.push(Partition {
-                dev: pdev,
-                number: read_u64(&p.join("partition")).unwrap_or(0) as u32,
-                size: read_u64(&p.join("size")).unwrap_or(0) * 512,
-                name: pname,
-                fs,
-                label,
-            });
-        }
-        partitions.sort_by_key(|p| p.number);
-    }
-
+    let partitions = match partition_of {
+        None => partitions(&dir)?,
+        Some(_) => Vec::new(),
+    };
     let members: Vec<(String, DevNum, PathBuf)> = std::iter::once((name.clone(), dev, dir.clone()))
         .chain(
             partitions
@@ -306,24 +268,11 @@ pub fn describe(path: &Path, host: &Host) -> Result<Device> {
                 .map(|p| (p.name.clone(), p.dev, dir.join(&p.name))),
         )
         .collect();
-    let mut mounted = Vec::new();
-    let mut swap = Vec::new();
-    let mut holders = Vec::new();
-    for (mname, mdev, mdir) in &members {
-        for m in &host.mounts {
-            if m.dev == *mdev || m.source_dev == Some(*mdev) {
-                mounted.push((mname.clone(), m.mountpoint.clone()));
-            }
-        }
-        if host.swaps.contains(mdev) {
-            swap.push(mname.clone());
-        }
-        if let Ok(rd) = fs::read_dir(mdir.join("holders")) {
-            for h in rd.flatten() {
-                holders.push((mname.clone(), h.file_name().to_string_lossy().into_owned()));
-            }
-        }
-    }
+    let Uses {
+        mounted,
+        swap,
+        holders,
+    } = uses(host, &members);
     let whole = match &partition_of {
         Some(_) => dir.parent().and_then(read_devnum),
         None => Some(dev),
@@ -347,6 +296,87 @@ pub fn describe(path: &Path, host: &Host) -> Result<Device> {
         holders,
         holds_root,
     })
+}
+
+/// The device number of `path`, or an error saying what it is instead of a block device.
+fn block_device(path: &Path) -> Result<DevNum> {
+    let meta =
+        fs::metadata(path).with_context(|| format!("{}: cannot look at it", path.display()))?;
+    if !meta.file_type().is_block_device() {
+        let kind = if meta.is_file() {
+            "a regular file"
+        } else if meta.is_dir() {
+            "a directory"
+        } else if meta.file_type().is_char_device() {
+            "a character device"
+        } else {
+            "not a device"
+        };
+        bail!(
+            "refusing {}: it is not a block device (it is {kind}); give a whole-disk device such as /dev/sdb",
+            path.display()
+        );
+    }
+    Ok(DevNum::from_rdev(meta.rdev()))
+}
+
+/// The partitions of the whole disk at `dir` (its /sys/dev/block directory), by number, each probed.
+fn partitions(dir: &Path) -> Result<Vec<Partition>> {
+    let mut partitions = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = entry?.path();
+        if !p.join("partition").exists() {
+            continue;
+        }
+        let Some(pdev) = read_devnum(&p) else {
+            continue;
+        };
+        let pname = file_name(&p);
+        let Probe { fs, label, .. } = probe(&Path::new("/dev").join(&pname));
+        partitions.push(Partition {
+            dev: pdev,
+            number: read_u64(&p.join("partition")).unwrap_or(0) as u32,
+            size: read_u64(&p.join("size")).unwrap_or(0) * 512,
+            name: pname,
+            fs,
+            label,
+        });
+    }
+    partitions.sort_by_key(|p| p.number);
+    Ok(partitions)
+}
+
+/// What the host does with a device and its partitions ([`Device`]'s fields of the same names).
+struct Uses {
+    mounted: Vec<(String, PathBuf)>,
+    swap: Vec<String>,
+    holders: Vec<(String, String)>,
+}
+
+/// How the host uses each of `members` (kernel name, device number, /sys/dev/block directory).
+fn uses(host: &Host, members: &[(String, DevNum, PathBuf)]) -> Uses {
+    let mut uses = Uses {
+        mounted: Vec::new(),
+        swap: Vec::new(),
+        holders: Vec::new(),
+    };
+    for (mname, mdev, mdir) in members {
+        for m in &host.mounts {
+            if m.dev == *mdev || m.source_dev == Some(*mdev) {
+                uses.mounted.push((mname.clone(), m.mountpoint.clone()));
+            }
+        }
+        if host.swaps.contains(mdev) {
+            uses.swap.push(mname.clone());
+        }
+        if let Ok(rd) = fs::read_dir(mdir.join("holders")) {
+            for h in rd.flatten() {
+                uses.holders
+                    .push((mname.clone(), h.file_name().to_string_lossy().into_owned()));
+            }
+        }
+    }
+    uses
 }
 
 fn file_name(p: &Path) -> String {
