@@ -42,8 +42,8 @@
 //!    disarms it instead.
 //!
 //! `RAMNAS_DEPLOY_KILL_AT=N` makes a deploy SIGKILL itself at the N-th point where it changes the stick
-//! ([`stick::Faulty`], the one place they are counted); `tests/integration/deploy.rs` stops a deploy at every point in
-//! turn, checks that the stick boots, and runs the deploy again.
+//! ([`stick::Faulty`], the one place they are counted); `tests/integration/deploy.rs` stops a deploy at
+//! every point in turn, checks that the stick boots, and runs the deploy again.
 //!
 //! Known limits: a kill during a FAT write leaves lost clusters and the volume's dirty bit; `fsck.vfat -a`
 //! reclaims them, and `ramnas-persist` runs it on the NAS before it mounts the stick. Each firmware spends
