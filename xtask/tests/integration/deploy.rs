@@ -468,7 +468,7 @@ fn a_deploy_killed_at_any_point_leaves_a_stick_that_boots() {
 
 /// The same stops with --commit, checked on the stick (a complete default or trial, every file matching).
 #[test]
-#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_committing_deploy_killed_at_any_point_leaves_a_complete_default() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -497,7 +497,7 @@ fn a_committing_deploy_killed_at_any_point_leaves_a_complete_default() {
 }
 
 #[test]
-#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_directory_target_works_like_the_image() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -619,7 +619,7 @@ fn xtask_ssh(dir: &Path, wrapper: &Path, args: &[&str]) -> Output {
 }
 
 #[test]
-#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn an_ssh_target_works_like_the_image() {
     let dir = common::tempdir();
     let d = dir.path();
@@ -741,12 +741,14 @@ fn snapshot(stick: &mut dyn stick::Stick) -> std::collections::BTreeMap<String, 
     seen
 }
 
-/// The ssh stick keeps what it has seen and updates it with each change of its own, so it must agree with
-/// the stick itself after every kind of change, after a change that fails, and, once told to forget, after
-/// a change made behind its back.
-#[test]
-#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
-fn the_ssh_stick_sees_what_the_stick_holds_after_each_change() {
+/// The stick of a NAS (a directory holding syslinux.cfg, slot a running) behind the test sshd, opened as an
+/// ssh stick: (its temp dir and the sshd, to keep while it is used; the directory; the stick).
+fn nas_stick() -> (
+    tempfile::TempDir,
+    xtask::dev::fixture::Sshd,
+    PathBuf,
+    xtask::stick::ssh::Ssh,
+) {
     let dir = common::tempdir();
     let d = dir.path();
     let boot = d.join("media-boot");
@@ -754,12 +756,22 @@ fn the_ssh_stick_sees_what_the_stick_holds_after_each_change() {
     fs::write(boot.join("syslinux/syslinux.cfg"), "DEFAULT a\n").unwrap();
     let cmdline = d.join("proc-cmdline");
     fs::write(&cmdline, "ramnas.slot=a\n").unwrap();
-    let (_sshd, port, wrapper) = sshd(d, &boot, &cmdline);
-    let mut ssh = xtask::stick::ssh::Ssh::open_with(
+    let (sshd, port, wrapper) = sshd(d, &boot, &cmdline);
+    let ssh = xtask::stick::ssh::Ssh::open_with(
         &format!("ssh://root@127.0.0.1:{port}"),
         wrapper.as_os_str(),
     )
     .unwrap();
+    (dir, sshd, boot, ssh)
+}
+
+/// The ssh stick keeps what it has seen and updates it with each change of its own, so it must agree with
+/// the stick itself after every kind of change, after a change that fails, and, once told to forget, after
+/// a change made behind its back.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn the_ssh_stick_sees_what_the_stick_holds_after_each_change() {
+    let (_dir, _sshd, boot, mut ssh) = nas_stick();
     let big: Vec<u8> = (0..(3 << 20) + 7)
         .map(|i: u32| (i * 7 % 251) as u8)
         .collect();
@@ -807,19 +819,7 @@ fn the_ssh_stick_sees_what_the_stick_holds_after_each_change() {
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn the_ssh_sticks_sha256_is_the_files_own_after_any_change() {
     use stick::Stick;
-    let dir = common::tempdir();
-    let d = dir.path();
-    let boot = d.join("media-boot");
-    fs::create_dir_all(boot.join("syslinux")).unwrap();
-    fs::write(boot.join("syslinux/syslinux.cfg"), "DEFAULT a\n").unwrap();
-    let cmdline = d.join("proc-cmdline");
-    fs::write(&cmdline, "ramnas.slot=a\n").unwrap();
-    let (_sshd, port, wrapper) = sshd(d, &boot, &cmdline);
-    let mut ssh = xtask::stick::ssh::Ssh::open_with(
-        &format!("ssh://root@127.0.0.1:{port}"),
-        wrapper.as_os_str(),
-    )
-    .unwrap();
+    let (_dir, _sshd, boot, mut ssh) = nas_stick();
     let big = |seed: u32| -> Vec<u8> {
         (0..(3 << 20) + 7)
             .map(|i: u32| (i.wrapping_mul(seed) % 251) as u8)
@@ -909,7 +909,7 @@ fn a_mounted_block_device_is_refused() {
 /// matches its manifest, and a rerun finishes the deploy (tried after every fourth stop: each round trip
 /// costs). The stick starts with a trial of an earlier build armed in slot b, as in the image-file case.
 #[test]
-#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_deploy_over_ssh_killed_at_any_point_leaves_a_stick_that_boots() {
     let dir = common::tempdir();
     let d = dir.path();

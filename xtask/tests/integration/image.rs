@@ -121,7 +121,7 @@ fn image_boots_slot_a_under_seabios() {
 }
 
 #[test]
-#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn image_layout_is_as_specified_and_reproducible() {
     let dir = common::tempdir();
     let out = build(dir.path(), "layout");
@@ -461,7 +461,7 @@ fn the_root_config_is_the_fallback() {
 
 /// The same stick through a whole-disk block device (a loop device over the image).
 #[test]
-#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+#[ignore = "needs root: `cargo xtask test` runs it"]
 fn a_block_device_opens_like_the_image() {
     let dir = common::tempdir();
     let out = small_fake_build(dir.path());

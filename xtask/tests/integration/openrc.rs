@@ -405,7 +405,7 @@ fn an_unhealthy_uefi_trial_without_its_stick_goes_back_by_itself() {
 /// `cargo xtask vm --image --check`, twice: once the NAS is ready the check presses the power button, the
 /// NAS shuts down (acpid, /sbin/poweroff) and unmounts the stick, so the second boot finds its FAT clean.
 #[test]
-#[ignore = "needs root: `cargo xtask test` runs it"]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn vm_check_shuts_the_nas_down_and_leaves_the_stick_clean() {
     let nas = Nas::new();
     let out = nas.build(&nas.system("a", "", ""), "out");
