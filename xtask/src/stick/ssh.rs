@@ -6,10 +6,10 @@
 //! ERRLEN` and that many bytes of the operation's stdout and stderr. A file to write follows its request as
 //! chunks, each a line with its size and then exactly that many bytes (read with `dd iflag=fullblock`, which
 //! never reads past them); a line `0` ends it, or `0 N` for a big file, whose SHA-256 the NAS then computes
-//! as hash N while the next files arrive (a deploy asks for it next). The paths are checked here to be plain relative names, and
-//! they travel as data, so nothing from the user becomes shell code on either side. On the NAS,
-//! `RAMNAS_BOOT` overrides /media/boot and `RAMNAS_CMDLINE` /proc/cmdline (as for ramnas-slot); on this
-//! machine `RAMNAS_SSH` names another ssh program.
+//! as hash N while the next files arrive (a deploy asks for it next). The paths are checked here to be
+//! plain relative names, and they travel as data, so nothing from the user becomes shell code on either
+//! side. On the NAS, `RAMNAS_BOOT` overrides /media/boot and `RAMNAS_CMDLINE` /proc/cmdline (as for
+//! ramnas-slot); on this machine `RAMNAS_SSH` names another ssh program.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
