@@ -747,7 +747,7 @@ impl Loader for SystemdBoot {
     }
 
     /// Writes the entry of each complete slot that has none, as a spare; the default is set by
-    /// [`Loader::arm_trial`] and [`Loader::make_default`], which rename the entries.
+    /// [`Loader::arm_trial`] and [`Loader::commit`], which rename the entries.
     fn install(&self, stick: &mut dyn Stick, table: &Table, _default: Slot) -> Result<()> {
         for (s, filled) in &table.slots {
             if !table.uefi.entries.contains_key(s.name()) {
@@ -762,7 +762,14 @@ impl Loader for SystemdBoot {
     }
 
     fn commit(&self, stick: &mut dyn Stick, slot: Slot) -> Result<()> {
-        uefi::set_state(stick, slot.name(), None)?;
+        uefi::set_state(stick, slot.name(), None)
+    }
+
+    /// As every loader's, then the UKIs of a stick that booted them go, every slot having its entry now (a
+    /// deploy's [`Loader::detach`] removes them the same way).
+    fn make_default(&self, stick: &mut dyn Stick, table: &Table, slot: Slot) -> Result<()> {
+        self.install(stick, table, slot)?;
+        self.commit(stick, slot)?;
         uefi::remove_old_ukis(stick)
     }
 }
