@@ -59,9 +59,11 @@ pub struct Fixture {
     pub copies: Vec<(PathBuf, String)>,
 }
 
-/// Modules the fixture loads at boot: virtio disks, a USB stick on xhci, an IDE disk, and FAT to read it.
+/// Modules the fixture loads at boot: virtio disks, a USB stick on xhci, an IDE disk, FAT to read it, and
+/// qemu's virtio network card.
 pub const MODULES: &[&str] = &[
     "virtio_blk",
+    "virtio_net",
     "xhci-pci",
     "usb-storage",
     "ata_piix",
@@ -420,13 +422,51 @@ const OPENRC_PROGRAMS: &[&str] = &[
     "/bin/rc-status",
 ];
 
+/// OpenSSH's server, which the openrc fixture runs for real (the `sshd` service): Debian's, with the
+/// programs it starts per connection and `ssh-keygen` (ramnas-persist makes the host keys with it).
+const OPENSSH_PROGRAMS: &[&str] = &[
+    "/usr/sbin/sshd",
+    "/usr/lib/openssh/sshd-session",
+    "/usr/lib/openssh/sshd-auth",
+    "/usr/bin/ssh-keygen",
+];
+
+/// What Alpine's `networking` does (aports main/openrc/networking.initd): `ifup` each `auto` interface of
+/// /etc/network/interfaces, and succeed when any one came up, so `lo` alone counts as started.
+const NETWORKING: &str = r#"ret=1
+	for iface in $(awk '$1 == "auto" {for (i = 2; i <= NF; i++) printf("%s ", $i)}' /etc/network/interfaces); do
+		if ifup "$iface" >/dev/null 2>&1; then ret=0; else ifdown "$iface" >/dev/null 2>&1; fi
+	done
+	eend $ret
+	return $ret"#;
+
+/// The udhcpc script busybox's `ifup` runs for `inet dhcp` (Alpine's busybox ships one; Debian's busybox looks
+/// for it here): the lease's address and default route on the interface.
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+# Stand-in for the udhcpc script Alpine's busybox installs (ramnas test fixture).
+case "$1" in
+deconfig)
+	ip addr flush dev "$interface"
+	ip link set "$interface" up
+	;;
+bound | renew)
+	ip addr flush dev "$interface"
+	ip addr add "$ip/${mask:-24}" dev "$interface"
+	[ -z "$router" ] || ip route add default via "${router%% *}" dev "$interface"
+	;;
+esac
+exit 0
+"#;
+
 /// Stand-ins for the init scripts Alpine's packages install (alpine-base, openrc, busybox-openrc,
 /// udev-init-scripts, zfs-openrc, agetty-openrc, openssh, chrony, smartmontools, samba, nfs-utils): what
 /// `system/setup.sh` enables must exist for `rc-update add` to accept it. Each starts and stops and says so
 /// (`* Starting NAME (stand-in)`); the few a booting fixture depends on do their job: `sysfs` and `devfs`
 /// mount /sys and /dev, `modules` loads the fixture's kernel modules (Alpine's kernel loads them through
 /// udev) and mounts efivarfs (openrc's `sysfs` does), `hostname` sets the host name, `acpid` runs busybox's
-/// acpid (the power button). (name,
+/// acpid (the power button), `networking` brings up /etc/network/interfaces as Alpine's does, and `sshd` runs
+/// the real OpenSSH server after `ssh-keygen -A`, as Alpine's does (the host keys are ramnas-persist's when
+/// it restored them). (name,
 /// depend() body, start() body.)
 pub const STAND_INS: &[(&str, &str, &str)] = &[
     (
@@ -460,12 +500,16 @@ pub const STAND_INS: &[(&str, &str, &str)] = &[
     ("bootmisc", "", ""),
     ("hwclock", "", ""),
     ("syslog", "", ""),
-    ("networking", "provide net", ""),
+    ("networking", "provide net; after modules", NETWORKING),
     ("seedrng", "", ""),
     ("zfs-import", "", ""),
     ("zfs-mount", "need zfs-import", ""),
     ("chronyd", "", ""),
-    ("sshd", "", ""),
+    (
+        "sshd",
+        "after net",
+        "ssh-keygen -A && mkdir -p /run/sshd && chmod 0755 /run/sshd && /usr/sbin/sshd || { eend 1; return 1; }",
+    ),
     ("crond", "", ""),
     ("smartd", "", ""),
     ("agetty", "", ""),
@@ -480,7 +524,7 @@ pub const STAND_INS: &[(&str, &str, &str)] = &[
 /// busybox installs them too), the stand-in init scripts, the runlevel directories, and the few files
 /// Alpine's base packages own that setup.sh and OpenRC read (users, `/etc/conf.d/zfs`).
 fn write_openrc(root: &Path) -> Result<()> {
-    for program in OPENRC_PROGRAMS {
+    for program in OPENRC_PROGRAMS.iter().chain(OPENSSH_PROGRAMS) {
         write_host_program(root, program)?;
     }
     let sh = Shell::new()?;
@@ -538,12 +582,24 @@ fn write_openrc(root: &Path) -> Result<()> {
     // Debian's OpenRC reads LSB dependency names from insserv's configuration.
     write_file(root, "etc/insserv.conf", "", 0o644)?;
     fs::create_dir_all(root.join("etc/insserv.conf.d"))?;
-    write_file(root, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
+    // busybox ifup: its state file, the hook directories it runs, and the udhcpc script.
+    symlink("../run", root.join("var/run")).context("linking /var/run")?;
+    for hooks in ["if-pre-up.d", "if-up.d", "if-down.d", "if-post-down.d"] {
+        fs::create_dir_all(root.join("etc/network").join(hooks))?;
+    }
+    write_file(root, "etc/udhcpc/default.script", UDHCPC_SCRIPT, 0o755)?;
+    // sshd's privilege separation user, as openssh's package adds it.
+    write_file(
+        root,
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\nsshd:x:22:22:sshd:/run/sshd:/sbin/nologin\n",
+        0o644,
+    )?;
     write_file(root, "etc/shadow", "root:*::0:::::\n", 0o640)?;
     write_file(
         root,
         "etc/group",
-        "root:x:0:root\ntty:x:5:\nuucp:x:14:\n",
+        "root:x:0:root\ntty:x:5:\nuucp:x:14:\nsshd:x:22:\n",
         0o644,
     )?;
     write_file(
