@@ -122,11 +122,15 @@ pub enum Cmd {
     /// Prints what changes against the committed slot (packages, kernel, size), writes the files the stick
     /// lacks under temporary names, checks each one's SHA-256 read back from the stick, and only then puts
     /// the build in place (saying how much it wrote) and arms ONE trial boot of it on both boot loaders. On
-    /// the NAS, ramnas-ready commits a trial that comes up healthy; one that comes up unhealthy disarms
-    /// itself, leaves a record on the stick and reboots into the committed slot; one that panics, hangs
-    /// until the watchdog fires or loses power is never committed, and the next boot is the committed slot.
+    /// the NAS, ramnas-ready commits a trial that comes up healthy (every service started, reachable over
+    /// ssh: README, "Trial boots"); one that comes up unhealthy, or has not come up by its deadline,
+    /// disarms itself, leaves a record on the stick and reboots into the committed slot; one that panics
+    /// or loses power is never committed, and the next boot is the committed slot.
     /// --commit makes the new slot the default at once. The committed build again, with no trial armed,
     /// changes nothing and says so. Of /persist, a deploy removes only the last trial's record.
+    ///
+    /// Over ssh it refuses to replace the slot the NAS runs on trial, not committed yet (commit it, or
+    /// reboot into the committed slot, first), and a build whose root has no ssh key (--keyless).
     ///
     /// TARGET is an image file, a whole-disk block device holding a ramnas stick (refused while mounted
     /// here: use its mount point), a directory where the stick's partition is mounted, or
@@ -145,7 +149,8 @@ pub enum Cmd {
     Deploy(DeployFlags),
     /// Make the slot on trial the default.
     ///
-    /// Over ssh it commits only the slot the NAS runs on trial.
+    /// Over ssh it commits only the slot the NAS runs on trial, and only while that slot still holds the
+    /// build that booted.
     Commit(TargetFlags),
     /// Make the other slot the default again.
     ///
@@ -307,6 +312,10 @@ pub struct DeployFlags {
     /// Make the new slot the default right away instead of arming a trial boot.
     #[arg(long)]
     pub commit: bool,
+    /// Deploy over ssh a build whose root has no ssh key (refused otherwise: once it runs, no deploy over ssh
+    /// reaches the NAS again, and its trial is unhealthy unless health_reachable="no").
+    #[arg(long)]
+    pub keyless: bool,
 }
 
 #[derive(Args, Debug)]

@@ -566,12 +566,14 @@ pub fn trial_command(slot: Slot) -> String {
 }
 
 /// What the system running from the stick says about itself (over ssh): its kernel command line's
-/// `ramnas.slot=` and `ramnas.trial=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `ramnas.slot=`, `ramnas.trial=` and `ramnas.build=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Running {
     /// None when the system was not booted from a slot.
     pub slot: Option<Slot>,
     pub trial: bool,
+    /// The build that booted; None when the command line does not say.
+    pub build: Option<String>,
 }
 
 impl Running {
@@ -579,12 +581,15 @@ impl Running {
         let mut running = Running {
             slot: None,
             trial: false,
+            build: None,
         };
         for arg in cmdline.split_whitespace() {
             if let Some(s) = arg.strip_prefix("ramnas.slot=") {
                 running.slot = Slot::parse(s);
             } else if let Some(t) = arg.strip_prefix("ramnas.trial=") {
                 running.trial = matches!(t, "1" | "yes");
+            } else if let Some(b) = arg.strip_prefix("ramnas.build=") {
+                running.build = Some(b.to_string());
             }
         }
         running
@@ -777,7 +782,7 @@ impl Loader for SystemdBoot {
 /// The slot a running NAS runs on trial: its command line says `ramnas.trial=1` (BIOS), or its entry is a
 /// trial systemd-boot has counted a try of (UEFI: it renames `+1-0` to `+0-1` before it boots it). A UEFI
 /// trial still armed says nothing: the NAS may run that slot picked by hand at the BIOS prompt.
-pub fn running_trial(table: &Table, running: Running) -> Option<Slot> {
+pub fn running_trial(table: &Table, running: &Running) -> Option<Slot> {
     let slot = running.slot?;
     let uefi_trial = matches!(
         table.uefi.entries.get(slot.name()),
@@ -796,17 +801,29 @@ pub fn armed_trial(table: &Table) -> Option<Slot> {
         .or_else(|| table.uefi.trial().and_then(Slot::parse))
 }
 
-/// Which slot `commit` makes the default, and why.
+/// Which slot `commit` makes the default, and why. On a running NAS only the build that booted: never one a
+/// later deploy put into its slot.
 pub fn trial_to_commit(
     stick: &mut dyn Stick,
     table: &Table,
-    running: Option<Running>,
+    running: Option<&Running>,
 ) -> Result<Slot> {
     let default = table.default;
     match running {
         // A running NAS: its bootloader already spent the trial; the command line or the entry's name tells.
         Some(r) if running_trial(table, r).is_some_and(|s| Some(s) != default) => {
-            Ok(r.slot.expect("a trial runs a slot"))
+            let slot = r.slot.expect("a trial runs a slot");
+            let held = table.slots.get(&slot).map(|f| f.manifest.build_id.as_str());
+            if held.is_none() || held != r.build.as_deref() {
+                bail!(
+                    "{}: the NAS runs build {} on trial, but slot {slot} holds {} now (deployed since it booted): \
+                     not committing a build that never booted; reboot the NAS to try it",
+                    stick.describe(),
+                    r.build.as_deref().unwrap_or("(unknown: no ramnas.build= on its command line)"),
+                    held.map_or("no complete build".to_string(), |b| format!("build {b}"))
+                );
+            }
+            Ok(slot)
         }
         Some(Running { slot, .. }) => {
             let runs = slot.map_or("no ramnas slot".to_string(), |s| format!("slot {s}"));
@@ -816,7 +833,7 @@ pub fn trial_to_commit(
                     stick.describe()
                 );
             }
-            let why = if slot.is_some() && slot == default {
+            let why = if slot.is_some() && *slot == default {
                 "already the default"
             } else {
                 "not a trial boot"
@@ -960,6 +977,7 @@ mod tests {
             artifacts,
             initrds: Vec::new(),
             bootloaders: Default::default(),
+            root_ssh_keys: None,
         }
         .to_json()
     }
@@ -1216,6 +1234,39 @@ mod tests {
         assert_eq!(table.default, Some(Slot::B));
         assert_eq!(table.slots[&Slot::B].manifest.build_id, "one");
         verify_slot(&mut stick, Slot::B).unwrap();
+    }
+
+    /// A NAS runs build one from slot b on trial, and build two went into slot b since (the deploy would
+    /// refuse now; an older ramnas, or the stick moved to another host, did not): commit refuses, and
+    /// commits slot b only while it holds the build that booted.
+    #[test]
+    fn commit_commits_only_the_build_that_booted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("stick");
+        fs::create_dir_all(root.join("syslinux")).unwrap();
+        let (one, two) = builds_one_and_two(tmp.path(), "c\n");
+        let mut stick = Dir::open(&root).unwrap();
+        install(&mut stick, Slot::A, &one).unwrap();
+        install(&mut stick, Slot::B, &two).unwrap();
+        write_boot_config(&mut stick, Slot::A).unwrap();
+        let table = Table::read(&mut stick).unwrap();
+        let running =
+            Running::from_cmdline("console=ttyS0 ramnas.build=one ramnas.slot=b ramnas.trial=1");
+        assert_eq!(running.build.as_deref(), Some("one"));
+        let err = trial_to_commit(&mut stick, &table, Some(&running))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("runs build one on trial, but slot b holds build two now"),
+            "{err}"
+        );
+        let running = Running::from_cmdline("ramnas.build=two ramnas.slot=b ramnas.trial=1");
+        assert_eq!(
+            trial_to_commit(&mut stick, &table, Some(&running)).unwrap(),
+            Slot::B
+        );
+        let unknown = Running::from_cmdline("ramnas.slot=b ramnas.trial=1");
+        assert!(trial_to_commit(&mut stick, &table, Some(&unknown)).is_err());
     }
 
     #[test]

@@ -128,6 +128,21 @@ impl AuthorizedKeys {
     }
 }
 
+/// Where root's keys live in a tree.
+pub const IN_TREE: &str = "root/.ssh/authorized_keys";
+
+/// How many keys root's `authorized_keys` in `tree` holds (0 when there is no such file): a build with none
+/// can be reached at its console only.
+pub fn count_in_tree(tree: &Path) -> Result<u32> {
+    let path = tree.join(IN_TREE);
+    let text = match fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(text.lines().filter(|l| is_public_key(l)).count() as u32)
+}
+
 /// `DIR/*.pub`, sorted; none when DIR does not exist.
 fn public_key_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = match fs::read_dir(dir) {

@@ -43,6 +43,10 @@ pub struct Manifest {
     /// package it came from; the host's are used for the ones it does not name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bootloaders: BTreeMap<String, String>,
+    /// How many ssh keys root's `authorized_keys` in the tree holds: with none, a deploy over ssh could never
+    /// reach the NAS again. None for builds made before ramnas counted them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_ssh_keys: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +370,7 @@ mod tests {
             artifacts,
             initrds: Vec::new(),
             bootloaders: Default::default(),
+            root_ssh_keys: None,
         }
     }
 

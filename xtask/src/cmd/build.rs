@@ -130,6 +130,7 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         artifacts,
         initrds,
         bootloaders: boot,
+        root_ssh_keys: Some(keys::count_in_tree(&tree)?),
     };
     if !put_in_place(out, temps, &inputs, &new)? {
         eprintln!(

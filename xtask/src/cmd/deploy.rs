@@ -16,6 +16,18 @@ use crate::{
 pub fn deploy(flags: DeployFlags) -> Result<()> {
     let build = Build::open(&flags.out.out)?;
     let mut stick = Faulty::wrap(stick::open(&flags.target.target)?)?;
+    if build.manifest.root_ssh_keys == Some(0)
+        && stick.running_cmdline()?.is_some()
+        && !flags.keyless
+    {
+        bail!(
+            "build {} has no ssh key for root: once it runs, no deploy over ssh could reach {} again (and its \
+             trial boot is unhealthy unless health_reachable=\"no\"). Put your public key in ~/.ssh or name a \
+             file in system.toml's [access] authorized_keys and build again; or pass --keyless. Nothing was written",
+            build.manifest.build_id,
+            stick.describe()
+        );
+    }
     let table = Table::read(&mut *stick)?;
     let keep = slots::committed(&mut *stick, &table)?;
     let target = keep.other();
@@ -50,6 +62,17 @@ pub fn deploy(flags: DeployFlags) -> Result<()> {
     }
     if let Some(running) = running(&mut *stick)? {
         if running.slot == Some(target) {
+            if slots::running_trial(&table, &running).is_some() {
+                let t = &flags.target.target;
+                bail!(
+                    "{}: the NAS runs build {} from slot {target} on trial, not committed yet; deploying would \
+                     replace it under the running system. Commit it first (`cargo xtask commit {t}`), then \
+                     deploy into slot {keep}; or reboot the NAS into the committed slot {keep} and deploy \
+                     again. Nothing was written",
+                    stick.describe(),
+                    running.build.as_deref().unwrap_or("(unknown)")
+                );
+            }
             println!("note: the NAS runs slot {target} (from memory); its files on the stick are replaced");
         }
     }
@@ -82,7 +105,7 @@ pub fn commit(flags: TargetFlags) -> Result<()> {
     let mut stick = stick::open(&flags.target)?;
     let table = Table::read(&mut *stick)?;
     let running = running(&mut *stick)?;
-    let slot = slots::trial_to_commit(&mut *stick, &table, running)?;
+    let slot = slots::trial_to_commit(&mut *stick, &table, running.as_ref())?;
     slots::verify_slot(&mut *stick, slot)?;
     slots::make_default(&mut *stick, slot)?;
     stick.close()?;
@@ -106,6 +129,7 @@ pub fn rollback(flags: TargetFlags) -> Result<()> {
     if let Some(Running {
         slot: Some(slot),
         trial: true,
+        ..
     }) = running(&mut *stick)?
     {
         if slot != default {
@@ -151,9 +175,12 @@ pub fn status(flags: TargetFlags) -> Result<()> {
         if slots::armed_trial(&table) == Some(slot) {
             marks.push("armed for trial");
         }
-        if running.and_then(|r| r.slot) == Some(slot) {
+        if running.as_ref().and_then(|r| r.slot) == Some(slot) {
             marks.push(
-                if running.is_some_and(|r| slots::running_trial(&table, r).is_some()) {
+                if running
+                    .as_ref()
+                    .is_some_and(|r| slots::running_trial(&table, r).is_some())
+                {
                     "running on trial"
                 } else {
                     "running"
@@ -197,7 +224,7 @@ pub fn status(flags: TargetFlags) -> Result<()> {
             entries.join(", ")
         );
     }
-    if let Some(r) = running {
+    if let Some(r) = &running {
         let trial = if slots::running_trial(&table, r).is_some() {
             " (trial boot)"
         } else {

@@ -54,6 +54,7 @@ fn write_manifest(out: &Path, build_id: &str) {
         artifacts,
         initrds: Vec::new(),
         bootloaders: Default::default(),
+        root_ssh_keys: None,
     };
     fs::write(out.join("manifest.json"), manifest.to_json()).unwrap();
 }
