@@ -13,21 +13,23 @@ die() {
 [ -x /sbin/openrc-init ] || die "/sbin/openrc-init missing: list openrc-init in packages"
 ln -sfn /sbin/openrc-init /init
 
-# Consoles: agetty on the first virtual terminal and on the serial port.
-for tty in tty1 ttyS0; do
-	ln -sfn agetty "/etc/init.d/agetty.$tty"
-done
+# Console login: agetty on the first virtual terminal only (the screen and keyboard: whoever sits there can
+# pull the stick anyway). The serial port shows the boot but offers no login: on a server board it is often
+# reachable over the network (IPMI Serial-over-LAN), and root has no password. To log in there too, add
+# `ln -sfn agetty /etc/init.d/agetty.ttyS0` and agetty.ttyS0 to the default runlevel below
+# (/etc/conf.d/agetty.ttyS0 holds its settings).
+ln -sfn agetty /etc/init.d/agetty.tty1
 
 # The runlevels of a diskless Alpine, with udev (for /dev/disk/by-id) instead of mdev. rc-update refuses a
 # service without an init script: is its package listed?
-for service in devfs dmesg udev udev-trigger udev-settle; do
+for service in devfs dmesg ramnas-deadline udev udev-trigger udev-settle; do
 	rc-update add "$service" sysinit
 done
 for service in modules sysctl hostname bootmisc hwclock syslog networking \
 	ramnas-persist seedrng ramnas-watchdog zfs-import zfs-mount; do
 	rc-update add "$service" boot
 done
-for service in udev-postmount acpid chronyd sshd crond smartd agetty.tty1 agetty.ttyS0 ramnas-ready; do
+for service in udev-postmount acpid chronyd sshd crond smartd agetty.tty1 ramnas-ready; do
 	rc-update add "$service" default
 done
 for service in killprocs savecache mount-ro; do
@@ -59,7 +61,7 @@ for defaults in /etc/default/zfs /etc/conf.d/zfs; do
 done
 [ -n "$found" ] || die "no ZFS defaults file (/etc/default/zfs or /etc/conf.d/zfs): is zfs listed in packages?"
 
-# Root logs in on the console without a password (there is no other way in without an ssh key);
+# Root logs in on the console (tty1) without a password (there is no other way in without an ssh key);
 # sshd accepts keys only. No password hash is ever stored in system/.
 passwd -d root >/dev/null
 

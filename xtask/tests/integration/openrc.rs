@@ -62,6 +62,14 @@ const BROKEN: &str = "#!/sbin/openrc-run\n\
     description=\"a service that fails\"\n\
     start() {\n\techo \"test: broken fails on purpose\"\n\treturn 1\n}\n";
 
+/// A service that never finishes starting, as a `zfs-import` on a dying disk might (after the disks' drivers
+/// are loaded, as zfs-import is).
+const HANG: &str = "#!/sbin/openrc-run\n\
+    # shellcheck shell=sh disable=SC2034\n\
+    description=\"a service that never finishes starting\"\n\
+    depend() {\n\tafter modules\n}\n\
+    start() {\n\techo \"test: hang starts and never returns\"\n\twhile :; do sleep 60; done\n}\n";
+
 /// The test's own hand on the machine: once ramnas-ready has finished (started or failed), it runs
 /// /etc/test-then, whatever that test put there.
 const THEN: &str = r#"#!/sbin/openrc-run
@@ -100,7 +108,8 @@ if [ -e /run/openrc/started/ramnas-ready ]; then
 fi
 "#;
 
-/// A test's world: the openrc fixture tree (the packages) and the stand-in tool.
+/// A test's world: the openrc fixture tree (the packages) and the stand-in tool, and a home whose
+/// `.ssh/id_ed25519.pub` the builds make root's key (`ssh` logs in with it).
 struct Nas {
     dir: tempfile::TempDir,
     tree: PathBuf,
@@ -110,6 +119,20 @@ struct Nas {
 impl Nas {
     fn new() -> Nas {
         let dir = common::tempdir();
+        let ssh = dir.path().join(".ssh");
+        fs::create_dir_all(&ssh).unwrap();
+        common::run(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                ssh.join("id_ed25519").to_str().unwrap(),
+            ],
+        );
         let tree = dir.path().join("packages");
         let mut fixture = Fixture::new("openrc");
         fixture.init = Init::Openrc;
@@ -140,6 +163,7 @@ impl Nas {
             write_script(&init_d.join(name), &service(name));
         }
         write_script(&init_d.join("broken"), BROKEN);
+        write_script(&init_d.join("hang"), HANG);
         write_script(&init_d.join("test-then"), THEN);
         fs::write(system.join("root/etc/test-then"), then).unwrap();
         // Short waits: the test need not sit out the NAS's defaults.
@@ -147,7 +171,8 @@ impl Nas {
         let text = fs::read_to_string(&conf).unwrap();
         fs::write(
             &conf,
-            text.replace("reboot_delay=\"10\"", "reboot_delay=\"2\""),
+            text.replace("reboot_delay=\"10\"", "reboot_delay=\"2\"")
+                .replace("health_wait=\"60\"", "health_wait=\"20\""),
         )
         .unwrap();
         let mut script = fs::read_to_string(system.join("setup.sh")).unwrap();
@@ -162,11 +187,16 @@ impl Nas {
 
     /// `cargo xtask build --system SYSTEM --out OUT` through the stand-in tool; returns OUT.
     fn build(&self, system: &Path, out: &str) -> PathBuf {
+        self.build_from(system, out, self.path())
+    }
+
+    /// The same as built by a user whose HOME is `home` (root's keys are `home/.ssh/*.pub`).
+    fn build_from(&self, system: &Path, out: &str, home: &Path) -> PathBuf {
         let out = self.path().join(out);
         let built = common::system_build_command(self.path(), system, &out)
             .env("ALPINE_MAKE_ROOTFS", &self.tool)
             .env("FAKE_TREE", &self.tree)
-            .env("HOME", self.path())
+            .env("HOME", home)
             .env_remove("SUDO_USER")
             .output()
             .unwrap();
@@ -206,6 +236,21 @@ fn build_id(out: &Path) -> String {
     xtask::build::manifest::Manifest::load(&out.join("manifest.json"))
         .unwrap()
         .build_id
+}
+
+/// The NAS on a network (qemu's user network: its DHCP gives the address), booting `stick` under SeaBIOS:
+/// a trial is healthy only when reachable.
+fn bios_nas(stick: &Path) -> Machine {
+    let mut m = common::bios_machine(stick);
+    m.net = true;
+    m
+}
+
+/// [`bios_nas`] under OVMF, its NVRAM in `dir`.
+fn uefi_nas(stick: &Path, dir: &Path) -> Machine {
+    let mut m = common::uefi_machine(stick, dir);
+    m.net = true;
+    m
 }
 
 /// Waits for the console line matching `pattern`.
@@ -270,7 +315,7 @@ fn a_healthy_trial_under_openrc_commits_and_reboot_and_poweroff_work() {
     let id = build_id(&b);
     let stick = stick_with_trial(&nas, &a, &b);
 
-    let mut m = common::bios_machine(&stick);
+    let mut m = bios_nas(&stick);
     m.reboot = true;
     let mut vm = common::start(&m, nas.path(), "trial");
     expect(&mut vm, &format!("^ramnas: ready slot=b build={id}$"));
@@ -283,12 +328,9 @@ fn a_healthy_trial_under_openrc_commits_and_reboot_and_poweroff_work() {
     let lines = vm.output();
 
     let ready = position(&lines, "ramnas: ready slot=b");
-    // No udev: nothing provides `dev`, and the stick is mounted all the same. No openssh: no keys to keep.
+    // No udev: nothing provides `dev`, and the stick is mounted all the same; the host keys are made and kept.
     assert!(
-        position(
-            &lines,
-            "ramnas-persist: no ssh-keygen (openssh): no ssh host keys to keep"
-        ) < ready,
+        position(&lines, "ramnas-persist: created ") < ready,
         "{lines:#?}"
     );
     for late in ["test: aaa-early started", "test: zzz-late started"] {
@@ -318,12 +360,8 @@ fn a_healthy_trial_under_openrc_commits_and_reboot_and_poweroff_work() {
 #[ignore = "needs root and qemu: `cargo xtask test` runs it"]
 fn an_unhealthy_trial_under_openrc_goes_back_by_itself() {
     let nas = Nas::new();
-    let (mut vm, stick, id_b) = unhealthy_trial_goes_back(
-        &nas,
-        "rc-update add broken boot\n",
-        "broken",
-        common::bios_machine,
-    );
+    let (mut vm, stick, id_b) =
+        unhealthy_trial_goes_back(&nas, "rc-update add broken boot\n", "broken", bios_nas);
     expect(&mut vm, "^test: /sbin/poweroff$");
     vm.wait_exit(Duration::from_secs(120))
         .expect("/sbin/poweroff powers the machine off");
@@ -357,7 +395,7 @@ fn a_trial_committed_under_uefi_leaves_nothing_armed() {
     let id = build_id(&b);
     let stick = stick_with_trial(&nas, &a, &b);
 
-    let m = common::uefi_machine(&stick, nas.path());
+    let m = uefi_nas(&stick, nas.path());
     let mut vm = common::start(&m, nas.path(), "uefi-trial");
     expect(&mut vm, &format!("^ramnas: ready slot=b build={id}$"));
     vm.wait_exit(Duration::from_secs(120))
@@ -396,7 +434,7 @@ fn an_unhealthy_uefi_trial_without_its_stick_goes_back_by_itself() {
     let lost = "sed -i -e 's/RAMNAS_LABEL:-RAMNAS/RAMNAS_LABEL:-NOSUCHLABEL/' \
                 -e 's/RAMNAS_WAIT:-10/RAMNAS_WAIT:-1/' /usr/sbin/ramnas-persist\n";
     let (mut vm, _, _) = unhealthy_trial_goes_back(&nas, lost, "ramnas-persist", |stick| {
-        common::uefi_machine(stick, nas.path())
+        uefi_nas(stick, nas.path())
     });
     vm.wait_exit(Duration::from_secs(120))
         .expect("/sbin/poweroff powers the machine off");
@@ -438,4 +476,214 @@ fn vm_check_shuts_the_nas_down_and_leaves_the_stick_clean() {
     assert!(second.contains("ramnas-persist: mounted"), "{second}");
     assert!(!second.contains("repaired the FAT"), "{second}");
     assert!(!second.contains("not properly unmounted"), "{second}");
+}
+
+/// An ssh program (for `RAMNAS_SSH`) that logs in to the test's NAS with the key its builds hold.
+fn ssh_program(nas: &Nas) -> PathBuf {
+    let ssh = nas.path().join("ssh");
+    fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\nexec ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \"$@\"\n",
+            nas.path().join(".ssh/id_ed25519").display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&ssh, fs::Permissions::from_mode(0o755)).unwrap();
+    ssh
+}
+
+/// Boots `stick`, whose slot b holds `id_b` on trial, and waits for that trial to fail `failed` and slot a
+/// (`id_a`) to come up after it; then for the power-off of that healthy boot.
+fn trial_fails_then_a_is_ready(
+    nas: &Nas,
+    stick: &Path,
+    name: &str,
+    id_a: &str,
+    id_b: &str,
+    failed: &str,
+) {
+    let mut m = bios_nas(stick);
+    m.reboot = true;
+    let mut vm = common::start(&m, nas.path(), name);
+    expect(
+        &mut vm,
+        &format!("^ramnas: unhealthy slot=b build={id_b} failed={failed}$"),
+    );
+    expect(&mut vm, "rebooting into the committed slot in 2s");
+    expect(&mut vm, &format!("^ramnas: ready slot=a build={id_a}$"));
+    expect(&mut vm, "^test: /sbin/poweroff$");
+    vm.wait_exit(Duration::from_secs(120))
+        .expect("/sbin/poweroff powers the machine off");
+    let status = nas.xtask(&["status", stick.to_str().unwrap()]);
+    assert!(status.contains("default: a\n"), "{status}");
+    assert!(
+        status.contains(&format!(
+            "last trial: slot b, build {id_b}, failed: {failed}"
+        )),
+        "{status}"
+    );
+}
+
+/// Trials that boot and start every service but could not be reached the way a deploy reaches the NAS are
+/// not committed: a build without root's ssh key, then one whose kernel lost its network card's driver
+/// (only lo comes up, and Alpine's `networking` counts that as started). Each goes back to slot a by itself.
+#[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+fn a_trial_that_cannot_be_reached_goes_back_by_itself() {
+    let nas = Nas::new();
+    let a = nas.build(&nas.system("a", POWEROFF, ""), "out-a");
+    let home = nas.path().join("home-without-keys");
+    fs::create_dir_all(&home).unwrap();
+    let keyless = nas.build_from(&nas.system("keyless", POWEROFF, ""), "out-keyless", &home);
+    let no_nic = "sed -i '/virtio_net/d' /lib/modules/*/fixture.load\n";
+    let nicless = nas.build(&nas.system("nicless", POWEROFF, no_nic), "out-nicless");
+    let id_a = build_id(&a);
+
+    let stick = stick_with_trial(&nas, &a, &keyless);
+    trial_fails_then_a_is_ready(
+        &nas,
+        &stick,
+        "keyless",
+        &id_a,
+        &build_id(&keyless),
+        "ssh-keys",
+    );
+
+    nas.xtask(&[
+        "deploy",
+        stick.to_str().unwrap(),
+        "--out",
+        nicless.to_str().unwrap(),
+    ]);
+    trial_fails_then_a_is_ready(
+        &nas,
+        &stick,
+        "nicless",
+        &id_a,
+        &build_id(&nicless),
+        "network",
+    );
+}
+
+/// A trial whose boot-runlevel service never finishes starting never reaches the health check: at its
+/// deadline it is recorded as failed and the NAS reboots into the committed slot by itself.
+#[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+fn a_trial_that_hangs_goes_back_at_its_deadline() {
+    let nas = Nas::new();
+    let a = nas.build(&nas.system("a", POWEROFF, ""), "out-a");
+    let hang = "rc-update add hang boot\n\
+                sed -i 's/^trial_deadline=.*/trial_deadline=\"60\"/' /etc/conf.d/ramnas-ready\n";
+    let b = nas.build(&nas.system("b", POWEROFF, hang), "out-b");
+    let (id_a, id_b) = (build_id(&a), build_id(&b));
+    let stick = stick_with_trial(&nas, &a, &b);
+    let mut m = bios_nas(&stick);
+    m.reboot = true;
+    let mut vm = common::start(&m, nas.path(), "hang");
+    expect(&mut vm, "^test: hang starts and never returns$");
+    expect(
+        &mut vm,
+        &format!("^ramnas: unhealthy slot=b build={id_b} failed=deadline "),
+    );
+    expect(
+        &mut vm,
+        "missed its deadline: rebooting into the committed slot",
+    );
+    expect(&mut vm, &format!("^ramnas: ready slot=a build={id_a}$"));
+    expect(&mut vm, "^test: /sbin/poweroff$");
+    vm.wait_exit(Duration::from_secs(120))
+        .expect("/sbin/poweroff powers the machine off");
+    let console = vm.output().join("\n");
+    let status = nas.xtask(&["status", stick.to_str().unwrap()]);
+    assert!(status.contains("default: a\n"), "{status}");
+    // Disarmed on both boot loaders, the UEFI trial included.
+    assert!(
+        status.contains("trial: none armed\n"),
+        "{status}\n{console}"
+    );
+    assert!(
+        status.contains(&format!(
+            "last trial: slot b, build {id_b}, failed: deadline"
+        )),
+        "{status}"
+    );
+}
+
+/// The NAS runs build b on trial, healthy but not committed yet (commit_trial=no). Over ssh, a deploy of
+/// another build would replace slot b under it: refused, nothing written. `commit` commits slot b, the
+/// build that booted; then the deploy goes into slot a. A deploy of a build without root's ssh key is
+/// refused over ssh (it could never be deployed to again) unless --keyless.
+#[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+fn a_deploy_over_ssh_never_replaces_a_running_trial() {
+    let nas = Nas::new();
+    let a = nas.build(&nas.system("a", "", ""), "out-a");
+    let no_commit = "sed -i 's/^commit_trial=.*/commit_trial=\"no\"/' /etc/conf.d/ramnas-ready\n";
+    let b = nas.build(&nas.system("b", "", no_commit), "out-b");
+    let b2 = nas.build(&nas.system("b2", "", "touch /etc/b2\n"), "out-b2");
+    let home = nas.path().join("home-without-keys");
+    fs::create_dir_all(&home).unwrap();
+    let keyless = nas.build_from(&nas.system("keyless", "", ""), "out-keyless", &home);
+    let (id_b, id_b2) = (build_id(&b), build_id(&b2));
+    let stick = stick_with_trial(&nas, &a, &b);
+    let port = xtask::dev::fixture::free_port().unwrap();
+    let mut m = bios_nas(&stick);
+    m.ssh_port = Some(port);
+    let mut vm = common::start(&m, nas.path(), "running-trial");
+    expect(
+        &mut vm,
+        "trial of slot b healthy; not committed \\(commit_trial=no\\)",
+    );
+    expect(&mut vm, &format!("^ramnas: ready slot=b build={id_b}$"));
+
+    let target = format!("ssh://root@127.0.0.1:{port}");
+    let ssh = ssh_program(&nas);
+    let xtask = |args: &[&str]| {
+        common::xtask_command(nas.path(), args)
+            .env("RAMNAS_SSH", &ssh)
+            .output()
+            .unwrap()
+    };
+    let refused = xtask(&["deploy", &target, "--out", b2.to_str().unwrap()]);
+    let text = common::text(&refused);
+    assert!(!refused.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "the NAS runs build {id_b} from slot b on trial, not committed yet"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("Nothing was written"), "{text}");
+    let status = common::ok(&xtask(&["status", &target]));
+    assert!(
+        status.contains("slot b (armed for trial, running on trial)")
+            || status.contains("slot b (running on trial)"),
+        "{status}"
+    );
+    assert!(status.contains(&format!("build   {id_b}")), "{status}");
+
+    let committed = common::ok(&xtask(&["commit", &target]));
+    assert!(
+        committed.contains(&format!("slot b (build {id_b}) is now the default")),
+        "{committed}"
+    );
+    let keyless_refused = xtask(&["deploy", &target, "--out", keyless.to_str().unwrap()]);
+    let text = common::text(&keyless_refused);
+    assert!(!keyless_refused.status.success(), "{text}");
+    assert!(text.contains("has no ssh key for root"), "{text}");
+    let deployed = common::ok(&xtask(&["deploy", &target, "--out", b2.to_str().unwrap()]));
+    assert!(
+        deployed.contains(&format!("deploying build {id_b2} into slot a")),
+        "{deployed}"
+    );
+
+    let off = std::process::Command::new(&ssh)
+        .args(["-p", &port.to_string(), "root@127.0.0.1", "/sbin/poweroff"])
+        .status()
+        .unwrap();
+    assert!(off.success());
+    vm.wait_exit(Duration::from_secs(120))
+        .expect("/sbin/poweroff powers the machine off");
 }

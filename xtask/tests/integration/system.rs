@@ -58,18 +58,26 @@ const FAKE_RC_SERVICE: &str = r#"#!/bin/sh
 exit 0
 "#;
 
-/// Boot 1: first boot of slot b on trial; healthy (a crashed console login does not count), so it commits b,
-/// and creates + saves the host keys.
+/// Boot 1: first boot of slot b on trial; healthy (a crashed console login does not count; this VM has no
+/// network, so reachability is not asked for), so it commits b, and creates + saves the host keys. Before
+/// that, as if the running build were another one than the slot holds now (a deploy since the boot): neither
+/// `ramnas-slot commit` nor `ramnas-ready` commits it.
 const BOOT1: &str = r#"
 export RAMNAS_SSH_DIR=/tmp/ssh RAMNAS_SSH_KEYGEN=/usr/local/bin/fake-keygen RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
 export RAMNAS_RUNLEVELS=/tmp/runlevels RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
+export RAMNAS_CONF=/tmp/ready.conf
+echo 'health_reachable=no' > /tmp/ready.conf
 echo system-test > /tmp/build
+echo never-booted > /tmp/other-build
 mkdir -p /tmp/runlevels/boot /tmp/runlevels/default
 ln -s /etc/init.d/ramnas-persist /tmp/runlevels/boot/ramnas-persist
 for s in sshd chronyd agetty.ttyS1 ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevels/default/$s; done
 ramnas-persist start
 for l in $(ramnas-slot); do echo "ramnas-test: $l"; done
 echo "ramnas-test: key $(cat /tmp/ssh/ssh_host_ed25519_key)"
+RAMNAS_BUILD_FILE=/tmp/other-build ramnas-slot commit 2>&1 || echo "ramnas-test: commit refused"
+RAMNAS_BUILD_FILE=/tmp/other-build RAMNAS_DECIDED=/tmp/decided ramnas-ready
+echo "ramnas-test: after the refusals $(ramnas-slot default)"
 ramnas-ready
 ramnas-persist stop && echo "ramnas-test: unmounted"
 "#;
@@ -81,7 +89,7 @@ const BOOT2: &str = r#"
 export RAMNAS_SSH_DIR=/tmp/ssh RAMNAS_SSH_KEYGEN=false RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
 export RAMNAS_RUNLEVELS=/tmp/runlevels RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
 export RAMNAS_REBOOT=/usr/local/bin/fake-reboot RAMNAS_CONF=/tmp/ready.conf
-echo 'reboot_delay=0' > /tmp/ready.conf
+printf 'reboot_delay=0\nhealth_reachable=no\n' > /tmp/ready.conf
 echo system-test > /tmp/build
 mkdir -p /tmp/runlevels/boot /tmp/runlevels/default
 ln -s /etc/init.d/broken /tmp/runlevels/boot/broken
@@ -131,7 +139,8 @@ fn system_script(path: &str) -> String {
     fs::read_to_string(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()))
 }
 
-/// A 32 MiB FAT partition image labelled RAMNAS with /syslinux/syslinux.cfg, made with mkfs.vfat + mtools.
+/// A 32 MiB FAT partition image labelled RAMNAS with /syslinux/syslinux.cfg and slot b's manifest naming
+/// build `system-test`, made with mkfs.vfat + mtools.
 fn stick_image(dir: &Path) -> PathBuf {
     let image = dir.join("stick.img");
     run(Command::new("mkfs.vfat")
@@ -146,6 +155,21 @@ fn stick_image(dir: &Path) -> PathBuf {
         .arg(&image)
         .arg(&cfg)
         .arg("::/syslinux/syslinux.cfg"));
+    let manifest = dir.join("manifest.json");
+    // Only its build id is read on the NAS (laid out as serde_json's pretty printer writes it).
+    fs::write(
+        &manifest,
+        "{\n  \"build_id\": \"system-test\",\n  \"source_date\": 0\n}\n",
+    )
+    .unwrap();
+    for d in ["::/slots", "::/slots/b"] {
+        run(Command::new("mmd").arg("-i").arg(&image).arg(d));
+    }
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&image)
+        .arg(&manifest)
+        .arg("::/slots/b/manifest.json"));
     image
 }
 
@@ -196,9 +220,24 @@ fn fsck_check(disk: &Path, dir: &Path) -> (bool, String) {
 
 /// Packs a fixture whose hook is `hook` with GNU cpio and boots it with the stick attached over USB.
 fn boot(dir: &Path, name: &str, hook: &str, append: &str, stick: &Path) -> Vec<String> {
+    boot_with(dir, name, hook, append, stick, &[])
+}
+
+/// [`boot`], with more of the host's programs in the fixture.
+fn boot_with(
+    dir: &Path,
+    name: &str,
+    hook: &str,
+    append: &str,
+    stick: &Path,
+    programs: &[&str],
+) -> Vec<String> {
     let mut fixture = Fixture::new(name);
     // As the NAS has dosfstools: the host's fsck.vfat and the glibc it loads.
     fixture.host_programs.push("fsck.vfat".into());
+    fixture
+        .host_programs
+        .extend(programs.iter().map(|p| p.to_string()));
     for script in ["ramnas-slot", "ramnas-persist", "ramnas-ready"] {
         fixture.files.push((
             format!("usr/sbin/{script}"),
@@ -292,6 +331,11 @@ fn slot_helper_health_check_and_persistence_on_a_stick() {
         "ramnas-test: running=b",
         "ramnas-test: default=a",
         "ramnas-test: trial=yes",
+        "ramnas-slot: slot b holds build system-test now, not the running build never-booted (deployed since this boot): not committed; reboot to try it",
+        "ramnas-test: commit refused",
+        "ramnas: trial of slot b healthy, but the slot holds build system-test now (deployed since this boot): not committed; the next boot tries it",
+        "ramnas: ready slot=b build=never-booted",
+        "ramnas-test: after the refusals a",
         "ramnas-persist: created 2 ssh host key files and saved them in /media/boot/persist/ssh",
         "ramnas-slot: slot b is now the default",
         "ramnas: ready slot=b build=system-test",
@@ -463,4 +507,92 @@ fn persist_repairs_the_fat_a_killed_deploy_left() {
     assert_eq!(mtype(&fat, "/persist/keep"), "user data");
     let mut s = stick::open(stick.to_str().unwrap()).unwrap();
     slots::verify_slot(&mut *s, Slot::A).unwrap();
+}
+
+/// Lists the host keys in /etc/ssh by name and content hash, for the boots of
+/// [`a_half_saved_set_of_host_keys_is_completed_and_kept`].
+const KEYS_BOOT: &str = r#"
+export RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
+echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
+ramnas-persist start
+for f in /etc/ssh/ssh_host_*; do echo "ramnas-test: has ${f##*/} $(sha256sum < "$f" | cut -c1-16)"; done
+ramnas-persist stop && echo "ramnas-test: unmounted"
+"#;
+
+/// A power cut in the middle of the first save of the host keys left one key pair of the set on the stick.
+/// The next boot restores it, makes the missing types with the real `ssh-keygen -A` and saves them; the boot
+/// after restores the same whole set, so the NAS's host key no longer changes at every boot.
+#[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+fn a_half_saved_set_of_host_keys_is_completed_and_kept() {
+    let dir = common::tempdir();
+    let d = dir.path();
+    let stick = stick_image(d);
+    let key = d.join("ssh_host_ed25519_key");
+    common::run(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
+    );
+    run(Command::new("mmd")
+        .arg("-i")
+        .arg(&stick)
+        .args(["::/persist", "::/persist/ssh"]));
+    for f in ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"] {
+        run(Command::new("mcopy")
+            .arg("-i")
+            .arg(&stick)
+            .arg(d.join(f))
+            .arg(format!("::/persist/ssh/{f}")));
+    }
+    let hash = |path: &Path| {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(fs::read(path).unwrap());
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()[..16]
+            .to_string()
+    };
+    let keys = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("ramnas-test: has "))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let first = boot_with(d, "keys1", KEYS_BOOT, "", &stick, &["ssh-keygen"]);
+    assert!(
+        has(
+            &first,
+            "ramnas-persist: restored 2 ssh host key files from /media/boot/persist/ssh"
+        ),
+        "{first:#?}"
+    );
+    let kept = keys(&first);
+    assert!(
+        kept.contains(&format!("ssh_host_ed25519_key {}", hash(&key))),
+        "the saved key is the one restored: {kept:#?}"
+    );
+    for kind in ["rsa", "ecdsa"] {
+        for f in [
+            format!("ssh_host_{kind}_key"),
+            format!("ssh_host_{kind}_key.pub"),
+        ] {
+            let saved = mtype(&stick, &format!("/persist/ssh/{f}"));
+            assert!(!saved.is_empty(), "{f} saved on the stick");
+            assert!(
+                kept.iter().any(|k| k.starts_with(&format!("{f} "))),
+                "{kept:#?}"
+            );
+        }
+    }
+
+    let second = boot_with(d, "keys2", KEYS_BOOT, "", &stick, &["ssh-keygen"]);
+    assert_eq!(
+        keys(&second),
+        kept,
+        "the second boot has the same host keys"
+    );
+    assert!(!second.iter().any(|l| l.contains("created")), "{second:#?}");
 }
