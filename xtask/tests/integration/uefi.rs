@@ -173,7 +173,7 @@ fn stick_with_slots_a_and_b(dir: &Path, b_init: Init) -> Stick {
     let stick = Stick::create(dir);
     let a = fixture_slot(dir, "a", "build-a", Init::Ready, "console=ttyS0 panic=1");
     let b = fixture_slot(dir, "b", "build-b", b_init, "console=ttyS0 panic=1");
-    stick.put_slot(dir, &a, Role::Default);
+    stick.put_slot(dir, &a, Role::Default { generation: 1 });
     stick.put_slot(dir, &b, Role::Spare);
     stick
 }
@@ -224,20 +224,15 @@ fn file_names_sort_the_way_systemd_boot_must_boot_them() {
     };
     let trial = Role::Trial { left: 1, done: 0 };
     let spent = Role::Trial { left: 0, done: 1 };
+    let default = Role::Default { generation: 1 };
     for (d, o) in [("a", "b"), ("b", "a")] {
         assert_eq!(
-            names(&[(d, Role::Default), (o, Role::Spare)]).next_boot(),
+            names(&[(d, default), (o, Role::Spare)]).next_boot(),
             Some(d)
         );
-        assert_eq!(
-            names(&[(d, Role::Default), (o, trial)]).next_boot(),
-            Some(o)
-        );
-        assert_eq!(
-            names(&[(d, Role::Default), (o, spent)]).next_boot(),
-            Some(d)
-        );
-        let v = names(&[(d, Role::Default), (o, spent)]);
+        assert_eq!(names(&[(d, default), (o, trial)]).next_boot(), Some(o));
+        assert_eq!(names(&[(d, default), (o, spent)]).next_boot(), Some(d));
+        let v = names(&[(d, default), (o, spent)]);
         assert_eq!(v.failed_trial(), Some(o));
         assert_eq!(v.trial(), None);
     }
@@ -254,21 +249,21 @@ fn file_names_sort_the_way_systemd_boot_must_boot_them() {
     let err = View::from_names(["ramnas-a.conf", "ramnas-default-a.conf"]).unwrap_err();
     assert!(err.to_string().contains("two entries for slot a"), "{err}");
     // Commit: the trial is promoted before the old default steps down.
-    let v = names(&[("a", Role::Default), ("b", spent)]);
+    let v = names(&[("a", default), ("b", spent)]);
     assert_eq!(
         uefi::renames(&v, "b", None).unwrap(),
         [
             (
                 "loader/entries/ramnas-trial-b+0-1.conf".to_string(),
-                "loader/entries/ramnas-default-b.conf".to_string()
+                "loader/entries/ramnas-default-2-b.conf".to_string()
             ),
             (
-                "loader/entries/ramnas-default-a.conf".to_string(),
+                "loader/entries/ramnas-default-1-a.conf".to_string(),
                 "loader/entries/ramnas-a.conf".to_string()
             ),
         ]
     );
-    assert!(uefi::renames(&names(&[("a", Role::Default)]), "b", None).is_err());
+    assert!(uefi::renames(&names(&[("a", default)]), "b", None).is_err());
 }
 
 #[test]
