@@ -3,8 +3,9 @@
 //! The stick here is a FAT32 partition made with sfdisk, mkfs.vfat and mtools, holding what `uefi` says
 //! it should: systemd-boot as EFI/BOOT/BOOTX64.EFI, loader/loader.conf, and per slot the host's Debian kernel,
 //! the fixture's microcode archive and a fixture initramfs packed by GNU cpio under /slots/<s>/, with one
-//! entry in loader/entries. The last tests take `cargo xtask image`'s stick instead and boot it under both
-//! SeaBIOS and OVMF.
+//! entry in loader/entries. Two tests take `cargo xtask image`'s stick instead and boot it under both
+//! SeaBIOS and OVMF. The last ones cut the NAS's own `ramnas-slot commit` after its first rename (on a
+//! directory standing for the stick) and boot the entries it left.
 
 use crate::common;
 
