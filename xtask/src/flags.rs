@@ -141,7 +141,8 @@ pub enum Cmd {
     /// build: the committed one, or the new one on trial if the deploy had finished. Run it again to finish.
     ///
     /// Under UEFI the A/B state is in the names of the files in loader/entries/ (no EFI variables):
-    ///   ramnas-default-a.conf    slot a is committed: it boots whenever no trial has tries left
+    ///   ramnas-default-4-a.conf  slot a is committed: it boots whenever no trial has tries left (4 counts
+    ///                            commits: should two defaults be left, the higher count boots)
     ///   ramnas-trial-b+1-0.conf  slot b is on trial: it boots next (systemd-boot renames it +0-1)
     ///   ramnas-trial-b+0-1.conf  b's trial was tried and never committed: a boots again, by itself
     ///   ramnas-b.conf            b holds a build that boots only when picked in the menu

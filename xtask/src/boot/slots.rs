@@ -13,7 +13,8 @@
 //!
 //! Every boot, whenever a writer stops, finds a complete build. BIOS: ldlinux boots the ADV's boot-once if
 //! armed, else `DEFAULT` of `/syslinux/syslinux.cfg`, or of `/syslinux.cfg` while the former is missing.
-//! UEFI: systemd-boot boots a trial entry with tries left, else the default entry ([`crate::boot::uefi`]). So:
+//! UEFI: systemd-boot boots a trial entry with tries left, else the default entry, of two the one with the
+//! higher commit count ([`crate::boot::uefi`]). So:
 //!
 //! 1. A config is replaced root copy first, then `/syslinux`; each via `NAME.tmp` + rename, synced. While
 //!    `/syslinux/syslinux.cfg` is missing (FAT's rename is remove-then-rename), the root copy is whole. The
@@ -37,7 +38,9 @@
 //!    5. the ADV arms `T ramnas.trial=1`, then T's entry becomes `ramnas-trial-T+1-0.conf` (with
 //!       `--commit`: the boot-once cleared, T's entry the default).
 //! 4. `commit`/`rollback` ([`make_default`], per boot loader): the config with the new DEFAULT, the
-//!    boot-once cleared, the entries renamed (a complete slot without one gets it first). `rollback`
+//!    boot-once cleared, the entries renamed (a complete slot without one gets it first): the new default
+//!    first, counted above the old one, which boots no more from that rename on; then the old default
+//!    becomes a spare ([`uefi::renames`]). `rollback`
 //!    checks the other slot's files against its manifest first; with a trial armed and not booted yet it
 //!    disarms it instead.
 //!
@@ -1298,7 +1301,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["ramnas-default-a.conf", "ramnas-trial-b+1-0.conf"]);
+        assert_eq!(
+            names,
+            ["ramnas-default-1-a.conf", "ramnas-trial-b+1-0.conf"]
+        );
         let entry =
             fs::read_to_string(root.join("loader/entries/ramnas-trial-b+1-0.conf")).unwrap();
         assert!(

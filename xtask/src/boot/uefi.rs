@@ -8,15 +8,17 @@
 //!
 //! Which slot boots is said by the entries' file names, never by NVRAM:
 //!
-//! - `ramnas-default-<s>.conf`: the committed slot.
+//! - `ramnas-default-<n>-<s>.conf`: the committed slot; `n` counts commits (a name from before the count,
+//!   `ramnas-default-<s>.conf`, reads as 0).
 //! - `ramnas-trial-<s>+<left>-<done>.conf`: a deploy's trial. systemd-boot renames it to count a try
 //!   (`+1-0` → `+0-1`) before booting it; with no tries left it is "bad".
 //! - `ramnas-<s>.conf`: a filled slot that boots only when a person picks it in the menu.
 //!
 //! loader.conf never changes: `default ramnas-*`. systemd-boot boots the first entry of its sorted list
-//! that matches; it sorts bad entries last and the others by file name, descending (our entries have no
-//! `sort-key`). `trial` > `default` > `a`/`b`, so: a trial with tries left boots first; once its try is spent
-//! (it never reported healthy) the committed slot boots again by itself; a spare slot never boots by itself.
+//! that matches; it sorts bad entries last and the others by file name compared as versions, newest first
+//! (our entries have no `sort-key`; [`boot_order`] mirrors it). `trial` > `default` > `a`/`b`, and of two
+//! defaults the higher `n`: so a trial with tries left boots first; once its try is spent (it never reported
+//! healthy) the committed slot boots again by itself; a spare slot never boots by itself.
 //! Commit, rollback and arming a trial are renames ([`renames`]).
 //!
 //! An entry names files of its slot, so it exists only while they are complete: a deploy removes the target
@@ -25,12 +27,20 @@
 //!
 //! The running system (stick mounted at /media/boot) knows it runs a trial when its slot's entry is
 //! `loader/entries/ramnas-trial-<slot>+*.conf` (systemd-boot has already renamed it to `+0-1` by then; the
-//! `LoaderBootCountPath` EFI variable names the same file). Committing is two renames inside
-//! /media/boot/loader/entries, in this order: `ramnas-trial-<slot>+<l>-<d>.conf` → `ramnas-default-<slot>.conf`,
-//! then `ramnas-default-<other>.conf` → `ramnas-<other>.conf`. A crash between them leaves two defaults; the
-//! higher letter boots and the next commit or rollback settles it.
+//! `LoaderBootCountPath` EFI variable names the same file).
+//!
+//! # One rename commits
+//!
+//! Committing slot X is two renames inside /media/boot/loader/entries, in this order: X's entry (trial,
+//! spare, or an older default) → `ramnas-default-<n+1>-X.conf`, `n` the highest count among the defaults;
+//! then every other default → `ramnas-<slot>.conf`. The first rename decides: the new name sorts above every
+//! other default, so a power cut before it boots the old default and after it slot X, even with both
+//! defaults on the stick (without the count, `ramnas-default-b.conf` would beat `ramnas-default-a.conf`).
+//! Demoting first would not do: a spent trial is "bad", and the spare of the old slot would boot. The NAS's
+//! `ramnas-slot commit` makes the same renames in the same order. A default already first keeps its name,
+//! so deploys and repeated commits do not count up.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{cmp::Ordering, collections::BTreeMap, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -126,7 +136,8 @@ pub fn loader_conf() -> String {
     format!(
         "# Written by cargo xtask; never changes. The slots' state is in the file names under /{ENTRIES_DIR}:\n\
          # ramnas-trial-<slot>+<tries left>-<tries done>.conf boots while it has tries left, then\n\
-         # ramnas-default-<slot>.conf (the committed slot); ramnas-<slot>.conf only when picked here.\n\
+         # ramnas-default-<n>-<slot>.conf (the committed slot: of two, the higher n); ramnas-<slot>.conf\n\
+         # only when picked here.\n\
          timeout {TIMEOUT_SECS}\n\
          default ramnas-*\n"
     )
@@ -145,8 +156,9 @@ pub fn boot_files(host: &Host) -> Result<Vec<(String, Vec<u8>)>> {
 /// What a slot's entry is to systemd-boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The committed slot: boots whenever no trial has tries left.
-    Default,
+    /// The committed slot: boots whenever no trial has tries left. `generation` counts commits: of two
+    /// defaults (a commit cut short), the higher one boots.
+    Default { generation: u64 },
     /// A deploy's trial: `left` tries left, `done` made. systemd-boot counts by renaming the file.
     Trial { left: u32, done: u32 },
     /// A filled slot that boots only when a person picks it in the menu.
@@ -156,7 +168,7 @@ pub enum Role {
 /// The entry's file name under [`ENTRIES_DIR`] for slot `label` in `role`.
 pub fn file_name(label: &str, role: Role) -> String {
     match role {
-        Role::Default => format!("ramnas-default-{label}.conf"),
+        Role::Default { generation } => format!("ramnas-default-{generation}-{label}.conf"),
         Role::Trial { left, done } => format!("ramnas-trial-{label}+{left}-{done}.conf"),
         Role::Spare => format!("ramnas-{label}.conf"),
     }
@@ -167,8 +179,14 @@ pub fn parse_file_name(name: &str) -> Option<(String, Role)> {
     let stem = name.to_ascii_lowercase();
     let stem = stem.strip_suffix(".conf")?.strip_prefix("ramnas-")?;
     let valid = |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_lowercase());
-    if let Some(label) = stem.strip_prefix("default-") {
-        return valid(label).then(|| (label.to_string(), Role::Default));
+    if let Some(rest) = stem.strip_prefix("default-") {
+        let (generation, label) = match rest.split_once('-') {
+            Some((n, label)) if n.bytes().all(|c| c.is_ascii_digit()) => (n.parse().ok()?, label),
+            Some(_) => return None,
+            // Written before defaults were counted.
+            None => (0, rest),
+        };
+        return valid(label).then(|| (label.to_string(), Role::Default { generation }));
     }
     if let Some(rest) = stem.strip_prefix("trial-") {
         let (label, counter) = rest.split_once('+')?;
@@ -208,9 +226,12 @@ impl View {
         Ok(View { entries })
     }
 
-    /// The committed slot.
+    /// The committed slot: the default systemd-boot sorts first (of two, left by a commit cut short, the
+    /// newer).
     pub fn committed(&self) -> Option<&str> {
-        self.with_role(|r| r == Role::Default)
+        self.in_boot_order()
+            .find(|(_, r)| matches!(r, Role::Default { .. }))
+            .map(|(label, _)| label)
     }
 
     /// The slot armed for a trial boot (tries left).
@@ -223,15 +244,29 @@ impl View {
         self.with_role(|r| matches!(r, Role::Trial { left: 0, .. }))
     }
 
-    /// The slot systemd-boot boots next without a person at the menu: its default pattern's first match in
-    /// its sort order (entries with no tries left last, then file names descending).
+    /// The slot systemd-boot boots next without a person at the menu: the first entry in its order
+    /// ([`boot_order`]; loader.conf's `default ramnas-*` matches every entry of ours).
     pub fn next_boot(&self) -> Option<&str> {
-        let mut names: Vec<(&String, &(String, Role))> = self.entries.iter().collect();
-        names.sort_by(|(_, (a, ra)), (_, (b, rb))| {
-            let bad = |r: &Role| matches!(r, Role::Trial { left: 0, .. });
-            bad(ra).cmp(&bad(rb)).then_with(|| b.cmp(a))
-        });
-        names.first().map(|(label, _)| label.as_str())
+        self.in_boot_order().next().map(|(label, _)| label)
+    }
+
+    /// The highest commit count among the defaults (0 when there is none).
+    fn top_generation(&self) -> u64 {
+        self.entries
+            .values()
+            .filter_map(|(_, r)| match r {
+                Role::Default { generation } => Some(*generation),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// (slot label, role), in systemd-boot's order.
+    fn in_boot_order(&self) -> impl Iterator<Item = (&str, Role)> {
+        let mut entries: Vec<(&String, &(String, Role))> = self.entries.iter().collect();
+        entries.sort_by(|(_, (a, ra)), (_, (b, rb))| boot_order((a, *ra), (b, *rb)));
+        entries.into_iter().map(|(l, (_, r))| (l.as_str(), *r))
     }
 
     fn with_role(&self, want: impl Fn(Role) -> bool) -> Option<&str> {
@@ -242,9 +277,84 @@ impl View {
     }
 }
 
+/// systemd-boot's order of two entries (file name, role), the one it boots first being `Less`. It follows
+/// `config_entry_compare()` in src/boot/efi/boot.c of systemd v254 (Debian 12's systemd-boot-efi;
+/// `boot_entry_compare()` in src/boot/boot.c since): entries with no tries left go last
+/// (`CMP(a->tries_left == 0, b->tries_left == 0)`); entries without `sort-key` (ours) then by id, newest
+/// first (`-strverscmp_improved(a->id, b->id)`). The id is the file name, lower-cased (`strtolower16`);
+/// later versions (systemd PR #38897) drop its `+<left>-<done>` counter, which never decides between names
+/// of ours: their roles differ before it. Equal ids, never ours, are left out. The default entry is then the
+/// first that matches loader.conf's pattern (`config_entry_find()`, `efi_fnmatch`).
+pub fn boot_order((a, ra): (&str, Role), (b, rb): (&str, Role)) -> Ordering {
+    let bad = |r: Role| matches!(r, Role::Trial { left: 0, .. });
+    bad(ra)
+        .cmp(&bad(rb))
+        .then_with(|| strverscmp_improved(&b.to_ascii_lowercase(), &a.to_ascii_lowercase()))
+}
+
+/// systemd's `strverscmp_improved()` (src/fundamental/string-util-fundamental.c, the same from v254 to
+/// v256 at least), step by step: segments of digits or letters, each maybe after one of `~` (oldest), `-`,
+/// `^`, `.`; other characters separate segments. Digits beat letters, longer numbers (after leading zeros)
+/// win, letters compare as bytes then by length, and the string with more segments is newer.
+pub fn strverscmp_improved(a: &str, b: &str) -> Ordering {
+    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
+    let at = |s: &[u8]| s.first().copied().unwrap_or(0);
+    let valid = |c: u8| c.is_ascii_alphanumeric() || b"~-^.".contains(&c);
+    loop {
+        while !a.is_empty() && !valid(a[0]) {
+            a = &a[1..];
+        }
+        while !b.is_empty() && !valid(b[0]) {
+            b = &b[1..];
+        }
+        if at(a) == b'~' || at(b) == b'~' {
+            match (at(a) != b'~').cmp(&(at(b) != b'~')) {
+                Ordering::Equal => (a, b) = (&a[1..], &b[1..]),
+                other => return other,
+            }
+        }
+        if a.is_empty() || b.is_empty() {
+            return at(a).cmp(&at(b));
+        }
+        for sep in [b'-', b'^', b'.'] {
+            if at(a) == sep || at(b) == sep {
+                match (at(a) != sep).cmp(&(at(b) != sep)) {
+                    Ordering::Equal => (a, b) = (&a[1..], &b[1..]),
+                    other => return other,
+                }
+            }
+        }
+        let digits = |s: &[u8]| s.iter().take_while(|c| c.is_ascii_digit()).count();
+        let letters = |s: &[u8]| s.iter().take_while(|c| c.is_ascii_alphabetic()).count();
+        let (na, nb);
+        if at(a).is_ascii_digit() || at(b).is_ascii_digit() {
+            (na, nb) = (digits(a), digits(b));
+            let zeros = |s: &[u8], n: usize| s[..n].iter().take_while(|&&c| c == b'0').count();
+            let (da, db) = (&a[zeros(a, na)..na], &b[zeros(b, nb)..nb]);
+            let order = (na > 0)
+                .cmp(&(nb > 0))
+                .then(da.len().cmp(&db.len()))
+                .then(da.cmp(db));
+            if order != Ordering::Equal {
+                return order;
+            }
+        } else {
+            (na, nb) = (letters(a), letters(b));
+            let n = na.min(nb);
+            let order = a[..n].cmp(&b[..n]).then(na.cmp(&nb));
+            if order != Ordering::Equal {
+                return order;
+            }
+        }
+        (a, b) = (&a[na..], &b[nb..]);
+    }
+}
+
 /// The renames (paths relative to the partition's root) that make `default` the committed slot, `trial`
-/// (when given) a fresh trial with [`TRIAL_TRIES`], and every other slot a spare. Promotions come first, so
-/// a crash part-way leaves each slot with exactly one entry and the old or the new default booting.
+/// (when given) a fresh trial with [`TRIAL_TRIES`], and every other slot a spare. `default`'s entry comes
+/// first, as a default counted above every other unless it is the committed one already: from that rename
+/// on it boots (or the trial, armed next); the demotions follow. So a crash part-way leaves each slot with
+/// exactly one entry, and the old default booting or the new state (module doc, "One rename commits").
 pub fn renames(view: &View, default: &str, trial: Option<&str>) -> Result<Vec<(String, String)>> {
     for want in std::iter::once(default).chain(trial) {
         if !view.entries.contains_key(want) {
@@ -254,37 +364,45 @@ pub fn renames(view: &View, default: &str, trial: Option<&str>) -> Result<Vec<(S
     if trial == Some(default) {
         bail!("slot {default} cannot be both the default and on trial");
     }
-    let want = |label: &str| {
-        if label == default {
-            Role::Default
-        } else if Some(label) == trial {
+    let promoted = match view.committed() {
+        Some(c) if c == default => None,
+        _ => Some(Role::Default {
+            generation: view.top_generation().checked_add(1).with_context(|| {
+                format!(
+                    "/{ENTRIES_DIR} counts {} commits: rename its defaults",
+                    u64::MAX
+                )
+            })?,
+        }),
+    };
+    let mut labels: Vec<&String> = view.entries.keys().collect();
+    labels.sort_by_key(|l| (l.as_str() != default, Some(l.as_str()) != trial));
+    let mut renames = Vec::new();
+    for label in labels {
+        let name = &view.entries[label].0;
+        let want = if label == default {
+            match promoted {
+                Some(role) => role,
+                // Committed already: its name stays, even one from before the count.
+                None => continue,
+            }
+        } else if Some(label.as_str()) == trial {
             Role::Trial {
                 left: TRIAL_TRIES,
                 done: 0,
             }
         } else {
             Role::Spare
-        }
-    };
-    let mut promotions = Vec::new();
-    let mut demotions = Vec::new();
-    for (label, (name, _)) in &view.entries {
-        let new = file_name(label, want(label));
-        if &new == name {
-            continue;
-        }
-        let pair = (
-            format!("{ENTRIES_DIR}/{name}"),
-            format!("{ENTRIES_DIR}/{new}"),
-        );
-        if want(label) == Role::Spare {
-            demotions.push(pair);
-        } else {
-            promotions.push(pair);
+        };
+        let new = file_name(label, want);
+        if &new != name {
+            renames.push((
+                format!("{ENTRIES_DIR}/{name}"),
+                format!("{ENTRIES_DIR}/{new}"),
+            ));
         }
     }
-    promotions.extend(demotions);
-    Ok(promotions)
+    Ok(renames)
 }
 
 /// The entry file of `entry`: title, kernel, each initrd on its own line (systemd-boot loads them in order,
@@ -389,4 +507,143 @@ pub fn remove_old_ukis(stick: &mut dyn Stick) -> Result<()> {
         stick.sync()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The order systemd's own comment on `strverscmp_improved()` gives, oldest first, then names of ours:
+    /// a counted default above one from before the count, a higher count above a lower one.
+    #[test]
+    fn versions_compare_as_systemd_compares_them() {
+        let older_to_newer = [
+            "122.1",
+            "123~rc1-1",
+            "123",
+            "123-a",
+            "123-a.1",
+            "123-1",
+            "123-1.1",
+            "123^post1",
+            "123.a-1",
+            "123.1-1",
+            "123a-1",
+            "124-1",
+        ];
+        let ours = [
+            "ramnas-a.conf",
+            "ramnas-b.conf",
+            "ramnas-default-a.conf",
+            "ramnas-default-b.conf",
+            "ramnas-default-1-b.conf",
+            "ramnas-default-2-a.conf",
+            "ramnas-default-10-b.conf",
+            "ramnas-trial-a+1-0.conf",
+            "ramnas-trial-b+0-1.conf",
+        ];
+        for list in [&older_to_newer[..], &ours[..]] {
+            for (i, a) in list.iter().enumerate() {
+                for (j, b) in list.iter().enumerate() {
+                    assert_eq!(strverscmp_improved(a, b), i.cmp(&j), "{a} vs {b}");
+                }
+            }
+        }
+        assert_eq!(strverscmp_improved("00123", "123"), Ordering::Equal);
+        assert_eq!(strverscmp_improved("123_a", "123a"), Ordering::Equal);
+    }
+
+    /// Names written by this version and by earlier ones (a default without its count).
+    fn names_of(label: &str) -> Vec<Option<String>> {
+        let mut names = vec![None, Some(format!("ramnas-default-{label}.conf"))];
+        for role in [
+            Role::Default { generation: 1 },
+            Role::Default { generation: 2 },
+            Role::Trial { left: 1, done: 0 },
+            Role::Trial { left: 0, done: 1 },
+            Role::Spare,
+        ] {
+            names.push(Some(file_name(label, role)));
+        }
+        names
+    }
+
+    /// Every state of two slots, committing either (a rollback is the same renames): after each write of
+    /// the commit, systemd-boot boots the slot being committed, and before the first the old one.
+    #[test]
+    fn every_write_of_a_commit_boots_the_old_default_or_the_new_one() {
+        let mut checked = 0;
+        for a in names_of("a") {
+            for b in names_of("b") {
+                let start: Vec<String> = [a.clone(), b.clone()].into_iter().flatten().collect();
+                if start.iter().all(|n| n.starts_with("ramnas-trial-")) && start.len() == 2 {
+                    continue; // never on a stick: arming a trial makes the other slot the default
+                }
+                let view = View::from_names(&start).unwrap();
+                for slot in ["a", "b"] {
+                    if !view.entries.contains_key(slot) {
+                        assert!(renames(&view, slot, None).is_err());
+                        continue;
+                    }
+                    // The other slot's trial, armed, boots until it is disarmed: no write can put the
+                    // committed slot first while it is there.
+                    let armed_other = view.trial().filter(|t| *t != slot);
+                    let writes = renames(&view, slot, None).unwrap();
+                    let mut names = start.clone();
+                    for (n, (from, to)) in writes.iter().enumerate() {
+                        let from = from.strip_prefix("loader/entries/").unwrap();
+                        let to = to.strip_prefix("loader/entries/").unwrap();
+                        let at = names.iter().position(|x| x == from).unwrap();
+                        assert!(!names.iter().any(|x| x == to), "{to} over {names:?}");
+                        names[at] = to.to_string();
+                        let cut = View::from_names(&names).unwrap();
+                        assert!(
+                            cut.next_boot() == Some(slot) || cut.next_boot() == armed_other,
+                            "committing {slot} from {start:?}, cut after write {}: {names:?}",
+                            n + 1
+                        );
+                        checked += 1;
+                    }
+                    let done = View::from_names(&names).unwrap();
+                    assert_eq!((done.committed(), done.trial()), (Some(slot), None));
+                    assert!(done
+                        .entries
+                        .iter()
+                        .all(|(l, (_, r))| l == slot || *r == Role::Spare));
+                    // Done is done: committing again writes nothing.
+                    assert_eq!(renames(&done, slot, None).unwrap(), []);
+                }
+            }
+        }
+        assert!(checked > 60, "{checked}");
+    }
+
+    #[test]
+    fn a_default_from_before_the_count_reads_as_count_zero() {
+        assert_eq!(
+            parse_file_name("ramnas-default-b.conf"),
+            Some(("b".into(), Role::Default { generation: 0 }))
+        );
+        assert_eq!(
+            parse_file_name("ramnas-default-12-a.conf"),
+            Some(("a".into(), Role::Default { generation: 12 }))
+        );
+        for bad in [
+            "ramnas-default--a.conf",
+            "ramnas-default-+1-a.conf",
+            "ramnas-default-x1-a.conf",
+            "ramnas-default-1-.conf",
+        ] {
+            assert_eq!(parse_file_name(bad), None, "{bad}");
+        }
+        // A committed default keeps its name: deploys do not count up.
+        let v = View::from_names(["ramnas-default-a.conf", "ramnas-b.conf"]).unwrap();
+        assert_eq!(
+            renames(&v, "a", Some("b")).unwrap(),
+            [(
+                "loader/entries/ramnas-b.conf".to_string(),
+                "loader/entries/ramnas-trial-b+1-0.conf".to_string()
+            )]
+        );
+    }
 }

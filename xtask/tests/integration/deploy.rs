@@ -555,7 +555,7 @@ fn a_directory_target_works_like_the_image() {
         names.sort();
         names
     };
-    assert_eq!(entries(&nas), ["ramnas-a.conf", "ramnas-default-b.conf"]);
+    assert_eq!(entries(&nas), ["ramnas-a.conf", "ramnas-default-2-b.conf"]);
     assert_eq!(entries(&nas), entries(&root));
     let st = status(d, &root);
     assert!(

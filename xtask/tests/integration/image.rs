@@ -231,14 +231,14 @@ fn image_layout_is_as_specified_and_reproducible() {
     let efi = mdir("::/EFI/BOOT") + &mdir("::/loader/entries") + &mdir("::/loader");
     for f in [
         "::/EFI/BOOT/BOOTX64.EFI",
-        "::/loader/entries/ramnas-default-a.conf",
+        "::/loader/entries/ramnas-default-1-a.conf",
         "::/loader/loader.conf",
     ] {
         assert!(efi.contains(f), "{f} missing from {efi}");
     }
     let entry = common::run(
         "mtype",
-        &["-i", &spec, "::/loader/entries/ramnas-default-a.conf"],
+        &["-i", &spec, "::/loader/entries/ramnas-default-1-a.conf"],
     );
     assert!(root.contains("::/syslinux.cfg"), "{root}");
     let cfg = common::run("mtype", &["-i", &spec, "::/syslinux/syslinux.cfg"]);

@@ -3,13 +3,15 @@
 //! The stick here is a FAT32 partition made with sfdisk, mkfs.vfat and mtools, holding what `uefi` says
 //! it should: systemd-boot as EFI/BOOT/BOOTX64.EFI, loader/loader.conf, and per slot the host's Debian kernel,
 //! the fixture's microcode archive and a fixture initramfs packed by GNU cpio under /slots/<s>/, with one
-//! entry in loader/entries. The last tests take `cargo xtask image`'s stick instead and boot it under both
-//! SeaBIOS and OVMF.
+//! entry in loader/entries. Two tests take `cargo xtask image`'s stick instead and boot it under both
+//! SeaBIOS and OVMF. The last ones cut the NAS's own `ramnas-slot commit` after its first rename (on a
+//! directory standing for the stick) and boot the entries it left.
 
 use crate::common;
 
 use std::{
     fs,
+    os::unix::{fs::PermissionsExt, process::ExitStatusExt},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -156,13 +158,17 @@ impl Stick {
 
     /// Copies the slot's files (from `files`) into /slots/<label>, and its entry into loader/entries under the
     /// file name of its slot in `role`.
-    fn put_slot(&self, dir: &Path, (files, entry): &(PathBuf, BootEntry), role: Role) {
+    fn put_slot(&self, dir: &Path, slot: &(PathBuf, BootEntry), role: Role) {
+        self.put_slot_named(dir, slot, &uefi::file_name(&slot.1.label, role));
+    }
+
+    /// The same, the entry's file named `name`.
+    fn put_slot_named(&self, dir: &Path, (files, entry): &(PathBuf, BootEntry), name: &str) {
         for name in ["vmlinuz", "ucode.img", "initramfs"] {
             self.put(&files.join(name), &format!("slots/{}/{name}", entry.label));
         }
         let text = dir.join("entry.conf");
         fs::write(&text, uefi::entry(entry)).unwrap();
-        let name = uefi::file_name(&entry.label, role);
         self.put(&text, &format!("{}/{name}", uefi::ENTRIES_DIR));
     }
 }
@@ -173,7 +179,7 @@ fn stick_with_slots_a_and_b(dir: &Path, b_init: Init) -> Stick {
     let stick = Stick::create(dir);
     let a = fixture_slot(dir, "a", "build-a", Init::Ready, "console=ttyS0 panic=1");
     let b = fixture_slot(dir, "b", "build-b", b_init, "console=ttyS0 panic=1");
-    stick.put_slot(dir, &a, Role::Default);
+    stick.put_slot(dir, &a, Role::Default { generation: 1 });
     stick.put_slot(dir, &b, Role::Spare);
     stick
 }
@@ -224,20 +230,15 @@ fn file_names_sort_the_way_systemd_boot_must_boot_them() {
     };
     let trial = Role::Trial { left: 1, done: 0 };
     let spent = Role::Trial { left: 0, done: 1 };
+    let default = Role::Default { generation: 1 };
     for (d, o) in [("a", "b"), ("b", "a")] {
         assert_eq!(
-            names(&[(d, Role::Default), (o, Role::Spare)]).next_boot(),
+            names(&[(d, default), (o, Role::Spare)]).next_boot(),
             Some(d)
         );
-        assert_eq!(
-            names(&[(d, Role::Default), (o, trial)]).next_boot(),
-            Some(o)
-        );
-        assert_eq!(
-            names(&[(d, Role::Default), (o, spent)]).next_boot(),
-            Some(d)
-        );
-        let v = names(&[(d, Role::Default), (o, spent)]);
+        assert_eq!(names(&[(d, default), (o, trial)]).next_boot(), Some(o));
+        assert_eq!(names(&[(d, default), (o, spent)]).next_boot(), Some(d));
+        let v = names(&[(d, default), (o, spent)]);
         assert_eq!(v.failed_trial(), Some(o));
         assert_eq!(v.trial(), None);
     }
@@ -254,21 +255,21 @@ fn file_names_sort_the_way_systemd_boot_must_boot_them() {
     let err = View::from_names(["ramnas-a.conf", "ramnas-default-a.conf"]).unwrap_err();
     assert!(err.to_string().contains("two entries for slot a"), "{err}");
     // Commit: the trial is promoted before the old default steps down.
-    let v = names(&[("a", Role::Default), ("b", spent)]);
+    let v = names(&[("a", default), ("b", spent)]);
     assert_eq!(
         uefi::renames(&v, "b", None).unwrap(),
         [
             (
                 "loader/entries/ramnas-trial-b+0-1.conf".to_string(),
-                "loader/entries/ramnas-default-b.conf".to_string()
+                "loader/entries/ramnas-default-2-b.conf".to_string()
             ),
             (
-                "loader/entries/ramnas-default-a.conf".to_string(),
+                "loader/entries/ramnas-default-1-a.conf".to_string(),
                 "loader/entries/ramnas-a.conf".to_string()
             ),
         ]
     );
-    assert!(uefi::renames(&names(&[("a", Role::Default)]), "b", None).is_err());
+    assert!(uefi::renames(&names(&[("a", default)]), "b", None).is_err());
 }
 
 #[test]
@@ -484,4 +485,159 @@ fn boot_loaders_from_the_tree_make_the_stick() {
     ] {
         assert!(status.contains(&want), "{want:?} in {status}");
     }
+}
+
+/// A `mv` that kills the script calling it right after its first rename of a systemd-boot entry: a power cut
+/// between the renames of a commit.
+const CUT_MV: &str = r#"#!/bin/sh
+/bin/mv "$@" || exit
+for a; do case "$a" in */loader/entries/*) kill -KILL "$PPID" ;; esac; done
+"#;
+
+/// The names under `boot`/loader/entries, sorted.
+fn names_in(boot: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(boot.join(uefi::ENTRIES_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `boot` (a directory standing for the stick) with the entries `names` and a syslinux.cfg whose DEFAULT is
+/// the slot that is not `running`.
+fn nas_stick(boot: &Path, names: &[String], running: &str) {
+    let _ = fs::remove_dir_all(boot);
+    fs::create_dir_all(boot.join(uefi::ENTRIES_DIR)).unwrap();
+    fs::create_dir_all(boot.join("syslinux")).unwrap();
+    let other = if running == "a" { "b" } else { "a" };
+    let entry = |s: &str| BootEntry::in_slot(s, "build", true, "console=ttyS0");
+    fs::write(
+        boot.join(syslinux::CONFIG),
+        syslinux::config(&[entry("a"), entry("b")], other),
+    )
+    .unwrap();
+    for name in names {
+        fs::write(boot.join(uefi::ENTRIES_DIR).join(name), "title x\n").unwrap();
+    }
+}
+
+/// The NAS's own `ramnas-slot commit` on `boot`, running slot `running`; with `cut`, killed right after its
+/// first entry rename ([`CUT_MV`]). Under dash: busybox's sh runs its own `mv` whatever PATH says (the
+/// script is POSIX sh; system.rs runs it under busybox in the VM). Returns the entry names it left.
+fn nas_commit(dir: &Path, boot: &Path, running: &str, cut: bool) -> Vec<String> {
+    let bin = dir.join("cut-bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::write(bin.join("mv"), CUT_MV).unwrap();
+    fs::set_permissions(bin.join("mv"), fs::Permissions::from_mode(0o755)).unwrap();
+    let cmdline = dir.join("cmdline");
+    fs::write(&cmdline, format!("console=ttyS0 ramnas.slot={running}\n")).unwrap();
+    let mut cmd = Command::new("dash");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../system/root/usr/sbin/ramnas-slot"))
+        .arg("commit")
+        .env("RAMNAS_BOOT", boot)
+        .env("RAMNAS_CMDLINE", &cmdline)
+        .env("RAMNAS_EFI", boot);
+    if cut {
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", bin.display()));
+    }
+    let out = cmd.output().unwrap();
+    if cut {
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "not cut: {}",
+            common::text(&out)
+        );
+    } else {
+        assert!(out.status.success(), "{}", common::text(&out));
+    }
+    names_in(boot)
+}
+
+/// `names` after `renames`' first `n` renames: where the host's commit stops when cut.
+fn host_commit(names: &[String], slot: &str, n: usize) -> Vec<String> {
+    let view = View::from_names(names).unwrap();
+    let mut names = names.to_vec();
+    for (from, to) in uefi::renames(&view, slot, None)
+        .unwrap()
+        .into_iter()
+        .take(n)
+    {
+        let at = names
+            .iter()
+            .position(|x| *x == from.rsplit('/').next().unwrap());
+        names[at.unwrap()] = to.rsplit('/').next().unwrap().to_string();
+    }
+    names.sort();
+    names
+}
+
+/// The NAS commits its trial, and the power goes right after the first rename: the slot it commits boots
+/// (today's names, `ramnas-default-<s>.conf`, included), whichever slot it is; run again, it finishes the
+/// commit. At each step its entries are the host's after as many renames.
+#[test]
+fn a_nas_commit_cut_after_its_first_rename_boots_the_slot_it_commits() {
+    let dir = common::tempdir();
+    let dir = dir.path();
+    let boot = dir.join("boot");
+    for (running, start) in [
+        ("a", ["ramnas-default-b.conf", "ramnas-trial-a+0-1.conf"]),
+        ("a", ["ramnas-default-1-b.conf", "ramnas-trial-a+0-1.conf"]),
+        ("b", ["ramnas-default-9-a.conf", "ramnas-trial-b+0-1.conf"]),
+        ("a", ["ramnas-a.conf", "ramnas-default-10-b.conf"]),
+    ] {
+        let start: Vec<String> = start.map(String::from).into();
+        nas_stick(&boot, &start, running);
+        let cut = nas_commit(dir, &boot, running, true);
+        assert_eq!(
+            View::from_names(&cut).unwrap().next_boot(),
+            Some(running),
+            "committing {running} from {start:?}, cut: {cut:?}"
+        );
+        assert_eq!(cut, host_commit(&start, running, 1), "from {start:?}");
+        let done = nas_commit(dir, &boot, running, false);
+        assert_eq!(
+            done,
+            host_commit(&start, running, usize::MAX),
+            "from {start:?}"
+        );
+        let view = View::from_names(&done).unwrap();
+        assert_eq!((view.committed(), view.trial()), (Some(running), None));
+        assert_eq!(view.entries.len(), 2, "{done:?}");
+    }
+}
+
+/// The same cut on a stick of today's names (`ramnas-default-b.conf`, a's trial spent): the real
+/// systemd-boot boots slot a.
+#[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+fn ovmf_boots_the_slot_a_nas_commit_cut_after_its_first_rename_commits() {
+    let dir = common::tempdir();
+    let dir = dir.path();
+    let stick = Stick::create(dir);
+    let a = fixture_slot(dir, "a", "build-a", Init::Ready, "console=ttyS0 panic=1");
+    let b = fixture_slot(dir, "b", "build-b", Init::Ready, "console=ttyS0 panic=1");
+    stick.put_slot_named(dir, &a, "ramnas-trial-a+0-1.conf");
+    stick.put_slot_named(dir, &b, "ramnas-default-b.conf");
+    let mut start = stick.entry_names();
+    start.sort();
+    let boot = dir.join("nas");
+    nas_stick(&boot, &start, "a");
+    let cut = nas_commit(dir, &boot, "a", true);
+    let from: Vec<&String> = start.iter().filter(|n| !cut.contains(n)).collect();
+    let to: Vec<&String> = cut.iter().filter(|n| !start.contains(n)).collect();
+    assert_eq!((from.len(), to.len()), (1, 1), "{start:?} → {cut:?}");
+    run(stick
+        .mtool("mren")
+        .arg(format!("::/{}/{}", uefi::ENTRIES_DIR, from[0]))
+        .arg(to[0]));
+    let mut names = stick.entry_names();
+    names.sort();
+    assert_eq!(names, cut);
+    assert_eq!(
+        common::boot_uefi(&stick.image, dir, "cut-commit"),
+        "ramnas: ready slot=a build=build-a"
+    );
 }
