@@ -531,7 +531,19 @@ fn nas_commit(dir: &Path, boot: &Path, running: &str, cut: bool) -> Vec<String> 
     fs::write(bin.join("mv"), CUT_MV).unwrap();
     fs::set_permissions(bin.join("mv"), fs::Permissions::from_mode(0o755)).unwrap();
     let cmdline = dir.join("cmdline");
-    fs::write(&cmdline, format!("console=ttyS0 ramnas.slot={running}\n")).unwrap();
+    fs::write(
+        &cmdline,
+        format!("console=ttyS0 ramnas.build=build-{running} ramnas.slot={running}\n"),
+    )
+    .unwrap();
+    // The slot holds the build that booted: the NAS commits nothing else.
+    let slot_dir = boot.join("slots").join(running);
+    fs::create_dir_all(&slot_dir).unwrap();
+    fs::write(
+        slot_dir.join("manifest.json"),
+        format!("{{\n  \"build_id\": \"build-{running}\"\n}}\n"),
+    )
+    .unwrap();
     let mut cmd = Command::new("dash");
     cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../system/root/usr/sbin/ramnas-slot"))
         .arg("commit")
