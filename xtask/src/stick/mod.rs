@@ -163,6 +163,22 @@ impl Write for HashWriter {
     }
 }
 
+/// Text read from a stick or a NAS, made safe to print on a terminal: control characters (escape sequences,
+/// carriage returns, C1 codes) and the marks that reorder text are shown escaped (`\u{1b}`), the rest as it
+/// is.
+pub fn for_terminal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || reorders {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn clean(path: &str) -> &str {
     path.trim_matches('/')
 }
@@ -226,6 +242,15 @@ fn copy(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_for_a_terminal_shows_control_characters_escaped() {
+        assert_eq!(
+            for_terminal("ok \u{1b}[2J\u{1b}]0;title\u{7}\r\u{9b}31m\u{202e}x é"),
+            "ok \\u{1b}[2J\\u{1b}]0;title\\u{7}\\r\\u{9b}31m\\u{202e}x é"
+        );
+        assert_eq!(for_terminal("plain text: 1.2-r0"), "plain text: 1.2-r0");
+    }
 
     /// Every operation, the same way on both implementations.
     fn exercise(stick: &mut dyn Stick) {
