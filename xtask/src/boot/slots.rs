@@ -116,9 +116,14 @@ pub const REQUIRED: &[&str] = &["vmlinuz", "initramfs", "cmdline"];
 /// Where the builds' files live on the stick, by content.
 pub const PARTS: &str = "parts";
 
-/// The name in [`PARTS`] of the file with this SHA-256: its first 16 hex digits.
+/// The name in [`PARTS`] of the file with this SHA-256: its first 16 hex digits (of a value that is no
+/// SHA-256, as a manifest on a stick may hold, its first 16 characters at most).
 fn part_name(sha256: &str) -> &str {
-    &sha256[..sha256.len().min(16)]
+    let end = sha256
+        .char_indices()
+        .nth(16)
+        .map_or(sha256.len(), |(i, _)| i);
+    &sha256[..end]
 }
 
 /// Where the file with this SHA-256 lives on the stick: `parts/<`[`part_name`]`>`.
@@ -156,9 +161,24 @@ pub fn parse_manifest(json: &[u8], what: &str) -> Result<Manifest> {
     Ok(m)
 }
 
-/// Bytes of a build's files (without the manifest).
+/// A manifest with a field this ramnas does not know was written by a newer ramnas: the stick is fine, and
+/// this ramnas must not change it (nor call its slot empty).
+fn refuse_newer(json: &[u8], what: &str) -> Result<()> {
+    if let Some(field) = crate::build::manifest::unknown_field(json) {
+        let field = crate::stick::for_terminal(&field);
+        bail!(
+            "{what}: written by a newer ramnas ({field}); the stick is fine: update ramnas (`git pull` in \
+             your ramnas checkout) and run the command again"
+        );
+    }
+    Ok(())
+}
+
+/// Bytes of a build's files (without the manifest); sizes a manifest on a stick makes up stop at u64::MAX.
 pub fn build_size(m: &Manifest) -> u64 {
-    m.artifacts.values().map(|a| a.size).sum()
+    m.artifacts
+        .values()
+        .fold(0, |sum: u64, a| sum.saturating_add(a.size))
 }
 
 /// The line shown for a build in the boot menu.
@@ -327,10 +347,9 @@ pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
         return Ok(None);
     }
     let manifest_json = stick.read(&manifest_path)?;
-    let Ok(manifest) = parse_manifest(
-        &manifest_json,
-        &format!("{manifest_path} on {}", stick.describe()),
-    ) else {
+    let what = format!("{manifest_path} on {}", stick.describe());
+    refuse_newer(&manifest_json, &what)?;
+    let Ok(manifest) = parse_manifest(&manifest_json, &what) else {
         return Ok(None);
     };
     let parts = sizes(stick, PARTS)?;
@@ -462,6 +481,7 @@ pub fn collect_garbage(stick: &mut dyn Stick) -> Result<()> {
             continue;
         }
         let json = stick.read(&path)?;
+        refuse_newer(&json, &format!("{path} on {}", stick.describe()))?;
         let Ok(m) = serde_json::from_slice::<Manifest>(&json) else {
             continue;
         };
@@ -1314,5 +1334,50 @@ mod tests {
         );
         let err = parse_manifest(json.as_bytes(), "m.json").unwrap_err();
         assert!(err.to_string().contains("no vmlinuz"), "{err}");
+    }
+
+    /// A manifest written by a newer ramnas (a field this one does not know) leaves the stick as it is and
+    /// says to update ramnas, never to flash the stick (nor calls the slot empty); a `sha256` on the stick
+    /// that is no SHA-256 (not even ASCII) is no panic when the parts are sorted out.
+    #[test]
+    fn a_newer_ramnas_stick_is_left_alone_and_odd_sums_are_no_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("stick");
+        fs::create_dir_all(root.join("syslinux")).unwrap();
+        let mut stick = Dir::open(&root).unwrap();
+        let (one, _) = builds_one_and_two(tmp.path(), "c2\n");
+        install(&mut stick, Slot::A, &one).unwrap();
+        let path = root.join("slots/a").join(MANIFEST);
+        let json = fs::read_to_string(&path).unwrap();
+        let newer = json.replacen('{', "{\n  \"sig\\u001b[2J\": 1,", 1);
+        fs::write(&path, &newer).unwrap();
+        for err in [
+            Table::read(&mut stick).unwrap_err(),
+            collect_garbage(&mut stick).unwrap_err(),
+        ] {
+            let err = format!("{err:#}");
+            assert!(
+                err.contains(r"written by a newer ramnas (unknown field `sig\u{1b}[2J`")
+                    && err.contains("update ramnas")
+                    && !err.contains("flash")
+                    && !err.contains('\u{1b}'),
+                "{err}"
+            );
+        }
+        assert_eq!(fs::read_to_string(&path).unwrap(), newer);
+        assert_eq!(fs::read_dir(root.join(PARTS)).unwrap().count(), 3);
+
+        let odd = json.replace(
+            &one.manifest.artifacts["vmlinuz"].sha256,
+            &format!("x{}", "é".repeat(31)),
+        );
+        fs::write(&path, odd).unwrap();
+        collect_garbage(&mut stick).unwrap();
+        assert!(Table::read(&mut stick).unwrap().slots.is_empty());
+        assert_eq!(part_name("0123456789abcdef0123"), "0123456789abcdef");
+        assert_eq!(
+            part_name(&format!("x{}", "é".repeat(20))),
+            format!("x{}", "é".repeat(15))
+        );
     }
 }

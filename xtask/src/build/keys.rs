@@ -168,7 +168,10 @@ fn summary(key: &str) -> String {
         .unwrap_or(0);
     let kind = at.checked_sub(1).map_or("?", |i| fields[i]);
     let blob = fields.get(at).copied().unwrap_or("");
-    let tail = &blob[blob.len().saturating_sub(12)..];
+    let tail: String = blob
+        .chars()
+        .skip(blob.chars().count().saturating_sub(12))
+        .collect();
     let comment = fields
         .get(at + 1..)
         .map(|c| c.join(" "))
@@ -205,6 +208,16 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// A key line whose blob is not ASCII is summed up without a panic: its last 12 characters.
+    #[test]
+    fn a_key_blob_of_any_text_is_summed_up() {
+        let key = format!("ssh-ed25519 AAAA{}z me", "é".repeat(14));
+        assert_eq!(
+            summary(&key),
+            format!("ssh-ed25519 …{}z me", "é".repeat(11))
+        );
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub struct Artifact {
     pub sha256: String,
 }
 
+/// When `json` is a manifest but for a field this ramnas does not know (a newer ramnas wrote it), serde's
+/// words for it (`unknown field `x`, expected one of …`, the field as the file has it).
+pub fn unknown_field(json: &[u8]) -> Option<String> {
+    let text = serde_json::from_slice::<Manifest>(json).err()?.to_string();
+    text.starts_with("unknown field ").then_some(text)
+}
+
 impl Manifest {
     pub const FILE_NAME: &'static str = "manifest.json";
 
