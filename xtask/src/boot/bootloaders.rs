@@ -442,4 +442,31 @@ mod tests {
         }
         assert!(!tmp.path().join("out/bootloaders/x").exists());
     }
+
+    /// Property: any program bytes parse as an ELF or as nothing, and copying a tree's loader for any of
+    /// them copies into lib/ only, or fails with an error.
+    #[test]
+    fn any_program_bytes_parse_and_copy_only_into_lib() {
+        let seed = elf("/lib/ld.so", &["libok.so", "libc.musl-x86_64.so.1"]);
+        let host = fs::read("/bin/sh").unwrap();
+        crate::fuzz::run(5000, &[&seed, &host[..host.len().min(16 << 10)]], |b| {
+            let _ = Elf::parse(b);
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        fs::create_dir_all(tree.join("lib")).unwrap();
+        fs::write(tree.join("lib/ld.so"), "loader").unwrap();
+        fs::write(tree.join("lib/libok.so"), &seed).unwrap();
+        let program = tree.join("prog");
+        let out = tmp.path().join("out");
+        let lib = out.join("syslinux/lib");
+        crate::fuzz::run(500, &[&seed], |b| {
+            fs::write(&program, b).unwrap();
+            let _ = fs::remove_dir_all(&out);
+            let _ = copy_loader(&tree, &program, &lib);
+            for entry in fs::read_dir(&out).into_iter().flatten() {
+                assert_eq!(entry.unwrap().file_name(), "syslinux");
+            }
+        });
+    }
 }

@@ -1380,4 +1380,50 @@ mod tests {
             format!("x{}", "é".repeat(15))
         );
     }
+
+    /// Property: whatever bytes a stick's manifest.json holds, they read as a build or as an error naming
+    /// the file (never a panic), and what is shown of a build can be computed; the same for the NAS's
+    /// last-trial record and syslinux.cfg.
+    #[test]
+    fn any_manifest_or_record_on_a_stick_reads_without_a_panic() {
+        let a = |s: &str| crate::build::manifest::Artifact {
+            size: s.len() as u64,
+            sha256: crate::build::manifest::hex(&Sha256::digest(s.as_bytes())),
+        };
+        let json = manifest_json(
+            "0123456789abcdef",
+            [
+                ("vmlinuz".to_string(), a("k")),
+                ("initramfs".to_string(), a("i")),
+                ("cmdline".to_string(), a("c")),
+            ]
+            .into(),
+        );
+        let fed = crate::fuzz::run(3000, &[json.as_bytes()], |b| {
+            let _ = crate::build::manifest::unknown_field(b);
+            let _ = refuse_newer(b, "m.json");
+            match parse_manifest(b, "m.json") {
+                Ok(m) => {
+                    let _ = (build_size(&m), title(&m), m.initramfs_size());
+                    for a in m.artifacts.values() {
+                        let _ = part_path(&a.sha256);
+                    }
+                }
+                Err(err) => assert!(err.to_string().starts_with("m.json: "), "{err}"),
+            }
+        });
+        assert_eq!(fed, 3000);
+        let record = "slot=b\nbuild=abc\ntime=2026-12-01\nfailed=zfs-import\nlog:\n* Starting\n";
+        crate::fuzz::run_text(3000, &[record], |t| {
+            let _ = LastTrial::parse(t).to_string();
+        });
+        let cfg = syslinux::config(&[], "a") + "LABEL b\n  APPEND x\nDEFAULT b\n";
+        crate::fuzz::run_text(3000, &[&cfg], |t| {
+            let _ = (syslinux::default_label(t), syslinux::labels(t));
+            if let Some(label) = syslinux::default_label(t) {
+                let _ = Slot::parse(&label);
+            }
+            let _ = Running::from_cmdline(t);
+        });
+    }
 }

@@ -448,4 +448,19 @@ mod tests {
         .unwrap();
         assert_eq!(host.mbr, dir.path().join("mbr.bin"));
     }
+
+    /// Property: any 1024 bytes at the end of ldlinux.sys (or fewer) read as an ADV or as an error; an ADV
+    /// read is written back and read again the same.
+    #[test]
+    fn any_adv_bytes_read_as_an_adv_or_an_error() {
+        let mut adv = Adv::default();
+        adv.set_boot_once(Some("b ramnas.trial=1")).unwrap();
+        let armed = adv.to_bytes();
+        crate::fuzz::run(5000, &[&empty_adv_bytes(), &armed], |b| {
+            if let Ok(adv) = Adv::parse(b) {
+                let _ = adv.boot_once();
+                assert_eq!(Adv::parse(&adv.to_bytes()).unwrap(), adv);
+            }
+        });
+    }
 }

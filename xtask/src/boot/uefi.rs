@@ -390,3 +390,19 @@ pub fn remove_old_ukis(stick: &mut dyn Stick) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Property: any file names under loader/entries read as a view or as an error, never a panic.
+    #[test]
+    fn any_entry_names_read_as_a_view_or_an_error() {
+        let names = "ramnas-default-a.conf\nramnas-trial-b+1-0.conf\nramnas-c.conf\nother.conf";
+        crate::fuzz::run_text(5000, &[names], |t| {
+            if let Ok(view) = View::from_names(t.lines()) {
+                let _ = (view.committed(), view.trial(), view.next_boot());
+            }
+        });
+    }
+}

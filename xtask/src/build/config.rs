@@ -412,4 +412,22 @@ mod tests {
         let err = format!("{:#}", Config::parse("colour = 1\n").unwrap_err());
         assert!(err.contains("colour"), "{err}");
     }
+
+    /// Property: any system.toml and packages file parses or gives an error (with a line number inside the
+    /// file for the package list), never a panic.
+    #[test]
+    fn any_system_toml_and_package_list_parse_or_say_why_not() {
+        let toml = include_str!("../../../system/system.toml");
+        crate::fuzz::run_text(2000, &[toml], |t| {
+            if let Err(err) = Config::parse(t) {
+                assert!(!err.to_string().is_empty());
+            }
+        });
+        let packages = include_str!("../../../system/packages");
+        crate::fuzz::run_text(5000, &[packages], |t| {
+            if let Err((line, msg)) = parse_packages(t) {
+                assert!(line >= 1 && line <= t.lines().count(), "{line}: {msg}");
+            }
+        });
+    }
 }

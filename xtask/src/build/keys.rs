@@ -274,4 +274,25 @@ mod tests {
         assert_eq!(collect(Some(&ok), None).unwrap().keys.len(), 2);
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// Property: any authorized keys file is read into keys (each summed up without a panic) or refused with
+    /// its file and line.
+    #[test]
+    fn any_key_file_reads_or_names_its_bad_line() {
+        let dir = tempdir();
+        let file = dir.join("keys.pub");
+        let seed = format!("# mine\n{ED}\ncommand=\"x\" {ED}\necdsa-sha2-nistp256 AAAAE2Vj x@y\n");
+        crate::fuzz::run(3000, &[seed.as_bytes()], |b| {
+            fs::write(&file, b).unwrap();
+            match collect(Some(&file), None) {
+                Ok(found) => {
+                    let _ = found.report();
+                }
+                Err(err) => {
+                    let err = format!("{err:#}");
+                    assert!(err.contains("keys.pub"), "{err}");
+                }
+            }
+        });
+    }
 }

@@ -692,24 +692,7 @@ impl Session {
             .take(HEADER_MAX)
             .read_until(b'\n', &mut header)
             .context("reading an answer")?;
-        let header = String::from_utf8_lossy(&header);
-        let fields: Vec<&str> = header.split_whitespace().collect();
-        let parsed = match fields[..] {
-            [status, out, err] => status
-                .parse()
-                .ok()
-                .zip(out.parse().ok())
-                .zip(err.parse().ok())
-                .map(|((s, o), e)| (s, o, e)),
-            _ => None,
-        };
-        parsed.with_context(|| {
-            if header.is_empty() {
-                "the NAS closed the session".to_string()
-            } else {
-                format!("unexpected answer from the NAS: {header:?}")
-            }
-        })
+        parse_header(&header)
     }
 
     /// Copies exactly `len` bytes of the answer into `out`.
@@ -852,6 +835,47 @@ fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
+/// An answer's header line, `STATUS OUTLEN ERRLEN` (empty: the session ended).
+fn parse_header(header: &[u8]) -> Result<(i32, u64, u64)> {
+    let header = String::from_utf8_lossy(header);
+    let fields: Vec<&str> = header.split_whitespace().collect();
+    let parsed = match fields[..] {
+        [status, out, err] => status
+            .parse()
+            .ok()
+            .zip(out.parse().ok())
+            .zip(err.parse().ok())
+            .map(|((s, o), e)| (s, o, e)),
+        _ => None,
+    };
+    parsed.with_context(|| {
+        if header.is_empty() {
+            "the NAS closed the session".to_string()
+        } else {
+            format!("unexpected answer from the NAS: {header:?}")
+        }
+    })
+}
+
+/// The answer to `list`: a line `d 0 NAME` or `f SIZE NAME` per entry; sorted by name.
+fn parse_list(text: &str) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.splitn(3, ' ').collect();
+        let name = fields.get(2).copied().unwrap_or_default();
+        out.push(parse_entry(&fields, name, line)?);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The answer to `sha256`: `SIZE SUM`.
+fn parse_sha256(text: &str) -> Result<(u64, String)> {
+    let unexpected = || format!("unexpected sha256 line from the NAS: {text:?}");
+    let (size, sum) = text.trim().split_once(' ').with_context(unexpected)?;
+    Ok((size.parse().with_context(unexpected)?, sum.to_string()))
+}
+
 fn parse_entry(fields: &[&str], name: &str, line: &str) -> Result<Entry> {
     let (kind, size) = match fields {
         [kind, size, ..] => (*kind, *size),
@@ -877,13 +901,7 @@ impl Stick for Ssh {
             return Ok(seen.clone());
         }
         let text = self.run_text("list", &[dir])?;
-        let mut out = Vec::new();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.splitn(3, ' ').collect();
-            let name = fields.get(2).copied().unwrap_or_default();
-            out.push(parse_entry(&fields, name, line)?);
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        let out = parse_list(&text)?;
         self.seen.lists.insert(dir.to_string(), out.clone());
         Ok(out)
     }
@@ -998,15 +1016,7 @@ impl Stick for Ssh {
             Some(hash) => self.run_text("sha256", &[path, &hash.to_string()])?,
             None => self.run_text("sha256", &[path])?,
         };
-        let (size, sum) = text
-            .trim()
-            .split_once(' ')
-            .with_context(|| format!("unexpected sha256 line from the NAS: {text:?}"))?;
-        Ok((
-            size.parse()
-                .with_context(|| format!("unexpected sha256 line from the NAS: {text:?}"))?,
-            sum.to_string(),
-        ))
+        parse_sha256(&text)
     }
 
     fn running_cmdline(&mut self) -> Result<Option<String>> {
@@ -1076,5 +1086,21 @@ mod tests {
             !SCRIPT.contains('\''),
             "the script is sent in single quotes"
         );
+    }
+
+    /// Property: any answer header, listing and sha256 line from a NAS parses or is an error, never a panic.
+    #[test]
+    fn any_answer_from_a_nas_parses_or_is_an_error() {
+        crate::fuzz::run(5000, &[b"0 123 0\n", b"3 0 57\n"], |b| {
+            let _ = parse_header(b);
+        });
+        let list = "d 0 slots\nf 12345 ldlinux.sys\nf 0 a file with blanks\n";
+        crate::fuzz::run_text(5000, &[list], |t| {
+            let _ = parse_list(t);
+        });
+        let sum = "1048576 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
+        crate::fuzz::run_text(5000, &[sum], |t| {
+            let _ = parse_sha256(t);
+        });
     }
 }
