@@ -1103,4 +1103,41 @@ mod tests {
             let _ = parse_sha256(t);
         });
     }
+
+    /// A NAS that floods (a login that never ends, a header line that never ends, an answer bigger than
+    /// ramnas takes) is refused with an error, quickly and without reading it all: the "ssh" here is a
+    /// script that plays the NAS.
+    #[test]
+    fn a_flooding_nas_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, script, says) in [
+            ("greeting", "exec yes", "the login printed more than 1 MiB"),
+            (
+                "header",
+                "echo ramnas-stick-ready; exec tr -d '\\n' </dev/zero",
+                "unexpected answer from the NAS",
+            ),
+            (
+                "answer",
+                "printf 'ramnas-stick-ready\\n0 9223372036854775807 0\\n'; exec cat /dev/zero",
+                "answered `check` with 9223372036854775807 bytes, more than ramnas ever takes",
+            ),
+        ] {
+            let program = dir.path().join(name);
+            std::fs::write(&program, format!("#!/bin/sh\n{script}\n")).unwrap();
+            std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let start = std::time::Instant::now();
+            let err = match Ssh::open_with("ssh://nas", program.as_os_str()) {
+                Ok(_) => panic!("{name}: accepted"),
+                Err(err) => format!("{err:#}"),
+            };
+            assert!(err.contains(says), "{name}: {err}");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name}: {:?}",
+                start.elapsed()
+            );
+        }
+    }
 }
