@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::boot::{syslinux, uefi};
+
 /// Under OUT.
 pub const DIR: &str = "bootloaders";
 /// On the stick: whose boot loaders `image` installed (`status` shows it).
@@ -56,7 +58,7 @@ pub fn copy_from_tree(
     let sys = tree.join(TREE_SYSLINUX);
     let mut syslinux: Vec<PathBuf> = ["mbr.bin"]
         .iter()
-        .chain(crate::boot::syslinux::MODULES)
+        .chain(syslinux::MODULES)
         .map(|f| sys.join(f))
         .collect();
     syslinux.push(tree.join(TREE_SYSLINUX_INSTALLER));
@@ -78,9 +80,9 @@ pub fn copy_from_tree(
     }
 
     let efi = tree.join(TREE_SYSTEMD_BOOT);
-    let uefi = [efi.join(crate::boot::uefi::SYSTEMD_BOOT)];
-    if complete(tree, "systemd-boot", &uefi) {
-        copy_into(tree, &uefi, &dest.join(SYSTEMD_BOOT))?;
+    let boot = [efi.join(uefi::SYSTEMD_BOOT)];
+    if complete(tree, "systemd-boot", &boot) {
+        copy_into(tree, &boot, &dest.join(SYSTEMD_BOOT))?;
         found.insert(SYSTEMD_BOOT.to_string(), from("systemd-boot"));
     }
     Ok(found)
@@ -230,9 +232,52 @@ fn plain_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && name != "." && name != ".."
 }
 
+/// The syslinux the build in `build` carries (`carried` is its manifest's list), else the host's
+/// ([`syslinux::find`]); says which.
+pub fn syslinux_for(build: &Path, carried: &BTreeMap<String, String>) -> Result<syslinux::Host> {
+    let host = match carried_syslinux(build) {
+        Some((dir, installer, loader)) => syslinux::Host {
+            mbr: dir.join("mbr.bin"),
+            modules: dir,
+            installer,
+            loader,
+            source: format!(
+                "the build's ({})",
+                carried
+                    .get(SYSLINUX)
+                    .map_or("from its tree", String::as_str)
+            ),
+        },
+        None => syslinux::find()?,
+    };
+    eprintln!("syslinux: {}", host.source);
+    Ok(host)
+}
+
+/// The systemd-boot the build in `build` carries (`carried` is its manifest's list), else the host's
+/// ([`uefi::find`]); says which.
+pub fn systemd_boot_for(build: &Path, carried: &BTreeMap<String, String>) -> Result<uefi::Host> {
+    let dir = build.join(DIR).join(SYSTEMD_BOOT);
+    let host = if dir.is_dir() {
+        uefi::Host {
+            source: format!(
+                "the build's ({})",
+                carried
+                    .get(SYSTEMD_BOOT)
+                    .map_or("from its tree", String::as_str)
+            ),
+            ..uefi::find_in(&[dir])?
+        }
+    } else {
+        uefi::find()?
+    };
+    eprintln!("systemd-boot: {}", host.source);
+    Ok(host)
+}
+
 /// The syslinux of a build, when it carries one: (mbr.bin's and the modules' directory, the installer, the
 /// loader to run it through: the one its ELF header names, None for a static one).
-pub fn syslinux(build: &Path) -> Option<(PathBuf, PathBuf, Option<PathBuf>)> {
+fn carried_syslinux(build: &Path) -> Option<(PathBuf, PathBuf, Option<PathBuf>)> {
     let dir = build.join(DIR).join(SYSLINUX);
     let installer = dir.join(INSTALLER);
     let elf = Elf::parse(&fs::read(&installer).ok()?)?;
@@ -241,12 +286,6 @@ pub fn syslinux(build: &Path) -> Option<(PathBuf, PathBuf, Option<PathBuf>)> {
         None => None,
     };
     Some((dir, installer, loader))
-}
-
-/// The systemd-boot directory of a build, when it carries one.
-pub fn systemd_boot(build: &Path) -> Option<PathBuf> {
-    let dir = build.join(DIR).join(SYSTEMD_BOOT);
-    dir.is_dir().then_some(dir)
 }
 
 /// What the dynamic linker needs to know of an ELF program: its interpreter and DT_NEEDED libraries.

@@ -58,31 +58,6 @@ pub fn known_places() -> Vec<(PathBuf, PathBuf)> {
 const INSTALL_HINT: &str = "install syslinux (Debian/Ubuntu: apt-get install syslinux syslinux-common mtools; \
      Alpine: apk add syslinux mtools; Fedora: dnf install syslinux mtools; Arch: pacman -S syslinux mtools)";
 
-/// The syslinux the build in `build` carries (see `bootloaders`; `carried` is its manifest's list), else
-/// the host's ([`find`]); says which.
-pub fn find_for(
-    build: &std::path::Path,
-    carried: &std::collections::BTreeMap<String, String>,
-) -> Result<Host> {
-    let host = match crate::boot::bootloaders::syslinux(build) {
-        Some((dir, installer, loader)) => Host {
-            mbr: dir.join("mbr.bin"),
-            modules: dir,
-            installer,
-            loader,
-            source: format!(
-                "the build's ({})",
-                carried
-                    .get(crate::boot::bootloaders::SYSLINUX)
-                    .map_or("from its tree", String::as_str)
-            ),
-        },
-        None => find()?,
-    };
-    eprintln!("syslinux: {}", host.source);
-    Ok(host)
-}
-
 /// The places [`find`] looks: `$RAMNAS_SYSLINUX_DIR` when set, else the known places.
 fn places() -> Vec<(PathBuf, PathBuf)> {
     match std::env::var_os(DIR_ENV) {

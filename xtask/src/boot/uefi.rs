@@ -73,28 +73,6 @@ pub fn known_places() -> Vec<PathBuf> {
     ]
 }
 
-/// The systemd-boot the build in `build` carries (see `bootloaders`; `carried` is its manifest's
-/// list), else the host's ([`find`]); says which.
-pub fn find_for(
-    build: &std::path::Path,
-    carried: &std::collections::BTreeMap<String, String>,
-) -> Result<Host> {
-    let host = match crate::boot::bootloaders::systemd_boot(build) {
-        Some(dir) => Host {
-            source: format!(
-                "the build's ({})",
-                carried
-                    .get(crate::boot::bootloaders::SYSTEMD_BOOT)
-                    .map_or("from its tree", String::as_str)
-            ),
-            ..find_in(&[dir])?
-        },
-        None => find()?,
-    };
-    eprintln!("systemd-boot: {}", host.source);
-    Ok(host)
-}
-
 /// Finds systemd-boot: in `$RAMNAS_SYSTEMD_BOOT_DIR` when set, else the known places.
 pub fn find() -> Result<Host> {
     let places = match std::env::var_os(DIR_ENV) {
