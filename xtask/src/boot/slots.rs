@@ -156,7 +156,20 @@ pub fn parse_manifest(json: &[u8], what: &str) -> Result<Manifest> {
         bail!("{what}: {name} has no SHA-256");
     }
     if let Some(bad) = m.initrds().iter().find(|n| !m.artifacts.contains_key(*n)) {
-        bail!("{what}: initrd {bad} is no artifact of the build");
+        bail!("{what}: initrd {bad:?} is no artifact of the build");
+    }
+    // Every later step prints these (status, a deploy's changes): an escape sequence must not reach a
+    // terminal from a stick.
+    let texts = [&m.build_id, &m.alpine_branch, &m.cmdline]
+        .into_iter()
+        .chain(&m.git_commit)
+        .chain(&m.kernel_version)
+        .chain(m.packages.iter().flat_map(|(k, v)| [k, v]))
+        .chain(m.artifacts.keys())
+        .chain(&m.initrds)
+        .chain(m.bootloaders.iter().flat_map(|(k, v)| [k, v]));
+    if let Some(bad) = texts.into_iter().find(|t| t.chars().any(char::is_control)) {
+        bail!("{what}: {bad:?} holds control characters, which no ramnas build writes");
     }
     Ok(m)
 }
@@ -1334,6 +1347,31 @@ mod tests {
         );
         let err = parse_manifest(json.as_bytes(), "m.json").unwrap_err();
         assert!(err.to_string().contains("no vmlinuz"), "{err}");
+    }
+
+    /// A manifest on a stick whose texts hold control characters (an escape sequence for the terminal that
+    /// prints it) is no build's.
+    #[test]
+    fn a_manifest_with_control_characters_is_refused() {
+        let a = crate::build::manifest::Artifact {
+            size: 1,
+            sha256: "0".repeat(64),
+        };
+        let artifacts: BTreeMap<String, _> = ["vmlinuz", "initramfs", "cmdline"]
+            .map(|n| (n.to_string(), a.clone()))
+            .into();
+        let json = manifest_json("ok", artifacts.clone());
+        parse_manifest(json.as_bytes(), "m.json").unwrap();
+        for (field, value) in [("build_id", "\"ok\""), ("alpine_branch", "\"v3.22\"")] {
+            let bad = json.replace(value, "\"x\\u001b[2J\"");
+            assert_ne!(bad, json, "{field}");
+            let err = parse_manifest(bad.as_bytes(), "m.json").unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("\"x\\u{1b}[2J\" holds control characters"),
+                "{field}: {err}"
+            );
+        }
     }
 
     /// A manifest written by a newer ramnas (a field this one does not know) leaves the stick as it is and

@@ -319,8 +319,8 @@ impl Config {
                 config.kernel.flavour
             );
         }
-        if config.kernel.cmdline.contains('\n') {
-            bail!("kernel.cmdline must be one line");
+        if config.kernel.cmdline.chars().any(char::is_control) {
+            bail!("kernel.cmdline must be one line of printable characters (no tabs or control characters)");
         }
         Ok(config)
     }

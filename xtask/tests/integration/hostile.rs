@@ -102,8 +102,9 @@ fn a_nas_answer_too_big_is_refused_at_once() {
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
 
-/// Escape sequences on a stick (the NAS's last-trial record, a manifest's fields, the boot loaders' record)
-/// reach the terminal escaped: `status` prints no control character but its own newlines.
+/// Escape sequences on a stick reach no terminal: `status` shows the NAS's last-trial record and the boot
+/// loaders' record escaped, and takes a manifest with control characters in its fields for no build's; it
+/// prints no control character but its own newlines.
 #[test]
 fn status_shows_what_a_stick_holds_with_control_characters_escaped() {
     let dir = common::tempdir();
@@ -155,10 +156,7 @@ fn status_shows_what_a_stick_holds_with_control_characters_escaped() {
         "a control character reached the terminal:\n{st:?}"
     );
     for shown in [
-        r"build   evil\u{1b}[2J",
-        r"git     \u{1b}]0;t",
-        r"kernel  6.1\u{9b}31m\r",
-        r"boot    carries syslinux\u{1b}[8m",
+        "slot a (default): no complete build",
         r"boot loaders: syslinux: the host's\u{1b}[1A",
         r"last trial: slot b, build \u{1b}[2Jb1, failed: sshd\u{1b}]0;x\u{7} (now)",
         r"  | line \u{1b}[31mred\rover",
