@@ -135,7 +135,9 @@ pub enum Cmd {
     /// TARGET is an image file, a whole-disk block device holding a ramnas stick (refused while mounted
     /// here: use its mount point), a directory where the stick's partition is mounted, or
     /// ssh://[user@]host[:port] for the running NAS (its stick at /media/boot; the system's OpenSSH client
-    /// with your keys and ~/.ssh/config; RAMNAS_SSH names another ssh program).
+    /// with your keys and ~/.ssh/config; RAMNAS_SSH names another ssh program). Over ssh, a NAS that is gone
+    /// ends the command within about a minute (ssh's keep-alive), and one that stops answering after
+    /// RAMNAS_SSH_TIMEOUT seconds of silence (default 300); an answer over 16 MiB is refused.
     ///
     /// Stop a deploy at any moment (Ctrl-C, a crash, a power cut) and the stick still boots a complete
     /// build: the committed one, or the new one on trial if the deploy had finished. Run it again to finish.

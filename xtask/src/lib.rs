@@ -49,6 +49,10 @@ pub mod dev {
     pub mod test;
 }
 
+/// The property tests' inputs: bytes from outside, truncated, mutated and random.
+#[cfg(test)]
+mod fuzz;
+
 use flags::{Cmd, Xtask};
 
 /// Runs one `cargo xtask` invocation.

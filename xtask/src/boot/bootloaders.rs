@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::boot::{syslinux, uefi};
+
 /// Under OUT.
 pub const DIR: &str = "bootloaders";
 /// On the stick: whose boot loaders `image` installed (`status` shows it).
@@ -56,7 +58,7 @@ pub fn copy_from_tree(
     let sys = tree.join(TREE_SYSLINUX);
     let mut syslinux: Vec<PathBuf> = ["mbr.bin"]
         .iter()
-        .chain(crate::boot::syslinux::MODULES)
+        .chain(syslinux::MODULES)
         .map(|f| sys.join(f))
         .collect();
     syslinux.push(tree.join(TREE_SYSLINUX_INSTALLER));
@@ -78,9 +80,9 @@ pub fn copy_from_tree(
     }
 
     let efi = tree.join(TREE_SYSTEMD_BOOT);
-    let uefi = [efi.join(crate::boot::uefi::SYSTEMD_BOOT)];
-    if complete(tree, "systemd-boot", &uefi) {
-        copy_into(tree, &uefi, &dest.join(SYSTEMD_BOOT))?;
+    let boot = [efi.join(uefi::SYSTEMD_BOOT)];
+    if complete(tree, "systemd-boot", &boot) {
+        copy_into(tree, &boot, &dest.join(SYSTEMD_BOOT))?;
         found.insert(SYSTEMD_BOOT.to_string(), from("systemd-boot"));
     }
     Ok(found)
@@ -180,13 +182,26 @@ fn copy_loader(tree: &Path, program: &Path, lib: &Path) -> Result<()> {
     let interp_path = tree.join(interp.trim_start_matches('/'));
     let name = Path::new(&interp)
         .file_name()
-        .expect("interpreter file name");
+        .and_then(|n| n.to_str())
+        .filter(|n| plain_name(n))
+        .with_context(|| {
+            format!(
+                "{}: its ELF interpreter {interp:?} names no file",
+                program.display()
+            )
+        })?;
     copy(tree, &interp_path, &lib.join(name))?;
     let mut todo = elf.needed;
-    let mut done = vec![name.to_string_lossy().into_owned()];
+    let mut done = vec![name.to_string()];
     while let Some(needed) = todo.pop() {
         if done.contains(&needed) {
             continue;
+        }
+        if !plain_name(&needed) {
+            bail!(
+                "{}: needs a library named {needed:?}, which is no file name",
+                program.display()
+            );
         }
         done.push(needed.clone());
         let Some(found) = LIB_DIRS
@@ -212,9 +227,57 @@ fn copy_loader(tree: &Path, program: &Path, lib: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether `name` is a file name of its own: not empty, no `/`, not `.` or `..`.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && name != "." && name != ".."
+}
+
+/// The syslinux the build in `build` carries (`carried` is its manifest's list), else the host's
+/// ([`syslinux::find`]); says which.
+pub fn syslinux_for(build: &Path, carried: &BTreeMap<String, String>) -> Result<syslinux::Host> {
+    let host = match carried_syslinux(build) {
+        Some((dir, installer, loader)) => syslinux::Host {
+            mbr: dir.join("mbr.bin"),
+            modules: dir,
+            installer,
+            loader,
+            source: format!(
+                "the build's ({})",
+                carried
+                    .get(SYSLINUX)
+                    .map_or("from its tree", String::as_str)
+            ),
+        },
+        None => syslinux::find()?,
+    };
+    eprintln!("syslinux: {}", host.source);
+    Ok(host)
+}
+
+/// The systemd-boot the build in `build` carries (`carried` is its manifest's list), else the host's
+/// ([`uefi::find`]); says which.
+pub fn systemd_boot_for(build: &Path, carried: &BTreeMap<String, String>) -> Result<uefi::Host> {
+    let dir = build.join(DIR).join(SYSTEMD_BOOT);
+    let host = if dir.is_dir() {
+        uefi::Host {
+            source: format!(
+                "the build's ({})",
+                carried
+                    .get(SYSTEMD_BOOT)
+                    .map_or("from its tree", String::as_str)
+            ),
+            ..uefi::find_in(&[dir])?
+        }
+    } else {
+        uefi::find()?
+    };
+    eprintln!("systemd-boot: {}", host.source);
+    Ok(host)
+}
+
 /// The syslinux of a build, when it carries one: (mbr.bin's and the modules' directory, the installer, the
 /// loader to run it through: the one its ELF header names, None for a static one).
-pub fn syslinux(build: &Path) -> Option<(PathBuf, PathBuf, Option<PathBuf>)> {
+fn carried_syslinux(build: &Path) -> Option<(PathBuf, PathBuf, Option<PathBuf>)> {
     let dir = build.join(DIR).join(SYSLINUX);
     let installer = dir.join(INSTALLER);
     let elf = Elf::parse(&fs::read(&installer).ok()?)?;
@@ -223,12 +286,6 @@ pub fn syslinux(build: &Path) -> Option<(PathBuf, PathBuf, Option<PathBuf>)> {
         None => None,
     };
     Some((dir, installer, loader))
-}
-
-/// The systemd-boot directory of a build, when it carries one.
-pub fn systemd_boot(build: &Path) -> Option<PathBuf> {
-    let dir = build.join(DIR).join(SYSTEMD_BOOT);
-    dir.is_dir().then_some(dir)
 }
 
 /// What the dynamic linker needs to know of an ELF program: its interpreter and DT_NEEDED libraries.
@@ -339,5 +396,116 @@ mod tests {
         let mut bad = bytes.clone();
         bad[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(Elf::parse(&bad).is_none());
+    }
+
+    /// An x86-64 ELF program with the interpreter `interp` and the DT_NEEDED libraries `needed`: one
+    /// PT_LOAD over the whole file, PT_INTERP, PT_DYNAMIC and its string table.
+    pub(crate) fn elf(interp: &str, needed: &[&str]) -> Vec<u8> {
+        let dynamic = 64 + 3 * 56;
+        let strtab = dynamic + 16 * (needed.len() + 2);
+        let mut strings = vec![0u8];
+        let mut offsets = Vec::new();
+        for n in needed {
+            offsets.push(strings.len() as u64);
+            strings.extend_from_slice(n.as_bytes());
+            strings.push(0);
+        }
+        let interp_at = strtab + strings.len();
+        let len = interp_at + interp.len() + 1;
+        let mut b = vec![0u8; len];
+        b[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        b[0x12..0x14].copy_from_slice(&0x3eu16.to_le_bytes());
+        b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        b[0x38..0x3a].copy_from_slice(&3u16.to_le_bytes());
+        let headers = [
+            (1u32, 0u64, len as u64),
+            (3, interp_at as u64, interp.len() as u64 + 1),
+            (2, dynamic as u64, 16 * (needed.len() as u64 + 2)),
+        ];
+        for (i, (kind, offset, size)) in headers.into_iter().enumerate() {
+            let ph = 64 + i * 56;
+            b[ph..ph + 4].copy_from_slice(&kind.to_le_bytes());
+            b[ph + 8..ph + 16].copy_from_slice(&offset.to_le_bytes());
+            b[ph + 16..ph + 24].copy_from_slice(&offset.to_le_bytes());
+            b[ph + 32..ph + 40].copy_from_slice(&size.to_le_bytes());
+        }
+        let mut at = dynamic;
+        for (tag, value) in offsets
+            .iter()
+            .map(|&o| (1u64, o))
+            .chain([(5, strtab as u64), (0, 0)])
+        {
+            b[at..at + 8].copy_from_slice(&tag.to_le_bytes());
+            b[at + 8..at + 16].copy_from_slice(&value.to_le_bytes());
+            at += 16;
+        }
+        b[strtab..strtab + strings.len()].copy_from_slice(&strings);
+        b[interp_at..interp_at + interp.len()].copy_from_slice(interp.as_bytes());
+        b
+    }
+
+    /// A tree's program whose interpreter names no file, or that needs a library by a path, is refused
+    /// with an error (no panic), and nothing is copied outside the directory of libraries.
+    #[test]
+    fn a_program_naming_odd_files_is_refused_and_nothing_lands_outside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        fs::create_dir_all(tree.join("lib")).unwrap();
+        fs::write(tree.join("lib/ld.so"), "loader").unwrap();
+        fs::write(tree.join("lib/libok.so"), "lib").unwrap();
+        fs::write(tree.join("x"), "not a library").unwrap();
+        let program = tree.join("prog");
+        let lib = tmp.path().join("out/bootloaders/syslinux/lib");
+
+        let parsed = Elf::parse(&elf("/lib/ld.so", &["libok.so"])).unwrap();
+        assert_eq!(
+            (parsed.interp.as_deref(), &parsed.needed[..]),
+            (Some("/lib/ld.so"), &["libok.so".to_string()][..])
+        );
+        fs::write(&program, elf("/lib/ld.so", &["libok.so"])).unwrap();
+        copy_loader(&tree, &program, &lib).unwrap();
+        assert!(lib.join("libok.so").is_file());
+
+        for (interp, needed, says) in [
+            ("", "libok.so", "names no file"),
+            ("/", "libok.so", "names no file"),
+            ("..", "libok.so", "names no file"),
+            ("/lib/..", "libok.so", "names no file"),
+            ("/lib/ld.so", "../../x", "which is no file name"),
+            ("/lib/ld.so", "..", "which is no file name"),
+        ] {
+            fs::write(&program, elf(interp, &[needed])).unwrap();
+            let err = format!("{:#}", copy_loader(&tree, &program, &lib).unwrap_err());
+            assert!(err.contains(says), "{interp:?} {needed:?}: {err}");
+        }
+        assert!(!tmp.path().join("out/bootloaders/x").exists());
+    }
+
+    /// Property: any program bytes parse as an ELF or as nothing, and copying a tree's loader for any of
+    /// them copies into lib/ only, or fails with an error.
+    #[test]
+    fn any_program_bytes_parse_and_copy_only_into_lib() {
+        let seed = elf("/lib/ld.so", &["libok.so", "libc.musl-x86_64.so.1"]);
+        let host = fs::read("/bin/sh").unwrap();
+        crate::fuzz::run(5000, &[&seed, &host[..host.len().min(16 << 10)]], |b| {
+            let _ = Elf::parse(b);
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        fs::create_dir_all(tree.join("lib")).unwrap();
+        fs::write(tree.join("lib/ld.so"), "loader").unwrap();
+        fs::write(tree.join("lib/libok.so"), &seed).unwrap();
+        let program = tree.join("prog");
+        let out = tmp.path().join("out");
+        let lib = out.join("syslinux/lib");
+        crate::fuzz::run(500, &[&seed], |b| {
+            fs::write(&program, b).unwrap();
+            let _ = fs::remove_dir_all(&out);
+            let _ = copy_loader(&tree, &program, &lib);
+            for entry in fs::read_dir(&out).into_iter().flatten() {
+                assert_eq!(entry.unwrap().file_name(), "syslinux");
+            }
+        });
     }
 }

@@ -119,9 +119,14 @@ pub const REQUIRED: &[&str] = &["vmlinuz", "initramfs", "cmdline"];
 /// Where the builds' files live on the stick, by content.
 pub const PARTS: &str = "parts";
 
-/// The name in [`PARTS`] of the file with this SHA-256: its first 16 hex digits.
+/// The name in [`PARTS`] of the file with this SHA-256: its first 16 hex digits (of a value that is no
+/// SHA-256, as a manifest on a stick may hold, its first 16 characters at most).
 fn part_name(sha256: &str) -> &str {
-    &sha256[..sha256.len().min(16)]
+    let end = sha256
+        .char_indices()
+        .nth(16)
+        .map_or(sha256.len(), |(i, _)| i);
+    &sha256[..end]
 }
 
 /// Where the file with this SHA-256 lives on the stick: `parts/<`[`part_name`]`>`.
@@ -154,14 +159,42 @@ pub fn parse_manifest(json: &[u8], what: &str) -> Result<Manifest> {
         bail!("{what}: {name} has no SHA-256");
     }
     if let Some(bad) = m.initrds().iter().find(|n| !m.artifacts.contains_key(*n)) {
-        bail!("{what}: initrd {bad} is no artifact of the build");
+        bail!("{what}: initrd {bad:?} is no artifact of the build");
+    }
+    // Every later step prints these (status, a deploy's changes): an escape sequence must not reach a
+    // terminal from a stick.
+    let texts = [&m.build_id, &m.alpine_branch, &m.cmdline]
+        .into_iter()
+        .chain(&m.git_commit)
+        .chain(&m.kernel_version)
+        .chain(m.packages.iter().flat_map(|(k, v)| [k, v]))
+        .chain(m.artifacts.keys())
+        .chain(&m.initrds)
+        .chain(m.bootloaders.iter().flat_map(|(k, v)| [k, v]));
+    if let Some(bad) = texts.into_iter().find(|t| t.chars().any(char::is_control)) {
+        bail!("{what}: {bad:?} holds control characters, which no ramnas build writes");
     }
     Ok(m)
 }
 
-/// Bytes of a build's files (without the manifest).
+/// A manifest with a field this ramnas does not know was written by a newer ramnas: the stick is fine, and
+/// this ramnas must not change it (nor call its slot empty).
+fn refuse_newer(json: &[u8], what: &str) -> Result<()> {
+    if let Some(field) = crate::build::manifest::unknown_field(json) {
+        let field = crate::stick::for_terminal(&field);
+        bail!(
+            "{what}: written by a newer ramnas ({field}); the stick is fine: update ramnas (`git pull` in \
+             your ramnas checkout) and run the command again"
+        );
+    }
+    Ok(())
+}
+
+/// Bytes of a build's files (without the manifest); sizes a manifest on a stick makes up stop at u64::MAX.
 pub fn build_size(m: &Manifest) -> u64 {
-    m.artifacts.values().map(|a| a.size).sum()
+    m.artifacts
+        .values()
+        .fold(0, |sum: u64, a| sum.saturating_add(a.size))
 }
 
 /// The line shown for a build in the boot menu.
@@ -330,10 +363,9 @@ pub fn read_slot(stick: &mut dyn Stick, slot: Slot) -> Result<Option<Filled>> {
         return Ok(None);
     }
     let manifest_json = stick.read(&manifest_path)?;
-    let Ok(manifest) = parse_manifest(
-        &manifest_json,
-        &format!("{manifest_path} on {}", stick.describe()),
-    ) else {
+    let what = format!("{manifest_path} on {}", stick.describe());
+    refuse_newer(&manifest_json, &what)?;
+    let Ok(manifest) = parse_manifest(&manifest_json, &what) else {
         return Ok(None);
     };
     let parts = sizes(stick, PARTS)?;
@@ -465,6 +497,7 @@ pub fn collect_garbage(stick: &mut dyn Stick) -> Result<()> {
             continue;
         }
         let json = stick.read(&path)?;
+        refuse_newer(&json, &format!("{path} on {}", stick.describe()))?;
         let Ok(m) = serde_json::from_slice::<Manifest>(&json) else {
             continue;
         };
@@ -1371,5 +1404,121 @@ mod tests {
         );
         let err = parse_manifest(json.as_bytes(), "m.json").unwrap_err();
         assert!(err.to_string().contains("no vmlinuz"), "{err}");
+    }
+
+    /// A manifest on a stick whose texts hold control characters (an escape sequence for the terminal that
+    /// prints it) is no build's.
+    #[test]
+    fn a_manifest_with_control_characters_is_refused() {
+        let a = crate::build::manifest::Artifact {
+            size: 1,
+            sha256: "0".repeat(64),
+        };
+        let artifacts: BTreeMap<String, _> = ["vmlinuz", "initramfs", "cmdline"]
+            .map(|n| (n.to_string(), a.clone()))
+            .into();
+        let json = manifest_json("ok", artifacts.clone());
+        parse_manifest(json.as_bytes(), "m.json").unwrap();
+        for (field, value) in [("build_id", "\"ok\""), ("alpine_branch", "\"v3.22\"")] {
+            let bad = json.replace(value, "\"x\\u001b[2J\"");
+            assert_ne!(bad, json, "{field}");
+            let err = parse_manifest(bad.as_bytes(), "m.json").unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("\"x\\u{1b}[2J\" holds control characters"),
+                "{field}: {err}"
+            );
+        }
+    }
+
+    /// A manifest written by a newer ramnas (a field this one does not know) leaves the stick as it is and
+    /// says to update ramnas, never to flash the stick (nor calls the slot empty); a `sha256` on the stick
+    /// that is no SHA-256 (not even ASCII) is no panic when the parts are sorted out.
+    #[test]
+    fn a_newer_ramnas_stick_is_left_alone_and_odd_sums_are_no_panic() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("stick");
+        fs::create_dir_all(root.join("syslinux")).unwrap();
+        let mut stick = Dir::open(&root).unwrap();
+        let (one, _) = builds_one_and_two(tmp.path(), "c2\n");
+        install(&mut stick, Slot::A, &one).unwrap();
+        let path = root.join("slots/a").join(MANIFEST);
+        let json = fs::read_to_string(&path).unwrap();
+        let newer = json.replacen('{', "{\n  \"sig\\u001b[2J\": 1,", 1);
+        fs::write(&path, &newer).unwrap();
+        for err in [
+            Table::read(&mut stick).unwrap_err(),
+            collect_garbage(&mut stick).unwrap_err(),
+        ] {
+            let err = format!("{err:#}");
+            assert!(
+                err.contains(r"written by a newer ramnas (unknown field `sig\u{1b}[2J`")
+                    && err.contains("update ramnas")
+                    && !err.contains("flash")
+                    && !err.contains('\u{1b}'),
+                "{err}"
+            );
+        }
+        assert_eq!(fs::read_to_string(&path).unwrap(), newer);
+        assert_eq!(fs::read_dir(root.join(PARTS)).unwrap().count(), 3);
+
+        let odd = json.replace(
+            &one.manifest.artifacts["vmlinuz"].sha256,
+            &format!("x{}", "é".repeat(31)),
+        );
+        fs::write(&path, odd).unwrap();
+        collect_garbage(&mut stick).unwrap();
+        assert!(Table::read(&mut stick).unwrap().slots.is_empty());
+        assert_eq!(part_name("0123456789abcdef0123"), "0123456789abcdef");
+        assert_eq!(
+            part_name(&format!("x{}", "é".repeat(20))),
+            format!("x{}", "é".repeat(15))
+        );
+    }
+
+    /// Property: whatever bytes a stick's manifest.json holds, they read as a build or as an error naming
+    /// the file (never a panic), and what is shown of a build can be computed; the same for the NAS's
+    /// last-trial record and syslinux.cfg.
+    #[test]
+    fn any_manifest_or_record_on_a_stick_reads_without_a_panic() {
+        let a = |s: &str| crate::build::manifest::Artifact {
+            size: s.len() as u64,
+            sha256: crate::build::manifest::hex(&Sha256::digest(s.as_bytes())),
+        };
+        let json = manifest_json(
+            "0123456789abcdef",
+            [
+                ("vmlinuz".to_string(), a("k")),
+                ("initramfs".to_string(), a("i")),
+                ("cmdline".to_string(), a("c")),
+            ]
+            .into(),
+        );
+        let fed = crate::fuzz::run(3000, &[json.as_bytes()], |b| {
+            let _ = crate::build::manifest::unknown_field(b);
+            let _ = refuse_newer(b, "m.json");
+            match parse_manifest(b, "m.json") {
+                Ok(m) => {
+                    let _ = (build_size(&m), title(&m), m.initramfs_size());
+                    for a in m.artifacts.values() {
+                        let _ = part_path(&a.sha256);
+                    }
+                }
+                Err(err) => assert!(err.to_string().starts_with("m.json: "), "{err}"),
+            }
+        });
+        assert_eq!(fed, 3000);
+        let record = "slot=b\nbuild=abc\ntime=2026-12-01\nfailed=zfs-import\nlog:\n* Starting\n";
+        crate::fuzz::run_text(3000, &[record], |t| {
+            let _ = LastTrial::parse(t).to_string();
+        });
+        let cfg = syslinux::config(&[], "a") + "LABEL b\n  APPEND x\nDEFAULT b\n";
+        crate::fuzz::run_text(3000, &[&cfg], |t| {
+            let _ = (syslinux::default_label(t), syslinux::labels(t));
+            if let Some(label) = syslinux::default_label(t) {
+                let _ = Slot::parse(&label);
+            }
+            let _ = Running::from_cmdline(t);
+        });
     }
 }

@@ -58,31 +58,6 @@ pub fn known_places() -> Vec<(PathBuf, PathBuf)> {
 const INSTALL_HINT: &str = "install syslinux (Debian/Ubuntu: apt-get install syslinux syslinux-common mtools; \
      Alpine: apk add syslinux mtools; Fedora: dnf install syslinux mtools; Arch: pacman -S syslinux mtools)";
 
-/// The syslinux the build in `build` carries (see `bootloaders`; `carried` is its manifest's list), else
-/// the host's ([`find`]); says which.
-pub fn find_for(
-    build: &std::path::Path,
-    carried: &std::collections::BTreeMap<String, String>,
-) -> Result<Host> {
-    let host = match crate::boot::bootloaders::syslinux(build) {
-        Some((dir, installer, loader)) => Host {
-            mbr: dir.join("mbr.bin"),
-            modules: dir,
-            installer,
-            loader,
-            source: format!(
-                "the build's ({})",
-                carried
-                    .get(crate::boot::bootloaders::SYSLINUX)
-                    .map_or("from its tree", String::as_str)
-            ),
-        },
-        None => find()?,
-    };
-    eprintln!("syslinux: {}", host.source);
-    Ok(host)
-}
-
 /// The places [`find`] looks: `$RAMNAS_SYSLINUX_DIR` when set, else the known places.
 fn places() -> Vec<(PathBuf, PathBuf)> {
     match std::env::var_os(DIR_ENV) {
@@ -447,5 +422,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(host.mbr, dir.path().join("mbr.bin"));
+    }
+
+    /// Property: any 1024 bytes at the end of ldlinux.sys (or fewer) read as an ADV or as an error; an ADV
+    /// read is written back and read again the same.
+    #[test]
+    fn any_adv_bytes_read_as_an_adv_or_an_error() {
+        let mut adv = Adv::default();
+        adv.set_boot_once(Some("b ramnas.trial=1")).unwrap();
+        let armed = adv.to_bytes();
+        crate::fuzz::run(5000, &[&empty_adv_bytes(), &armed], |b| {
+            if let Ok(adv) = Adv::parse(b) {
+                let _ = adv.boot_once();
+                assert_eq!(Adv::parse(&adv.to_bytes()).unwrap(), adv);
+            }
+        });
     }
 }

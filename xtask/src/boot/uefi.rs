@@ -83,28 +83,6 @@ pub fn known_places() -> Vec<PathBuf> {
     ]
 }
 
-/// The systemd-boot the build in `build` carries (see `bootloaders`; `carried` is its manifest's
-/// list), else the host's ([`find`]); says which.
-pub fn find_for(
-    build: &std::path::Path,
-    carried: &std::collections::BTreeMap<String, String>,
-) -> Result<Host> {
-    let host = match crate::boot::bootloaders::systemd_boot(build) {
-        Some(dir) => Host {
-            source: format!(
-                "the build's ({})",
-                carried
-                    .get(crate::boot::bootloaders::SYSTEMD_BOOT)
-                    .map_or("from its tree", String::as_str)
-            ),
-            ..find_in(&[dir])?
-        },
-        None => find()?,
-    };
-    eprintln!("systemd-boot: {}", host.source);
-    Ok(host)
-}
-
 /// Finds systemd-boot: in `$RAMNAS_SYSTEMD_BOOT_DIR` when set, else the known places.
 pub fn find() -> Result<Host> {
     let places = match std::env::var_os(DIR_ENV) {
@@ -645,5 +623,16 @@ mod tests {
                 "loader/entries/ramnas-trial-b+1-0.conf".to_string()
             )]
         );
+    }
+
+    /// Property: any file names under loader/entries read as a view or as an error, never a panic.
+    #[test]
+    fn any_entry_names_read_as_a_view_or_an_error() {
+        let names = "ramnas-default-a.conf\nramnas-trial-b+1-0.conf\nramnas-c.conf\nother.conf";
+        crate::fuzz::run_text(5000, &[names], |t| {
+            if let Ok(view) = View::from_names(t.lines()) {
+                let _ = (view.committed(), view.trial(), view.next_boot());
+            }
+        });
     }
 }

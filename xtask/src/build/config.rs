@@ -319,8 +319,8 @@ impl Config {
                 config.kernel.flavour
             );
         }
-        if config.kernel.cmdline.contains('\n') {
-            bail!("kernel.cmdline must be one line");
+        if config.kernel.cmdline.chars().any(char::is_control) {
+            bail!("kernel.cmdline must be one line of printable characters (no tabs or control characters)");
         }
         Ok(config)
     }
@@ -411,5 +411,23 @@ mod tests {
         assert!(err.contains("flavor"), "{err}");
         let err = format!("{:#}", Config::parse("colour = 1\n").unwrap_err());
         assert!(err.contains("colour"), "{err}");
+    }
+
+    /// Property: any system.toml and packages file parses or gives an error (with a line number inside the
+    /// file for the package list), never a panic.
+    #[test]
+    fn any_system_toml_and_package_list_parse_or_say_why_not() {
+        let toml = include_str!("../../../system/system.toml");
+        crate::fuzz::run_text(2000, &[toml], |t| {
+            if let Err(err) = Config::parse(t) {
+                assert!(!err.to_string().is_empty());
+            }
+        });
+        let packages = include_str!("../../../system/packages");
+        crate::fuzz::run_text(5000, &[packages], |t| {
+            if let Err((line, msg)) = parse_packages(t) {
+                assert!(line >= 1 && line <= t.lines().count(), "{line}: {msg}");
+            }
+        });
     }
 }

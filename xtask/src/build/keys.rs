@@ -183,7 +183,10 @@ fn summary(key: &str) -> String {
         .unwrap_or(0);
     let kind = at.checked_sub(1).map_or("?", |i| fields[i]);
     let blob = fields.get(at).copied().unwrap_or("");
-    let tail = &blob[blob.len().saturating_sub(12)..];
+    let tail: String = blob
+        .chars()
+        .skip(blob.chars().count().saturating_sub(12))
+        .collect();
     let comment = fields
         .get(at + 1..)
         .map(|c| c.join(" "))
@@ -220,6 +223,16 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// A key line whose blob is not ASCII is summed up without a panic: its last 12 characters.
+    #[test]
+    fn a_key_blob_of_any_text_is_summed_up() {
+        let key = format!("ssh-ed25519 AAAA{}z me", "é".repeat(14));
+        assert_eq!(
+            summary(&key),
+            format!("ssh-ed25519 …{}z me", "é".repeat(11))
+        );
     }
 
     #[test]
@@ -275,5 +288,26 @@ mod tests {
         fs::write(&ok, format!("from=\"10.0.0.0/8\" {ED}\n{ED}\n")).unwrap();
         assert_eq!(collect(Some(&ok), None).unwrap().keys.len(), 2);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Property: any authorized keys file is read into keys (each summed up without a panic) or refused with
+    /// its file and line.
+    #[test]
+    fn any_key_file_reads_or_names_its_bad_line() {
+        let dir = tempdir();
+        let file = dir.join("keys.pub");
+        let seed = format!("# mine\n{ED}\ncommand=\"x\" {ED}\necdsa-sha2-nistp256 AAAAE2Vj x@y\n");
+        crate::fuzz::run(3000, &[seed.as_bytes()], |b| {
+            fs::write(&file, b).unwrap();
+            match collect(Some(&file), None) {
+                Ok(found) => {
+                    let _ = found.report();
+                }
+                Err(err) => {
+                    let err = format!("{err:#}");
+                    assert!(err.contains("keys.pub"), "{err}");
+                }
+            }
+        });
     }
 }

@@ -438,4 +438,20 @@ mod tests {
             (1, "no `branch` line".to_string())
         );
     }
+
+    /// Property: any packages.lock parses or gives an error with a line number inside the file.
+    #[test]
+    fn any_lock_file_parses_or_names_its_bad_line() {
+        let text = "# packages.lock\nbranch v3.22\nworld alpine-base\nworld zfs\n\
+                    package musl 1.2.5-r9 Q1abc=\npackage busybox 1.37.0-r12 Q1def=\n";
+        crate::fuzz::run_text(5000, &[text], |t| {
+            if let Err((line, msg)) = Lock::parse(t) {
+                assert!(
+                    line >= 1 && line <= t.lines().count().max(1),
+                    "{line}: {msg}"
+                );
+                assert!(!msg.is_empty());
+            }
+        });
+    }
 }

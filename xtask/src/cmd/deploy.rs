@@ -10,7 +10,7 @@ use crate::{
     boot::slots::{self, Build, LastTrial, Running, Slot, Table},
     build::manifest::{self, Manifest},
     flags::{DeployFlags, TargetFlags},
-    stick::{self, Faulty, Stick},
+    stick::{self, for_terminal, Faulty, Stick},
 };
 
 pub fn deploy(flags: DeployFlags) -> Result<()> {
@@ -163,7 +163,10 @@ pub fn status(flags: TargetFlags) -> Result<()> {
     println!("{}", stick.describe());
     if stick.exists(bootloaders::RECORD)? {
         let record = String::from_utf8_lossy(&stick.read(bootloaders::RECORD)?).into_owned();
-        println!("boot loaders: {}", record.trim_end().replace('\n', "; "));
+        println!(
+            "boot loaders: {}",
+            for_terminal(&record.trim_end().replace('\n', "; "))
+        );
     } else {
         println!("boot loaders: not recorded (the stick was made before ramnas recorded them)");
     }
@@ -214,7 +217,7 @@ pub fn status(flags: TargetFlags) -> Result<()> {
             .uefi
             .entries
             .values()
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| for_terminal(name))
             .collect();
         println!(
             "uefi: default {}, trial {}, next boot {} ({})",
@@ -233,9 +236,9 @@ pub fn status(flags: TargetFlags) -> Result<()> {
         println!("running: {}{trial}", show(r.slot));
     }
     if let Some(record) = LastTrial::read(&mut *stick)? {
-        println!("last trial: {record}");
+        println!("last trial: {}", for_terminal(&record.to_string()));
         for line in &record.log {
-            println!("  | {line}");
+            println!("  | {}", for_terminal(line));
         }
     }
     stick.close()
@@ -246,10 +249,11 @@ fn running(stick: &mut dyn Stick) -> Result<Option<Running>> {
     Ok(stick.running_cmdline()?.map(|c| Running::from_cmdline(&c)))
 }
 
+/// A slot's build, for `status`: every field as the stick has it, made safe for a terminal.
 fn describe_build(m: &Manifest) -> String {
     let git = match &m.git_commit {
         Some(c) if m.git_dirty => format!("{} (with uncommitted changes)", short(c)),
-        Some(c) => short(c).to_string(),
+        Some(c) => short(c),
         None => "unknown".to_string(),
     };
     let boot = if m.bootloaders.is_empty() {
@@ -259,16 +263,19 @@ fn describe_build(m: &Manifest) -> String {
         format!("carries {}", carried.join(", "))
     };
     format!(
-        "  build   {}\n  date    {}\n  kernel  {}\n  git     {git}\n  size    {:.1} MiB\n  boot    {boot}\n",
-        m.build_id,
+        "  build   {}\n  date    {}\n  kernel  {}\n  git     {}\n  size    {:.1} MiB\n  boot    {}\n",
+        for_terminal(&m.build_id),
         date(m.source_date),
-        m.kernel_version.as_deref().unwrap_or("unknown"),
-        slots::build_size(m) as f64 / (1024.0 * 1024.0)
+        for_terminal(m.kernel_version.as_deref().unwrap_or("unknown")),
+        for_terminal(&git),
+        slots::build_size(m) as f64 / (1024.0 * 1024.0),
+        for_terminal(&boot)
     )
 }
 
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
+/// A commit's first 12 characters.
+fn short(commit: &str) -> String {
+    commit.chars().take(12).collect()
 }
 
 /// `2026-11-25 23:16 UTC` from seconds since 1970 (days to a civil date: Howard Hinnant's algorithm).

@@ -44,7 +44,7 @@ pub fn run(flags: ImageFlags) -> Result<()> {
             HEADROOM / MIB
         );
     }
-    let host = syslinux::find_for(&build.dir, &build.manifest.bootloaders)?;
+    let host = bootloaders::syslinux_for(&build.dir, &build.manifest.bootloaders)?;
     crate::host::atomic::replace(&output, |tmp| make(tmp, size, &build, &host))?;
     eprintln!(
         "{}: {} MiB, build {} in slot a, slot b empty",
@@ -137,7 +137,7 @@ fn make(tmp: &Path, size: u64, build: &Build, host: &syslinux::Host) -> Result<(
 /// The UEFI boot path on the same partition: systemd-boot, and slot a's entry as the committed slot; returns
 /// whose systemd-boot it is.
 fn install_uefi(stick: &mut dyn Stick, build: &Build) -> Result<String> {
-    let host = uefi::find_for(&build.dir, &build.manifest.bootloaders)?;
+    let host = bootloaders::systemd_boot_for(&build.dir, &build.manifest.bootloaders)?;
     uefi::install_boot(stick, &host)?;
     let table = slots::Table::read(stick)?;
     let a = table

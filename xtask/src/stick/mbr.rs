@@ -141,4 +141,21 @@ mod tests {
         assert_eq!(parse(&sector), None);
         assert_eq!(parse(&[0u8; 512]), None);
     }
+
+    /// Property: any first sector (and any disk shorter than one) reads as partitions inside the disk's
+    /// reach, as no MBR, or as an error; never a panic.
+    #[test]
+    fn any_first_sector_reads_without_a_panic() {
+        let seed = sector_zero(b"\xeb\x3c", 0x1234_5678, 2048, 100_000);
+        crate::fuzz::run(5000, &[&seed], |b| {
+            let mut sector = [0u8; 512];
+            let n = b.len().min(512);
+            sector[..n].copy_from_slice(&b[..n]);
+            for p in parse(&sector).unwrap_or_default() {
+                assert!(p.start.checked_add(p.len).is_some());
+                let _ = p.is_fat();
+            }
+            let _ = read(&mut std::io::Cursor::new(b));
+        });
+    }
 }

@@ -163,6 +163,22 @@ impl Write for HashWriter {
     }
 }
 
+/// Text read from a stick or a NAS, made safe to print on a terminal: control characters (escape sequences,
+/// carriage returns, C1 codes) and the marks that reorder text are shown escaped (`\u{1b}`), the rest as it
+/// is.
+pub fn for_terminal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || reorders {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn clean(path: &str) -> &str {
     path.trim_matches('/')
 }
@@ -226,6 +242,15 @@ fn copy(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_for_a_terminal_shows_control_characters_escaped() {
+        assert_eq!(
+            for_terminal("ok \u{1b}[2J\u{1b}]0;title\u{7}\r\u{9b}31m\u{202e}x é"),
+            "ok \\u{1b}[2J\\u{1b}]0;title\\u{7}\\r\\u{9b}31m\\u{202e}x é"
+        );
+        assert_eq!(for_terminal("plain text: 1.2-r0"), "plain text: 1.2-r0");
+    }
 
     /// Every operation, the same way on both implementations.
     fn exercise(stick: &mut dyn Stick) {
@@ -307,5 +332,102 @@ mod tests {
             format!("{err:#}").contains("no MBR partition table"),
             "{err:#}"
         );
+    }
+
+    /// Property: a stick image whose boot sector, FATs and root directory hold any bytes (or that is cut
+    /// short) opens as a stick or is refused with an error; what opens lists and reads without a panic.
+    #[test]
+    fn any_fat_image_opens_or_is_refused() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fat.img");
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&img)
+            .unwrap();
+        f.set_len(40 << 20).unwrap();
+        let slice = Slice::new(f.try_clone().unwrap(), 1 << 20, 32 << 20);
+        fatfs::format_volume(
+            slice,
+            fatfs::FormatVolumeOptions::new().volume_label(*b"RAMNAS     "),
+        )
+        .unwrap();
+        f.write_all_at(&crate::stick::mbr::sector_zero(&[], 1, 2048, 32 << 11), 0)
+            .unwrap();
+        let mut stick = open(img.to_str().unwrap()).unwrap();
+        exercise(&mut *stick);
+        stick.create_dir_all("persist").unwrap();
+        stick.write("persist/seed", &mut &[7u8; 5000][..]).unwrap();
+        stick.close().unwrap();
+        // The partition's first 256 KiB (boot sector, FATs, root directory), and its first 4 KiB alone, so
+        // that edits land in the boot sector often.
+        let mut head = vec![0u8; 256 << 10];
+        f.read_exact_at(&mut head, 1 << 20).unwrap();
+        /// Takes at most 1 MiB of a file.
+        struct Bounded(usize);
+        impl Write for Bounded {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0 += buf.len();
+                if self.0 > 1 << 20 {
+                    return Err(io::Error::other("more than 1 MiB"));
+                }
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let walk = |stick: &mut dyn Stick| {
+            let mut todo = vec![(String::new(), 0)];
+            while let Some((dir, depth)) = todo.pop() {
+                let Ok(entries) = stick.list(&dir) else {
+                    continue;
+                };
+                for e in entries.into_iter().take(64) {
+                    let path = format!("{dir}/{}", e.name);
+                    if e.is_dir && depth < 3 && e.name != "." && e.name != ".." {
+                        todo.push((path, depth + 1));
+                    } else if !e.is_dir {
+                        let _ = stick.read_into(&path, &mut Bounded(0));
+                    }
+                }
+            }
+        };
+        let opened = std::cell::Cell::new((0, 0));
+        crate::fuzz::run(1000, &[&head[..4096], &head], |b| {
+            f.write_all_at(&head, 1 << 20).unwrap();
+            f.write_all_at(&b[..b.len().min(head.len())], 1 << 20)
+                .unwrap();
+            let (yes, no) = opened.get();
+            match Fat::open(&img) {
+                Ok(mut stick) => {
+                    walk(&mut stick);
+                    opened.set((yes + 1, no));
+                }
+                Err(_) => opened.set((yes, no + 1)),
+            }
+        });
+        let (yes, no) = opened.get();
+        assert!(yes > 50 && no > 50, "opened {yes}, refused {no}");
+        for len in [
+            0,
+            100,
+            512,
+            1 << 20,
+            (1 << 20) + 512,
+            (1 << 20) + (64 << 10),
+            20 << 20,
+        ] {
+            let short = dir.path().join("short.img");
+            let mut data = vec![0u8; len];
+            f.read_exact_at(&mut data, 0).unwrap();
+            fs::write(&short, &data).unwrap();
+            match Fat::open(&short) {
+                Ok(mut stick) => walk(&mut stick),
+                Err(err) => assert!(err.to_string().contains("short.img"), "{len}: {err:#}"),
+            }
+        }
     }
 }

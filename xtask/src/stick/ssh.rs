@@ -10,19 +10,59 @@
 //! plain relative names, and they travel as data, so nothing from the user becomes shell code on either
 //! side. On the NAS, `RAMNAS_BOOT` overrides /media/boot and `RAMNAS_CMDLINE` /proc/cmdline (as for
 //! ramnas-slot); on this machine `RAMNAS_SSH` names another ssh program.
+//!
+//! Nothing the NAS sends can hold or flood this machine: ssh's keep-alive ends a session whose NAS or network
+//! is gone (about a minute), a watchdog ends one in which nothing moves for [`TIMEOUT_ENV`]'s seconds while
+//! an answer is awaited (a hung shell on a NAS that still answers keep-alives), and every answer is bounded
+//! ([`ANSWER_MAX`]; the greeting and the header lines too). What the NAS says is shown through
+//! [`crate::stick::for_terminal`].
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::stick::{Entry, Stick};
+use crate::stick::{for_terminal, Entry, Stick};
 
 /// Names an ssh program other than `ssh` on PATH (a wrapper adding `-F CONFIG`, say).
 pub const PROGRAM_ENV: &str = "RAMNAS_SSH";
+
+/// Seconds the NAS may stay silent while ramnas waits for it (an answer, or room to send) before the
+/// session is ended with an error; [`TIMEOUT_DEFAULT`] when unset.
+pub const TIMEOUT_ENV: &str = "RAMNAS_SSH_TIMEOUT";
+
+/// Long enough for a `sync` of a whole build to a slow stick.
+const TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
+
+/// ssh's own options: no prompt, and a NAS (or network) that is gone ends the session within about a
+/// minute (a keep-alive every 15 s, four unanswered), a host that does not answer the connection in 30 s.
+const SSH_OPTIONS: &[&str] = &[
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ServerAliveInterval=15",
+    "-o",
+    "ServerAliveCountMax=4",
+    "-o",
+    "ConnectTimeout=30",
+];
+
+/// The most an answer may hold (stdout and stderr together): the biggest file ramnas reads from a NAS is
+/// ldlinux.sys (~120 KiB), the biggest listing a few KiB. A bigger one is refused and the session ended.
+pub const ANSWER_MAX: u64 = 16 << 20;
+
+/// The most a header line may hold (`STATUS OUTLEN ERRLEN`).
+const HEADER_MAX: u64 = 256;
+
+/// The most a login may print before the loop's first line.
+const GREETING_MAX: u64 = 1 << 20;
 
 /// The loop the session runs on the NAS: `sh -c SCRIPT`. `stick OP ARGS…` is one operation, run in a
 /// subshell with `set -e` and its stdin empty (or, for `patch`, the bytes that came with it); a failed
@@ -143,12 +183,130 @@ pub struct Ssh {
 
 /// The ssh process running [`SCRIPT`].
 struct Session {
-    child: Child,
-    input: ChildStdin,
-    output: BufReader<ChildStdout>,
+    /// Shared with the [`Watch`]'s thread, which kills it when the NAS stays silent too long.
+    child: Arc<Mutex<Child>>,
+    input: Watched<ChildStdin>,
+    output: BufReader<Watched<ChildStdout>>,
     /// ssh's own stderr (and the loop's, outside the operations), gathered by a thread so that the pipe
-    /// never fills.
+    /// never fills; kept to its first [`ANSWER_MAX`] bytes.
     stderr: Arc<Mutex<Vec<u8>>>,
+    watch: Watch,
+}
+
+/// The watchdog of a [`Session`]: while ramnas waits on the NAS (a [`Waiting`] is held), a thread kills ssh
+/// once nothing has moved either way for the timeout.
+#[derive(Clone)]
+struct Watch(Arc<WatchState>);
+
+struct WatchState {
+    start: Instant,
+    timeout: Duration,
+    /// Milliseconds after `start` of the last progress while waiting; [`IDLE`] when not waiting.
+    since: AtomicU64,
+    /// The watchdog killed ssh.
+    fired: AtomicBool,
+    /// The session has ended: the thread stops.
+    ended: AtomicBool,
+}
+
+const IDLE: u64 = u64::MAX;
+
+/// Held while ramnas waits on the NAS; the watchdog sleeps again when it is dropped.
+struct Waiting(Watch);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0 .0.since.store(IDLE, Ordering::Relaxed);
+    }
+}
+
+impl Watch {
+    /// Starts the thread that kills `child` when a wait outlasts `timeout`.
+    fn start(child: Arc<Mutex<Child>>, timeout: Duration) -> Watch {
+        let watch = Watch(Arc::new(WatchState {
+            start: Instant::now(),
+            timeout,
+            since: AtomicU64::new(IDLE),
+            fired: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+        }));
+        let state = watch.0.clone();
+        let tick = (timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        std::thread::spawn(move || {
+            while !state.ended.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                let since = state.since.load(Ordering::Relaxed);
+                if since != IDLE
+                    && state.now().saturating_sub(since) > state.timeout.as_millis() as u64
+                {
+                    state.fired.store(true, Ordering::Relaxed);
+                    // The lock keeps the child from being reaped meanwhile (its pid reused).
+                    let _ = child.lock().unwrap().kill();
+                    return;
+                }
+            }
+        });
+        watch
+    }
+
+    fn wait(&self) -> Waiting {
+        self.0.since.store(self.0.now(), Ordering::Relaxed);
+        Waiting(self.clone())
+    }
+
+    /// Bytes went one way or the other.
+    fn moved(&self) {
+        if self.0.since.load(Ordering::Relaxed) != IDLE {
+            self.0.since.store(self.0.now(), Ordering::Relaxed);
+        }
+    }
+
+    fn fired(&self) -> bool {
+        self.0.fired.load(Ordering::Relaxed)
+    }
+}
+
+impl WatchState {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// A pipe to or from ssh that tells the [`Watch`] of each step; writes go in pieces, so a big one shows
+/// progress as the NAS takes it.
+struct Watched<T> {
+    inner: T,
+    watch: Watch,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.watch.moved();
+        Ok(n)
+    }
+}
+
+impl<W: Write> Write for Watched<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(&buf[..buf.len().min(64 << 10)])?;
+        self.watch.moved();
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The watchdog's timeout: [`TIMEOUT_ENV`] seconds, else [`TIMEOUT_DEFAULT`].
+fn timeout() -> Result<Duration> {
+    match std::env::var(TIMEOUT_ENV) {
+        Ok(secs) => match secs.parse::<f64>() {
+            Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+            _ => bail!("{TIMEOUT_ENV}={secs:?}: not a number of seconds"),
+        },
+        Err(_) => Ok(TIMEOUT_DEFAULT),
+    }
 }
 
 /// The cache of [`Ssh::seen`], keyed by checked paths.
@@ -273,8 +431,9 @@ impl Ssh {
     /// [`Ssh::open`] with `program` as the ssh client.
     pub fn open_with(target: &str, program: &std::ffi::OsStr) -> Result<Ssh> {
         let (dest, port) = parse_target(target)?;
+        let timeout = timeout()?;
         let mut command = Command::new(program);
-        command.args(["-o", "BatchMode=yes"]);
+        command.args(SSH_OPTIONS);
         if let Some(port) = &port {
             command.args(["-p", port]);
         }
@@ -296,14 +455,29 @@ impl Ssh {
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                gathered.lock().unwrap().extend_from_slice(&buf[..n]);
+                let mut kept = gathered.lock().unwrap();
+                let room = (ANSWER_MAX as usize).saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
             }
         });
+        let (input, output) = (
+            child.stdin.take().expect("piped"),
+            child.stdout.take().expect("piped"),
+        );
+        let child = Arc::new(Mutex::new(child));
+        let watch = Watch::start(child.clone(), timeout);
         let mut session = Session {
-            input: child.stdin.take().expect("piped"),
-            output: BufReader::new(child.stdout.take().expect("piped")),
+            input: Watched {
+                inner: input,
+                watch: watch.clone(),
+            },
+            output: BufReader::new(Watched {
+                inner: output,
+                watch: watch.clone(),
+            }),
             child,
             stderr,
+            watch,
         };
         if let Err(err) = session.started() {
             let why = session.end();
@@ -333,6 +507,16 @@ impl Ssh {
             bail!("{}: the ssh session has ended", self.target);
         };
         match session.request(op, args, body) {
+            Ok((_, out, err)) if out.saturating_add(err) > ANSWER_MAX => {
+                let why = self.session.take().map(Session::abort).unwrap_or_default();
+                bail!(
+                    "{}: the NAS answered `{op}` with {} bytes, more than ramnas ever takes ({} MiB): refused, \
+                     and the session ended ({why}); is it a ramnas NAS?",
+                    self.target,
+                    out.saturating_add(err),
+                    ANSWER_MAX >> 20
+                )
+            }
             Ok(header) => Ok(header),
             Err(err) => {
                 let why = self.session.take().map(Session::end).unwrap_or_default();
@@ -366,7 +550,7 @@ impl Ssh {
                 "{}: {op} {} failed: {}",
                 self.describe(),
                 args.join(" "),
-                String::from_utf8_lossy(&err).trim()
+                for_terminal(String::from_utf8_lossy(&err).trim())
             );
         }
         Ok(out)
@@ -417,7 +601,7 @@ impl Ssh {
             bail!(
                 "{}: read {path} failed: {}",
                 self.describe(),
-                String::from_utf8_lossy(&err).trim()
+                for_terminal(String::from_utf8_lossy(&err).trim())
             );
         }
         let session = self.session.as_mut().expect("open");
@@ -435,9 +619,12 @@ impl Ssh {
 }
 
 impl Session {
-    /// Reads past whatever the remote login printed, up to the loop's first line.
+    /// Reads past whatever the remote login printed (up to [`GREETING_MAX`] bytes), up to the loop's first
+    /// line.
     fn started(&mut self) -> Result<()> {
+        let _waiting = self.watch.wait();
         let mut line = Vec::new();
+        let mut greeting = 0;
         loop {
             line.clear();
             let n = (&mut self.output)
@@ -447,6 +634,13 @@ impl Session {
             if n == 0 {
                 bail!("the session ended before it started");
             }
+            greeting += n as u64;
+            if greeting > GREETING_MAX {
+                bail!(
+                    "the login printed more than {} MiB without starting ramnas's loop",
+                    GREETING_MAX >> 20
+                );
+            }
             if line == b"ramnas-stick-ready\n" {
                 return Ok(());
             }
@@ -454,6 +648,7 @@ impl Session {
     }
 
     fn request(&mut self, op: &str, args: &[&str], body: Body) -> Result<(i32, u64, u64)> {
+        let _waiting = self.watch.wait();
         // Like the answers, each request goes out in as few writes as it can (see SCRIPT).
         let mut pending = op.to_string().into_bytes();
         for a in args {
@@ -492,31 +687,17 @@ impl Session {
             .write_all(&pending)
             .and_then(|()| self.input.flush())
             .context("sending a request")?;
-        let mut header = String::new();
-        self.output
-            .read_line(&mut header)
+        let mut header = Vec::new();
+        (&mut self.output)
+            .take(HEADER_MAX)
+            .read_until(b'\n', &mut header)
             .context("reading an answer")?;
-        let fields: Vec<&str> = header.split_whitespace().collect();
-        let parsed = match fields[..] {
-            [status, out, err] => status
-                .parse()
-                .ok()
-                .zip(out.parse().ok())
-                .zip(err.parse().ok())
-                .map(|((s, o), e)| (s, o, e)),
-            _ => None,
-        };
-        parsed.with_context(|| {
-            if header.is_empty() {
-                "the NAS closed the session".to_string()
-            } else {
-                format!("unexpected answer from the NAS: {header:?}")
-            }
-        })
+        parse_header(&header)
     }
 
     /// Copies exactly `len` bytes of the answer into `out`.
     fn read_answer(&mut self, len: u64, out: &mut dyn Write) -> Result<()> {
+        let _waiting = self.watch.wait();
         let copied =
             std::io::copy(&mut (&mut self.output).take(len), out).context("reading an answer")?;
         if copied != len {
@@ -525,20 +706,52 @@ impl Session {
         Ok(())
     }
 
-    /// Closes the session; returns what ssh said on stderr.
+    /// Closes the session (ssh gets the timeout to finish, then is killed); returns what ssh said on
+    /// stderr, or that the watchdog ended it.
     fn end(self) -> String {
+        let grace = self.watch.0.timeout;
+        self.close(grace)
+    }
+
+    /// Ends a session that is out of step at once.
+    fn abort(self) -> String {
+        let _ = self.child.lock().unwrap().kill();
+        self.close(Duration::ZERO)
+    }
+
+    fn close(self, grace: Duration) -> String {
         let Session {
-            mut child,
+            child,
             input,
             output,
             stderr,
+            watch,
         } = self;
         drop(input);
         drop(output);
-        let _ = child.wait();
-        let said = String::from_utf8_lossy(&stderr.lock().unwrap())
-            .trim()
-            .to_string();
+        let deadline = Instant::now() + grace;
+        loop {
+            let mut child = child.lock().unwrap();
+            match child.try_wait() {
+                Ok(None) if Instant::now() < deadline => {}
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                _ => break,
+            }
+            drop(child);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        watch.0.ended.store(true, Ordering::Relaxed);
+        if watch.fired() {
+            return format!(
+                "the NAS sent nothing for {} s, so the session was ended (set {TIMEOUT_ENV} to wait longer)",
+                watch.0.timeout.as_secs_f64()
+            );
+        }
+        let said = for_terminal(String::from_utf8_lossy(&stderr.lock().unwrap()).trim());
         if said.is_empty() {
             "ssh said nothing".to_string()
         } else {
@@ -622,6 +835,47 @@ fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
+/// An answer's header line, `STATUS OUTLEN ERRLEN` (empty: the session ended).
+fn parse_header(header: &[u8]) -> Result<(i32, u64, u64)> {
+    let header = String::from_utf8_lossy(header);
+    let fields: Vec<&str> = header.split_whitespace().collect();
+    let parsed = match fields[..] {
+        [status, out, err] => status
+            .parse()
+            .ok()
+            .zip(out.parse().ok())
+            .zip(err.parse().ok())
+            .map(|((s, o), e)| (s, o, e)),
+        _ => None,
+    };
+    parsed.with_context(|| {
+        if header.is_empty() {
+            "the NAS closed the session".to_string()
+        } else {
+            format!("unexpected answer from the NAS: {header:?}")
+        }
+    })
+}
+
+/// The answer to `list`: a line `d 0 NAME` or `f SIZE NAME` per entry; sorted by name.
+fn parse_list(text: &str) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.splitn(3, ' ').collect();
+        let name = fields.get(2).copied().unwrap_or_default();
+        out.push(parse_entry(&fields, name, line)?);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The answer to `sha256`: `SIZE SUM`.
+fn parse_sha256(text: &str) -> Result<(u64, String)> {
+    let unexpected = || format!("unexpected sha256 line from the NAS: {text:?}");
+    let (size, sum) = text.trim().split_once(' ').with_context(unexpected)?;
+    Ok((size.parse().with_context(unexpected)?, sum.to_string()))
+}
+
 fn parse_entry(fields: &[&str], name: &str, line: &str) -> Result<Entry> {
     let (kind, size) = match fields {
         [kind, size, ..] => (*kind, *size),
@@ -647,13 +901,7 @@ impl Stick for Ssh {
             return Ok(seen.clone());
         }
         let text = self.run_text("list", &[dir])?;
-        let mut out = Vec::new();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.splitn(3, ' ').collect();
-            let name = fields.get(2).copied().unwrap_or_default();
-            out.push(parse_entry(&fields, name, line)?);
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        let out = parse_list(&text)?;
         self.seen.lists.insert(dir.to_string(), out.clone());
         Ok(out)
     }
@@ -768,15 +1016,7 @@ impl Stick for Ssh {
             Some(hash) => self.run_text("sha256", &[path, &hash.to_string()])?,
             None => self.run_text("sha256", &[path])?,
         };
-        let (size, sum) = text
-            .trim()
-            .split_once(' ')
-            .with_context(|| format!("unexpected sha256 line from the NAS: {text:?}"))?;
-        Ok((
-            size.parse()
-                .with_context(|| format!("unexpected sha256 line from the NAS: {text:?}"))?,
-            sum.to_string(),
-        ))
+        parse_sha256(&text)
     }
 
     fn running_cmdline(&mut self) -> Result<Option<String>> {
@@ -846,5 +1086,58 @@ mod tests {
             !SCRIPT.contains('\''),
             "the script is sent in single quotes"
         );
+    }
+
+    /// Property: any answer header, listing and sha256 line from a NAS parses or is an error, never a panic.
+    #[test]
+    fn any_answer_from_a_nas_parses_or_is_an_error() {
+        crate::fuzz::run(5000, &[b"0 123 0\n", b"3 0 57\n"], |b| {
+            let _ = parse_header(b);
+        });
+        let list = "d 0 slots\nf 12345 ldlinux.sys\nf 0 a file with blanks\n";
+        crate::fuzz::run_text(5000, &[list], |t| {
+            let _ = parse_list(t);
+        });
+        let sum = "1048576 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
+        crate::fuzz::run_text(5000, &[sum], |t| {
+            let _ = parse_sha256(t);
+        });
+    }
+
+    /// A NAS that floods (a login that never ends, a header line that never ends, an answer bigger than
+    /// ramnas takes) is refused with an error, quickly and without reading it all: the "ssh" here is a
+    /// script that plays the NAS.
+    #[test]
+    fn a_flooding_nas_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, script, says) in [
+            ("greeting", "exec yes", "the login printed more than 1 MiB"),
+            (
+                "header",
+                "echo ramnas-stick-ready; exec tr -d '\\n' </dev/zero",
+                "unexpected answer from the NAS",
+            ),
+            (
+                "answer",
+                "printf 'ramnas-stick-ready\\n0 9223372036854775807 0\\n'; exec cat /dev/zero",
+                "answered `check` with 9223372036854775807 bytes, more than ramnas ever takes",
+            ),
+        ] {
+            let program = dir.path().join(name);
+            std::fs::write(&program, format!("#!/bin/sh\n{script}\n")).unwrap();
+            std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let start = std::time::Instant::now();
+            let err = match Ssh::open_with("ssh://nas", program.as_os_str()) {
+                Ok(_) => panic!("{name}: accepted"),
+                Err(err) => format!("{err:#}"),
+            };
+            assert!(err.contains(says), "{name}: {err}");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name}: {:?}",
+                start.elapsed()
+            );
+        }
     }
 }

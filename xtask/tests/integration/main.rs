@@ -12,6 +12,7 @@ mod check;
 mod deploy;
 mod fixture;
 mod flash;
+mod hostile;
 mod image;
 mod openrc;
 mod system;
