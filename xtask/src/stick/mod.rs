@@ -300,11 +300,15 @@ mod tests {
         Box::new(stick).close().unwrap();
     }
 
-    #[test]
-    fn fat_stick_does_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("fat.img");
-        let f = fs::File::create(&img).unwrap();
+    /// DIR/fat.img: a 40 MiB image with an MBR and one 32 MiB FAT partition labelled RAMNAS at 1 MiB.
+    fn fat_image(dir: &Path) -> (std::path::PathBuf, fs::File) {
+        let img = dir.join("fat.img");
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&img)
+            .unwrap();
         f.set_len(40 << 20).unwrap();
         let slice = Slice::new(f.try_clone().unwrap(), 1 << 20, 32 << 20);
         fatfs::format_volume(
@@ -314,6 +318,13 @@ mod tests {
         .unwrap();
         let mbr = crate::stick::mbr::sector_zero(&[], 1, 2048, 32 << 11);
         std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0).unwrap();
+        (img, f)
+    }
+
+    #[test]
+    fn fat_stick_does_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, _) = fat_image(dir.path());
         let mut stick = open(img.to_str().unwrap()).unwrap();
         exercise(&mut *stick);
         stick.close().unwrap();
@@ -340,22 +351,7 @@ mod tests {
     fn any_fat_image_opens_or_is_refused() {
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("fat.img");
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&img)
-            .unwrap();
-        f.set_len(40 << 20).unwrap();
-        let slice = Slice::new(f.try_clone().unwrap(), 1 << 20, 32 << 20);
-        fatfs::format_volume(
-            slice,
-            fatfs::FormatVolumeOptions::new().volume_label(*b"RAMNAS     "),
-        )
-        .unwrap();
-        f.write_all_at(&crate::stick::mbr::sector_zero(&[], 1, 2048, 32 << 11), 0)
-            .unwrap();
+        let (img, f) = fat_image(dir.path());
         let mut stick = open(img.to_str().unwrap()).unwrap();
         exercise(&mut *stick);
         stick.create_dir_all("persist").unwrap();
