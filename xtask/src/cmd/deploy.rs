@@ -262,8 +262,13 @@ fn describe_build(m: &Manifest) -> String {
         let carried: Vec<&str> = m.bootloaders.values().map(String::as_str).collect();
         format!("carries {}", carried.join(", "))
     };
+    let keys = match m.root_ssh_keys {
+        Some(0) => "none: reachable at its console only".to_string(),
+        Some(n) => format!("{n} for root"),
+        None => "not counted (built before ramnas counted them)".to_string(),
+    };
     format!(
-        "  build   {}\n  date    {}\n  kernel  {}\n  git     {}\n  size    {:.1} MiB\n  boot    {}\n",
+        "  build   {}\n  date    {}\n  kernel  {}\n  git     {}\n  size    {:.1} MiB\n  boot    {}\n  ssh     {keys}\n",
         for_terminal(&m.build_id),
         date(m.source_date),
         for_terminal(m.kernel_version.as_deref().unwrap_or("unknown")),

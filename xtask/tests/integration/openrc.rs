@@ -663,6 +663,7 @@ fn a_deploy_over_ssh_never_replaces_a_running_trial() {
         "{status}"
     );
     assert!(status.contains(&format!("build   {id_b}")), "{status}");
+    assert!(status.contains("  ssh     1 for root\n"), "{status}");
 
     let committed = common::ok(&xtask(&["commit", &target]));
     assert!(
