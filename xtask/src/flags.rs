@@ -104,9 +104,11 @@ pub enum Cmd {
     /// Write the stick image to a whole-disk device, keeping the stick's /persist.
     ///
     /// Refuses, writing nothing, and says why: a path that is not a block device; a partition (it names the
-    /// disk); a disk with a mounted or swap partition; a disk held by RAID, LVM or device-mapper; the disk
-    /// under the running /; a disk smaller than the image. A disk the kernel does not call removable needs
-    /// --force (some USB sticks call themselves fixed); the other refusals have no override.
+    /// disk); a disk with a mounted or swap partition; a disk held by RAID, LVM or device-mapper, or holding
+    /// the signature of a RAID, LVM or ZFS member that is not running (wipefs it first if it is a spare); the
+    /// disk under the running /; a disk smaller than the image. A disk the kernel does not call removable
+    /// needs --force, which accepts only a disk on USB (some USB sticks call themselves fixed) or a loop
+    /// device over a file; the other refusals have no override.
     ///
     /// It shows the disk (model, size, transport, partitions and labels) and asks you to type its name
     /// (--yes skips that), then writes only what matters: the image's data and the FAT's allocated clusters,
@@ -282,7 +284,7 @@ pub struct FlashFlags {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
-    /// Allow a disk that is not removable.
+    /// Allow a disk on USB that does not call itself removable.
     #[arg(long)]
     pub force: bool,
     /// Do not keep the stick's /persist.
