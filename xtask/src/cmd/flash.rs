@@ -34,7 +34,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, BufRead, Seek, Write},
     os::unix::{
-        fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt},
+        fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt},
         io::AsRawFd,
     },
     path::{Path, PathBuf},
@@ -971,6 +971,7 @@ fn save_copy(persist: &Persist, device_name: &str) -> Result<PathBuf> {
     let root = rescue_root();
     let dir = tempfile::Builder::new()
         .prefix(&format!("{RESCUE_PREFIX}{device_name}-"))
+        .permissions(fs::Permissions::from_mode(0o700))
         .tempdir_in(&root)
         .with_context(|| {
             format!(

@@ -579,6 +579,13 @@ fn ctrl_c_says_the_stick_is_incomplete() {
         .collect();
     assert_eq!(saved.len(), 1, "{saved:?}");
     assert!(seen.contains(saved[0].to_str().unwrap()), "{seen}");
+    // Private, and named so that no one could have made it (or a link there) beforehand.
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(&saved[0]).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    let predictable = format!("ramnas-persist-{}-{}", dev.name(), child.id());
+    assert_ne!(saved[0].file_name().unwrap(), predictable.as_str());
     assert_eq!(
         fs::read(saved[0].join("seed")).unwrap(),
         b"random seed bytes"
