@@ -91,9 +91,10 @@ pub enum Cmd {
     /// The VM's stick is vm/stick.img, a copy of OUT/boot.img (private, mode 0600) made when it is missing or
     /// OUT/boot.img is newer (then it says so: the VM's /persist starts empty and it makes new ssh host keys).
     /// It is attached as a USB stick in every mode, so the system finds its RAMNAS partition and /persist as
-    /// on hardware, and the VM's host keys never get into the image you flash. The data disks vm/disks/disk<i>.qcow2 are virtio disks
-    /// with serials ramnas-disk<i> (/dev/disk/by-id/virtio-ramnas-disk<i>); they persist across runs, so a
-    /// pool made in one session imports in the next (--fresh-disks recreates them).
+    /// on hardware, and the VM's host keys never get into the image you flash. The data disks
+    /// vm/disks/disk<i>.qcow2 are virtio disks with serials ramnas-disk<i>
+    /// (/dev/disk/by-id/virtio-ramnas-disk<i>); they persist across runs, so a pool made in one session
+    /// imports in the next (--fresh-disks recreates them).
     ///
     /// Interactive, the serial console is on your terminal (Ctrl-a x quits) and guest port 22 is forwarded
     /// to 127.0.0.1:--ssh-port. --check writes the console to vm/last-boot.log and exits 0 once --expect
@@ -116,13 +117,13 @@ pub enum Cmd {
     /// (--yes skips that); the device it then opens for writing must be the one shown (same device number
     /// and size), or it stops, writing nothing. It writes only what matters: the image's data and the FAT's
     /// allocated clusters, and zeroes the first and last MiB of the disk and of the partition, so no old
-    /// partition table or signature survives. It reads every written byte back from the device (not the page cache), compares,
-    /// and has the kernel re-read the partition table. A stick that holds a ramnas image keeps its /persist
-    /// (read before, written back after in place of the image's, compared); --wipe, or a disk that held no
-    /// ramnas stick, starts it empty (whatever the image's /persist held). An old /persist with a name that
-    /// is not a plain file name, nested deeper than 8 directories or over 64 MiB is refused (--wipe
-    /// drops it). A flash that stops midway says where the old /persist was saved (a new private directory
-    /// in $TMPDIR or /var/tmp); flash again.
+    /// partition table or signature survives. It reads every written byte back from the device (not the
+    /// page cache), compares, and has the kernel re-read the partition table. A stick that holds a ramnas
+    /// image keeps its /persist (read before, written back after in place of the image's, compared);
+    /// --wipe, or a disk that held no ramnas stick, starts it empty (whatever the image's /persist held).
+    /// An old /persist with a name that is not a plain file name, nested deeper than 8 directories or over
+    /// 64 MiB is refused (--wipe drops it). A flash that stops midway says where the old /persist was saved
+    /// (a new private directory in $TMPDIR or /var/tmp); flash again.
     #[command(verbatim_doc_comment)]
     Flash(FlashFlags),
     /// Put the build into the slot not committed and arm it for one trial boot; sends only what is new.
