@@ -84,14 +84,17 @@ pub enum Cmd {
     /// Boot the build in qemu with persistent ZFS data disks from vm/disks/.
     ///
     ///   cargo xtask vm                 OUT/vmlinuz, ucode.img + initramfs, cmdline; the console here
-    ///   cargo xtask vm --image         OUT/boot.img through its boot loader under SeaBIOS
+    ///   cargo xtask vm --image         the stick through its boot loader under SeaBIOS
     ///   cargo xtask vm --image --uefi  the same under OVMF, with its own variable store in vm/
     ///   cargo xtask vm --check         headless: pass when the console says `ramnas: ready`
     ///
-    /// OUT/boot.img, when it exists, is attached as a USB stick in every mode, so the system finds its
-    /// RAMNAS partition and /persist as on hardware. The data disks vm/disks/disk<i>.qcow2 are virtio disks
-    /// with serials ramnas-disk<i> (/dev/disk/by-id/virtio-ramnas-disk<i>); they persist across runs, so a
-    /// pool made in one session imports in the next (--fresh-disks recreates them).
+    /// The VM's stick is vm/stick.img, a copy of OUT/boot.img (private, mode 0600) made when it is missing or
+    /// OUT/boot.img is newer (then it says so: the VM's /persist starts empty and it makes new ssh host keys).
+    /// It is attached as a USB stick in every mode, so the system finds its RAMNAS partition and /persist as
+    /// on hardware, and the VM's host keys never get into the image you flash. The data disks
+    /// vm/disks/disk<i>.qcow2 are virtio disks with serials ramnas-disk<i>
+    /// (/dev/disk/by-id/virtio-ramnas-disk<i>); they persist across runs, so a pool made in one session
+    /// imports in the next (--fresh-disks recreates them).
     ///
     /// Interactive, the serial console is on your terminal (Ctrl-a x quits) and guest port 22 is forwarded
     /// to 127.0.0.1:--ssh-port. --check writes the console to vm/last-boot.log and exits 0 once --expect
@@ -104,17 +107,23 @@ pub enum Cmd {
     /// Write the stick image to a whole-disk device, keeping the stick's /persist.
     ///
     /// Refuses, writing nothing, and says why: a path that is not a block device; a partition (it names the
-    /// disk); a disk with a mounted or swap partition; a disk held by RAID, LVM or device-mapper; the disk
-    /// under the running /; a disk smaller than the image. A disk the kernel does not call removable needs
-    /// --force (some USB sticks call themselves fixed); the other refusals have no override.
+    /// disk); a disk with a mounted or swap partition; a disk held by RAID, LVM or device-mapper, or holding
+    /// the signature of a RAID, LVM or ZFS member that is not running (wipefs it first if it is a spare); the
+    /// disk under the running /; a disk smaller than the image. A disk the kernel does not call removable
+    /// needs --force, which accepts only a disk on USB (some USB sticks call themselves fixed) or a loop
+    /// device over a file; the other refusals have no override.
     ///
     /// It shows the disk (model, size, transport, partitions and labels) and asks you to type its name
-    /// (--yes skips that), then writes only what matters: the image's data and the FAT's allocated clusters,
-    /// and zeroes the first and last MiB of the disk and of the partition, so no old partition table or
-    /// signature survives. It reads every written byte back from the device (not the page cache), compares,
-    /// and has the kernel re-read the partition table. A stick that holds a ramnas image keeps its /persist
-    /// (read before, written back after, compared); --wipe starts it empty. A flash that stops midway says
-    /// where the old /persist was saved; flash again.
+    /// (--yes skips that); the device it then opens for writing must be the one shown (same device number
+    /// and size), or it stops, writing nothing. It writes only what matters: the image's data and the FAT's
+    /// allocated clusters, and zeroes the first and last MiB of the disk and of the partition, so no old
+    /// partition table or signature survives. It reads every written byte back from the device (not the
+    /// page cache), compares, and has the kernel re-read the partition table. A stick that holds a ramnas
+    /// image keeps its /persist (read before, written back after in place of the image's, compared);
+    /// --wipe, or a disk that held no ramnas stick, starts it empty (whatever the image's /persist held).
+    /// An old /persist with a name that is not a plain file name, nested deeper than 8 directories or over
+    /// 64 MiB is refused (--wipe drops it). A flash that stops midway says where the old /persist was saved
+    /// (a new private directory in $TMPDIR or /var/tmp); flash again.
     #[command(verbatim_doc_comment)]
     Flash(FlashFlags),
     /// Put the build into the slot not committed and arm it for one trial boot; sends only what is new.
@@ -240,7 +249,8 @@ pub enum Accel {
 pub struct VmFlags {
     #[command(flatten)]
     pub out: OutFlags,
-    /// Boot OUT/boot.img through its bootloader instead of the kernel directly.
+    /// Boot the stick (vm/stick.img, a copy of OUT/boot.img) through its bootloader instead of the kernel
+    /// directly.
     #[arg(long)]
     pub image: bool,
     /// With --image: boot with UEFI firmware (OVMF) instead of BIOS (SeaBIOS).
@@ -290,7 +300,7 @@ pub struct FlashFlags {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
-    /// Allow a disk that is not removable.
+    /// Allow a disk on USB that does not call itself removable.
     #[arg(long)]
     pub force: bool,
     /// Do not keep the stick's /persist.

@@ -2,8 +2,8 @@
 //! the stick's `/persist`.
 //!
 //! The steps, in the order they happen:
-//! 1. [`blockdev::describe`] the device and refuse it when [`blockdev::refusal`] says so (nothing opened
-//!    for writing yet).
+//! 1. Open the device read-only and hold it to the end, [`blockdev::describe`] it and refuse it when
+//!    [`blockdev::refusal`] says so (nothing opened for writing yet).
 //! 2. Plan the writes: the image's data ranges (SEEK_DATA/SEEK_HOLE); for a FAT32 partition also its
 //!    reserved sectors, FATs and every allocated cluster (so a hole inside a file reaches the device as
 //!    zeros); and *guard* ranges written from the image even where it has holes (so as zeros): the first
@@ -11,14 +11,19 @@
 //!    and of every partition of the image (filesystem signatures: ext*, btrfs, LVM, md, bcache, ZFS, swap
 //!    all lie within these). Old bytes elsewhere lie in space the new partition table and FAT leave unused.
 //! 3. Show the device and ask for its name, unless `--yes`.
-//! 4. Claim the device exclusively (O_EXCL: the kernel refuses it if mounted or held since step 1).
-//! 5. Read the old stick's `/persist` (a FAT partition labelled RAMNAS), unless `--wipe`, and save a copy
-//!    in $TMPDIR or /var/tmp in case the flash is interrupted (removed once the new one is verified).
+//! 4. Claim the device exclusively (O_EXCL: the kernel refuses it if mounted or held since step 1), and
+//!    check that the claimed and the held device are still the one described (device number and size: a
+//!    stick replugged during the prompt may have handed its name to another disk).
+//! 5. Read the old stick's `/persist` (a FAT partition labelled RAMNAS), unless `--wipe`, refusing names
+//!    that are not plain file names and bounding its depth and size, and save a copy in a new private
+//!    directory (0700, unguessable name) in $TMPDIR or /var/tmp in case the flash is interrupted (removed
+//!    once the new one is verified).
 //! 6. Write the planned ranges with O_DIRECT in 4 MiB chunks (a reader thread fills the next buffer while
 //!    the current one is written), then fsync.
 //! 7. Drop the device's buffer cache, read every written range back with O_DIRECT and compare it byte for
 //!    byte with the image (cheaper than hashing both sides, and stricter).
-//! 8. Put `/persist` back, flush, drop caches, read it back and compare.
+//! 8. Make `/persist` the old one, or empty: the image's own `/persist` (a VM booted from the image may have
+//!    saved its host keys there) goes whole; flush, drop caches, read it back and compare.
 //! 9. Ask the kernel to re-read the partition table (BLKRRPART, then `partx --update` if that did not
 //!    show the image's partitions).
 //!
@@ -27,9 +32,9 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, BufRead, Write},
+    io::{self, BufRead, Seek, Write},
     os::unix::{
-        fs::{FileExt, OpenOptionsExt, PermissionsExt},
+        fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt},
         io::AsRawFd,
     },
     path::{Path, PathBuf},
@@ -77,6 +82,9 @@ pub struct Stats {
     pub verify_time: Duration,
     /// Files of /persist carried over from the old stick (`None`: no ramnas stick there, or `--wipe`).
     pub persist_files: Option<usize>,
+    /// Files the image held in /persist, which the stick does not get (the old stick's /persist, or an
+    /// empty one, replaces the image's whole).
+    pub image_persist_dropped: usize,
     /// Whether the kernel re-read the partition table.
     pub reread: bool,
 }
@@ -142,6 +150,13 @@ pub fn run(flags: FlashFlags) -> Result<()> {
         blockdev::human((stats.written as f64 / stats.write_time.as_secs_f64().max(1e-3)) as u64),
         stats.verify_time.as_secs_f64(),
     );
+    if stats.image_persist_dropped > 0 {
+        eprintln!(
+            "note: {} held {} files in /persist (left by a VM booted from it?); the stick did not get them",
+            image.display(),
+            stats.image_persist_dropped
+        );
+    }
     match stats.persist_files {
         Some(n) => eprintln!("kept /persist ({n} files), verified"),
         None if flags.wipe => eprintln!("/persist starts empty (--wipe)"),
@@ -177,6 +192,9 @@ struct Range {
 /// Everything decided before the device is opened for writing.
 struct Plan {
     device: Device,
+    /// The device, open (read-only) since before it was described: while it is held, its device number
+    /// cannot pass to another disk, and the claim must open the same one ([`same_device`]).
+    held: File,
     image: PathBuf,
     image_len: u64,
     /// Sorted, disjoint, aligned to the device's block size.
@@ -208,7 +226,9 @@ fn plan(host: &Host, image: &Path, device: &Path, force: bool) -> Result<Plan> {
         .metadata()
         .with_context(|| format!("reading the size of {}", image.display()))?
         .len();
+    let held = hold(device)?;
     let device = blockdev::describe(device, host)?;
+    same_device(&held, &device, "was described")?;
     blockdev::refusal(&device, image_len, force).map_err(anyhow::Error::msg)?;
     let block = device.logical_block_size;
     if image_len == 0 || image_len % block != 0 {
@@ -239,6 +259,7 @@ fn plan(host: &Host, image: &Path, device: &Path, force: bool) -> Result<Plan> {
     );
     Ok(Plan {
         device,
+        held,
         image: image.to_path_buf(),
         image_len,
         ranges,
@@ -406,6 +427,8 @@ fn confirm(device: &Device) -> Result<()> {
 fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
     let sigint = crate::host::signals::Interrupts::catch(&[libc::SIGINT])?;
     let claim = claim(&plan.device.path)?;
+    same_device(&claim, &plan.device, "was shown and confirmed")?;
+    same_device(&plan.held, &plan.device, "was shown and confirmed")?;
     let persist = read_persist_unless_wiped(plan, opts)?;
     let saved = match &persist {
         Some(p) => Some(save_copy(p, &plan.device.name)?),
@@ -429,15 +452,42 @@ fn execute(plan: &Plan, opts: &Options) -> Result<Stats> {
         .with_context(|| format!("opening the image {}", plan.image.display()))?;
     stats.write_time = run.write(&image, opts.progress)?;
     stats.verify_time = run.verify(&image, opts.progress)?;
-    if let Some(persist) = &persist {
-        run.restore(persist)?;
-        stats.persist_files = Some(persist.files());
-    }
+    stats.image_persist_dropped = run.restore(persist.as_ref().unwrap_or(&Persist::default()))?;
+    stats.persist_files = persist.as_ref().map(Persist::files);
     if let Some(dir) = &saved {
         fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     stats.reread = reread_partitions(&claim, &plan.device, &plan.partitions);
     Ok(stats)
+}
+
+/// Opens the device read-only, to hold it from its description to the end.
+fn hold(path: &Path) -> Result<File> {
+    File::open(path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Fails unless `file` is the device `device` describes: the same device number and size. `when` says at
+/// which step it was opened.
+fn same_device(file: &File, device: &Device, when: &str) -> Result<()> {
+    let path = device.path.display();
+    let meta = file
+        .metadata()
+        .with_context(|| format!("looking at {path}"))?;
+    let dev = blockdev::DevNum::from_rdev(meta.rdev());
+    // A block device's size is where its end is.
+    let size = (&*file)
+        .seek(io::SeekFrom::End(0))
+        .with_context(|| format!("reading the size of {path}"))?;
+    if !meta.file_type().is_block_device() || dev != device.dev || size != device.size {
+        bail!(
+            "refusing {path}: it is no longer the device that {when} (then block device {} of {} bytes, now {} of \
+             {size} bytes: was the stick unplugged or replaced?); nothing was written, run flash again",
+            device.dev,
+            device.size,
+            if meta.file_type().is_block_device() { dev.to_string() } else { "not a block device".into() },
+        );
+    }
+    Ok(())
 }
 
 /// Opens the device for writing, exclusively (no one may mount or claim it meanwhile) and bypassing the
@@ -577,8 +627,9 @@ impl Run<'_> {
         Ok(started.elapsed())
     }
 
-    /// Puts the old /persist back onto the new stick.
-    fn restore(&self, persist: &Persist) -> Result<()> {
+    /// Makes the new stick's /persist the old one (empty when there was none); returns how many of the
+    /// image's files it dropped.
+    fn restore(&self, persist: &Persist) -> Result<usize> {
         if self.sigint.interrupted() {
             bail!(self.incomplete("interrupted by Ctrl-C before /persist was restored"));
         }
@@ -776,7 +827,7 @@ fn kernel_partitions(name: &str) -> Vec<(u64, u64, u64)> {
 
 /// The contents of a stick's /persist: directories and files, paths relative to it, parents first. (FAT
 /// keeps no owners or modes; timestamps are not carried over, the stick interface writes fixed ones.)
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Persist {
     nodes: Vec<Node>,
 }
@@ -796,6 +847,13 @@ impl Persist {
     }
 }
 
+/// Bounds on a /persist read from a stick (held in memory, saved on the host): a NAS keeps a few small
+/// files there (ssh host keys, the RNG seed); a deeper or bigger one is a damaged or crafted FAT (a
+/// directory entry pointing at an ancestor nests without end).
+const PERSIST_DEPTH: usize = 8;
+const PERSIST_ENTRIES: usize = 4096;
+const PERSIST_BYTES: u64 = 64 << 20;
+
 /// The RAMNAS FAT partition of the disk at `device`, if there is one.
 fn ramnas_partition(device: &Path) -> Result<Option<Partition>> {
     let mut file = File::open(device).with_context(|| format!("opening {}", device.display()))?;
@@ -809,26 +867,71 @@ fn read_persist(device: &Path) -> Result<Option<Persist>> {
         return Ok(None);
     };
     let mut fat = stick::Fat::open_at(device, part.start, part.len)?;
-    let mut nodes = Vec::new();
-    if fat.entry("persist")?.is_some_and(|e| e.is_dir) {
-        walk(&mut fat, "persist", &mut nodes)?;
-    }
-    Ok(Some(Persist { nodes }))
+    Ok(Some(read_persist_of(&mut fat)?))
 }
 
-fn walk(fat: &mut stick::Fat, dir: &str, out: &mut Vec<Node>) -> Result<()> {
+/// /persist of an open FAT (empty when it has none).
+fn read_persist_of(fat: &mut stick::Fat) -> Result<Persist> {
+    let mut persist = Persist::default();
+    if fat.entry("persist")?.is_some_and(|e| e.is_dir) {
+        walk(fat, "persist", 1, &mut persist, &mut 0)?;
+    }
+    Ok(persist)
+}
+
+/// Adds what `dir` holds to `out`, refusing bad names and anything past the bounds; `bytes` counts the
+/// files' bytes so far.
+fn walk(
+    fat: &mut stick::Fat,
+    dir: &str,
+    depth: usize,
+    out: &mut Persist,
+    bytes: &mut u64,
+) -> Result<()> {
+    if depth > PERSIST_DEPTH {
+        bail!(
+            "/{dir}: nested deeper than {PERSIST_DEPTH} directories (a damaged FAT: a directory pointing at one \
+             of its parents?)"
+        );
+    }
     let mut entries = fat.list(dir)?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     for e in entries {
+        check_name(dir, &e.name)?;
+        if out.nodes.len() >= PERSIST_ENTRIES {
+            bail!("/persist holds more than {PERSIST_ENTRIES} files and directories");
+        }
         let on_stick = format!("{dir}/{}", e.name);
         let path = on_stick["persist/".len()..].to_string();
         if e.is_dir {
-            out.push(Node::Dir(path));
-            walk(fat, &on_stick, out)?;
-        } else {
-            let data = fat.read(&on_stick)?;
-            out.push(Node::File { path, data });
+            out.nodes.push(Node::Dir(path));
+            walk(fat, &on_stick, depth + 1, out, bytes)?;
+            continue;
         }
+        *bytes += e.size;
+        if *bytes > PERSIST_BYTES {
+            bail!(
+                "/persist holds more than {} (at /{on_stick})",
+                blockdev::human(PERSIST_BYTES)
+            );
+        }
+        let data = fat.read(&on_stick)?;
+        out.nodes.push(Node::File { path, data });
+    }
+    Ok(())
+}
+
+/// Refuses a name in `dir` that is not one plain file name: empty, `.`, `..`, or holding `/`, `\`, NUL or
+/// another control character (a FAT's long names are UTF-16 and fatfs takes them as they are).
+fn check_name(dir: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+    {
+        bail!("/{dir} holds an entry named {name:?}, which is not a plain file name (a damaged or crafted FAT)");
     }
     Ok(())
 }
@@ -844,12 +947,16 @@ fn rescue_root() -> PathBuf {
 
 const RESCUE_PREFIX: &str = "ramnas-persist-";
 
-/// Copies of /persist left by flashes that did not finish.
+/// Copies of /persist left by flashes of ours that did not finish: our own directories, not links.
 fn leftover_rescues() -> Vec<PathBuf> {
+    let me = rustix::process::geteuid().as_raw();
     let mut found: Vec<PathBuf> = fs::read_dir(rescue_root())
         .map(|rd| {
             rd.flatten()
                 .filter(|e| e.file_name().to_string_lossy().starts_with(RESCUE_PREFIX))
+                .filter(|e| {
+                    fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && m.uid() == me)
+                })
                 .map(|e| e.path())
                 .collect()
         })
@@ -858,27 +965,40 @@ fn leftover_rescues() -> Vec<PathBuf> {
     found
 }
 
-/// Saves a copy of `persist` in a private temp directory, for the user should the flash not finish.
+/// Saves a copy of `persist` in a new private directory (mode 0700, a name no one can guess beforehand),
+/// for the user should the flash not finish.
 fn save_copy(persist: &Persist, device_name: &str) -> Result<PathBuf> {
-    let dir = rescue_root().join(format!(
-        "{RESCUE_PREFIX}{device_name}-{}",
-        std::process::id()
-    ));
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("protecting {}", dir.display()))?;
+    let root = rescue_root();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{RESCUE_PREFIX}{device_name}-"))
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(&root)
+        .with_context(|| {
+            format!(
+                "creating a directory in {} to save /persist",
+                root.display()
+            )
+        })?
+        .keep();
     for node in &persist.nodes {
         match node {
-            Node::Dir(p) => fs::create_dir_all(dir.join(p)),
-            Node::File { path, data } => fs::write(dir.join(path), data),
+            Node::Dir(p) => fs::create_dir(dir.join(p)),
+            Node::File { path, data } => OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join(path))
+                .and_then(|mut f| f.write_all(data)),
         }
         .with_context(|| format!("saving /persist to {}", dir.display()))?;
     }
     Ok(dir)
 }
 
-/// Writes `persist` into the freshly written stick's /persist, then reads it back from the device.
-fn restore_persist(device: &Path, persist: &Persist, claim: &File) -> Result<()> {
+/// Makes the freshly written stick's /persist exactly `persist`: what the image held there goes (a VM
+/// booted from the image may have left its host keys), then `persist` is written and read back from the
+/// device. Returns how many of the image's files were dropped; writes nothing when it is already so.
+fn restore_persist(device: &Path, persist: &Persist, claim: &File) -> Result<usize> {
     let part = ramnas_partition(device)?.with_context(|| {
         format!(
             "the image has no FAT partition labelled {} to hold /persist",
@@ -886,6 +1006,14 @@ fn restore_persist(device: &Path, persist: &Persist, claim: &File) -> Result<()>
         )
     })?;
     let mut fat = stick::Fat::open_at(device, part.start, part.len)?;
+    let image = read_persist_of(&mut fat).context("reading the image's /persist")?;
+    if image == *persist {
+        return Ok(0);
+    }
+    for node in image.nodes.iter().rev() {
+        let (Node::Dir(p) | Node::File { path: p, .. }) = node;
+        fat.remove(&format!("persist/{p}"))?;
+    }
     fat.create_dir_all("persist")?;
     let dirs: Vec<&str> = persist
         .nodes
@@ -913,7 +1041,7 @@ fn restore_persist(device: &Path, persist: &Persist, claim: &File) -> Result<()>
             device.display()
         );
     }
-    Ok(())
+    Ok(image.files())
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //! No root, no mount, no loop device: the MBR is written here, the FAT32 file system by `mkfs.vfat --offset`,
 //! syslinux by its mtools installer (`syslinux --install --offset`), everything else through [`crate::stick`],
 //! including the UEFI path ([`crate::boot::uefi`]: systemd-boot and slot a's entry as the committed slot).
-//! The same build gives the same bytes: fixed disk id and volume serial, fixed timestamps.
+//! The same build gives the same bytes: fixed disk id and volume serial, fixed timestamps. The image is
+//! private to its owner (mode 0600), like any stick image that may hold a /persist.
 
-use std::{fs, path::Path};
+use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
@@ -101,6 +102,10 @@ pub fn needed_bytes(build: &Build) -> u64 {
 
 fn make(tmp: &Path, size: u64, build: &Build, host: &syslinux::Host) -> Result<()> {
     let file = fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // Its /persist will hold a NAS's private keys once it is a stick, or a VM's if one boots it: never
+    // readable by others.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", tmp.display()))?;
     file.set_len(size)
         .with_context(|| format!("sizing {}", tmp.display()))?;
     drop(file);

@@ -1,8 +1,10 @@
 //! `cargo xtask vm`: boot the build in qemu — the kernel directly, or the stick image through its firmware —
 //! with the stick on USB and persistent virtio data disks, on the terminal or as a headless pass/fail check.
+//! The stick is the VM's own copy of the image (`vm/stick.img`), so nothing of the VM gets into the image.
 
 use std::{
     env, fs,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -31,12 +33,12 @@ pub fn run(flags: VmFlags) -> Result<()> {
     let mut machine = Machine::new(accel);
     machine.mem = flags.mem.clone();
     machine.cpus = flags.cpus;
-    let stick = out.join("boot.img");
+    let stick = vm_stick(&out.join("boot.img"), &dir)?;
     if flags.image {
-        if !stick.exists() {
+        if stick.is_none() {
             bail!(
                 "{} not found: make it with `cargo xtask image --out {}`",
-                stick.display(),
+                out.join("boot.img").display(),
                 out.display()
             );
         }
@@ -49,8 +51,8 @@ pub fn run(flags: VmFlags) -> Result<()> {
     } else {
         machine.direct = Some(direct_boot(out, &dir)?);
     }
-    if stick.exists() {
-        let mut drive = Drive::raw(&stick, Bus::Usb);
+    if let Some(stick) = &stick {
+        let mut drive = Drive::raw(stick, Bus::Usb);
         drive.boot = flags.image;
         machine.drives.push(drive);
     }
@@ -60,7 +62,11 @@ pub fn run(flags: VmFlags) -> Result<()> {
         &flags.disk_size,
         flags.fresh_disks,
     )?);
-    describe_machine(&machine, flags.image, &stick);
+    describe_machine(
+        &machine,
+        flags.image,
+        stick.as_deref().unwrap_or(Path::new("")),
+    );
 
     let log = dir.join("last-boot.log");
     if flags.check {
@@ -82,6 +88,57 @@ fn vm_dir() -> PathBuf {
             .expect("xtask sits inside the workspace")
             .join("vm"),
     }
+}
+
+/// The VM's own stick, `DIR/stick.img`: a copy of `image` (OUT/boot.img), made when it is missing or older
+/// than `image`, so the VM's /persist (its ssh host keys, its RNG seed) never gets into the image a user
+/// flashes. Mode 0600. `None` when there is neither.
+fn vm_stick(image: &Path, dir: &Path) -> Result<Option<PathBuf>> {
+    let copy = dir.join("stick.img");
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(image_time) = modified(image) else {
+        return Ok(copy.exists().then_some(copy));
+    };
+    match modified(&copy) {
+        None => eprintln!(
+            "vm: the VM's stick is {}, a copy of {}: the VM writes its /persist there, never into the image",
+            copy.display(),
+            image.display()
+        ),
+        Some(copy_time) if copy_time < image_time => eprintln!(
+            "vm: {} is newer than {}: replacing the VM's stick with a copy; its /persist starts empty, so the VM \
+             gets new ssh host keys",
+            image.display(),
+            copy.display()
+        ),
+        Some(_) => return Ok(Some(copy)),
+    }
+    crate::host::atomic::replace(&copy, |tmp| copy_sparse(image, tmp))?;
+    Ok(Some(copy))
+}
+
+/// Copies the raw image `from` to `to`, keeping its holes, as a file only its owner can read.
+fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
+    let len = fs::metadata(from)
+        .with_context(|| format!("reading the size of {}", from.display()))?
+        .len();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", to.display()))?;
+    file.set_len(len)
+        .with_context(|| format!("sizing {}", to.display()))?;
+    let qemu_img = qemu::qemu_img()?;
+    let sh = Shell::new()?;
+    cmd!(sh, "{qemu_img} convert -n -f raw -O raw {from} {to}")
+        .quiet()
+        .run()
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))
 }
 
 /// Every host tool this run needs, before anything is written: one error naming what to install. Returns

@@ -396,7 +396,7 @@ fn read_u64(p: &Path) -> Result<u64> {
 fn transport(name: &str, sys_dir: &Path) -> String {
     let path = sys_dir.to_string_lossy();
     let t = if name.starts_with("loop") {
-        "loop"
+        loop_transport(sys_dir)
     } else if name.starts_with("dm-") {
         "device-mapper"
     } else if name.starts_with("md") {
@@ -419,6 +419,16 @@ fn transport(name: &str, sys_dir: &Path) -> String {
         "unknown"
     };
     t.to_string()
+}
+
+/// `loop` for a loop device over a regular file, `loop over a device` when it stands for another block device
+/// (so `--force` does not reach a disk through it).
+fn loop_transport(sys_dir: &Path) -> &'static str {
+    let backing = fs::read_to_string(sys_dir.join("loop/backing_file")).unwrap_or_default();
+    match fs::metadata(backing.trim_end_matches('\n')) {
+        Ok(meta) if meta.is_file() => "loop",
+        _ => "loop over a device",
+    }
 }
 
 /// Filesystem type and label of a device node, through `blkid -p` (probing the device, not a cache).
@@ -520,7 +530,7 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// Whether an image of `image_len` bytes may be written over `dev`: `Err` with the one reason it may not.
-/// Only "not removable" yields to `force`.
+/// Only "not removable" yields to `force`, and only on USB (or a loop device over a file).
 pub fn refusal(dev: &Device, image_len: u64, force: bool) -> Result<(), String> {
     let path = dev.path.display();
     if let Some(disk) = &dev.partition_of {
@@ -558,6 +568,12 @@ pub fn refusal(dev: &Device, image_len: u64, force: bool) -> Result<(), String> 
             human(image_len),
         ));
     }
+    if let Some((what, kind)) = member_signature(dev) {
+        return Err(format!(
+            "refusing {path}: /dev/{what} holds a {kind} signature, a member of a RAID array, LVM volume group or \
+             pool that is not running; if it really is a spare, erase its signatures first (wipefs --all {path})"
+        ));
+    }
     if !dev.removable && !force {
         return Err(format!(
             "refusing {path}: it is not a removable disk (transport {}, model {}); pass --force if you are sure it \
@@ -566,7 +582,39 @@ pub fn refusal(dev: &Device, image_len: u64, force: bool) -> Result<(), String> 
             dev.model.as_deref().unwrap_or("unknown"),
         ));
     }
+    if !dev.removable && !FORCIBLE.contains(&dev.transport.as_str()) {
+        return Err(format!(
+            "refusing {path}: it is not removable and not on USB (transport {}, model {}); --force only accepts a \
+             USB stick that calls itself fixed",
+            dev.transport,
+            dev.model.as_deref().unwrap_or("unknown"),
+        ));
+    }
     Ok(())
+}
+
+/// Transports `--force` accepts for a disk that is not removable: USB (sticks that call themselves fixed)
+/// and a loop device over a regular file (an image the user attached).
+const FORCIBLE: &[&str] = &["usb", "loop"];
+
+/// What blkid calls a member of a RAID array, LVM volume group, ZFS pool or bcache set.
+fn is_member(fs: &str) -> bool {
+    fs.ends_with("_raid_member")
+        || matches!(
+            fs,
+            "LVM1_member" | "LVM2_member" | "zfs_member" | "bcache" | "drbd" | "ceph_bluestore"
+        )
+}
+
+/// The first of the device and its partitions that holds a member signature: (kernel name, the signature).
+fn member_signature(dev: &Device) -> Option<(String, String)> {
+    std::iter::once((&dev.name, &dev.contents.fs))
+        .chain(dev.partitions.iter().map(|p| (&p.name, &p.fs)))
+        .find_map(|(name, fs)| {
+            fs.as_deref()
+                .filter(|fs| is_member(fs))
+                .map(|fs| (name.clone(), fs.to_string()))
+        })
 }
 
 #[cfg(test)]
@@ -653,6 +701,16 @@ mod tests {
                 },
                 "not a removable disk",
             ),
+            (
+                Device {
+                    contents: Probe {
+                        fs: Some("linux_raid_member".into()),
+                        ..Probe::default()
+                    },
+                    ..stick()
+                },
+                "/dev/sdz holds a linux_raid_member signature",
+            ),
         ];
         for (dev, why) in cases {
             let err = refusal(&dev, 1 << 30, false).unwrap_err();
@@ -662,12 +720,34 @@ mod tests {
     }
 
     #[test]
-    fn force_only_overrides_not_removable() {
+    fn force_only_overrides_not_removable_on_usb_or_a_loop_file() {
         let fixed = Device {
             removable: false,
             ..stick()
         };
         assert_eq!(refusal(&fixed, 1 << 30, true), Ok(()));
+        let on_a_file = Device {
+            transport: "loop".into(),
+            ..fixed.clone()
+        };
+        assert_eq!(refusal(&on_a_file, 1 << 30, true), Ok(()));
+        for transport in [
+            "sata",
+            "nvme",
+            "scsi",
+            "virtio",
+            "mmc",
+            "unknown",
+            "loop over a device",
+        ] {
+            let disk = Device {
+                transport: transport.into(),
+                ..fixed.clone()
+            };
+            let err = refusal(&disk, 1 << 30, true).unwrap_err();
+            assert!(err.contains("not removable and not on USB"), "{err}");
+            assert!(err.contains(&format!("transport {transport}")), "{err}");
+        }
         let root = Device {
             removable: false,
             holds_root: true,
@@ -679,6 +759,57 @@ mod tests {
             ..stick()
         };
         assert!(refusal(&held, 1 << 30, true).is_err());
+    }
+
+    /// An array, volume group or pool that is not running leaves no holder, only its signature: refused with
+    /// or without --force, on the disk or on a partition, whatever the transport.
+    #[test]
+    fn inactive_raid_lvm_and_zfs_members_are_refused_even_with_force() {
+        for kind in [
+            "linux_raid_member",
+            "LVM2_member",
+            "zfs_member",
+            "isw_raid_member",
+        ] {
+            let whole = Device {
+                contents: Probe {
+                    fs: Some(kind.into()),
+                    ..Probe::default()
+                },
+                ..stick()
+            };
+            let in_partition = Device {
+                removable: false,
+                partitions: vec![Partition {
+                    name: "sdz2".into(),
+                    dev: DevNum {
+                        major: 8,
+                        minor: 210,
+                    },
+                    number: 2,
+                    size: 1 << 30,
+                    fs: Some(kind.into()),
+                    label: None,
+                }],
+                ..stick()
+            };
+            for (dev, what) in [(whole, "sdz"), (in_partition, "sdz2")] {
+                let err = refusal(&dev, 1 << 30, true).unwrap_err();
+                assert!(
+                    err.contains(&format!("/dev/{what} holds a {kind} signature")),
+                    "{err}"
+                );
+                assert!(err.contains("wipefs --all /dev/sdz"), "{err}");
+            }
+        }
+        let vfat = Device {
+            contents: Probe {
+                fs: Some("vfat".into()),
+                ..Probe::default()
+            },
+            ..stick()
+        };
+        assert_eq!(refusal(&vfat, 1 << 30, true), Ok(()));
     }
 
     #[test]

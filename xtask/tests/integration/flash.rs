@@ -579,8 +579,258 @@ fn ctrl_c_says_the_stick_is_incomplete() {
         .collect();
     assert_eq!(saved.len(), 1, "{saved:?}");
     assert!(seen.contains(saved[0].to_str().unwrap()), "{seen}");
+    // Private, and named so that no one could have made it (or a link there) beforehand.
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(&saved[0]).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    let predictable = format!("ramnas-persist-{}-{}", dev.name(), child.id());
+    assert_ne!(saved[0].file_name().unwrap(), predictable.as_str());
     assert_eq!(
         fs::read(saved[0].join("seed")).unwrap(),
         b"random seed bytes"
     );
+}
+
+/// A file of `size` zero bytes (sparse) named `name` in `dir`.
+fn blank_file(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let file = dir.join(name);
+    File::create(&file).unwrap().set_len(size).unwrap();
+    file
+}
+
+/// Runs `cargo xtask flash TARGET --image IMG --force`, waits for its prompt, runs `meanwhile`, then types
+/// TARGET; returns the exit status and everything it printed.
+fn confirm_after(
+    target: &Path,
+    img: &Path,
+    meanwhile: impl FnOnce(),
+) -> (std::process::ExitStatus, String) {
+    let mut child = flash_command(target.to_str().unwrap(), img, &["--force"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).ends_with("anything else to stop: ") {
+        let n = stderr.read(&mut byte).unwrap();
+        assert_eq!(
+            n,
+            1,
+            "xtask ended before asking:\n{}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    meanwhile();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", target.display()).unwrap();
+    drop(stdin);
+    stderr.read_to_end(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    (status, String::from_utf8_lossy(&seen).into_owned())
+}
+
+/// Whether the first MiB of `dev` (where a flash writes the partition table) is still all zeros.
+fn untouched(dev: &Loop) -> bool {
+    read_at(&dev.dev, 0, MIB).iter().all(|b| *b == 0)
+}
+
+/// The device confirmed is the device written: a name that leads to another device once confirmed (a stick
+/// replugged during the prompt hands its name on; here a link such as /dev/disk/by-id/… re-pointed), or a
+/// device whose size changed meanwhile, is refused, and nothing is written to either device.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_device_that_changed_during_the_prompt_is_not_written() {
+    require_root();
+    let dir = common::tempdir();
+    let img = stick_image(dir.path(), IMAGE, MIB);
+    let first_file = blank_file(dir.path(), "first", IMAGE + 16 * MIB);
+    let first = Loop::attach(&first_file);
+    let second = Loop::attach(&blank_file(dir.path(), "second", IMAGE + 16 * MIB));
+    let link = dir.path().join("stick");
+    std::os::unix::fs::symlink(&first.dev, &link).unwrap();
+
+    let (status, text) = confirm_after(&link, &img, || {
+        let new = dir.path().join("stick.new");
+        std::os::unix::fs::symlink(&second.dev, &new).unwrap();
+        fs::rename(&new, &link).unwrap();
+    });
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("it is no longer the device that was shown and confirmed"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was written"), "{text}");
+    assert!(untouched(&first) && untouched(&second), "{text}");
+
+    // The same device, grown while the user typed.
+    let (status, text) = confirm_after(&first.dev, &img, || {
+        File::options()
+            .write(true)
+            .open(&first_file)
+            .unwrap()
+            .set_len(IMAGE + 32 * MIB)
+            .unwrap();
+        common::run("losetup", &["-c", first.path()]);
+    });
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("no longer the device"), "{text}");
+    assert!(
+        text.contains(&format!("{} bytes", IMAGE + 32 * MIB)),
+        "{text}"
+    );
+    assert!(untouched(&first), "{text}");
+}
+
+/// A loop device holding a ramnas stick flashed from [`stick_image`], and that image.
+fn ramnas_stick(dir: &Path) -> (PathBuf, Loop) {
+    let img = stick_image(dir, IMAGE, MIB);
+    let dev = Loop::attach(&blank_disk(dir, IMAGE));
+    flash::write_image(&img, &dev.dev, &forced()).unwrap();
+    (img, dev)
+}
+
+/// Overwrites the first occurrence of `find` on `dev` with `put` (the same length or shorter).
+fn patch_device(dev: &Loop, find: &[u8], put: &[u8]) {
+    let bytes = fs::read(&dev.dev).unwrap();
+    let at = bytes
+        .windows(find.len())
+        .position(|w| w == find)
+        .unwrap_or_else(|| panic!("{find:?} is not on {}", dev.path()));
+    let f = fs::OpenOptions::new().write(true).open(&dev.dev).unwrap();
+    f.write_all_at(put, at as u64).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn utf16(s: &str) -> Vec<u8> {
+    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+}
+
+/// Flashes `img` onto `dev`, which must be refused for `why` with nothing written, nothing saved in the
+/// rescue directory (TMPDIR) and nothing written beside it.
+fn assert_persist_refused(dir: &Path, dev: &Loop, img: &Path, why: &str) {
+    let rescue = dir.join("rescue");
+    fs::create_dir(&rescue).unwrap();
+    let before = sha256_of(&dev.dev);
+    let out = flash_command(dev.path(), img, &["--yes", "--force"])
+        .env("TMPDIR", &rescue)
+        .output()
+        .unwrap();
+    assert_refused(out, why, &dev.dev, before);
+    let left: Vec<_> = fs::read_dir(&rescue).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!dir.join("syslinux.cfg").exists());
+}
+
+/// An old stick's /persist holding a name with `/` (fatfs takes a long name's UTF-16 as it is): with it,
+/// `persist/../syslinux.cfg` would be read from the stick's root and written beside the rescue directory,
+/// then onto the new stick. It is refused by name, nothing written.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_persist_name_with_a_slash_is_refused() {
+    require_root();
+    let dir = common::tempdir();
+    let (img, dev) = ramnas_stick(dir.path());
+    let file = dir.path().join("ab.syslinux.cfg");
+    fs::write(&file, b"state").unwrap();
+    let at = format!("{}@@{MIB}", dev.path());
+    common::run("mcopy", &["-i", &at, file.to_str().unwrap(), "::/persist/"]);
+    // The first long-name slot holds its first five characters together: make "ab." "../".
+    patch_device(&dev, &utf16("ab.sy"), &utf16("../"));
+    assert_persist_refused(
+        dir.path(),
+        &dev,
+        &img,
+        "/persist holds an entry named \"../syslinux.cfg\", which is not a plain file name",
+    );
+}
+
+/// An old stick's /persist holding a directory whose entry points at /persist itself nests without end: the
+/// read stops at the depth bound with one error, nothing written.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn a_persist_directory_pointing_at_its_parent_is_refused() {
+    require_root();
+    let dir = common::tempdir();
+    let (img, dev) = ramnas_stick(dir.path());
+    let at = format!("{}@@{MIB}", dev.path());
+    common::run("mmd", &["-i", &at, "::/persist/loopdir"]);
+    // Short directory entries: name (11 bytes), attributes (0x10: directory), …, cluster high at 20, low at
+    // 26. LOOPDIR gets PERSIST's cluster.
+    let bytes = fs::read(&dev.dev).unwrap();
+    let entry = |name: &[u8; 11]| {
+        let mut key = name.to_vec();
+        key.push(0x10);
+        bytes
+            .windows(12)
+            .position(|w| w == key)
+            .unwrap_or_else(|| panic!("no entry {name:?}"))
+    };
+    let (persist, loopdir) = (entry(b"PERSIST    "), entry(b"LOOPDIR    "));
+    let f = fs::OpenOptions::new().write(true).open(&dev.dev).unwrap();
+    for off in [20, 26] {
+        f.write_all_at(
+            &bytes[persist + off..persist + off + 2],
+            (loopdir + off) as u64,
+        )
+        .unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(bytes);
+    assert_persist_refused(dir.path(), &dev, &img, "nested deeper than 8 directories");
+}
+
+/// The kept /persist replaces the image's whole: an image whose /persist holds files (a VM booted from it,
+/// say) flashed over a stick with its own state leaves exactly the stick's state, and the read-back agrees;
+/// flashed onto a new disk, the stick starts with an empty /persist, as flash says.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn the_kept_persist_replaces_the_images_whole() {
+    require_root();
+    let dir = common::tempdir();
+    let (img, dev) = ramnas_stick(dir.path());
+    let seed = dir.path().join("seed");
+    fs::write(&seed, b"the stick's own seed").unwrap();
+    let at = format!("{}@@{MIB}", dev.path());
+    common::run("mcopy", &["-i", &at, seed.to_str().unwrap(), "::/persist/"]);
+    // The image's /persist: a VM's key, and a seed of its own.
+    let key = dir.path().join("ssh_host_ed25519_key");
+    fs::write(&key, b"the VM's key").unwrap();
+    fs::write(&seed, b"the VM's seed").unwrap();
+    let img_at = format!("{}@@{MIB}", img.display());
+    common::run("mmd", &["-i", &img_at, "::/persist/ssh"]);
+    common::run(
+        "mcopy",
+        &["-i", &img_at, key.to_str().unwrap(), "::/persist/ssh/"],
+    );
+    common::run(
+        "mcopy",
+        &["-i", &img_at, seed.to_str().unwrap(), "::/persist/"],
+    );
+
+    let log = flash_ok(&dev, &img, &["--yes", "--force"]);
+    assert!(log.contains("kept /persist (1 files), verified"), "{log}");
+    assert!(log.contains("held 2 files in /persist"), "{log}");
+    let listing = common::run("mdir", &["-i", &at, "-b", "/persist"]);
+    assert_eq!(listing.trim(), "::/persist/seed", "{listing}");
+    let back = dir.path().join("back");
+    common::run(
+        "mcopy",
+        &["-i", &at, "::/persist/seed", back.to_str().unwrap()],
+    );
+    assert_eq!(fs::read(&back).unwrap(), b"the stick's own seed");
+
+    let fresh = Loop::attach(&blank_file(dir.path(), "fresh", IMAGE));
+    let log = flash_ok(&fresh, &img, &["--yes", "--force"]);
+    assert!(
+        log.contains("no earlier ramnas stick there: /persist starts empty"),
+        "{log}"
+    );
+    let at = format!("{}@@{MIB}", fresh.path());
+    let listing = common::run("mdir", &["-i", &at, "-b", "/persist"]);
+    assert_eq!(listing.trim(), "", "{listing}");
 }

@@ -7,6 +7,7 @@ use crate::common;
 
 use std::{
     fs,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
@@ -322,8 +323,14 @@ fn image_boots_the_stick_through_seabios_and_ovmf() {
     let (dir, vm_dir, out_dir) = built(&Fixture::new("stick"));
     common::make_stick(dir.path(), &out_dir);
 
-    // Direct boot: the stick is attached all the same, as the only USB disk.
-    vm_ok(&vm_dir, &out_dir, &["--check", "--disks", "1"]);
+    // Direct boot: the stick is attached all the same, as the only USB disk: the VM's own copy.
+    let text = vm_ok(&vm_dir, &out_dir, &["--check", "--disks", "1"]);
+    assert!(text.contains("the VM's stick is"), "{text}");
+    let stick = vm_dir.join("stick.img");
+    assert_eq!(
+        fs::metadata(&stick).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let direct = log(&vm_dir);
     assert!(direct.contains("ramnas: disk sda"), "no stick:\n{direct}");
     assert!(direct.contains("ramnas: ready slot=none"), "{direct}");
@@ -339,10 +346,17 @@ fn image_boots_the_stick_through_seabios_and_ovmf() {
     assert!(bios.contains("ramnas: ready slot=a build=stick"), "{bios}");
     assert_no_qemu(&vm_dir);
 
-    vm_ok(
+    // A new image replaces the VM's copy, and says so.
+    std::thread::sleep(Duration::from_millis(20));
+    common::make_stick(dir.path(), &out_dir);
+    let text = vm_ok(
         &vm_dir,
         &out_dir,
         &["--image", "--uefi", "--check", "--disks", "1"],
+    );
+    assert!(
+        text.contains("is newer than") && text.contains("new ssh host keys"),
+        "{text}"
     );
     let uefi = log(&vm_dir);
     assert!(uefi.contains("EFI stub"), "{uefi}");

@@ -1,12 +1,19 @@
 //! The README's walk-through (build → vm → create pool → deploy → flash) is written out, and every
 //! `cargo xtask …` command in it exists with the flags shown: the real binary's `--help` of each subcommand
-//! lists each flag, and the whole command line parses.
+//! lists each flag, and the whole command line parses. Its image → vm → flash order leaves none of the VM's
+//! secrets in the image or on the flashed stick.
 
 use crate::common;
 
-use std::{fs, path::Path};
+use std::{
+    fs::{self, File},
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::Stdio,
+};
 
 use clap::Parser;
+use xtask::dev::fixture::{Fixture, Init};
 
 /// The commands of the README's "Walk-through" section, as word lists starting after `cargo xtask`.
 fn walkthrough_commands() -> (String, Vec<Vec<String>>) {
@@ -75,4 +82,151 @@ fn every_walkthrough_command_exists_with_its_flags() {
             panic!("`cargo xtask {}` does not parse: {err}", words.join(" "));
         }
     }
+}
+
+/// alpine-make-rootfs as far as ramnas uses it, on a tree made beforehand (a copy of the minimum of
+/// `openrc.rs`'s stand-in, which another change reshapes): copy FAKE_TREE, copy FS_SKEL_DIR over it, run the
+/// script in a chroot with its directory bound at /mnt.
+const FAKE_ALPINE_MAKE_ROOTFS: &str = r#"#!/bin/sh
+set -eu
+dest=$1
+script=${2:-}
+cp -a "$FAKE_TREE"/. "$dest"/
+if [ -n "${FS_SKEL_DIR:-}" ]; then
+    cp -a --remove-destination "$FS_SKEL_DIR"/. "$dest"/
+    chown -R "${FS_SKEL_CHOWN:-root:root}" "$dest"
+fi
+if [ -n "$script" ]; then
+    mkdir -p "$dest/mnt"
+    mount --bind "$(dirname "$script")" "$dest/mnt"
+    rc=0
+    chroot "$dest" /bin/sh -c "cd /mnt && ./$(basename "$script")" || rc=$?
+    umount "$dest/mnt"
+    [ "$rc" = 0 ] || { echo "fake alpine-make-rootfs: the script failed ($rc)" >&2; exit "$rc"; }
+fi
+"#;
+
+/// What the stick image at `img` holds in /persist (names, recursively).
+fn persist_of(img: &Path) -> Vec<String> {
+    fn walk(stick: &mut dyn xtask::stick::Stick, dir: &str, out: &mut Vec<String>) {
+        for e in stick.list(dir).unwrap() {
+            let path = format!("{dir}/{}", e.name);
+            out.push(path.clone());
+            if e.is_dir {
+                walk(stick, &path, out);
+            }
+        }
+    }
+    let mut stick = xtask::stick::open(img.to_str().unwrap()).unwrap();
+    let mut names = Vec::new();
+    walk(&mut *stick, "persist", &mut names);
+    stick.close().unwrap();
+    names
+}
+
+fn mode_of(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Steps 2 and 5 in the walk-through's order, on the example `system/` under a real openrc-init with
+/// `ssh-keygen`: `image`, `vm --image --check` (the NAS makes its ssh host keys and saves them in /persist),
+/// then `flash` to a loop device. The VM's keys stay in the VM's own stick: out/boot.img is not
+/// world-readable and its /persist is empty, and the flashed stick starts with an empty /persist.
+#[test]
+#[ignore = "needs root and qemu: `cargo xtask test` runs it"]
+fn the_vms_host_keys_reach_neither_the_image_nor_the_flashed_stick() {
+    assert!(xtask::host::is_root(), "needs root (fixture, loop device)");
+    let dir = common::tempdir();
+    let path = dir.path();
+    let tree = path.join("packages");
+    let mut fixture = Fixture::new("walk");
+    fixture.init = Init::Openrc;
+    fixture
+        .host_programs
+        .extend(["fsck.vfat".to_string(), "ssh-keygen".to_string()]);
+    fixture.write(&tree).unwrap();
+    let tool = path.join("alpine-make-rootfs");
+    fs::write(&tool, FAKE_ALPINE_MAKE_ROOTFS).unwrap();
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+    // A key for root, as a user has (a build without one is console only).
+    let home = path.join("home");
+    fs::create_dir_all(home.join(".ssh")).unwrap();
+    let key = home.join(".ssh/id_ed25519");
+    common::run(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
+    );
+    let system = path.join("system");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system");
+    common::run(
+        "cp",
+        &["-a", example.to_str().unwrap(), system.to_str().unwrap()],
+    );
+    let out = path.join("out");
+    common::ok(
+        &common::system_build_command(path, &system, &out)
+            .env("ALPINE_MAKE_ROOTFS", &tool)
+            .env("FAKE_TREE", &tree)
+            .env("HOME", &home)
+            .env_remove("SUDO_USER")
+            .output()
+            .unwrap(),
+    );
+
+    let img = common::make_stick(path, &out);
+    assert_eq!(
+        mode_of(&img) & 0o077,
+        0,
+        "out/boot.img is readable by others"
+    );
+    let vm_dir = path.join("vm");
+    let ran = common::xtask_command(
+        path,
+        &[
+            "vm",
+            "--out",
+            out.to_str().unwrap(),
+            "--image",
+            "--check",
+            "--disks",
+            "0",
+        ],
+    )
+    .env("RAMNAS_VM_DIR", &vm_dir)
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    let text = common::ok(&ran);
+    assert!(text.contains("vm: the guest powered off"), "{text}");
+    let boot_log = fs::read_to_string(vm_dir.join("last-boot.log")).unwrap();
+    assert!(
+        boot_log.contains("ssh host key files and saved them"),
+        "{boot_log}"
+    );
+    // The VM's stick holds its keys (so their absence below means something), private to its owner.
+    let vm_stick = vm_dir.join("stick.img");
+    assert!(
+        persist_of(&vm_stick).contains(&"persist/ssh/ssh_host_ed25519_key".to_string()),
+        "{:?}",
+        persist_of(&vm_stick)
+    );
+    assert_eq!(mode_of(&vm_stick), 0o600);
+    assert_eq!(persist_of(&img), Vec::<String>::new());
+    assert_eq!(
+        mode_of(&img) & 0o077,
+        0,
+        "out/boot.img is readable by others"
+    );
+
+    let disk = path.join("disk");
+    File::create(&disk).unwrap().set_len(256 << 20).unwrap();
+    let dev = common::Loop::attach(&disk);
+    let flashed = common::ok(
+        &common::xtask_command(path, &["flash", dev.path(), "--out", out.to_str().unwrap()])
+            .args(["--yes", "--force"])
+            .output()
+            .unwrap(),
+    );
+    assert!(flashed.contains("/persist starts empty"), "{flashed}");
+    assert_eq!(persist_of(&dev.dev), Vec::<String>::new());
 }
