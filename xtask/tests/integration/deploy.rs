@@ -522,7 +522,12 @@ fn a_directory_target_works_like_the_image() {
     let nas = partition_copy(&root, &d.join("nas-copy"));
     fs::write(
         d.join("cmdline"),
-        "console=ttyS0 ramnas.slot=b ramnas.trial=1\n",
+        format!(
+            "console=ttyS0 ramnas.slot=b ramnas.trial=1 ramnas.build={}\n",
+            xtask::build::manifest::Manifest::load(&b.join("manifest.json"))
+                .unwrap()
+                .build_id
+        ),
     )
     .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system/root/usr/sbin/ramnas-slot");
@@ -634,10 +639,11 @@ fn an_ssh_target_works_like_the_image() {
     assert!(st.contains("slot a (default, running):"), "{st}");
     assert!(st.contains("running: a\n"), "{st}");
 
+    // (--keyless: the fixture's builds give root no ssh key; the test's sshd lets the test in without one.)
     let out = common::ok(&xtask_ssh(
         d,
         &wrapper,
-        &["deploy", &target, "--out", b.to_str().unwrap()],
+        &["deploy", &target, "--keyless", "--out", b.to_str().unwrap()],
     ));
     assert!(
         out.contains("~ ramnas-fixture ssh-a-r0 → ssh-b-r0"),
@@ -680,7 +686,10 @@ fn an_ssh_target_works_like_the_image() {
     }
     fs::write(
         &cmdline,
-        "console=ttyS0 panic=10 ramnas.slot=b ramnas.trial=1\n",
+        format!(
+            "console=ttyS0 panic=10 ramnas.slot=b ramnas.trial=1 ramnas.build={}\n",
+            manifest.build_id
+        ),
     )
     .unwrap();
     let st = common::ok(&xtask_ssh(d, &wrapper, &["status", &target]));
@@ -924,7 +933,14 @@ fn a_deploy_over_ssh_killed_at_any_point_leaves_a_stick_that_boots() {
         let _ = fs::remove_dir_all(&boot);
         partition_copy(&base, &boot);
     };
-    let args = ["deploy", &target, "--out", b2.to_str().unwrap()];
+    // (--keyless: the fixture's builds give root no ssh key; the test's sshd lets the test in without one.)
+    let args = [
+        "deploy",
+        &target,
+        "--keyless",
+        "--out",
+        b2.to_str().unwrap(),
+    ];
     let mut seen = Vec::new();
     let mut n = 1;
     loop {
