@@ -243,6 +243,13 @@ fn plan(host: &Host, image: &Path, device: &Path, force: bool) -> Result<Plan> {
     let partitions = mbr::read(&mut file)
         .with_context(|| format!("reading the partition table of {}", image.display()))?
         .unwrap_or_default();
+    if stick::ramnas_partition(&file, &partitions)?.is_none() {
+        bail!(
+            "{}: not a ramnas image (no FAT partition labelled RAMNAS to hold /persist); make one with \
+             `cargo xtask image`",
+            image.display()
+        );
+    }
     let mut wanted = data.clone();
     for p in &partitions {
         wanted

@@ -1,6 +1,6 @@
 //! `cargo xtask image`: OUT/ → a bootable stick image with slots a and b.
 //!
-//! No root, no mount, no loop device: the MBR is written here, the FAT32 file system by `mkfs.vfat --offset`,
+//! No root, no mount, no loop device: the MBR is written here, the FAT32 file system by `mkfs.vfat --offset` ([`stick::format`]),
 //! syslinux by its mtools installer (`syslinux --install --offset`), everything else through [`crate::stick`],
 //! including the UEFI path ([`crate::boot::uefi`]: systemd-boot and slot a's entry as the committed slot).
 //! The same build gives the same bytes: fixed disk id and volume serial, fixed timestamps. The image is
@@ -111,7 +111,7 @@ fn make(tmp: &Path, size: u64, build: &Build, host: &syslinux::Host) -> Result<(
     drop(file);
     let sectors = (size - PART_START) / 512;
     write_mbr(tmp, &syslinux::mbr_code(host)?, size)?;
-    mkfs(tmp, sectors)?;
+    stick::format(tmp, PART_START, sectors, DISK_ID)?;
     let mut fat = stick::Fat::open_at(tmp, PART_START, sectors * 512)?;
     for dir in [syslinux::DIR, "slots/a", "slots/b", slots::PARTS, "persist"]
         .iter()
@@ -169,23 +169,6 @@ fn write_mbr(image: &Path, code: &[u8], size: u64) -> Result<()> {
         .with_context(|| format!("opening {}", image.display()))?;
     std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0)
         .with_context(|| format!("writing the MBR of {}", image.display()))
-}
-
-fn mkfs(image: &Path, sectors: u64) -> Result<()> {
-    let mkfs = crate::host::find("mkfs.vfat")?;
-    let sh = Shell::new()?;
-    let offset = (PART_START / 512).to_string();
-    let serial = format!("{DISK_ID:08x}");
-    let blocks = (sectors / 2).to_string();
-    // -i after --invariant: --invariant also fixes the serial, to its own constant.
-    cmd!(
-        sh,
-        "{mkfs} -F 32 -n RAMNAS --invariant -i {serial} --offset {offset} {image} {blocks}"
-    )
-    .quiet()
-    .ignore_stdout()
-    .run()
-    .with_context(|| format!("making the FAT32 file system in {}", image.display()))
 }
 
 /// ldlinux.sys, ldlinux.c32 and the volume boot record, through mtools, with fixed timestamps.

@@ -642,15 +642,19 @@ fn seed_archive(tree: &Path, work: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A sparse image of [`FLASH_IMAGE`] bytes holding [`FLASH_DATA`] bytes of incompressible data in 4 MiB
-/// extents spread over the whole image, without a partition table (so `flash` writes the data ranges and
-/// its guard ranges at both ends of the device, nothing else).
+/// A sparse image of [`FLASH_IMAGE`] bytes laid out as a stick (an MBR, one FAT32 partition labelled
+/// RAMNAS from 1 MiB to the end, for /persist) holding [`FLASH_DATA`] bytes of incompressible data in 4 MiB
+/// extents spread over the partition's free clusters, so `flash` writes the data ranges, the file system's
+/// used parts and its guard ranges, nothing else.
 fn write_sparse_image(path: &Path) -> Result<()> {
+    const MIB: u64 = 1 << 20;
     let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.set_len(FLASH_IMAGE)?;
-    let extent = 4u64 << 20;
+    let extent = 4 * MIB;
+    // Past the boot sector, FATs and root directory mkfs.vfat writes at the partition's start.
+    let first = 8 * MIB;
     let count = FLASH_DATA / extent;
-    let stride = (FLASH_IMAGE / count) & !((1 << 20) - 1);
+    let stride = ((FLASH_IMAGE - first) / count) & !(MIB - 1);
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut buf = vec![0u8; extent as usize];
     for i in 0..count {
@@ -661,13 +665,15 @@ fn write_sparse_image(path: &Path) -> Result<()> {
             state ^= state << 17;
             word.copy_from_slice(&state.to_le_bytes());
         }
-        file.write_all_at(&buf, i * stride)
+        file.write_all_at(&buf, first + i * stride)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    // No partition table: sector 0 must not end in the MBR signature by chance.
-    file.write_all_at(&[0u8; 512], 0)?;
+    let sectors = (FLASH_IMAGE - MIB) / 512;
+    let mbr = crate::stick::mbr::sector_zero(&[], 0x62656e63, (MIB / 512) as u32, sectors as u32);
+    file.write_all_at(&mbr, 0)?;
     file.sync_all()?;
-    Ok(())
+    drop(file);
+    crate::stick::format(path, MIB, sectors, 0x62656e63)
 }
 
 /// `cargo xtask flash DEVICE --image IMAGE --yes --force --wipe`: `Err(why)` when this build has no

@@ -114,6 +114,25 @@ fn read_at(file: &fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     std::os::unix::fs::FileExt::read_at(file, buf, offset)
 }
 
+/// Makes a FAT32 file system labelled [`LABEL`] with volume serial `serial` in the `sectors` 512-byte sectors
+/// of `image` from byte `start`, by `mkfs.vfat --offset`; the same bytes every time (`--invariant`).
+pub fn format(image: &Path, start: u64, sectors: u64, serial: u32) -> Result<()> {
+    let mkfs = crate::host::find("mkfs.vfat")?;
+    let sh = xshell::Shell::new()?;
+    let offset = (start / 512).to_string();
+    let serial = format!("{serial:08x}");
+    let blocks = (sectors / 2).to_string();
+    // -i after --invariant: --invariant also fixes the serial, to its own constant.
+    xshell::cmd!(
+        sh,
+        "{mkfs} -F 32 -n {LABEL} --invariant -i {serial} --offset {offset} {image} {blocks}"
+    )
+    .quiet()
+    .ignore_stdout()
+    .run()
+    .with_context(|| format!("making the FAT32 file system in {}", image.display()))
+}
+
 /// Of `parts` (`file`'s MBR), the FAT partition labelled [`LABEL`], with its file system.
 pub fn ramnas_partition(
     file: &fs::File,

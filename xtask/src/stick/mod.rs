@@ -15,7 +15,7 @@ pub mod mbr;
 pub mod ssh;
 
 pub use dir::Dir;
-pub use fat::{ramnas_partition, Fat, FixedTime, Slice, FIXED_EPOCH, LABEL};
+pub use fat::{format, ramnas_partition, Fat, FixedTime, Slice, FIXED_EPOCH, LABEL};
 pub use faulty::{Faulty, KILL_AT_ENV};
 
 use std::{

@@ -445,6 +445,20 @@ fn refuses_a_disk_smaller_than_the_image() {
     assert_forced_flash_refused(dev.path(), &img, "smaller than the image", &dev);
 }
 
+/// An image `image` did not make (no RAMNAS partition for /persist) is refused before anything is written,
+/// not found out after writing it and reported as an incomplete stick.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn refuses_an_image_without_a_ramnas_partition() {
+    require_root();
+    let dir = common::tempdir();
+    let img = dir.path().join("not-ramnas.img");
+    fs::write(&img, vec![0x5au8; 8 * MIB as usize]).unwrap();
+    let disk = old_disk(dir.path(), "old.img", IMAGE);
+    let dev = Loop::attach(&disk);
+    assert_forced_flash_refused(dev.path(), &img, "not a ramnas image", &dev);
+}
+
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn refuses_a_fixed_disk_without_force_and_asks_for_its_name() {
