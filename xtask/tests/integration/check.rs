@@ -293,8 +293,8 @@ fn committed_authorized_keys() {
     );
 }
 
-/// A user made without a fixed uid in setup.sh is a warning at its file:line, saying what to add; with
-/// one, nothing.
+/// A user made without a fixed uid in setup.sh is a warning at its file:line, saying what to add; the
+/// example's own sharing lines, uncommented as the sharing example asks, fix their ids and pass clean.
 #[test]
 fn a_user_without_a_fixed_id_is_a_warning() {
     let (dir, problems) = lint_with(|s| append(&s.join("setup.sh"), "adduser -D bob\n"));
@@ -312,6 +312,19 @@ fn a_user_without_a_fixed_id_is_a_warning() {
     );
 
     let (_dir, problems) = lint_with(|s| append(&s.join("setup.sh"), "adduser -D -u 1001 bob\n"));
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    let (_dir, problems) = lint_with(|s| {
+        let text = fs::read_to_string(s.join("setup.sh")).unwrap();
+        let uncommented = text
+            .replace("\n#addgroup ", "\naddgroup ")
+            .replace("\n#adduser ", "\nadduser ");
+        assert_ne!(
+            text, uncommented,
+            "the example makes its sharing user in setup.sh"
+        );
+        fs::write(s.join("setup.sh"), uncommented).unwrap();
+    });
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
