@@ -39,7 +39,13 @@ done
 # Sharing: off until you uncomment it here. Samba shares what /etc/samba/smb.conf says (the worked example:
 # tank/share, for the user `share`, who needs a Samba password: `smbpasswd -a share` on the NAS); NFS exports
 # what /etc/exports says.
-#adduser -D -H -h /tank/share -s /sbin/nologin share
+# The user and group that own tank/share have fixed ids: this tree is made afresh at every build, and an id
+# left to adduser is whichever is free then, which moves when a package update adds a user or group first;
+# the pool keeps its files' numbers, so they would belong to someone else. 1000: Alpine's packages take ids
+# below 1000 (their own fixed ones, and 100-999 for `adduser -S`), nobody aside (65534); were 1000 ever
+# taken, `-u`/`-g` fail the build rather than share it. `cargo xtask check` warns about an id left free.
+#addgroup -g 1000 share
+#adduser -D -H -h /tank/share -s /sbin/nologin -G share -u 1000 share
 #rc-update add samba default
 #rc-update add nfs default
 

@@ -179,8 +179,10 @@ pub enum Cmd {
     ///
     /// The lint: package lines, duplicates, the kernel and ZFS module of the configured flavour, a firmware
     /// provider, setup.sh (shellcheck), no keys or password hashes under root/, CRLF, config keys, and a
-    /// packages.lock that does not match packages. Then the host tools missing for each command, with the
-    /// install command; tools only the tests and the bench use are listed but do not fail the check.
+    /// packages.lock that does not match packages; a warning, which does not fail the check, for each user
+    /// or group setup.sh makes without a fixed id (adduser -u, addgroup -g). Then the host tools missing
+    /// for each command, with the install command; tools only the tests and the bench use are listed but
+    /// do not fail the check.
     Check(CheckFlags),
     /// Measure packing, booting, flashing and deploying against the plain tools.
     ///

@@ -426,9 +426,14 @@ fn record_inputs(out: &Path, inputs: &str, manifest: &Manifest) -> anyhow::Resul
     Ok(path)
 }
 
-/// The same lint as `cargo xtask check`, before the long step: every problem at once, with file:line.
+/// The same lint as `cargo xtask check`, before the long step: every problem at once, with file:line;
+/// warnings are said and the build goes on.
 fn lint_system(dir: &Path) -> anyhow::Result<()> {
-    let problems = lint::system(dir);
+    let (warnings, problems): (Vec<_>, Vec<_>) =
+        lint::system(dir).into_iter().partition(|p| p.warning);
+    for warning in &warnings {
+        eprintln!("    {warning}");
+    }
     if problems.is_empty() {
         return Ok(());
     }

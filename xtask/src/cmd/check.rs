@@ -1,8 +1,8 @@
 //! `cargo xtask check`: lint system/ and check that the host has the tools each command needs.
 //!
 //! Prints every problem (system/ ones as file:line, then missing host tools with the command that installs
-//! them on this distribution) and fails when there is any. Tools only the tests and the bench use are
-//! listed too, but do not fail the check.
+//! them on this distribution) and fails when there is any. The lint's warnings and the tools only the tests
+//! and the bench use are listed too, but do not fail the check.
 
 use anyhow::bail;
 
@@ -16,14 +16,21 @@ use crate::{
 };
 
 pub fn run(flags: CheckFlags) -> anyhow::Result<()> {
-    let mut problems: Vec<String> = lint::system(&flags.system)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    problems.extend(lock_problems(&flags.system));
-    for problem in &problems {
+    let found = lint::system(&flags.system);
+    for problem in &found {
         println!("{problem}");
     }
+    let warnings = found.iter().filter(|p| p.warning).count();
+    let mut problems: Vec<String> = found
+        .iter()
+        .filter(|p| !p.warning)
+        .map(ToString::to_string)
+        .collect();
+    let lock = lock_problems(&flags.system);
+    for problem in &lock {
+        println!("{problem}");
+    }
+    problems.extend(lock);
     let (for_tests, missing): (Vec<Tool>, Vec<Tool>) =
         missing_tools().into_iter().partition(|t| t.tests_only);
     let family = Family::detect();
@@ -43,8 +50,12 @@ pub fn run(flags: CheckFlags) -> anyhow::Result<()> {
             missing.len()
         );
     }
+    let warned = match warnings {
+        0 => String::new(),
+        n => format!(" ({n} warning(s) above)"),
+    };
     println!(
-        "{}: ok; host: every tool the commands need is present",
+        "{}: ok{warned}; host: every tool the commands need is present",
         flags.system.display()
     );
     Ok(())

@@ -1632,6 +1632,25 @@ fn lint_problems_stop_the_build_before_the_tool_runs() {
     assert!(!s.out.join("manifest.json").exists());
 }
 
+/// A lint warning (setup.sh making a user without a fixed uid) is said, with its file:line, and the build
+/// goes on.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn lint_warnings_do_not_stop_the_build() {
+    let s = Seam::new();
+    s.write(
+        "setup.sh",
+        "#!/bin/sh\nln -sf /sbin/openrc-init /init\nadduser -D bob\n",
+    );
+    let text = common::ok(&s.build(&[]));
+    assert!(
+        text.contains("setup.sh:3: warning: `adduser` without a fixed uid"),
+        "{text}"
+    );
+    assert_eq!(s.runs(), 1, "{text}");
+    assert!(s.out.join("manifest.json").exists(), "{text}");
+}
+
 /// Root's authorized_keys come from the building user's ~/.ssh/*.pub, or from the file system.toml
 /// names; they land in the initramfs as /root/.ssh/authorized_keys, 0600, and go away with the keys.
 #[test]

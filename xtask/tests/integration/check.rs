@@ -293,6 +293,61 @@ fn committed_authorized_keys() {
     );
 }
 
+/// A user made without a fixed uid in setup.sh is a warning at its file:line, saying what to add; the
+/// example's own sharing lines, uncommented as the sharing example asks, fix their ids and pass clean.
+#[test]
+fn a_user_without_a_fixed_id_is_a_warning() {
+    let (dir, problems) = lint_with(|s| append(&s.join("setup.sh"), "adduser -D bob\n"));
+    let n = line_count(&dir.path().join("system/setup.sh"));
+    assert_one(
+        &problems,
+        "setup.sh",
+        Some(n),
+        "`adduser` without a fixed uid",
+    );
+    assert!(problems[0].warning, "{problems:#?}");
+    assert!(
+        problems[0].message.contains("add `-u UID`"),
+        "{problems:#?}"
+    );
+
+    let (_dir, problems) = lint_with(|s| append(&s.join("setup.sh"), "adduser -D -u 1001 bob\n"));
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    let (_dir, problems) = lint_with(|s| {
+        let text = fs::read_to_string(s.join("setup.sh")).unwrap();
+        let uncommented = text
+            .replace("\n#addgroup ", "\naddgroup ")
+            .replace("\n#adduser ", "\nadduser ");
+        assert_ne!(
+            text, uncommented,
+            "the example makes its sharing user in setup.sh"
+        );
+        fs::write(s.join("setup.sh"), uncommented).unwrap();
+    });
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// `check` prints the warning with file:line and still passes, saying there was one.
+#[test]
+#[ignore = "needs root: `cargo xtask test` runs it"]
+fn the_binary_warns_and_passes() {
+    let (dir, _) = lint_with(|s| append(&s.join("setup.sh"), "adduser -D bob\n"));
+    let system = dir.path().join("system");
+    let out = common::xtask(dir.path(), &["check", "--system", system.to_str().unwrap()]);
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    let n = line_count(&system.join("setup.sh"));
+    assert!(
+        text.contains(&format!(
+            "{}:{n}: warning: `adduser` without a fixed uid",
+            system.join("setup.sh").display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains(": ok (1 warning(s) above)"), "{text}");
+}
+
 #[test]
 #[ignore = "needs root: `cargo xtask test` runs it"]
 fn the_binary_lists_every_problem_and_fails() {
