@@ -431,6 +431,10 @@ const OPENSSH_PROGRAMS: &[&str] = &[
     "/usr/bin/ssh-keygen",
 ];
 
+/// The NAS's alert channels (`/etc/ramnas/notify`), which the openrc fixture runs for real as Alpine's `msmtp`
+/// and `curl` packages install them: Debian's, with the libraries they load.
+const NOTIFY_PROGRAMS: &[&str] = &["/usr/bin/msmtp", "/usr/bin/curl"];
+
 /// What Alpine's `networking` does (aports main/openrc/networking.initd): `ifup` each `auto` interface of
 /// /etc/network/interfaces, and succeed when any one came up, so `lo` alone counts as started.
 const NETWORKING: &str = r#"ret=1
@@ -524,7 +528,11 @@ pub const STAND_INS: &[(&str, &str, &str)] = &[
 /// busybox installs them too), the stand-in init scripts, the runlevel directories, and the few files
 /// Alpine's base packages own that setup.sh and OpenRC read (users, `/etc/conf.d/zfs`).
 fn write_openrc(root: &Path) -> Result<()> {
-    for program in OPENRC_PROGRAMS.iter().chain(OPENSSH_PROGRAMS) {
+    for program in OPENRC_PROGRAMS
+        .iter()
+        .chain(OPENSSH_PROGRAMS)
+        .chain(NOTIFY_PROGRAMS)
+    {
         write_host_program(root, program)?;
     }
     let sh = Shell::new()?;

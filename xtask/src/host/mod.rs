@@ -280,6 +280,26 @@ pub const TOOLS: &[Tool] = &[
         arch: "openrc",
     },
     Tool {
+        program: "msmtp",
+        found: Found::OnPath,
+        used_by: "tests (the NAS's alerts by mail, under real OpenRC)",
+        tests_only: true,
+        debian: "msmtp",
+        fedora: "msmtp",
+        alpine: "msmtp",
+        arch: "msmtp",
+    },
+    Tool {
+        program: "curl",
+        found: Found::OnPath,
+        used_by: "tests (the NAS's alerts by HTTP POST, under real OpenRC)",
+        tests_only: true,
+        debian: "curl",
+        fedora: "curl",
+        alpine: "curl",
+        arch: "curl",
+    },
+    Tool {
         program: "faketime",
         found: Found::OnPath,
         used_by: "tests (a build on another day gives the same bytes)",
@@ -338,6 +358,9 @@ pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
     "openssh-client",
     // the NAS under real OpenRC: openrc-init, openrc-run, rc-service, rc-update, openrc-shutdown.
     "openrc",
+    // the NAS's alerts (system/root/etc/ramnas/notify), also copied into the NAS under real OpenRC.
+    "msmtp",
+    "curl",
     // check tests: `check` on the example system also checks this host's build tools (alpine-make-rootfs's).
     "wget",
     "rsync",

@@ -14,6 +14,7 @@ mod fixture;
 mod flash;
 mod hostile;
 mod image;
+mod notify;
 mod openrc;
 mod system;
 mod uefi;

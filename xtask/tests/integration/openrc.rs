@@ -6,7 +6,7 @@
 //! (`cargo xtask image`, `deploy`) that boots under SeaBIOS and OVMF, and the stick is read back with
 //! `cargo xtask status`/`rollback`, as on a real NAS.
 
-use crate::common;
+use crate::{common, notify};
 
 use std::{
     fs,
@@ -269,19 +269,28 @@ fn position(lines: &[String], what: &str) -> usize {
         .unwrap_or_else(|| panic!("no line with {what:?} in {lines:#?}"))
 }
 
-/// Builds `a` (healthy) and `b` (`setup` appended to setup.sh), deploys b on trial to a stick and boots it in
-/// `machine(stick)`, which may reboot: b comes up unhealthy naming `failed`, says it reboots, and slot a comes
+/// Builds `a` (healthy) and `b` (`setup` appended to setup.sh), deploys b on trial to a stick, writes
+/// `stick_files` (path on the stick, contents) onto it as a user would, and boots it in `machine(stick)`, which may reboot: b comes up unhealthy naming `failed`, says it reboots, and slot a comes
 /// up ready. Returns the running machine, the stick and b's build id.
 fn unhealthy_trial_goes_back(
     nas: &Nas,
     setup: &str,
     failed: &str,
     machine: impl Fn(&Path) -> Machine,
+    stick_files: &[(&str, &str)],
 ) -> (Running, PathBuf, String) {
     let a = nas.build(&nas.system("a", POWEROFF, ""), "out-a");
     let b = nas.build(&nas.system("b", POWEROFF, setup), "out-b");
     let (id_a, id_b) = (build_id(&a), build_id(&b));
     let stick = stick_with_trial(nas, &a, &b);
+    let mut opened = xtask::stick::open(stick.to_str().unwrap()).unwrap();
+    for (path, contents) in stick_files {
+        opened
+            .create_dir_all(Path::new(path).parent().unwrap().to_str().unwrap())
+            .unwrap();
+        opened.replace(path, contents.as_bytes()).unwrap();
+    }
+    opened.close().unwrap();
     let mut m = machine(&stick);
     m.reboot = true;
     let mut vm = common::start(&m, nas.path(), "trial");
@@ -355,13 +364,36 @@ fn a_healthy_trial_under_openrc_commits_and_reboot_and_poweroff_work() {
 }
 
 /// A trial whose boot-runlevel service fails is not committed: it says which, leaves its record on the stick,
-/// and reboots by itself into the committed slot a; `status` shows the record.
+/// alerts by mail and by HTTP POST (receivers on the host, reached as 10.0.2.2; the POST's token from the
+/// stick's persist/notify/), and reboots by itself into the committed slot a; `status` shows the record.
 #[test]
 #[ignore = "needs root and qemu: `cargo xtask test` runs it"]
-fn an_unhealthy_trial_under_openrc_goes_back_by_itself() {
+fn an_unhealthy_trial_under_openrc_alerts_and_goes_back_by_itself() {
     let nas = Nas::new();
+    let (mail, post) = (notify::smtp(), notify::http());
+    let setup = format!(
+        "rc-update add broken boot\ncat >>/etc/conf.d/ramnas-notify <<'EOF'\n{}EOF\n",
+        notify::settings("10.0.2.2", mail.port, post.port)
+    );
+    let token = (
+        "persist/notify/http-headers",
+        "Authorization: Bearer tk_nas\n",
+    );
     let (mut vm, stick, id_b) =
-        unhealthy_trial_goes_back(&nas, "rc-update add broken boot\n", "broken", bios_nas);
+        unhealthy_trial_goes_back(&nas, &setup, "broken", bios_nas, &[token]);
+    let subject = format!("ramnas ramnas: trial of build {id_b} failed (broken)");
+    let said = format!("The trial boot of build {id_b} in slot b on ramnas failed: broken.");
+    let mail = mail
+        .next(Duration::from_secs(10))
+        .expect("the failed trial's mail reaches the relay");
+    assert_eq!(mail.header("Subject"), Some(subject.as_str()), "{mail:?}");
+    assert!(mail.body().starts_with(&said), "{mail:?}");
+    let request = post
+        .next(Duration::from_secs(10))
+        .expect("the failed trial's POST reaches the listener");
+    assert_eq!(request.headers["title"], subject, "{request:?}");
+    assert_eq!(request.headers["authorization"], "Bearer tk_nas");
+    assert!(request.body.starts_with(&said), "{request:?}");
     expect(&mut vm, "^test: /sbin/poweroff$");
     vm.wait_exit(Duration::from_secs(120))
         .expect("/sbin/poweroff powers the machine off");
@@ -433,9 +465,13 @@ fn an_unhealthy_uefi_trial_without_its_stick_goes_back_by_itself() {
     let nas = Nas::new();
     let lost = "sed -i -e 's/RAMNAS_LABEL:-RAMNAS/RAMNAS_LABEL:-NOSUCHLABEL/' \
                 -e 's/RAMNAS_WAIT:-10/RAMNAS_WAIT:-1/' /usr/sbin/ramnas-persist\n";
-    let (mut vm, _, _) = unhealthy_trial_goes_back(&nas, lost, "ramnas-persist", |stick| {
-        uefi_nas(stick, nas.path())
-    });
+    let (mut vm, _, _) = unhealthy_trial_goes_back(
+        &nas,
+        lost,
+        "ramnas-persist",
+        |stick| uefi_nas(stick, nas.path()),
+        &[],
+    );
     vm.wait_exit(Duration::from_secs(120))
         .expect("/sbin/poweroff powers the machine off");
 }
