@@ -29,7 +29,7 @@ for service in modules sysctl hostname bootmisc hwclock syslog networking \
 	ramnas-persist seedrng ramnas-watchdog zfs-import zfs-mount; do
 	rc-update add "$service" boot
 done
-for service in udev-postmount acpid chronyd sshd crond smartd agetty.tty1 ramnas-ready; do
+for service in udev-postmount acpid chronyd sshd crond smartd ramnas-zed agetty.tty1 ramnas-ready; do
 	rc-update add "$service" default
 done
 for service in killprocs savecache mount-ro; do

@@ -966,6 +966,30 @@ impl std::fmt::Display for LastTrial {
     }
 }
 
+/// Where the NAS records the ZFS pools of its last healthy boot (`ramnas-ready`), one `NAME HEALTH` line each:
+/// the pools the next boot must have imported.
+pub const POOLS: &str = "persist/pools";
+
+/// The pools of the NAS's last healthy boot as the stick records them: (name, health) pairs; None when the
+/// stick has no record (no healthy boot yet, or no ZFS).
+pub fn recorded_pools(stick: &mut dyn Stick) -> Result<Option<Vec<(String, String)>>> {
+    if !stick.exists(POOLS)? {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&stick.read(POOLS)?).into_owned();
+    Ok(Some(
+        text.lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                Some((
+                    words.next()?.to_string(),
+                    words.next().unwrap_or("?").to_string(),
+                ))
+            })
+            .collect(),
+    ))
+}
+
 /// Checks every file of a filled slot against its manifest's SHA-256.
 pub fn verify_slot(stick: &mut dyn Stick, slot: Slot) -> Result<()> {
     let filled = read_slot(stick, slot)?.with_context(|| {

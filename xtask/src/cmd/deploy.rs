@@ -235,6 +235,18 @@ pub fn status(flags: TargetFlags) -> Result<()> {
         };
         println!("running: {}{trial}", show(r.slot));
     }
+    if let Some(pools) = slots::recorded_pools(&mut *stick)? {
+        let pools: Vec<String> = pools
+            .iter()
+            .map(|(name, health)| for_terminal(&format!("{name} {health}")))
+            .collect();
+        let pools = if pools.is_empty() {
+            "none".to_string()
+        } else {
+            pools.join(", ")
+        };
+        println!("pools: {pools} (at the last healthy boot)");
+    }
     if let Some(record) = LastTrial::read(&mut *stick)? {
         println!("last trial: {}", for_terminal(&record.to_string()));
         for line in &record.log {

@@ -56,7 +56,7 @@ pub fn run(flags: VmFlags) -> Result<()> {
         drive.boot = flags.image;
         machine.drives.push(drive);
     }
-    machine.drives.extend(data_disks(
+    machine.drives.extend(qemu::data_disks(
         &dir.join("disks"),
         flags.disks,
         &flags.disk_size,
@@ -203,53 +203,6 @@ fn uefi_vars(dir: &Path, template: &Path) -> Result<PathBuf> {
         })?;
     }
     Ok(vars)
-}
-
-/// `disks/disk<i>.qcow2` for i in 0..count, created sparse on first use, as virtio disks with serials
-/// `ramnas-disk<i>`. When `fresh`, new disks are made first and only then replace all the old ones.
-fn data_disks(disks: &Path, count: u32, size: &str, fresh: bool) -> Result<Vec<Drive>> {
-    if count > 0 {
-        fs::create_dir_all(disks).with_context(|| format!("creating {}", disks.display()))?;
-    }
-    let files: Vec<PathBuf> = (0..count)
-        .map(|i| disks.join(format!("disk{i}.qcow2")))
-        .collect();
-    let sh = Shell::new()?;
-    let mut made = Vec::new();
-    for file in &files {
-        if fresh || !file.exists() {
-            let tmp = file.with_extension("qcow2.tmp");
-            eprintln!("vm: creating {} ({size}, sparse)", file.display());
-            cmd!(sh, "qemu-img create -q -f qcow2 {tmp} {size}")
-                .quiet()
-                .run()
-                .with_context(|| format!("creating {} of size {size:?}", file.display()))?;
-            made.push((tmp, file));
-        }
-    }
-    if fresh && disks.exists() {
-        for entry in fs::read_dir(disks).with_context(|| format!("reading {}", disks.display()))? {
-            let path = entry?.path();
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            if name.starts_with("disk") && name.ends_with(".qcow2") {
-                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-            }
-        }
-    }
-    for (tmp, file) in made {
-        fs::rename(&tmp, file).with_context(|| format!("renaming {}", tmp.display()))?;
-    }
-    Ok(files
-        .into_iter()
-        .enumerate()
-        .map(|(i, file)| Drive {
-            file,
-            format: "qcow2",
-            bus: Bus::Virtio,
-            serial: Some(format!("ramnas-disk{i}")),
-            boot: false,
-        })
-        .collect())
 }
 
 /// One short paragraph on what is about to boot.

@@ -104,7 +104,11 @@ impl Fixture {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let kernel = HostKernel::find()?;
         write_busybox(dir)?;
-        write_kernel(dir, &kernel, self.all_modules)?;
+        let on_demand: &[&str] = match self.init {
+            Init::Openrc => ON_DEMAND_MODULES,
+            _ => &[],
+        };
+        write_kernel(dir, &kernel, self.all_modules, on_demand)?;
         write_special_files(dir)?;
         write_file(dir, "etc/ramnas-build", &format!("{}\n", self.build), 0o644)?;
         write_file(dir, "etc/hostname", "fixture\n", 0o644)?;
@@ -255,8 +259,15 @@ fn write_busybox(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The kernel image into `/boot`, and its modules (decompressed, so busybox's insmod can load them).
-fn write_kernel(root: &Path, kernel: &HostKernel, all: bool) -> Result<()> {
+/// Modules the openrc fixture carries but does not load at boot: the services load them with `modprobe`, as
+/// on Alpine (`zfs-import` loads `zfs`, and with it `spl`). Debian's zfs-dkms builds them for the fixture's
+/// kernel (`updates/dkms/`).
+pub const ON_DEMAND_MODULES: &[&str] = &["zfs"];
+
+/// The kernel image into `/boot`, and its modules (decompressed, so busybox's insmod can load them): those
+/// of [`MODULES`], loaded at boot in `fixture.load`'s order, and `on_demand` (all of them when `all`), with a
+/// `modules.dep` for busybox's modprobe.
+fn write_kernel(root: &Path, kernel: &HostKernel, all: bool, on_demand: &[&str]) -> Result<()> {
     fs::create_dir_all(root.join("boot"))?;
     fs::copy(
         &kernel.vmlinuz,
@@ -268,37 +279,77 @@ fn write_kernel(root: &Path, kernel: &HostKernel, all: bool) -> Result<()> {
         .with_context(|| format!("reading {}/modules.dep", kernel.modules.display()))?;
     let dest = root.join("lib/modules").join(&kernel.version);
     // modules.dep: `path: dep dep …`, each dependency list ordered so that the last loads first.
-    let mut load_order: Vec<String> = Vec::new();
-    for wanted in MODULES {
+    // A module and what it needs, ordered so that the needed ones load first.
+    let with_deps = |wanted: &str| -> Result<Vec<String>> {
         let line = deps
             .lines()
             .find(|l| {
                 l.split(':')
                     .next()
-                    .is_some_and(|p| module_name(p) == *wanted)
+                    .is_some_and(|p| module_name(p) == wanted)
             })
-            .with_context(|| format!("module {wanted} not in modules.dep"))?;
+            .with_context(|| {
+                if wanted == "zfs" {
+                    format!(
+                        "no zfs module for kernel {} ({}/modules.dep): install zfs-dkms and \
+                         linux-headers-amd64 (from Debian's contrib; `cargo xtask test` does)",
+                        kernel.version,
+                        kernel.modules.display()
+                    )
+                } else {
+                    format!("module {wanted} not in modules.dep")
+                }
+            })?;
         let (module, rest) = line.split_once(':').unwrap_or((line, ""));
-        for path in rest.split_whitespace().rev().chain([module]) {
-            if !load_order.iter().any(|p| p == path) {
-                load_order.push(path.to_string());
+        Ok(rest
+            .split_whitespace()
+            .rev()
+            .chain([module])
+            .map(str::to_string)
+            .collect())
+    };
+    let mut load_order: Vec<String> = Vec::new();
+    for wanted in MODULES {
+        for path in with_deps(wanted)? {
+            if !load_order.contains(&path) {
+                load_order.push(path);
             }
         }
     }
-    let copy: BTreeSet<String> = if all {
-        deps.lines()
-            .filter_map(|l| l.split(':').next())
-            .map(str::to_string)
-            .collect()
-    } else {
-        load_order.iter().cloned().collect()
-    };
+    let mut copy: BTreeSet<String> = load_order.iter().cloned().collect();
+    for wanted in on_demand {
+        copy.extend(with_deps(wanted)?);
+    }
+    if all {
+        copy.extend(
+            deps.lines()
+                .filter_map(|l| l.split(':').next())
+                .map(str::to_string),
+        );
+    }
     for path in &copy {
         copy_module(
             &kernel.modules.join(path),
             &dest.join(strip_compression(path)),
         )?;
     }
+    // modules.dep of the copied modules, by their decompressed names.
+    let dep: String = deps
+        .lines()
+        .filter_map(|l| {
+            let (module, rest) = l.split_once(':')?;
+            copy.contains(module).then(|| {
+                let needs: Vec<&str> = rest.split_whitespace().map(strip_compression).collect();
+                format!("{}: {}\n", strip_compression(module), needs.join(" "))
+            })
+        })
+        .collect();
+    write_file(
+        root,
+        &format!("lib/modules/{}/modules.dep", kernel.version),
+        &dep,
+        0o644,
+    )?;
     let list: String = load_order
         .iter()
         .map(|p| format!("{}\n", strip_compression(p)))
@@ -435,6 +486,28 @@ const OPENSSH_PROGRAMS: &[&str] = &[
 /// and `curl` packages install them: Debian's, with the libraries they load.
 const NOTIFY_PROGRAMS: &[&str] = &["/usr/bin/msmtp", "/usr/bin/curl"];
 
+/// OpenZFS's programs, which the openrc fixture runs for real: Debian's zfsutils-linux and zfs-zed, where
+/// its init scripts look for them.
+const ZFS_PROGRAMS: &[&str] = &[
+    "/sbin/zpool",
+    "/sbin/zfs",
+    "/sbin/mount.zfs",
+    "/usr/sbin/zed",
+];
+
+/// OpenZFS's own OpenRC services, as Alpine's `zfs-openrc` installs them from upstream's `etc/init.d`:
+/// the openrc fixture takes Debian's build of the same scripts and configures them as Alpine's build does
+/// ([`alpine_zfs_script`]).
+const ZFS_SERVICES: &[&str] = &["zfs-import", "zfs-mount", "zfs-zed"];
+
+/// The directories of ZED's scripts and settings (`/etc/zfs/zed.d` links into the second).
+const ZED_DIRS: &[&str] = &["/etc/zfs/zed.d", "/usr/lib/zfs-linux/zed.d"];
+
+/// The udev daemon the openrc fixture runs for eudev (Alpine's udev): Debian's (`udevadm`, which is
+/// `systemd-udevd` by that name), with only the rules that name disks (`/dev/disk/by-id`).
+const UDEVADM: &str = "/bin/udevadm";
+const UDEV_RULES: &[&str] = &["/lib/udev/rules.d/60-persistent-storage.rules"];
+
 /// What Alpine's `networking` does (aports main/openrc/networking.initd): `ifup` each `auto` interface of
 /// /etc/network/interfaces, and succeed when any one came up, so `lo` alone counts as started.
 const NETWORKING: &str = r#"ret=1
@@ -470,8 +543,10 @@ exit 0
 /// udev) and mounts efivarfs (openrc's `sysfs` does), `hostname` sets the host name, `acpid` runs busybox's
 /// acpid (the power button), `networking` brings up /etc/network/interfaces as Alpine's does, and `sshd` runs
 /// the real OpenSSH server after `ssh-keygen -A`, as Alpine's does (the host keys are ramnas-persist's when
-/// it restored them). (name,
-/// depend() body, start() body.)
+/// it restored them); `udev`, `udev-trigger` and `udev-settle` run the udev daemon and make it name the disks,
+/// as udev-init-scripts does, `udev-trigger` loading the fixture's modules first (as udev loads Alpine's, by
+/// their aliases, before the boot runlevel: `zfs-import` finds the disks there). OpenZFS's services are the real ones ([`ZFS_SERVICES`]). (name, depend() body,
+/// start() body.)
 pub const STAND_INS: &[(&str, &str, &str)] = &[
     (
         "sysfs",
@@ -486,9 +561,24 @@ pub const STAND_INS: &[(&str, &str, &str)] = &[
          \tmountinfo -q /dev/pts || mount -t devpts -o gid=5,mode=0620 devpts /dev/pts",
     ),
     ("dmesg", "before dev", ""),
-    ("udev", "provide dev; need sysfs dev-mount", ""),
-    ("udev-trigger", "need udev", ""),
-    ("udev-settle", "need udev; after udev-trigger", ""),
+    (
+        "udev",
+        "provide dev; need sysfs dev-mount",
+        "/lib/systemd/systemd-udevd --daemon",
+    ),
+    (
+        "udev-trigger",
+        "need udev",
+        "while read -r module; do insmod \"/lib/modules/$(uname -r)/$module\" 2>/dev/null; done \
+         <\"/lib/modules/$(uname -r)/fixture.load\"\n\
+         \tudevadm trigger --type=subsystems --action=add\n\
+         \tudevadm trigger --type=devices --action=add",
+    ),
+    (
+        "udev-settle",
+        "need udev; after udev-trigger",
+        "udevadm settle --timeout=60",
+    ),
     ("udev-postmount", "after udev", ""),
     ("hwdrivers", "", ""),
     (
@@ -506,8 +596,6 @@ pub const STAND_INS: &[(&str, &str, &str)] = &[
     ("syslog", "", ""),
     ("networking", "provide net; after modules", NETWORKING),
     ("seedrng", "", ""),
-    ("zfs-import", "", ""),
-    ("zfs-mount", "need zfs-import", ""),
     ("chronyd", "", ""),
     (
         "sshd",
@@ -532,9 +620,13 @@ fn write_openrc(root: &Path) -> Result<()> {
         .iter()
         .chain(OPENSSH_PROGRAMS)
         .chain(NOTIFY_PROGRAMS)
+        .chain(ZFS_PROGRAMS)
+        .chain([&UDEVADM])
     {
         write_host_program(root, program)?;
     }
+    write_udev(root)?;
+    write_zfs_services(root)?;
     let sh = Shell::new()?;
     let lib_rc = Path::new("/lib/rc");
     for entry in walk(lib_rc)? {
@@ -610,14 +702,99 @@ fn write_openrc(root: &Path) -> Result<()> {
         "root:x:0:root\ntty:x:5:\nuucp:x:14:\nsshd:x:22:\n",
         0o644,
     )?;
-    write_file(
-        root,
-        "etc/conf.d/zfs",
-        "# Stand-in for zfs-openrc's settings.\nZPOOL_IMPORT_ALL_VISIBLE='no'\n#ZPOOL_IMPORT_PATH=\"/dev/disk/by-vdev:/dev/disk/by-id\"\n",
-        0o644,
-    )?;
     symlink("/sbin/openrc-init", root.join("init")).context("linking /init")?;
     Ok(())
+}
+
+/// The udev daemon (`/lib/systemd/systemd-udevd`, `/sbin/udevadm`: links to udevadm) and its disk rules.
+fn write_udev(root: &Path) -> Result<()> {
+    for link in ["lib/systemd/systemd-udevd", "sbin/udevadm"] {
+        let dest = root.join(link);
+        fs::create_dir_all(dest.parent().unwrap())?;
+        if dest.symlink_metadata().is_err() {
+            symlink(UDEVADM, &dest).with_context(|| format!("linking /{link}"))?;
+        }
+    }
+    for rules in UDEV_RULES {
+        let dest = root.join(rules.trim_start_matches('/'));
+        fs::create_dir_all(dest.parent().unwrap())?;
+        fs::copy(rules, &dest)
+            .with_context(|| format!("copying {rules} (Debian's udev) into the fixture"))?;
+    }
+    Ok(())
+}
+
+/// OpenZFS's services ([`ZFS_SERVICES`]), their shared functions, ZED's scripts, and their settings, from
+/// Debian's build as Alpine's would have them: settings in `/etc/conf.d/zfs` (Debian's `/etc/default/zfs`,
+/// unchanged).
+fn write_zfs_services(root: &Path) -> Result<()> {
+    let read = |path: &str| {
+        fs::read_to_string(path).with_context(|| {
+            format!("reading {path}: install zfsutils-linux and zfs-zed (`cargo xtask test` does)")
+        })
+    };
+    for name in ZFS_SERVICES {
+        let script = read(&format!("/etc/init.d/{name}"))?;
+        write_file(
+            root,
+            &format!("etc/init.d/{name}"),
+            &alpine_zfs_script(&script)?,
+            0o755,
+        )?;
+    }
+    let functions = read("/etc/zfs/zfs-functions")?;
+    write_file(
+        root,
+        "etc/zfs/zfs-functions",
+        &functions.replace("/etc/default/zfs", "/etc/conf.d/zfs"),
+        0o644,
+    )?;
+    write_file(root, "etc/conf.d/zfs", &read("/etc/default/zfs")?, 0o644)?;
+    for dir in ZED_DIRS {
+        for entry in walk(Path::new(dir))? {
+            let dest = root.join(entry.strip_prefix("/").unwrap());
+            if let Ok(target) = fs::read_link(&entry) {
+                symlink(&target, &dest)
+            } else if entry.is_dir() {
+                fs::create_dir_all(&dest)
+            } else {
+                fs::copy(&entry, &dest).map(drop)
+            }
+            .with_context(|| format!("copying {} into the fixture", entry.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// One of Debian's OpenZFS init scripts as upstream's configure writes it for Alpine (VENDOR alpine:
+/// `#!/sbin/openrc-run`, and the test for OpenRC that Debian's build replaces with `if true`), so OpenRC runs
+/// its depend() and start(). Its LSB header goes too: Alpine's OpenRC ignores it, but Debian's, which the
+/// fixture runs, takes a script that has one for a sysv script and never calls its start().
+fn alpine_zfs_script(debian: &str) -> Result<String> {
+    let body = debian
+        .split_once('\n')
+        .map(|(_, rest)| rest)
+        .context("an empty init script")?;
+    if !body.contains("\nif true\n") {
+        bail!(
+            "Debian's OpenZFS init script no longer says `if true` where upstream tests for OpenRC"
+        );
+    }
+    let mut in_header = false;
+    let lines: Vec<&str> = body
+        .lines()
+        .filter(|line| {
+            let header = in_header || line.starts_with("### BEGIN INIT INFO");
+            in_header = header && !line.starts_with("### END INIT INFO");
+            !header
+        })
+        .collect();
+    Ok(format!(
+        "#!/sbin/openrc-run\n{}\n",
+        lines
+            .join("\n")
+            .replace("\nif true\n", "\nif [ ! -e /sbin/openrc-run ]\n")
+    ))
 }
 
 /// `dir` and everything below it, parents before children.

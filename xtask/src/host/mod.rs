@@ -280,6 +280,36 @@ pub const TOOLS: &[Tool] = &[
         arch: "openrc",
     },
     Tool {
+        program: "zpool",
+        found: Found::OnPath,
+        used_by: "tests (the NAS's pools, under real OpenRC)",
+        tests_only: true,
+        debian: "zfsutils-linux",
+        fedora: "zfs",
+        alpine: "zfs",
+        arch: "zfs-utils",
+    },
+    Tool {
+        program: "zed",
+        found: Found::OnPath,
+        used_by: "tests (the NAS's ZFS events, under real OpenRC)",
+        tests_only: true,
+        debian: "zfs-zed",
+        fedora: "zfs",
+        alpine: "zfs",
+        arch: "zfs-utils",
+    },
+    Tool {
+        program: "udevadm",
+        found: Found::OnPath,
+        used_by: "tests (the NAS's /dev/disk/by-id, under real OpenRC)",
+        tests_only: true,
+        debian: "udev",
+        fedora: "systemd-udev",
+        alpine: "eudev",
+        arch: "systemd",
+    },
+    Tool {
         program: "msmtp",
         found: Found::OnPath,
         used_by: "tests (the NAS's alerts by mail, under real OpenRC)",
@@ -358,6 +388,14 @@ pub const TEST_PACKAGES_DEBIAN: &[&str] = &[
     "openssh-client",
     // the NAS under real OpenRC: openrc-init, openrc-run, rc-service, rc-update, openrc-shutdown.
     "openrc",
+    // the NAS's storage under real OpenRC: OpenZFS built by dkms for the fixture's kernel (from Debian's
+    // contrib: .ci/run adds it; the build takes minutes, once per machine), its tools and event daemon, and
+    // udev for /dev/disk/by-id.
+    "linux-headers-amd64",
+    "zfs-dkms",
+    "zfsutils-linux",
+    "zfs-zed",
+    "udev",
     // the NAS's alerts (system/root/etc/ramnas/notify), also copied into the NAS under real OpenRC.
     "msmtp",
     "curl",
@@ -559,10 +597,9 @@ mod tests {
             );
         }
         // Every test package provides a tool in the table (so the per-distro names exist too).
-        for p in TEST_PACKAGES_DEBIAN
-            .iter()
-            .filter(|p| **p != "linux-image-amd64")
-        {
+        // The kernel's packages are found by the fixture (its kernel, headers and the zfs module for it).
+        let kernel = ["linux-image-amd64", "linux-headers-amd64", "zfs-dkms"];
+        for p in TEST_PACKAGES_DEBIAN.iter().filter(|p| !kernel.contains(p)) {
             assert!(
                 TOOLS.iter().any(|t| t.debian == *p),
                 "{p} has no row in TOOLS"

@@ -103,6 +103,60 @@ impl Drive {
     }
 }
 
+/// `disks/disk<i>.qcow2` for i in 0..count, created sparse on first use, as virtio disks with serials
+/// `ramnas-disk<i>`. When `fresh`, new disks are made first and only then replace all the old ones.
+pub fn data_disks(disks: &Path, count: u32, size: &str, fresh: bool) -> Result<Vec<Drive>> {
+    if count > 0 {
+        fs::create_dir_all(disks).with_context(|| format!("creating {}", disks.display()))?;
+    }
+    let files: Vec<PathBuf> = (0..count)
+        .map(|i| disks.join(format!("disk{i}.qcow2")))
+        .collect();
+    let mut made = Vec::new();
+    for file in &files {
+        if fresh || !file.exists() {
+            let tmp = file.with_extension("qcow2.tmp");
+            eprintln!("vm: creating {} ({size}, sparse)", file.display());
+            let created = Command::new(qemu_img()?)
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&tmp)
+                .arg(size)
+                .status()
+                .context("running qemu-img")?;
+            if !created.success() {
+                bail!(
+                    "qemu-img could not create {} of size {size:?}",
+                    file.display()
+                );
+            }
+            made.push((tmp, file));
+        }
+    }
+    if fresh && disks.exists() {
+        for entry in fs::read_dir(disks).with_context(|| format!("reading {}", disks.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with("disk") && name.ends_with(".qcow2") {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+    }
+    for (tmp, file) in made {
+        fs::rename(&tmp, file).with_context(|| format!("renaming {}", tmp.display()))?;
+    }
+    Ok(files
+        .into_iter()
+        .enumerate()
+        .map(|(i, file)| Drive {
+            file,
+            format: "qcow2",
+            bus: Bus::Virtio,
+            serial: Some(format!("ramnas-disk{i}")),
+            boot: false,
+        })
+        .collect())
+}
+
 #[derive(Debug, Clone)]
 pub struct Machine {
     pub accel: Accel,
@@ -186,7 +240,7 @@ impl Machine {
                     } else {
                         "virtio-blk-pci"
                     };
-                    let mut dev = format!("{device},drive=drive{i}");
+                    let mut dev = format!("{device},drive=drive{i},id=device{i}");
                     if let Some(serial) = &drive.serial {
                         dev.push_str(&format!(",serial={serial}"));
                     }
@@ -289,7 +343,8 @@ impl Qmp {
         spec
     }
 
-    /// Connects, leaves the greeting's capabilities negotiation, and runs `command`.
+    /// Connects, leaves the greeting's capabilities negotiation, and runs `command` (a QMP command name, or
+    /// a whole `{"execute": …}` object).
     fn execute(&self, command: &str) -> Result<()> {
         let stream = UnixStream::connect(&self.socket).with_context(|| {
             format!("connecting to qemu's QMP socket {}", self.socket.display())
@@ -318,7 +373,11 @@ impl Qmp {
         };
         reply("the connection")?;
         for what in ["qmp_capabilities", command] {
-            writeln!(writer, "{{\"execute\": \"{what}\"}}")?;
+            if what.starts_with('{') {
+                writeln!(writer, "{what}")?;
+            } else {
+                writeln!(writer, "{{\"execute\": \"{what}\"}}")?;
+            }
             reply(what)?;
         }
         Ok(())
@@ -597,6 +656,14 @@ impl Running {
             out.push('\n');
         }
         out
+    }
+
+    /// Pulls the virtio or USB disk `drive` (its index in [`Machine::drives`]) out of the running machine, as
+    /// a hot-unplug the guest's kernel completes.
+    pub fn unplug(&mut self, drive: usize) -> Result<()> {
+        self.qmp.execute(&format!(
+            "{{\"execute\": \"device_del\", \"arguments\": {{\"id\": \"device{drive}\"}}}}"
+        ))
     }
 
     /// Presses the machine's ACPI power button (QMP `system_powerdown`): a guest running acpid powers off

@@ -110,14 +110,14 @@ fi
 
 /// A test's world: the openrc fixture tree (the packages) and the stand-in tool, and a home whose
 /// `.ssh/id_ed25519.pub` the builds make root's key (`ssh` logs in with it).
-struct Nas {
+pub(crate) struct Nas {
     dir: tempfile::TempDir,
     tree: PathBuf,
     tool: PathBuf,
 }
 
 impl Nas {
-    fn new() -> Nas {
+    pub(crate) fn new() -> Nas {
         let dir = common::tempdir();
         let ssh = dir.path().join(".ssh");
         fs::create_dir_all(&ssh).unwrap();
@@ -145,13 +145,13 @@ impl Nas {
         Nas { dir, tree, tool }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
     /// A copy of the example `system/` named NAME, with the test's services, `then` as /etc/test-then, and
     /// `setup` appended to setup.sh.
-    fn system(&self, name: &str, then: &str, setup: &str) -> PathBuf {
+    pub(crate) fn system(&self, name: &str, then: &str, setup: &str) -> PathBuf {
         let system = self.path().join(format!("system-{name}"));
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system");
         common::run(
@@ -186,7 +186,7 @@ impl Nas {
     }
 
     /// `cargo xtask build --system SYSTEM --out OUT` through the stand-in tool; returns OUT.
-    fn build(&self, system: &Path, out: &str) -> PathBuf {
+    pub(crate) fn build(&self, system: &Path, out: &str) -> PathBuf {
         self.build_from(system, out, self.path())
     }
 
@@ -205,7 +205,7 @@ impl Nas {
     }
 
     /// `cargo xtask ARGS…` in the test's directory; its output, which must say it succeeded.
-    fn xtask(&self, args: &[&str]) -> String {
+    pub(crate) fn xtask(&self, args: &[&str]) -> String {
         common::ok(&common::xtask(self.path(), args))
     }
 }
@@ -232,7 +232,7 @@ fn stick_with_trial(nas: &Nas, a: &Path, b: &Path) -> PathBuf {
     stick
 }
 
-fn build_id(out: &Path) -> String {
+pub(crate) fn build_id(out: &Path) -> String {
     xtask::build::manifest::Manifest::load(&out.join("manifest.json"))
         .unwrap()
         .build_id
@@ -240,7 +240,7 @@ fn build_id(out: &Path) -> String {
 
 /// The NAS on a network (qemu's user network: its DHCP gives the address), booting `stick` under SeaBIOS:
 /// a trial is healthy only when reachable.
-fn bios_nas(stick: &Path) -> Machine {
+pub(crate) fn bios_nas(stick: &Path) -> Machine {
     let mut m = common::bios_machine(stick);
     m.net = true;
     m
@@ -254,7 +254,7 @@ fn uefi_nas(stick: &Path, dir: &Path) -> Machine {
 }
 
 /// Waits for the console line matching `pattern`.
-fn expect(vm: &mut Running, pattern: &str) -> String {
+pub(crate) fn expect(vm: &mut Running, pattern: &str) -> String {
     vm.expect(pattern, common::BOOT_TIMEOUT)
         .unwrap_or_else(|e| {
             let _ = fs::write("/tmp/last-openrc.log", vm.output().join("\n"));
@@ -262,7 +262,7 @@ fn expect(vm: &mut Running, pattern: &str) -> String {
         })
 }
 
-fn position(lines: &[String], what: &str) -> usize {
+pub(crate) fn position(lines: &[String], what: &str) -> usize {
     lines
         .iter()
         .position(|l| l.contains(what))
@@ -515,7 +515,7 @@ fn vm_check_shuts_the_nas_down_and_leaves_the_stick_clean() {
 }
 
 /// An ssh program (for `RAMNAS_SSH`) that logs in to the test's NAS with the key its builds hold.
-fn ssh_program(nas: &Nas) -> PathBuf {
+pub(crate) fn ssh_program(nas: &Nas) -> PathBuf {
     let ssh = nas.path().join("ssh");
     fs::write(
         &ssh,

@@ -50,7 +50,8 @@ echo "ssh-ed25519 AAAAstandin$id root@ramnas" > "$RAMNAS_SSH_DIR/ssh_host_ed2551
 const FAKE_REBOOT: &str = "#!/bin/sh\necho \"ramnas-test: reboot asked for\" >/dev/console\n";
 
 /// A stand-in for OpenRC's `rc-service NAME status`: every service is started except `broken` (stopped) and
-/// `agetty.ttyS1` (crashed, as on a board without that serial port).
+/// `agetty.ttyS1` (crashed, as on a board without that serial port); OpenRC's record of what started is
+/// /tmp/svc/started (every service of the runlevels but `broken`).
 const FAKE_RC_SERVICE: &str = r#"#!/bin/sh
 [ "$2" = status ] || exit 2
 [ "$1" = broken ] && exit 3
@@ -64,7 +65,7 @@ exit 0
 /// `ramnas-slot commit` nor `ramnas-ready` commits it.
 const BOOT1: &str = r#"
 export RAMNAS_SSH_DIR=/tmp/ssh RAMNAS_SSH_KEYGEN=/usr/local/bin/fake-keygen RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
-export RAMNAS_RUNLEVELS=/tmp/runlevels RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
+export RAMNAS_RUNLEVELS=/tmp/runlevels RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_RC_SVCDIR=/tmp/svc RAMNAS_BUILD_FILE=/tmp/build
 export RAMNAS_CONF=/tmp/ready.conf
 echo 'health_reachable=no' > /tmp/ready.conf
 echo system-test > /tmp/build
@@ -72,6 +73,8 @@ echo never-booted > /tmp/other-build
 mkdir -p /tmp/runlevels/boot /tmp/runlevels/default
 ln -s /etc/init.d/ramnas-persist /tmp/runlevels/boot/ramnas-persist
 for s in sshd chronyd agetty.ttyS1 ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevels/default/$s; done
+mkdir -p /tmp/svc/started
+for s in ramnas-persist sshd chronyd agetty.ttyS1 ramnas-ready; do ln -s /etc/init.d/$s /tmp/svc/started/$s; done
 ramnas-persist start
 for l in $(ramnas-slot); do echo "ramnas-test: $l"; done
 echo "ramnas-test: key $(cat /tmp/ssh/ssh_host_ed25519_key)"
@@ -87,13 +90,15 @@ ramnas-persist stop && echo "ramnas-test: unmounted"
 /// commit. The host keys come back from the stick.
 const BOOT2: &str = r#"
 export RAMNAS_SSH_DIR=/tmp/ssh RAMNAS_SSH_KEYGEN=false RAMNAS_WAIT=90 RAMNAS_MOUNT_EXTRA=iocharset=iso8859-1
-export RAMNAS_RUNLEVELS=/tmp/runlevels RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_BUILD_FILE=/tmp/build
+export RAMNAS_RUNLEVELS=/tmp/runlevels RAMNAS_RC_SERVICE=/usr/local/bin/rc-service RAMNAS_RC_SVCDIR=/tmp/svc RAMNAS_BUILD_FILE=/tmp/build
 export RAMNAS_REBOOT=/usr/local/bin/fake-reboot RAMNAS_CONF=/tmp/ready.conf
 printf 'reboot_delay=0\nhealth_reachable=no\n' > /tmp/ready.conf
 echo system-test > /tmp/build
 mkdir -p /tmp/runlevels/boot /tmp/runlevels/default
 ln -s /etc/init.d/broken /tmp/runlevels/boot/broken
 for s in sshd ramnas-ready; do ln -s /etc/init.d/$s /tmp/runlevels/default/$s; done
+mkdir -p /tmp/svc/started
+for s in sshd ramnas-ready; do ln -s /etc/init.d/$s /tmp/svc/started/$s; done
 ramnas-persist start
 echo "ramnas-test: key $(cat /tmp/ssh/ssh_host_ed25519_key)"
 echo "ramnas-test: modes $(stat -c %a /tmp/ssh/ssh_host_ed25519_key) $(stat -c %a /tmp/ssh/ssh_host_ed25519_key.pub)"
