@@ -78,7 +78,10 @@ impl Booted {
 
 /// The pool is made once by id; every later boot imports it with no zpool.cache (none survives a boot) and
 /// mounts it, and a file on it outlives a reboot, a deploy whose trial commits itself and a rollback. The
-/// healthy boots record the pool on the stick, and `status` shows it.
+/// hourly snapshot job prunes to what it keeps, and a deleted file comes back from its snapshot. The
+/// healthy boots record the pool on the stick, and `status` shows it. And a dead stick costs nothing: a new
+/// one flashed from the same build takes /persist from the pool (the same host key; a deploy that knows only
+/// the old key goes through).
 #[test]
 #[ignore = "needs root, qemu and OpenZFS: `cargo xtask test` runs it"]
 fn a_pool_made_by_id_is_imported_at_every_boot_and_outlives_deploys_and_rollbacks() {
@@ -95,6 +98,21 @@ fn a_pool_made_by_id_is_imported_at_every_boot_and_outlives_deploys_and_rollback
     nas_vm.expect(&ready_a);
     nas_vm.sh(CREATE_POOL);
     nas_vm.sh("echo kept >/tank/share/file && sync");
+    // Snapshots are the periodic job's own: two hourly runs, keeping one, leave one; a deleted file comes back
+    // from it.
+    nas_vm.sh(
+        "echo 'keep_hourly=\"1\"' >>/etc/conf.d/ramnas-snapshot && /etc/periodic/hourly/zfs-snapshot && \
+         sleep 1 && /etc/periodic/hourly/zfs-snapshot",
+    );
+    let snapshots = nas_vm.sh("zfs list -H -t snapshot -o name -d 1 tank/share");
+    assert_eq!(snapshots.lines().count(), 1, "{snapshots}");
+    assert!(snapshots.starts_with("tank/share@hourly-"), "{snapshots}");
+    nas_vm.sh("rm /tank/share/file");
+    assert_eq!(
+        nas_vm.sh("cat /tank/share/.zfs/snapshot/hourly-*/file"),
+        "kept\n"
+    );
+    nas_vm.sh("cp /tank/share/.zfs/snapshot/hourly-*/file /tank/share/file && sync");
 
     nas_vm.reboot(&ready_a);
     let imported = |vm: &Booted| {
@@ -110,6 +128,7 @@ fn a_pool_made_by_id_is_imported_at_every_boot_and_outlives_deploys_and_rollback
         }
     };
     imported(&nas_vm);
+    let host_key = nas_vm.sh("cat /etc/ssh/ssh_host_ed25519_key.pub");
     assert_eq!(nas_vm.sh("cat /media/boot/persist/pools"), "tank ONLINE\n");
     let status = nas_vm.xtask(&nas, &["status", &nas_vm.target()]);
     assert!(
@@ -144,12 +163,59 @@ fn a_pool_made_by_id_is_imported_at_every_boot_and_outlives_deploys_and_rollback
         .vm
         .wait_exit(Duration::from_secs(120))
         .expect("/sbin/poweroff powers the machine off");
+
+    // The stick dies. A new one from the same build, with the same disks: the NAS takes /persist from the
+    // pool, so it has the same host key, and a deploy over ssh that knows only the old key goes through.
+    let new_stick = nas.path().join("new-stick.img");
+    nas.xtask(&[
+        "image",
+        "--out",
+        a.to_str().unwrap(),
+        "--size",
+        "192M",
+        "--output",
+        new_stick.to_str().unwrap(),
+    ]);
+    let mut fresh = Booted::start(&nas, &new_stick, &disks, "new-stick");
+    fresh.expect("^ramnas-persist: a new stick: took /persist from the pool");
+    fresh.expect(&ready_a);
+    assert_eq!(fresh.sh("cat /etc/ssh/ssh_host_ed25519_key.pub"), host_key);
+    let known_hosts = nas.path().join("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        format!("[127.0.0.1]:{} {host_key}", fresh.port),
+    )
+    .unwrap();
+    let strict = nas.path().join("ssh-strict");
+    std::fs::write(
+        &strict,
+        format!(
+            "#!/bin/sh\nexec ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes \
+             -o UserKnownHostsFile={} -o LogLevel=ERROR \"$@\"\n",
+            nas.path().join(".ssh/id_ed25519").display(),
+            known_hosts.display()
+        ),
+    )
+    .unwrap();
+    common::run("chmod", &["755", strict.to_str().unwrap()]);
+    let deployed = common::xtask_command(
+        nas.path(),
+        &["deploy", &fresh.target(), "--out", b.to_str().unwrap()],
+    )
+    .env("RAMNAS_SSH", &strict)
+    .output()
+    .unwrap();
+    let text = common::ok(&deployed);
+    assert!(
+        text.contains(&format!("deploying build {id_b} into slot b")),
+        "{text}"
+    );
 }
 
 /// Health knows the pools, and ZFS's events reach a person. After a healthy boot with the pool (recorded on
 /// the stick), the monthly scrub runs and zed's report of it arrives at an HTTP receiver on the host (the
 /// notify channel, through qemu's user network); a disk pulled out of the running mirror arrives the same
-/// way, as it happens. A trial that sees no disks (as a kernel that lost the controller's driver would) is
+/// way, as it happens, and so does the daily check's word that the hourly snapshots stopped. A trial that sees no disks (as a kernel that lost the controller's driver would) is
 /// unhealthy, names the pool, alerts, and goes back by itself; the committed slot, booted with one disk of
 /// the mirror, stays up with the pool DEGRADED, says so on the console and to the receiver, and `status`
 /// shows it.
@@ -192,6 +258,9 @@ fn zfs_events_alert_a_trial_without_the_pool_goes_back_and_a_degraded_pool_stays
     assert_eq!(nas_vm.sh("cat /media/boot/persist/pools"), "tank ONLINE\n");
     nas_vm.sh("/etc/periodic/monthly/zfs-scrub");
     let scrub = alert("ZFS scrub_finish event for tank");
+    // No hourly snapshot yet, and a stale limit of 0 hours: the daily check says so.
+    nas_vm.sh("echo 'stale_hours=\"0\"' >>/etc/conf.d/ramnas-snapshot && /etc/periodic/daily/zfs-snapshot-check");
+    alert("snapshots: tank is stale");
     assert!(scrub.body.contains("scrub repaired 0B"), "{scrub:?}");
     // The drives: the stick, then the data disks.
     nas_vm.vm.unplug(2).unwrap();
