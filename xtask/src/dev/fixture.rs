@@ -29,8 +29,8 @@ pub enum Init {
     /// Never print the ready line; sleep forever.
     Silent,
     /// PID 1 is a real openrc-init: the host's OpenRC (Debian's `openrc` package) with the libraries it
-    /// loads, busybox's applet links, and stand-ins for the init scripts Alpine's packages install
-    /// ([`STAND_INS`]). No checks and no ready line of its own: the tree is meant to be finished by a
+    /// loads, busybox's applet links, stand-ins for the init scripts Alpine's packages install
+    /// ([`STAND_INS`]), and OpenZFS's own (with zpool, zfs, zed, udev and the zfs module). No checks and no ready line of its own: the tree is meant to be finished by a
     /// system's `root/` and `setup.sh`, as alpine-make-rootfs finishes an Alpine tree.
     Openrc,
 }
@@ -545,8 +545,8 @@ exit 0
 /// the real OpenSSH server after `ssh-keygen -A`, as Alpine's does (the host keys are ramnas-persist's when
 /// it restored them); `udev`, `udev-trigger` and `udev-settle` run the udev daemon and make it name the disks,
 /// as udev-init-scripts does, `udev-trigger` loading the fixture's modules first (as udev loads Alpine's, by
-/// their aliases, before the boot runlevel: `zfs-import` finds the disks there). OpenZFS's services are the real ones ([`ZFS_SERVICES`]). (name, depend() body,
-/// start() body.)
+/// their aliases, before the boot runlevel: `zfs-import` finds the disks there). OpenZFS's services are the
+/// real ones ([`ZFS_SERVICES`]). (name, depend() body, start() body.)
 pub const STAND_INS: &[(&str, &str, &str)] = &[
     (
         "sysfs",
