@@ -1,8 +1,9 @@
 //! `cargo xtask image`: OUT/ → a bootable stick image with slots a and b.
 //!
-//! No root, no mount, no loop device: the MBR is written here, the FAT32 file system by `mkfs.vfat --offset` ([`stick::format`]),
-//! syslinux by its mtools installer (`syslinux --install --offset`), everything else through [`crate::stick`],
-//! including the UEFI path ([`crate::boot::uefi`]: systemd-boot and slot a's entry as the committed slot).
+//! No root, no mount, no loop device: the MBR is written here, the FAT32 file system by `mkfs.vfat
+//! --offset` ([`stick::format`]), syslinux by its mtools installer (`syslinux --install --offset`),
+//! everything else through [`crate::stick`], including the UEFI path ([`crate::boot::uefi`]: systemd-boot
+//! and slot a's entry as the committed slot).
 //! The same build gives the same bytes: fixed disk id and volume serial, fixed timestamps. The image is
 //! private to its owner (mode 0600), like any stick image that may hold a /persist.
 

@@ -648,6 +648,8 @@ fn seed_archive(tree: &Path, work: &Path, out: &Path) -> Result<()> {
 /// used parts and its guard ranges, nothing else.
 fn write_sparse_image(path: &Path) -> Result<()> {
     const MIB: u64 = 1 << 20;
+    // The MBR's disk id and the FAT volume serial ("benc").
+    const ID: u32 = 0x6265_6e63;
     let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.set_len(FLASH_IMAGE)?;
     let extent = 4 * MIB;
@@ -669,11 +671,11 @@ fn write_sparse_image(path: &Path) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let sectors = (FLASH_IMAGE - MIB) / 512;
-    let mbr = crate::stick::mbr::sector_zero(&[], 0x62656e63, (MIB / 512) as u32, sectors as u32);
+    let mbr = crate::stick::mbr::sector_zero(&[], ID, (MIB / 512) as u32, sectors as u32);
     file.write_all_at(&mbr, 0)?;
     file.sync_all()?;
     drop(file);
-    crate::stick::format(path, MIB, sectors, 0x62656e63)
+    crate::stick::format(path, MIB, sectors, ID)
 }
 
 /// `cargo xtask flash DEVICE --image IMAGE --yes --force --wipe`: `Err(why)` when this build has no

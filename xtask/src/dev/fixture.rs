@@ -30,8 +30,9 @@ pub enum Init {
     Silent,
     /// PID 1 is a real openrc-init: the host's OpenRC (Debian's `openrc` package) with the libraries it
     /// loads, busybox's applet links, stand-ins for the init scripts Alpine's packages install
-    /// ([`STAND_INS`]), and OpenZFS's own (with zpool, zfs, zed, udev and the zfs module). No checks and no ready line of its own: the tree is meant to be finished by a
-    /// system's `root/` and `setup.sh`, as alpine-make-rootfs finishes an Alpine tree.
+    /// ([`STAND_INS`]), and OpenZFS's own (with zpool, zfs, zed, udev and the zfs module). No checks and
+    /// no ready line of its own: the tree is meant to be finished by a system's `root/` and `setup.sh`, as
+    /// alpine-make-rootfs finishes an Alpine tree.
     Openrc,
 }
 
@@ -278,8 +279,8 @@ fn write_kernel(root: &Path, kernel: &HostKernel, all: bool, on_demand: &[&str])
     let deps = fs::read_to_string(kernel.modules.join("modules.dep"))
         .with_context(|| format!("reading {}/modules.dep", kernel.modules.display()))?;
     let dest = root.join("lib/modules").join(&kernel.version);
-    // modules.dep: `path: dep dep …`, each dependency list ordered so that the last loads first.
-    // A module and what it needs, ordered so that the needed ones load first.
+    // modules.dep: `path: dep dep …`, each dependency list ordered so that the last loads first. A module
+    // and what it needs, ordered so that the needed ones load first.
     let with_deps = |wanted: &str| -> Result<Vec<String>> {
         let line = deps
             .lines()
@@ -289,16 +290,10 @@ fn write_kernel(root: &Path, kernel: &HostKernel, all: bool, on_demand: &[&str])
                     .is_some_and(|p| module_name(p) == wanted)
             })
             .with_context(|| {
-                if wanted == "zfs" {
-                    format!(
-                        "no zfs module for kernel {} ({}/modules.dep): install zfs-dkms and \
-                         linux-headers-amd64 (from Debian's contrib; `cargo xtask test` does)",
-                        kernel.version,
-                        kernel.modules.display()
-                    )
-                } else {
-                    format!("module {wanted} not in modules.dep")
-                }
+                format!(
+                    "module {wanted} not in {}/modules.dep",
+                    kernel.modules.display()
+                )
             })?;
         let (module, rest) = line.split_once(':').unwrap_or((line, ""));
         Ok(rest
@@ -318,7 +313,10 @@ fn write_kernel(root: &Path, kernel: &HostKernel, all: bool, on_demand: &[&str])
     }
     let mut copy: BTreeSet<String> = load_order.iter().cloned().collect();
     for wanted in on_demand {
-        copy.extend(with_deps(wanted)?);
+        copy.extend(with_deps(wanted).context(
+            "install zfs-dkms and linux-headers-amd64 (Debian's contrib), which build it for this kernel: \
+             `cargo xtask test` does",
+        )?);
     }
     if all {
         copy.extend(

@@ -343,9 +343,9 @@ impl Qmp {
         spec
     }
 
-    /// Connects, leaves the greeting's capabilities negotiation, and runs `command` (a QMP command name, or
-    /// a whole `{"execute": …}` object).
-    fn execute(&self, command: &str) -> Result<()> {
+    /// Connects, leaves the greeting's capabilities negotiation, and runs `command` with `arguments` (a JSON
+    /// object).
+    fn execute(&self, command: &str, arguments: &str) -> Result<()> {
         let stream = UnixStream::connect(&self.socket).with_context(|| {
             format!("connecting to qemu's QMP socket {}", self.socket.display())
         })?;
@@ -372,12 +372,11 @@ impl Qmp {
             }
         };
         reply("the connection")?;
-        for what in ["qmp_capabilities", command] {
-            if what.starts_with('{') {
-                writeln!(writer, "{what}")?;
-            } else {
-                writeln!(writer, "{{\"execute\": \"{what}\"}}")?;
-            }
+        for (what, arguments) in [("qmp_capabilities", "{}"), (command, arguments)] {
+            writeln!(
+                writer,
+                "{{\"execute\": \"{what}\", \"arguments\": {arguments}}}"
+            )?;
             reply(what)?;
         }
         Ok(())
@@ -661,9 +660,8 @@ impl Running {
     /// Pulls the virtio or USB disk `drive` (its index in [`Machine::drives`]) out of the running machine, as
     /// a hot-unplug the guest's kernel completes.
     pub fn unplug(&mut self, drive: usize) -> Result<()> {
-        self.qmp.execute(&format!(
-            "{{\"execute\": \"device_del\", \"arguments\": {{\"id\": \"device{drive}\"}}}}"
-        ))
+        self.qmp
+            .execute("device_del", &format!("{{\"id\": \"device{drive}\"}}"))
     }
 
     /// Presses the machine's ACPI power button (QMP `system_powerdown`): a guest running acpid powers off
@@ -672,7 +670,7 @@ impl Running {
         if self.exited() {
             return Ok(());
         }
-        match self.qmp.execute("system_powerdown") {
+        match self.qmp.execute("system_powerdown", "{}") {
             Err(_) if self.wait_exit(Duration::from_secs(1)).is_ok() => Ok(()),
             done => done,
         }
