@@ -73,7 +73,7 @@ pub fn run(flags: VmFlags) -> Result<()> {
         machine.net = true;
         check(&machine, &log, &expect, Duration::from_secs(flags.timeout))
     } else {
-        machine.ssh_port = Some(flags.ssh_port);
+        machine.forward.push((flags.ssh_port, 22));
         machine.reboot = true;
         interactive(&machine, &log, flags.ssh_port)
     }

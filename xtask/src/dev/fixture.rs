@@ -105,7 +105,7 @@ impl Fixture {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let kernel = HostKernel::find()?;
         write_busybox(dir)?;
-        let on_demand: &[&str] = match self.init {
+        let on_demand: &[(&str, &str)] = match self.init {
             Init::Openrc => ON_DEMAND_MODULES,
             _ => &[],
         };
@@ -261,14 +261,26 @@ fn write_busybox(root: &Path) -> Result<()> {
 }
 
 /// Modules the openrc fixture carries but does not load at boot: the services load them with `modprobe`, as
-/// on Alpine (`zfs-import` loads `zfs`, and with it `spl`). Debian's zfs-dkms builds them for the fixture's
-/// kernel (`updates/dkms/`).
-pub const ON_DEMAND_MODULES: &[&str] = &["zfs"];
+/// on Alpine (`zfs-import` loads `zfs`, and with it `spl`; `nfs` loads `nfsd`), each with what to do when the
+/// host has no such module. Debian's zfs-dkms builds zfs for the fixture's kernel (`updates/dkms/`).
+pub const ON_DEMAND_MODULES: &[(&str, &str)] = &[
+    (
+        "zfs",
+        "install zfs-dkms and linux-headers-amd64 (Debian's contrib), which build it for this kernel: \
+         `cargo xtask test` does",
+    ),
+    ("nfsd", "the host's kernel package has no NFS server module"),
+];
 
 /// The kernel image into `/boot`, and its modules (decompressed, so busybox's insmod can load them): those
 /// of [`MODULES`], loaded at boot in `fixture.load`'s order, and `on_demand` (all of them when `all`), with a
 /// `modules.dep` for busybox's modprobe.
-fn write_kernel(root: &Path, kernel: &HostKernel, all: bool, on_demand: &[&str]) -> Result<()> {
+fn write_kernel(
+    root: &Path,
+    kernel: &HostKernel,
+    all: bool,
+    on_demand: &[(&str, &str)],
+) -> Result<()> {
     fs::create_dir_all(root.join("boot"))?;
     fs::copy(
         &kernel.vmlinuz,
@@ -312,11 +324,8 @@ fn write_kernel(root: &Path, kernel: &HostKernel, all: bool, on_demand: &[&str])
         }
     }
     let mut copy: BTreeSet<String> = load_order.iter().cloned().collect();
-    for wanted in on_demand {
-        copy.extend(with_deps(wanted).context(
-            "install zfs-dkms and linux-headers-amd64 (Debian's contrib), which build it for this kernel: \
-             `cargo xtask test` does",
-        )?);
+    for (wanted, hint) in on_demand {
+        copy.extend(with_deps(wanted).with_context(|| hint.to_string())?);
     }
     if all {
         copy.extend(
@@ -484,6 +493,20 @@ const OPENSSH_PROGRAMS: &[&str] = &[
 /// and `curl` packages install them: Debian's, with the libraries they load.
 const NOTIFY_PROGRAMS: &[&str] = &["/usr/bin/msmtp", "/usr/bin/curl"];
 
+/// The NAS's file sharing, which the openrc fixture runs for real as Alpine's `samba` and `nfs-utils` (with
+/// `rpcbind`) install it: Debian's Samba (smbd, nmbd, and `smbpasswd`, which sets a user's password) and
+/// kernel NFS server's helpers.
+const SHARING_PROGRAMS: &[&str] = &[
+    "/usr/sbin/smbd",
+    "/usr/sbin/nmbd",
+    "/usr/bin/smbpasswd",
+    "/usr/sbin/exportfs",
+    "/usr/sbin/rpc.mountd",
+    "/usr/sbin/rpc.nfsd",
+    "/usr/sbin/rpc.statd",
+    "/usr/sbin/rpcbind",
+];
+
 /// OpenZFS's programs, which the openrc fixture runs for real: Debian's zfsutils-linux and zfs-zed, where
 /// its init scripts look for them.
 const ZFS_PROGRAMS: &[&str] = &[
@@ -533,6 +556,68 @@ esac
 exit 0
 "#;
 
+/// Alpine's busybox has `addgroup` and `adduser` (setup.sh makes the share's owner with them); Debian's
+/// busybox-static has neither. Stand-ins for the options setup.sh uses, refusing a name or id in use, as
+/// busybox's do.
+const ACCOUNT_APPLETS: &[(&str, &str)] = &[
+    (
+        "usr/sbin/addgroup",
+        r#"#!/bin/sh
+# Stand-in for Alpine's busybox addgroup (ramnas test fixture): addgroup [-g GID] [-S] GROUP
+set -eu
+gid=
+while getopts g:S opt; do
+	case $opt in
+	g) gid=$OPTARG ;;
+	S) ;;
+	*) exit 1 ;;
+	esac
+done
+shift $((OPTIND - 1))
+name=$1
+[ -n "$gid" ] || gid=$(awk -F: 'BEGIN {g = 1000} $3 >= g && $3 < 60000 {g = $3 + 1} END {print g}' /etc/group)
+if awk -F: -v n="$name" -v g="$gid" '$1 == n || $3 == g {found = 1} END {exit !found}' /etc/group; then
+	echo "addgroup: group '$name' or gid $gid in use" >&2
+	exit 1
+fi
+echo "$name:x:$gid:" >>/etc/group
+"#,
+    ),
+    (
+        "usr/sbin/adduser",
+        r#"#!/bin/sh
+# Stand-in for Alpine's busybox adduser (ramnas test fixture):
+# adduser [-h HOME] [-g GECOS] [-s SHELL] [-G GROUP] [-S] [-D] [-H] [-u UID] USER
+set -eu
+home= gecos= shell=/bin/sh group= uid=
+while getopts h:g:s:G:SDHu: opt; do
+	case $opt in
+	h) home=$OPTARG ;;
+	g) gecos=$OPTARG ;;
+	s) shell=$OPTARG ;;
+	G) group=$OPTARG ;;
+	u) uid=$OPTARG ;;
+	S | D | H) ;;
+	*) exit 1 ;;
+	esac
+done
+shift $((OPTIND - 1))
+name=$1
+[ -n "$home" ] || home=/home/$name
+[ -n "$uid" ] || uid=$(awk -F: 'BEGIN {u = 1000} $3 >= u && $3 < 60000 {u = $3 + 1} END {print u}' /etc/passwd)
+if awk -F: -v n="$name" -v u="$uid" '$1 == n || $3 == u {found = 1} END {exit !found}' /etc/passwd; then
+	echo "adduser: user '$name' or uid $uid in use" >&2
+	exit 1
+fi
+[ -n "$group" ] || { group=$name; addgroup -g "$uid" "$name"; }
+gid=$(awk -F: -v n="$group" '$1 == n {print $3}' /etc/group)
+[ -n "$gid" ] || { echo "adduser: unknown group $group" >&2; exit 1; }
+echo "$name:x:$uid:$gid:$gecos:$home:$shell" >>/etc/passwd
+echo "$name:!::0:::::" >>/etc/shadow
+"#,
+    ),
+];
+
 /// Stand-ins for the init scripts Alpine's packages install (alpine-base, openrc, busybox-openrc,
 /// udev-init-scripts, zfs-openrc, agetty-openrc, openssh, chrony, smartmontools, samba, nfs-utils): what
 /// `system/setup.sh` enables must exist for `rc-update add` to accept it. Each starts and stops and says so
@@ -543,8 +628,11 @@ exit 0
 /// the real OpenSSH server after `ssh-keygen -A`, as Alpine's does (the host keys are ramnas-persist's when
 /// it restored them); `udev`, `udev-trigger` and `udev-settle` run the udev daemon and make it name the disks,
 /// as udev-init-scripts does, `udev-trigger` loading the fixture's modules first (as udev loads Alpine's, by
-/// their aliases, before the boot runlevel: `zfs-import` finds the disks there). OpenZFS's services are the
-/// real ones ([`ZFS_SERVICES`]). (name, depend() body, start() body.)
+/// their aliases, before the boot runlevel: `zfs-import` finds the disks there). The sharing services start the
+/// real daemons ([`SHARING_PROGRAMS`]) as Alpine's scripts do: `samba` smbd and nmbd (its `daemon_list`),
+/// `rpcbind` (which provides `portmap`), `rpc.statd`, and `nfs` loads nfsd, mounts its filesystem, exports
+/// /etc/exports and starts rpc.mountd and 8 nfsd threads. OpenZFS's services are the real ones
+/// ([`ZFS_SERVICES`]). (name, depend() body, start() body.)
 pub const STAND_INS: &[(&str, &str, &str)] = &[
     (
         "sysfs",
@@ -606,8 +694,27 @@ pub const STAND_INS: &[(&str, &str, &str)] = &[
     ("acpid", "", "acpid"),
     ("killprocs", "", ""),
     ("mount-ro", "", "sync"),
-    ("samba", "", ""),
-    ("nfs", "", ""),
+    (
+        "samba",
+        "need net; after firewall",
+        "mkdir -p /run/samba /var/lib/samba /var/cache/samba /var/log/samba && smbd -D && nmbd -D \
+         || { eend 1; return 1; }",
+    ),
+    ("rpcbind", "provide portmap; use net", "rpcbind || { eend 1; return 1; }"),
+    (
+        "rpc.statd",
+        "need portmap; use net",
+        "mkdir -p /var/lib/nfs/sm /var/lib/nfs/sm.bak && chown nobody:root /var/lib/nfs/sm /var/lib/nfs/sm.bak \
+         && chmod 700 /var/lib/nfs/sm /var/lib/nfs/sm.bak && rpc.statd || { eend 1; return 1; }",
+    ),
+    (
+        "nfs",
+        "need portmap rpc.statd; use net",
+        "modprobe -q nfsd\n\
+         \tmountinfo -q /proc/fs/nfsd || mount -t nfsd -o nodev,noexec,nosuid nfsd /proc/fs/nfsd\n\
+         \tmkdir -p /var/lib/nfs/v4recovery /var/lib/nfs/v4root\n\
+         \texportfs -r && rpc.mountd && rpc.nfsd 8 || { eend 1; return 1; }",
+    ),
 ];
 
 /// The host's OpenRC as the tree's init (`/init` → `/sbin/openrc-init`), busybox's applet links (Alpine's
@@ -619,6 +726,7 @@ fn write_openrc(root: &Path) -> Result<()> {
         .chain(OPENSSH_PROGRAMS)
         .chain(NOTIFY_PROGRAMS)
         .chain(ZFS_PROGRAMS)
+        .chain(SHARING_PROGRAMS)
         .chain([&UDEVADM])
     {
         write_host_program(root, program)?;
@@ -636,10 +744,18 @@ fn write_openrc(root: &Path) -> Result<()> {
                 .with_context(|| format!("copying {} into the fixture", entry.display()))?;
         }
     }
-    for file in ["/etc/rc.conf", "/etc/init.d/savecache"] {
+    // OpenRC's settings and one of its scripts; the RPC transports, programs and ports the NFS daemons read
+    // (Alpine's libtirpc-conf and alpine-baselayout-data have them too).
+    for file in [
+        "/etc/rc.conf",
+        "/etc/init.d/savecache",
+        "/etc/netconfig",
+        "/etc/rpc",
+        "/etc/services",
+    ] {
         let dest = root.join(file.trim_start_matches('/'));
         fs::create_dir_all(dest.parent().unwrap())?;
-        fs::copy(file, &dest).with_context(|| format!("copying {file} (Debian's openrc)"))?;
+        fs::copy(file, &dest).with_context(|| format!("copying the host's {file}"))?;
     }
     let applets = cmd!(sh, "{root}/bin/busybox --list-full")
         .quiet()
@@ -686,20 +802,27 @@ fn write_openrc(root: &Path) -> Result<()> {
         fs::create_dir_all(root.join("etc/network").join(hooks))?;
     }
     write_file(root, "etc/udhcpc/default.script", UDHCPC_SCRIPT, 0o755)?;
-    // sshd's privilege separation user, as openssh's package adds it.
+    // Alpine's base users, sshd's privilege separation user (openssh adds it) and rpcbind's (Debian's build
+    // runs as `_rpc`).
     write_file(
         root,
         "etc/passwd",
-        "root:x:0:0:root:/root:/bin/sh\nsshd:x:22:22:sshd:/run/sshd:/sbin/nologin\n",
+        "root:x:0:0:root:/root:/bin/sh\nsshd:x:22:22:sshd:/run/sshd:/sbin/nologin\n\
+         _rpc:x:100:65534::/run/rpcbind:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
         0o644,
     )?;
     write_file(root, "etc/shadow", "root:*::0:::::\n", 0o640)?;
     write_file(
         root,
         "etc/group",
-        "root:x:0:root\ntty:x:5:\nuucp:x:14:\nsshd:x:22:\n",
+        "root:x:0:root\ntty:x:5:\nuucp:x:14:\nsshd:x:22:\nnogroup:x:65533:\nnobody:x:65534:\n",
         0o644,
     )?;
+    for (applet, script) in ACCOUNT_APPLETS {
+        if root.join(applet).symlink_metadata().is_err() {
+            write_file(root, applet, script, 0o755)?;
+        }
+    }
     symlink("/sbin/openrc-init", root.join("init")).context("linking /init")?;
     Ok(())
 }

@@ -167,10 +167,10 @@ pub struct Machine {
     pub drives: Vec<Drive>,
     /// Let the guest reboot (after a panic with `panic=N`, say); else qemu exits when the guest does.
     pub reboot: bool,
-    /// User-mode networking (NAT, DHCP from qemu); `ssh_port` implies it.
+    /// User-mode networking (NAT, DHCP from qemu); `forward` implies it.
     pub net: bool,
-    /// Forward this host port (on 127.0.0.1) to the guest's port 22.
-    pub ssh_port: Option<u16>,
+    /// TCP ports forwarded from the host (on 127.0.0.1) to the guest: (host port, guest port).
+    pub forward: Vec<(u16, u16)>,
 }
 
 impl Machine {
@@ -184,7 +184,7 @@ impl Machine {
             drives: Vec::new(),
             reboot: false,
             net: false,
-            ssh_port: None,
+            forward: Vec::new(),
         }
     }
 
@@ -251,19 +251,15 @@ impl Machine {
                 }
             }
         }
-        match self.ssh_port {
-            Some(port) => {
-                args.extend([
-                    "-netdev".into(),
-                    format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22").into(),
-                ]);
-                args.extend(["-device".into(), "virtio-net-pci,netdev=net0".into()]);
+        if self.net || !self.forward.is_empty() {
+            let mut netdev = "user,id=net0".to_string();
+            for (host, guest) in &self.forward {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
             }
-            None if self.net => {
-                args.extend(["-netdev".into(), "user,id=net0".into()]);
-                args.extend(["-device".into(), "virtio-net-pci,netdev=net0".into()]);
-            }
-            None => args.extend(["-nic".into(), "none".into()]),
+            args.extend(["-netdev".into(), netdev.into()]);
+            args.extend(["-device".into(), "virtio-net-pci,netdev=net0".into()]);
+        } else {
+            args.extend(["-nic".into(), "none".into()]);
         }
         args
     }

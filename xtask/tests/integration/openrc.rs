@@ -666,7 +666,7 @@ fn a_deploy_over_ssh_never_replaces_a_running_trial() {
     let stick = stick_with_trial(&nas, &a, &b);
     let port = xtask::dev::fixture::free_port().unwrap();
     let mut m = bios_nas(&stick);
-    m.ssh_port = Some(port);
+    m.forward.push((port, 22));
     let mut vm = common::start(&m, nas.path(), "running-trial");
     expect(
         &mut vm,
