@@ -37,8 +37,8 @@ for service in killprocs savecache mount-ro; do
 done
 
 # Sharing: off until you uncomment it here. Samba shares what /etc/samba/smb.conf says (the worked example:
-# tank/share, for the user `share`, who needs a Samba password: `smbpasswd -a share` on the NAS); NFS exports
-# what /etc/exports says.
+# tank/share, for the user `share`, who needs a Samba password, set once on the NAS: README says how); NFS
+# exports what /etc/exports says (name your network there). `nfs` brings rpcbind and rpc.statd with it.
 # The user and group that own tank/share have fixed ids: this tree is made afresh at every build, and an id
 # left to adduser is whichever is free then, which moves when a package update adds a user or group first;
 # the pool keeps its files' numbers, so they would belong to someone else. 1000: Alpine's packages take ids

@@ -247,6 +247,16 @@ pub fn status(flags: TargetFlags) -> Result<()> {
         };
         println!("pools: {pools} (at the last healthy boot)");
     }
+    if let Some(locked) = stick.locked_datasets()? {
+        if locked.is_empty() {
+            println!("locked: none");
+        } else {
+            println!(
+                "locked: {} (to unlock: ssh -t root@NAS ramnas-unlock)",
+                for_terminal(&locked.join(", "))
+            );
+        }
+    }
     if let Some(record) = LastTrial::read(&mut *stick)? {
         println!("last trial: {}", for_terminal(&record.to_string()));
         for line in &record.log {

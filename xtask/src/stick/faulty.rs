@@ -122,6 +122,9 @@ impl Stick for Faulty {
     fn running_cmdline(&mut self) -> Result<Option<String>> {
         self.inner.running_cmdline()
     }
+    fn locked_datasets(&mut self) -> Result<Option<Vec<String>>> {
+        self.inner.locked_datasets()
+    }
     fn forget(&mut self) {
         self.inner.forget()
     }

@@ -77,6 +77,12 @@ pub trait Stick {
         Ok(None)
     }
 
+    /// The encrypted datasets the running NAS has not unlocked yet (`ramnas-unlock --list`), when the target
+    /// is a running NAS that has the command.
+    fn locked_datasets(&mut self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+
     /// The entry at `path`, if there is one.
     fn entry(&mut self, path: &str) -> Result<Option<Entry>> {
         let path = clean(path);

@@ -102,6 +102,7 @@ stick() {
 		echo "$(stat -c %s "$root/$1") ${sum%% *}" ;;
 	sync) sync ;;
 	cmdline) cat "${RAMNAS_CMDLINE:-/proc/cmdline}" ;;
+	locked) if [ -x /usr/sbin/ramnas-unlock ]; then /usr/sbin/ramnas-unlock --list; else echo "-"; fi ;;
 	*) echo "unknown operation $op" >&2; exit 2 ;;
 	esac
 }
@@ -1021,6 +1022,12 @@ impl Stick for Ssh {
 
     fn running_cmdline(&mut self) -> Result<Option<String>> {
         Ok(Some(self.run_text("cmdline", &[])?.trim().to_string()))
+    }
+
+    /// `-` when the NAS has no ramnas-unlock (a build from before it).
+    fn locked_datasets(&mut self) -> Result<Option<Vec<String>>> {
+        let text = self.run_text("locked", &[])?;
+        Ok((text.trim() != "-").then(|| text.lines().map(str::to_string).collect()))
     }
 }
 

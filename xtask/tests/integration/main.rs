@@ -16,6 +16,7 @@ mod hostile;
 mod image;
 mod notify;
 mod openrc;
+mod shares;
 mod storage;
 mod system;
 mod uefi;

@@ -12,41 +12,75 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use xtask::host::qemu::{self, Drive, Machine, Running};
 
-/// README's pool: a mirror of the two data disks, by id, and the dataset the sharing example uses.
-const CREATE_POOL: &str = "zpool create -o ashift=12 -O compression=lz4 -O atime=off -m /tank tank mirror \
-     /dev/disk/by-id/virtio-ramnas-disk0 /dev/disk/by-id/virtio-ramnas-disk1 && zfs create tank/share";
+/// README's pool: a mirror of the two data disks, by id, and what the sharing example uses: the dataset, and
+/// the directory of Samba's passwords.
+pub(crate) const CREATE_POOL: &str = "zpool create -o ashift=12 -O compression=lz4 -O atime=off -m /tank tank mirror \
+     /dev/disk/by-id/virtio-ramnas-disk0 /dev/disk/by-id/virtio-ramnas-disk1 && zfs create tank/share && \
+     mkdir -m 700 /tank/.samba";
 
 /// The NAS booted in qemu with ssh forwarded to 127.0.0.1:`port`.
-struct Booted {
-    vm: Running,
-    port: u16,
+pub(crate) struct Booted {
+    pub(crate) vm: Running,
+    pub(crate) port: u16,
     ssh: PathBuf,
+    /// Its other forwarded ports: (host port, guest port).
+    forward: Vec<(u16, u16)>,
 }
 
 impl Booted {
-    fn start(nas: &Nas, stick: &std::path::Path, disks: &[Drive], name: &str) -> Booted {
+    pub(crate) fn start(nas: &Nas, stick: &std::path::Path, disks: &[Drive], name: &str) -> Booted {
+        Booted::serving(nas, stick, disks, name, &[])
+    }
+
+    /// [`Booted::start`] with the guest's `ports` forwarded to free ports of the host too ([`Booted::port_of`]).
+    pub(crate) fn serving(
+        nas: &Nas,
+        stick: &std::path::Path,
+        disks: &[Drive],
+        name: &str,
+        ports: &[u16],
+    ) -> Booted {
         let port = xtask::dev::fixture::free_port().unwrap();
         let mut m: Machine = openrc::bios_nas(stick);
         m.drives.extend(disks.iter().cloned());
-        m.ssh_port = Some(port);
+        m.forward.push((port, 22));
+        for guest in ports {
+            m.forward
+                .push((xtask::dev::fixture::free_port().unwrap(), *guest));
+        }
         m.reboot = true;
         Booted {
             vm: common::start(&m, nas.path(), name),
             port,
             ssh: openrc::ssh_program(nas),
+            forward: m.forward[1..].to_vec(),
         }
     }
 
-    fn target(&self) -> String {
+    /// The host port forwarded to the guest's `guest` port.
+    pub(crate) fn port_of(&self, guest: u16) -> u16 {
+        self.forward
+            .iter()
+            .find(|(_, g)| *g == guest)
+            .unwrap_or_else(|| panic!("port {guest} is not forwarded"))
+            .0
+    }
+
+    pub(crate) fn target(&self) -> String {
         format!("ssh://root@127.0.0.1:{}", self.port)
     }
 
-    /// `script` run by root's shell on the NAS; its output, which must say it succeeded.
-    fn sh(&self, script: &str) -> String {
-        let out = Command::new(&self.ssh)
+    /// `script` run by root's shell on the NAS, succeeding or not.
+    pub(crate) fn try_sh(&self, script: &str) -> std::process::Output {
+        Command::new(&self.ssh)
             .args(["-p", &self.port.to_string(), "root@127.0.0.1", script])
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `script` run by root's shell on the NAS; its output, which must say it succeeded.
+    pub(crate) fn sh(&self, script: &str) -> String {
+        let out = self.try_sh(script);
         let text = common::text(&out);
         if !out.status.success() {
             let _ = std::fs::write("/tmp/last-storage.log", self.vm.output().join("\n"));
@@ -56,7 +90,7 @@ impl Booted {
     }
 
     /// `cargo xtask ARGS…` against this NAS over ssh; its output, which must say it succeeded.
-    fn xtask(&self, nas: &Nas, args: &[&str]) -> String {
+    pub(crate) fn xtask(&self, nas: &Nas, args: &[&str]) -> String {
         common::ok(
             &common::xtask_command(nas.path(), args)
                 .env("RAMNAS_SSH", &self.ssh)
@@ -65,12 +99,12 @@ impl Booted {
         )
     }
 
-    fn expect(&mut self, pattern: &str) -> String {
+    pub(crate) fn expect(&mut self, pattern: &str) -> String {
         openrc::expect(&mut self.vm, pattern)
     }
 
     /// Reboots the NAS (`/sbin/reboot` over ssh) and waits for the ready line `ready` of the next boot.
-    fn reboot(&mut self, ready: &str) {
+    pub(crate) fn reboot(&mut self, ready: &str) {
         self.sh("/sbin/reboot");
         self.expect(ready);
     }
