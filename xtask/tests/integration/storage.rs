@@ -10,11 +10,10 @@ use crate::{
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use xtask::host::qemu::{self, Drive, Machine, Running};
-
-/// README's pool: a mirror of the two data disks, by id, and the dataset the sharing example uses.
-const CREATE_POOL: &str = "zpool create -o ashift=12 -O compression=lz4 -O atime=off -m /tank tank mirror \
-     /dev/disk/by-id/virtio-ramnas-disk0 /dev/disk/by-id/virtio-ramnas-disk1 && zfs create tank/share";
+use xtask::{
+    dev::fixture::CREATE_POOL,
+    host::qemu::{self, Drive, Machine, Running},
+};
 
 /// The NAS booted in qemu with ssh forwarded to 127.0.0.1:`port`.
 struct Booted {
