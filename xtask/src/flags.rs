@@ -184,7 +184,8 @@ pub enum Cmd {
     /// for each command, with the install command; tools only the tests and the bench use are listed but
     /// do not fail the check.
     Check(CheckFlags),
-    /// Measure packing, booting, flashing and deploying against the plain tools.
+    /// Measure packing, booting, flashing and deploying against the plain tools, and the NAS's boot to its
+    /// pool mounted.
     ///
     /// The cases, their baselines and goals are in CONTRIBUTING.md; the table says how each is measured.
     Bench(BenchFlags),
@@ -369,6 +370,9 @@ pub enum BenchCases {
     Flash,
     /// Deploys over ssh: the bytes sent, and the time.
     Deploy,
+    /// The NAS of `system/` under OpenRC with a ZFS pool: power-on to the pool mounted, and zfs-import's
+    /// share of it.
+    Storage,
 }
 
 #[derive(Args, Debug)]

@@ -2,7 +2,8 @@
 //!
 //! Each case runs once to warm up, then `--runs` times, alternating with its baseline so that both see
 //! the same machine load; the table gives the median, the spread (min–max), the ratio of the medians and
-//! whether the goal of issue 9 holds. Speed is claimed only from here, never from a timed test.
+//! whether the goal of issue 9 holds (the storage rows, issue 24's, have no goal). Speed is claimed only
+//! from here, never from a timed test.
 //!
 //! What runs, in order:
 //! 1. the tree: `--tree`, or a fixture with the Debian kernel's whole module directory (~500 MB);
@@ -24,8 +25,13 @@
 //!    4 MiB package upgraded, a new kernel and modules (each against its goal in bytes); and the new
 //!    kernel's deploy timed against a full copy of that build over one ssh session, checked on the NAS
 //!    (`tar`, `sha256sum`, `sync`; needs root).
+//! 8. storage: the NAS of `system/` under OpenRC with real OpenZFS (the storage tests' world: the openrc
+//!    fixture through the stand-in alpine-make-rootfs, two data disks), its pool made once over ssh as README
+//!    makes it; then each boot (TCG) timed from qemu's start to zfs-mount's word that the pool is mounted,
+//!    and zfs-import's own time within it by the kernel's clock (probes in the copy's `/etc/conf.d`); no
+//!    goal, for the record (needs root and the zfs module; skipped with the reason otherwise).
 //!
-//! `--only` picks groups of cases (`pack,rebuild,boot,flash,deploy`).
+//! `--only` picks groups of cases (`pack,rebuild,boot,flash,deploy,storage`).
 
 use std::fs;
 use std::io::Write;
@@ -122,6 +128,9 @@ pub fn run(flags: BenchFlags) -> Result<()> {
     if wanted(BenchCases::Deploy) {
         rows.extend(bench.deploys());
     }
+    if wanted(BenchCases::Storage) {
+        rows.extend(bench.storage());
+    }
 
     let load_after = loadavg();
     let table = table(&rows);
@@ -179,6 +188,14 @@ The package is synthetic (4 MiB that do not compress, `bench-data`), and the new
 and modules with every file changed: each build's files differ where a real one's would. Time: the new \
 kernel's deploy against a full copy of that build as checked as a deploy's: `tar` of its files through one ssh \
 session, unpacked on the NAS, each file's `sha256sum` read back there, then `sync`.
+- storage: the NAS of `system/` under OpenRC (the tests' openrc fixture: Debian's OpenRC, OpenZFS 2.3 and \
+udev, through the stand-in alpine-make-rootfs) in qemu (TCG, 1 CPU, 1 GiB, the stick on IDE under SeaBIOS, two \
+1 GiB virtio data disks) holding README's pool (a mirror, made once over ssh). Power-on to the pool mounted: \
+from qemu's start to zfs-mount's `start_post`, which finds /tank in /proc/mounts and says so on the kernel's \
+log (a probe in the bench's copy of `/etc/conf.d/zfs-mount`); each boot then goes on to `ramnas: ready` and is \
+powered off. zfs-import's part: from its `start_pre` to its `start_post` (probes in `/etc/conf.d/zfs-import`), \
+by the kernel's timestamps: loading the zfs module and importing the pool; the share is each boot's part over \
+its whole. No goal: a measurement for the record.
 - flash: `cargo xtask flash --yes --force --wipe` (writes the data ranges, then reads every one back and \
 compares) against `dd bs=4M conv=fsync` of the whole image, to the same loop device (direct I/O when the \
 file system allows it; `sync` before each run).";
@@ -544,6 +561,16 @@ fn default_tree(work: &Path) -> Result<PathBuf> {
 /// From a boot's kernel log: the time from `Trying to unpack rootfs image as initramfs` to `Freeing initrd
 /// memory`, by the kernel's own timestamps.
 fn unpack_seconds(log: &str) -> Result<f64> {
+    kernel_seconds(
+        log,
+        "Trying to unpack rootfs image as initramfs",
+        "Freeing initrd memory",
+    )
+}
+
+/// From a boot's kernel log: the time from the first line containing `from` to the first containing `to`,
+/// by the kernel's own timestamps.
+fn kernel_seconds(log: &str, from: &str, to: &str) -> Result<f64> {
     let stamp = |what: &str| -> Result<f64> {
         let line = log
             .lines()
@@ -558,7 +585,7 @@ fn unpack_seconds(log: &str) -> Result<f64> {
             .parse()
             .with_context(|| format!("no kernel timestamp on {line:?}"))
     };
-    Ok(stamp("Freeing initrd memory")? - stamp("Trying to unpack rootfs image as initramfs")?)
+    Ok(stamp(to)? - stamp(from)?)
 }
 
 /// Which tree a pack case packs.
@@ -938,6 +965,8 @@ struct Row {
     sizes: Option<(u64, u64)>,
     /// Our size at most this times the baseline's.
     size_goal: Option<f64>,
+    /// What the notes column says besides the sizes.
+    note: Option<String>,
 }
 
 impl Row {
@@ -951,6 +980,7 @@ impl Row {
             },
             sizes: None,
             size_goal: None,
+            note: None,
         }
     }
 
@@ -964,6 +994,7 @@ impl Row {
             },
             sizes: None,
             size_goal: None,
+            note: None,
         }
     }
 
@@ -975,6 +1006,7 @@ impl Row {
             result: Outcome::Skipped(why.to_string()),
             sizes: None,
             size_goal: None,
+            note: None,
         }
     }
 
@@ -986,6 +1018,7 @@ impl Row {
             result: Outcome::Failed(format!("{err:#}")),
             sizes: None,
             size_goal: None,
+            note: None,
         }
     }
 
@@ -1033,6 +1066,12 @@ fn table(rows: &[Row]) -> String {
                         mib(b),
                         o as f64 / b.max(1) as f64
                     );
+                }
+                if let Some(note) = &row.note {
+                    if !notes.is_empty() {
+                        notes.push_str("; ");
+                    }
+                    notes.push_str(note);
                 }
                 if let Some(max) = row.size_goal {
                     goal.push_str(&format!(", size ≤ {max:.2}×"));
@@ -1249,6 +1288,216 @@ impl Bench {
         rows.push(row);
         drop(sshd);
         Ok(rows)
+    }
+}
+
+/// The storage case's probes in its copy of `system/`: OpenRC runs a service's `start_pre` and `start_post`
+/// from its `/etc/conf.d` file, before and after the service's own `start`, and these write to the kernel's
+/// log, so the console shows each with the kernel's timestamp. zfs-import's start and end, and whether
+/// zfs-mount has mounted the pool when it is done.
+const STORAGE_PROBES: &[(&str, &str)] = &[
+    (
+        "zfs-import",
+        "# ramnas bench: marks zfs-import's start and end on the kernel's log.\n\
+         start_pre() {\n\techo \"ramnas-bench: zfs-import starts\" >/dev/kmsg\n}\n\
+         start_post() {\n\techo \"ramnas-bench: zfs-import done\" >/dev/kmsg\n}\n",
+    ),
+    (
+        "zfs-mount",
+        "# ramnas bench: says on the kernel's log whether the pool is mounted.\n\
+         start_post() {\n\
+         \tif grep -q '^tank /tank zfs ' /proc/mounts; then\n\
+         \t\techo \"ramnas-bench: tank mounted\" >/dev/kmsg\n\
+         \telse\n\
+         \t\techo \"ramnas-bench: tank not mounted\" >/dev/kmsg\n\
+         \tfi\n}\n",
+    ),
+];
+
+impl Bench {
+    /// The NAS of `system/` under OpenRC (the test's openrc fixture, built through the stand-in
+    /// alpine-make-rootfs, as the storage tests build it) with two data disks: the pool made once over ssh
+    /// as README makes it, then a warm-up and `runs` boots, each timed from qemu's start to zfs-mount's word
+    /// that the pool is mounted, with zfs-import's own time by the kernel's clock; each boot goes on to
+    /// `ramnas: ready` (so the pool passed the health check) and is powered off with the power button.
+    fn storage(&self) -> Vec<Row> {
+        let cases = [
+            "storage: power-on to the pool mounted (TCG, for the record)",
+            "storage: zfs-import's part of it (TCG, kernel clock, for the record)",
+        ];
+        if !crate::host::is_root() {
+            let why = "needs root (the fixture's owners and devices, the build's chroot); run the bench as root";
+            return cases.iter().map(|c| Row::skipped(c, why)).collect();
+        }
+        let zfs = fixture::HostKernel::find().and_then(|k| {
+            let has = k.has_module("zfs")?;
+            Ok((k, has))
+        });
+        match zfs {
+            Ok((_, true)) => {}
+            Ok((kernel, false)) => {
+                let why = format!(
+                    "no zfs module for the fixture's kernel {}: install zfs-dkms and linux-headers-amd64 \
+                     (Debian's contrib; `cargo xtask test` does)",
+                    kernel.version
+                );
+                return cases.iter().map(|c| Row::skipped(c, &why)).collect();
+            }
+            Err(err) => return cases.iter().map(|c| Row::failed(c, &err)).collect(),
+        }
+        let dir = self.work.join("storage");
+        let rows = self.storage_rows(&dir, &cases);
+        let _ = fs::remove_dir_all(&dir);
+        rows.unwrap_or_else(|err| cases.iter().map(|c| Row::failed(c, &err)).collect())
+    }
+
+    fn storage_rows(&self, dir: &Path, cases: &[&str; 2]) -> Result<Vec<Row>> {
+        eprintln!("  storage: writing the openrc fixture and building system/ on it");
+        let home = dir.join("home");
+        let key = home.join(".ssh/id_ed25519");
+        fixture::ssh_keygen(&key)?;
+        let tree = dir.join("packages");
+        fixture::Fixture::openrc("storage")
+            .write(&tree)
+            .context("writing the openrc fixture")?;
+        let stand_ins = fixture::StandIns::write(dir)?;
+        // A copy: the build writes packages.lock beside the system.
+        let system = dir.join("system");
+        copy_dir(&crate::dev::test::workspace_root().join("system"), &system)?;
+        for (service, probe) in STORAGE_PROBES {
+            let conf = system.join("root/etc/conf.d").join(service);
+            if conf.exists() {
+                bail!(
+                    "{} exists: the bench's probe would replace it",
+                    conf.display()
+                );
+            }
+            fs::write(&conf, probe).with_context(|| format!("writing {}", conf.display()))?;
+        }
+        let out = dir.join("out");
+        let built = Command::new(&self.exe)
+            .arg("build")
+            .arg("--system")
+            .arg(&system)
+            .arg("--out")
+            .arg(&out)
+            .envs(stand_ins.env(&tree))
+            // Root's key is HOME's (the build reads `~/.ssh/*.pub`, under sudo the invoking user's).
+            .env("HOME", &home)
+            .env_remove("SUDO_USER")
+            .current_dir(dir)
+            .output()
+            .context("running cargo xtask build --system")?;
+        if !built.status.success() {
+            bail!(
+                "cargo xtask build --system {} failed:\n{}{}",
+                system.display(),
+                String::from_utf8_lossy(&built.stdout),
+                String::from_utf8_lossy(&built.stderr)
+            );
+        }
+        let stick = dir.join("stick.img");
+        let made = Command::new(&self.exe)
+            .args(["image", "--out"])
+            .arg(&out)
+            .arg("--output")
+            .arg(&stick)
+            .args(["--size", "192M"])
+            .current_dir(dir)
+            .output()
+            .context("running cargo xtask image")?;
+        if !made.status.success() {
+            bail!(
+                "cargo xtask image failed: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
+        let port = fixture::free_port()?;
+        let mut machine = qemu::Machine::new(qemu::Accel::Tcg);
+        machine
+            .drives
+            .push(qemu::Drive::raw(&stick, qemu::Bus::Ide));
+        machine
+            .drives
+            .extend(qemu::data_disks(&dir.join("disks"), 2, "1G", false)?);
+        machine.forward.push((port, 22));
+        let ssh = dir.join("ssh");
+        fixture::write_ssh_program(&ssh, &key)?;
+        let ready = regex::Regex::new("^ramnas: (ready|unhealthy) ").expect("a valid pattern");
+
+        eprintln!("  storage: the first boot, making the pool");
+        let mut vm = machine.start(&dir.join("boot-storage-first.log"), false)?;
+        let line = vm.expect(ready.as_str(), BOOT_TIMEOUT)?;
+        if !line.starts_with("ramnas: ready") {
+            bail!("the first boot: {line}\n{}", vm.tail(25));
+        }
+        let on_nas = |script: &str| -> Result<()> {
+            let done = Command::new(&ssh)
+                .args(["-p", &port.to_string(), "root@127.0.0.1", script])
+                .output()
+                .context("running ssh")?;
+            if !done.status.success() {
+                bail!(
+                    "on the NAS: {script}\n{}",
+                    String::from_utf8_lossy(&done.stderr)
+                );
+            }
+            Ok(())
+        };
+        on_nas(fixture::CREATE_POOL)?;
+        on_nas("/sbin/poweroff")?;
+        vm.wait_exit(Duration::from_secs(120))?;
+
+        let (mut whole, mut import) = (Vec::new(), Vec::new());
+        for run in 0..=self.runs {
+            eprintln!("  {}: run {run}/{}", cases[0], self.runs);
+            let log = dir.join("boot-storage.log");
+            let started = Instant::now();
+            let mut vm = machine.start(&log, false)?;
+            let line = vm.expect(
+                "ramnas-bench: tank (not )?mounted|^ramnas: (ready|unhealthy) ",
+                BOOT_TIMEOUT,
+            )?;
+            let elapsed = started.elapsed().as_secs_f64();
+            if !line.ends_with("ramnas-bench: tank mounted") {
+                bail!("the pool was not mounted: {line}\n{}", vm.tail(25));
+            }
+            match vm.wait_for(&ready, BOOT_TIMEOUT) {
+                qemu::Outcome::Matched(line) if line.starts_with("ramnas: ready") => {}
+                other => bail!(
+                    "{}\n{}",
+                    qemu::describe(&other, "ramnas: ready", BOOT_TIMEOUT),
+                    vm.tail(25)
+                ),
+            }
+            vm.press_power_button()?;
+            vm.wait_exit(Duration::from_secs(120))?;
+            let text =
+                fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+            let part = kernel_seconds(
+                &text,
+                "ramnas-bench: zfs-import starts",
+                "ramnas-bench: zfs-import done",
+            )
+            .with_context(|| format!("{}: zfs-import's start and end", log.display()))?;
+            if run > 0 {
+                whole.push(elapsed);
+                import.push(part);
+            }
+        }
+        let shares: Vec<f64> = import.iter().zip(&whole).map(|(i, w)| i / w).collect();
+        let share = Samples::seconds(shares);
+        let mut part = Row::alone(cases[1], Samples::seconds(import), Goal::None);
+        part.note = Some(format!(
+            "{:.0} % of power-on to the pool mounted ({:.0}–{:.0} %)",
+            100.0 * share.median(),
+            100.0 * share.min(),
+            100.0 * share.max()
+        ));
+        Ok(vec![
+            Row::alone(cases[0], Samples::seconds(whole), Goal::None),
+            part,
+        ])
     }
 }
 

@@ -95,6 +95,15 @@ impl Fixture {
         }
     }
 
+    /// The packages of the NAS of `system/`, for a build through [`StandIns`]: [`Init::Openrc`], and
+    /// dosfstools as the NAS lists it (the host's fsck.vfat and the glibc it loads).
+    pub fn openrc(build: &str) -> Fixture {
+        let mut fixture = Fixture::new(build);
+        fixture.init = Init::Openrc;
+        fixture.host_programs.push("fsck.vfat".into());
+        fixture
+    }
+
     /// Writes the tree into `dir` (created if missing; must be empty). Needs root for owners and devices.
     pub fn write(&self, dir: &Path) -> Result<()> {
         if !crate::host::is_root() {
@@ -174,6 +183,16 @@ impl HostKernel {
         found.pop().context(
             "no kernel in /boot with modules in /lib/modules: install Debian's linux-image-amd64",
         )
+    }
+
+    /// Whether `modules.dep` lists the module `name` (`zfs`: Debian's zfs-dkms built it for this kernel).
+    pub fn has_module(&self, name: &str) -> Result<bool> {
+        let deps = fs::read_to_string(self.modules.join("modules.dep"))
+            .with_context(|| format!("reading {}/modules.dep", self.modules.display()))?;
+        Ok(deps
+            .lines()
+            .filter_map(|l| l.split(':').next())
+            .any(|path| module_name(path) == name))
     }
 }
 
@@ -990,6 +1009,102 @@ sync
 poweroff -f
 "#;
 
+/// alpine-make-rootfs as far as ramnas uses it, on a tree made beforehand (`FAKE_TREE`): "install the
+/// packages" (copy the tree), copy FS_SKEL_DIR over it (replacing links, as its rsync does), then run the
+/// script in a chroot with its directory bound at /mnt and /mnt as the working directory.
+pub const FAKE_ALPINE_MAKE_ROOTFS: &str = r#"#!/bin/sh
+set -eu
+dest=$1
+script=${2:-}
+cp -a "$FAKE_TREE"/. "$dest"/
+if [ -n "${FS_SKEL_DIR:-}" ]; then
+    cp -a --remove-destination "$FS_SKEL_DIR"/. "$dest"/
+    chown -R "${FS_SKEL_CHOWN:-root:root}" "$dest"
+fi
+if [ -n "$script" ]; then
+    mkdir -p "$dest/mnt"
+    mount --bind "$(dirname "$script")" "$dest/mnt"
+    rc=0
+    chroot "$dest" /bin/sh -c "cd /mnt && ./$(basename "$script")" || rc=$?
+    umount "$dest/mnt"
+    [ "$rc" = 0 ] || { echo "fake alpine-make-rootfs: the script failed ($rc)" >&2; exit "$rc"; }
+fi
+"#;
+
+/// The pinned apk's stand-in: [`FAKE_ALPINE_MAKE_ROOTFS`] never runs it, and it fails if anything does.
+const FAKE_APK: &str = "#!/bin/sh\necho \"fake apk: not to be run\" >&2\nexit 1\n";
+
+/// The stand-ins for a build's two pinned programs (`build::rootfs`), so that `cargo xtask build --system`
+/// makes its tree from a fixture tree instead of Alpine's mirror (tests and `bench`).
+#[derive(Debug, Clone)]
+pub struct StandIns {
+    /// [`FAKE_ALPINE_MAKE_ROOTFS`].
+    pub make_rootfs: PathBuf,
+    /// An apk that fails if run.
+    pub apk: PathBuf,
+}
+
+impl StandIns {
+    /// Writes both into `dir`: `alpine-make-rootfs` and `fake-apk`.
+    pub fn write(dir: &Path) -> Result<StandIns> {
+        write_file(dir, "alpine-make-rootfs", FAKE_ALPINE_MAKE_ROOTFS, 0o755)?;
+        write_file(dir, "fake-apk", FAKE_APK, 0o755)?;
+        Ok(StandIns {
+            make_rootfs: dir.join("alpine-make-rootfs"),
+            apk: dir.join("fake-apk"),
+        })
+    }
+
+    /// The environment of a build through them that installs the fixture tree `tree` as its packages.
+    pub fn env(&self, tree: &Path) -> [(&'static str, PathBuf); 3] {
+        [
+            (
+                crate::build::rootfs::ALPINE_MAKE_ROOTFS.env,
+                self.make_rootfs.clone(),
+            ),
+            (crate::build::rootfs::APK.env, self.apk.clone()),
+            ("FAKE_TREE", tree.to_path_buf()),
+        ]
+    }
+}
+
+/// README's pool: a mirror of the two data disks (as `cargo xtask vm` and [`crate::host::qemu::data_disks`]
+/// name them), by id, and what the sharing example uses: the dataset, and the directory of Samba's
+/// passwords. Run on the NAS, over ssh.
+pub const CREATE_POOL: &str = "zpool create -o ashift=12 -O compression=lz4 -O atime=off -m /tank tank mirror \
+     /dev/disk/by-id/virtio-ramnas-disk0 /dev/disk/by-id/virtio-ramnas-disk1 && zfs create tank/share && \
+     mkdir -m 700 /tank/.samba";
+
+/// `ssh-keygen`: a new ed25519 key without a passphrase at `key` (and `key.pub`), replacing any.
+pub fn ssh_keygen(key: &Path) -> Result<()> {
+    if let Some(dir) = key.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = fs::remove_file(key);
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(key)
+        .status()
+        .context("running ssh-keygen (install openssh-client)")?;
+    if !made.success() {
+        bail!("ssh-keygen could not make {}", key.display());
+    }
+    Ok(())
+}
+
+/// Writes `path`: an ssh program (for `RAMNAS_SSH`) that logs in with `key` alone and trusts any host key
+/// (the NAS in qemu makes new ones).
+pub fn write_ssh_program(path: &Path, key: &Path) -> Result<()> {
+    let text = format!(
+        "#!/bin/sh\nexec ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \"$@\"\n",
+        key.display()
+    );
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
 /// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")
@@ -1021,15 +1136,7 @@ impl Sshd {
         fs::create_dir_all(&keys).with_context(|| format!("creating {}", keys.display()))?;
         let (host_key, id) = (keys.join("host_key"), keys.join("id"));
         for key in [&host_key, &id] {
-            let _ = fs::remove_file(key);
-            let made = std::process::Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(key)
-                .status()
-                .context("running ssh-keygen (install openssh-client)")?;
-            if !made.success() {
-                bail!("ssh-keygen could not make {}", key.display());
-            }
+            ssh_keygen(key)?;
         }
         fs::copy(keys.join("id.pub"), keys.join("authorized_keys"))?;
         // The NAS runs busybox: its applets are the only programs on the sessions' PATH.

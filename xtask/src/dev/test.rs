@@ -53,7 +53,7 @@ fn install_missing() -> anyhow::Result<()> {
     host::apt_install(&missing)
 }
 
-fn workspace_root() -> &'static Path {
+pub(crate) fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")

@@ -8,7 +8,7 @@ use std::{
 };
 
 use xtask::{
-    dev::fixture::Fixture,
+    dev::fixture::{Fixture, StandIns},
     host::qemu::{self, Accel, Bus, Direct, Drive, Firmware, Machine, Running},
 };
 
@@ -110,20 +110,15 @@ pub fn build_command(cwd: &Path, base: &Path, out: &Path, extra: &[&str]) -> Com
 
 /// `cargo xtask build --system SYSTEM --out OUT` in `cwd`, to run (through a stand-in alpine-make-rootfs,
 /// say).
-/// The pinned apk is `CWD/fake-apk`, which the stand-ins never run (it fails if run).
+/// The pinned apk is `CWD/fake-apk` ([`StandIns`]), which the stand-ins never run (it fails if run).
 pub fn system_build_command(cwd: &Path, system: &Path, out: &Path) -> Command {
-    let apk = cwd.join("fake-apk");
-    std::fs::write(
-        &apk,
-        "#!/bin/sh\necho \"fake apk: not to be run\" >&2\nexit 1\n",
-    )
-    .unwrap();
+    let stand_ins = StandIns::write(cwd).unwrap();
     let mut command = xtask_command(cwd, &["build", "--system"]);
     command
         .arg(system)
         .arg("--out")
         .arg(out)
-        .env("RAMNAS_APK", &apk);
+        .env(xtask::build::rootfs::APK.env, &stand_ins.apk);
     command
 }
 

@@ -61,6 +61,17 @@ impl<T> Receiver<T> {
     pub fn next(&self, wait: Duration) -> Option<T> {
         self.taken.recv_timeout(wait).ok()
     }
+
+    /// The next message for which `wanted` holds (the others are passed over), waiting up to `wait` in all.
+    pub fn next_where(&self, wait: Duration, wanted: impl Fn(&T) -> bool) -> Option<T> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let message = self.next(deadline.saturating_duration_since(Instant::now()))?;
+            if wanted(&message) {
+                return Some(message);
+            }
+        }
+    }
 }
 
 /// Accepts connections on a thread of its own, one at a time, each served by `serve`.

@@ -16,31 +16,9 @@ use std::{
 };
 
 use xtask::{
-    dev::fixture::{Fixture, Init},
+    dev::fixture::{self, Fixture, StandIns},
     host::qemu::{Machine, Running},
 };
-
-/// alpine-make-rootfs as far as ramnas uses it, on a tree made beforehand: "install the packages" (copy
-/// FAKE_TREE), copy FS_SKEL_DIR over it (replacing links, as its rsync does), then run the script in a
-/// chroot with its directory bound at /mnt and /mnt as the working directory.
-const FAKE_ALPINE_MAKE_ROOTFS: &str = r#"#!/bin/sh
-set -eu
-dest=$1
-script=${2:-}
-cp -a "$FAKE_TREE"/. "$dest"/
-if [ -n "${FS_SKEL_DIR:-}" ]; then
-    cp -a --remove-destination "$FS_SKEL_DIR"/. "$dest"/
-    chown -R "${FS_SKEL_CHOWN:-root:root}" "$dest"
-fi
-if [ -n "$script" ]; then
-    mkdir -p "$dest/mnt"
-    mount --bind "$(dirname "$script")" "$dest/mnt"
-    rc=0
-    chroot "$dest" /bin/sh -c "cd /mnt && ./$(basename "$script")" || rc=$?
-    umount "$dest/mnt"
-    [ "$rc" = 0 ] || { echo "fake alpine-make-rootfs: the script failed ($rc)" >&2; exit "$rc"; }
-fi
-"#;
 
 /// A default-runlevel service whose name sorts before ramnas-ready and one whose name sorts after it: the
 /// health check must wait for both.
@@ -113,36 +91,21 @@ fi
 pub(crate) struct Nas {
     dir: tempfile::TempDir,
     tree: PathBuf,
-    tool: PathBuf,
+    stand_ins: StandIns,
 }
 
 impl Nas {
     pub(crate) fn new() -> Nas {
         let dir = common::tempdir();
-        let ssh = dir.path().join(".ssh");
-        fs::create_dir_all(&ssh).unwrap();
-        common::run(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-f",
-                ssh.join("id_ed25519").to_str().unwrap(),
-            ],
-        );
+        fixture::ssh_keygen(&dir.path().join(".ssh/id_ed25519")).unwrap();
         let tree = dir.path().join("packages");
-        let mut fixture = Fixture::new("openrc");
-        fixture.init = Init::Openrc;
-        // dosfstools, as the NAS lists it: the host's fsck.vfat and the glibc it loads.
-        fixture.host_programs.push("fsck.vfat".into());
-        fixture.write(&tree).unwrap();
-        let tool = dir.path().join("alpine-make-rootfs");
-        fs::write(&tool, FAKE_ALPINE_MAKE_ROOTFS).unwrap();
-        fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
-        Nas { dir, tree, tool }
+        Fixture::openrc("openrc").write(&tree).unwrap();
+        let stand_ins = StandIns::write(dir.path()).unwrap();
+        Nas {
+            dir,
+            tree,
+            stand_ins,
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -194,8 +157,7 @@ impl Nas {
     fn build_from(&self, system: &Path, out: &str, home: &Path) -> PathBuf {
         let out = self.path().join(out);
         let built = common::system_build_command(self.path(), system, &out)
-            .env("ALPINE_MAKE_ROOTFS", &self.tool)
-            .env("FAKE_TREE", &self.tree)
+            .envs(self.stand_ins.env(&self.tree))
             .env("HOME", home)
             .env_remove("SUDO_USER")
             .output()
@@ -517,16 +479,7 @@ fn vm_check_shuts_the_nas_down_and_leaves_the_stick_clean() {
 /// An ssh program (for `RAMNAS_SSH`) that logs in to the test's NAS with the key its builds hold.
 pub(crate) fn ssh_program(nas: &Nas) -> PathBuf {
     let ssh = nas.path().join("ssh");
-    fs::write(
-        &ssh,
-        format!(
-            "#!/bin/sh\nexec ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no \
-             -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \"$@\"\n",
-            nas.path().join(".ssh/id_ed25519").display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&ssh, fs::Permissions::from_mode(0o755)).unwrap();
+    fixture::write_ssh_program(&ssh, &nas.path().join(".ssh/id_ed25519")).unwrap();
     ssh
 }
 

@@ -8,12 +8,12 @@
 use crate::{
     common,
     openrc::{self, Nas},
-    storage::{Booted, CREATE_POOL},
+    storage::Booted,
 };
 
 use std::{fs, path::Path, process::Output};
 
-use xtask::host::qemu;
+use xtask::{dev::fixture::CREATE_POOL, host::qemu};
 
 /// The Samba password the test sets for the example's user `share`, and the passphrase of tank/private.
 const PASSWORD: &str = "pw-of-share";

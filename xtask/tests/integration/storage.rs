@@ -10,13 +10,10 @@ use crate::{
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use xtask::host::qemu::{self, Drive, Machine, Running};
-
-/// README's pool: a mirror of the two data disks, by id, and what the sharing example uses: the dataset, and
-/// the directory of Samba's passwords.
-pub(crate) const CREATE_POOL: &str = "zpool create -o ashift=12 -O compression=lz4 -O atime=off -m /tank tank mirror \
-     /dev/disk/by-id/virtio-ramnas-disk0 /dev/disk/by-id/virtio-ramnas-disk1 && zfs create tank/share && \
-     mkdir -m 700 /tank/.samba";
+use xtask::{
+    dev::fixture::CREATE_POOL,
+    host::qemu::{self, Drive, Machine, Running},
+};
 
 /// The NAS booted in qemu with ssh forwarded to 127.0.0.1:`port`.
 pub(crate) struct Booted {
@@ -249,7 +246,7 @@ fn a_pool_made_by_id_is_imported_at_every_boot_and_outlives_deploys_and_rollback
 /// Health knows the pools, and ZFS's events reach a person. After a healthy boot with the pool (recorded on
 /// the stick), the monthly scrub runs and zed's report of it arrives at an HTTP receiver on the host (the
 /// notify channel, through qemu's user network); a disk pulled out of the running mirror arrives the same
-/// way, as it happens, and so does the daily check's word that the hourly snapshots stopped. A trial that sees no disks (as a kernel that lost the controller's driver would) is
+/// way, as it happens, and by mail too (an SMTP receiver on the host, the other channel), and so does the daily check's word that the hourly snapshots stopped. A trial that sees no disks (as a kernel that lost the controller's driver would) is
 /// unhealthy, names the pool, alerts, and goes back by itself; the committed slot, booted with one disk of
 /// the mirror, stays up with the pool DEGRADED, says so on the console and to the receiver, and `status`
 /// shows it.
@@ -257,10 +254,10 @@ fn a_pool_made_by_id_is_imported_at_every_boot_and_outlives_deploys_and_rollback
 #[ignore = "needs root, qemu and OpenZFS: `cargo xtask test` runs it"]
 fn zfs_events_alert_a_trial_without_the_pool_goes_back_and_a_degraded_pool_stays_up() {
     let nas = Nas::new();
-    let post = notify::http();
+    let (mail, post) = (notify::smtp(), notify::http());
     let alerts = format!(
-        "echo 'http_url=\"http://10.0.2.2:{}/alerts\"' >>/etc/conf.d/ramnas-notify\n",
-        post.port
+        "cat >>/etc/conf.d/ramnas-notify <<'EOF'\n{}EOF\n",
+        notify::settings("10.0.2.2", mail.port, post.port)
     );
     let a = nas.build(&nas.system("a", "", &alerts), "out-a");
     let b = nas.build(
@@ -269,16 +266,10 @@ fn zfs_events_alert_a_trial_without_the_pool_goes_back_and_a_degraded_pool_stays
     );
     // The next alert whose title has `what`, within a minute.
     let alert = |what: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let request = post
-                .next(left)
-                .unwrap_or_else(|| panic!("no alert titled {what:?} reached the receiver"));
-            if request.headers["title"].contains(what) {
-                return request;
-            }
-        }
+        post.next_where(Duration::from_secs(60), |r| {
+            r.headers["title"].contains(what)
+        })
+        .unwrap_or_else(|| panic!("no alert titled {what:?} reached the receiver"))
     };
     let (id_a, id_b) = (openrc::build_id(&a), openrc::build_id(&b));
     let stick = common::make_stick(nas.path(), &a);
@@ -302,6 +293,18 @@ fn zfs_events_alert_a_trial_without_the_pool_goes_back_and_a_degraded_pool_stays
     assert!(
         fault.body.contains("REMOVED") || fault.body.contains("UNAVAIL"),
         "{fault:?}"
+    );
+    // The same alert by mail: the subject names the pool, and so does the body, with the disk's state.
+    let title = fault.headers["title"].as_str();
+    let fault_mail = mail
+        .next_where(Duration::from_secs(60), |m| {
+            m.header("Subject") == Some(title)
+        })
+        .unwrap_or_else(|| panic!("no mail with the subject {title:?} reached the relay"));
+    let body = fault_mail.body();
+    assert!(
+        body.contains("pool: tank") && (body.contains("REMOVED") || body.contains("UNAVAIL")),
+        "{fault_mail:?}"
     );
     nas_vm.sh("/sbin/poweroff");
     nas_vm.vm.wait_exit(Duration::from_secs(120)).unwrap();

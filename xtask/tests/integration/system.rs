@@ -534,10 +534,7 @@ fn a_half_saved_set_of_host_keys_is_completed_and_kept() {
     let d = dir.path();
     let stick = stick_image(d);
     let key = d.join("ssh_host_ed25519_key");
-    common::run(
-        "ssh-keygen",
-        &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
-    );
+    xtask::dev::fixture::ssh_keygen(&key).unwrap();
     run(Command::new("mmd")
         .arg("-i")
         .arg(&stick)

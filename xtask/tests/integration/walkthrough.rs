@@ -13,7 +13,7 @@ use std::{
 };
 
 use clap::Parser;
-use xtask::dev::fixture::{Fixture, Init};
+use xtask::dev::fixture::{Fixture, StandIns};
 
 /// The commands of the README's "Walk-through" section, as word lists starting after `cargo xtask`.
 fn walkthrough_commands() -> (String, Vec<Vec<String>>) {
@@ -84,28 +84,6 @@ fn every_walkthrough_command_exists_with_its_flags() {
     }
 }
 
-/// alpine-make-rootfs as far as ramnas uses it, on a tree made beforehand (a copy of the minimum of
-/// `openrc.rs`'s stand-in, which another change reshapes): copy FAKE_TREE, copy FS_SKEL_DIR over it, run the
-/// script in a chroot with its directory bound at /mnt.
-const FAKE_ALPINE_MAKE_ROOTFS: &str = r#"#!/bin/sh
-set -eu
-dest=$1
-script=${2:-}
-cp -a "$FAKE_TREE"/. "$dest"/
-if [ -n "${FS_SKEL_DIR:-}" ]; then
-    cp -a --remove-destination "$FS_SKEL_DIR"/. "$dest"/
-    chown -R "${FS_SKEL_CHOWN:-root:root}" "$dest"
-fi
-if [ -n "$script" ]; then
-    mkdir -p "$dest/mnt"
-    mount --bind "$(dirname "$script")" "$dest/mnt"
-    rc=0
-    chroot "$dest" /bin/sh -c "cd /mnt && ./$(basename "$script")" || rc=$?
-    umount "$dest/mnt"
-    [ "$rc" = 0 ] || { echo "fake alpine-make-rootfs: the script failed ($rc)" >&2; exit "$rc"; }
-fi
-"#;
-
 /// What the stick image at `img` holds in /persist (names, recursively).
 fn persist_of(img: &Path) -> Vec<String> {
     fn walk(stick: &mut dyn xtask::stick::Stick, dir: &str, out: &mut Vec<String>) {
@@ -139,23 +117,13 @@ fn the_vms_host_keys_reach_neither_the_image_nor_the_flashed_stick() {
     let dir = common::tempdir();
     let path = dir.path();
     let tree = path.join("packages");
-    let mut fixture = Fixture::new("walk");
-    fixture.init = Init::Openrc;
-    fixture
-        .host_programs
-        .extend(["fsck.vfat".to_string(), "ssh-keygen".to_string()]);
+    let mut fixture = Fixture::openrc("walk");
+    fixture.host_programs.push("ssh-keygen".to_string());
     fixture.write(&tree).unwrap();
-    let tool = path.join("alpine-make-rootfs");
-    fs::write(&tool, FAKE_ALPINE_MAKE_ROOTFS).unwrap();
-    fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+    let stand_ins = StandIns::write(path).unwrap();
     // A key for root, as a user has (a build without one is console only).
     let home = path.join("home");
-    fs::create_dir_all(home.join(".ssh")).unwrap();
-    let key = home.join(".ssh/id_ed25519");
-    common::run(
-        "ssh-keygen",
-        &["-q", "-t", "ed25519", "-N", "", "-f", key.to_str().unwrap()],
-    );
+    xtask::dev::fixture::ssh_keygen(&home.join(".ssh/id_ed25519")).unwrap();
     let system = path.join("system");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../system");
     common::run(
@@ -165,8 +133,7 @@ fn the_vms_host_keys_reach_neither_the_image_nor_the_flashed_stick() {
     let out = path.join("out");
     common::ok(
         &common::system_build_command(path, &system, &out)
-            .env("ALPINE_MAKE_ROOTFS", &tool)
-            .env("FAKE_TREE", &tree)
+            .envs(stand_ins.env(&tree))
             .env("HOME", &home)
             .env_remove("SUDO_USER")
             .output()
