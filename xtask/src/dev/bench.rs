@@ -396,6 +396,40 @@ impl Bench {
         Ok(text)
     }
 
+    /// `cargo xtask image --out OUT --output IMAGE --size SIZE`.
+    fn image(&self, out: &Path, image: &Path, size: &str) -> Result<()> {
+        let made = Command::new(&self.exe)
+            .args(["image", "--out"])
+            .arg(out)
+            .arg("--output")
+            .arg(image)
+            .args(["--size", size])
+            .current_dir(&self.work)
+            .output()
+            .context("running cargo xtask image")?;
+        if !made.status.success() {
+            bail!(
+                "cargo xtask image failed: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// The rows of `cases` made by `rows` in the work directory `name` (removed after); each case fails with
+    /// the error when `rows` does.
+    fn rows_in(
+        &self,
+        name: &str,
+        cases: &[&str],
+        rows: impl FnOnce(&Path) -> Result<Vec<Row>>,
+    ) -> Vec<Row> {
+        let dir = self.work.join(name);
+        let result = rows(&dir);
+        let _ = fs::remove_dir_all(&dir);
+        result.unwrap_or_else(|err| cases.iter().map(|c| Row::failed(c, &err)).collect())
+    }
+
     /// Boot to `ramnas: ready` under TCG: the default build against the seed's gzip archive; then, for
     /// comparison (no goal), the same tree packed uncompressed: the floor no compressed format can beat.
     fn boot(&self) -> Vec<Row> {
@@ -1119,10 +1153,7 @@ impl Bench {
             let why = "needs root (sshd logs in as root); run the bench as root";
             return cases.iter().map(|c| Row::skipped(c, why)).collect();
         }
-        let dir = self.work.join("deploy");
-        let rows = self.deploy_rows(&dir, &cases);
-        let _ = fs::remove_dir_all(&dir);
-        rows.unwrap_or_else(|err| cases.iter().map(|c| Row::failed(c, &err)).collect())
+        self.rows_in("deploy", &cases, |dir| self.deploy_rows(dir, &cases))
     }
 
     fn deploy_rows(&self, dir: &Path, cases: &[&str; 5]) -> Result<Vec<Row>> {
@@ -1155,21 +1186,7 @@ impl Bench {
         let a_build = crate::boot::slots::Build::open(&a)?;
         let size_mib = (4 * a_build.slot_bytes() + (64 << 20)) >> 20;
         let image = dir.join("a.img");
-        let made = Command::new(&self.exe)
-            .args(["image", "--out"])
-            .arg(&a)
-            .arg("--output")
-            .arg(&image)
-            .args(["--size", &format!("{size_mib}M")])
-            .current_dir(&self.work)
-            .output()
-            .context("running cargo xtask image")?;
-        if !made.status.success() {
-            bail!(
-                "cargo xtask image failed: {}",
-                String::from_utf8_lossy(&made.stderr)
-            );
-        }
+        self.image(&a, &image, &format!("{size_mib}M"))?;
         let base = dir.join("stick-a");
         fs::create_dir_all(&base)?;
         {
@@ -1345,10 +1362,7 @@ impl Bench {
             }
             Err(err) => return cases.iter().map(|c| Row::failed(c, &err)).collect(),
         }
-        let dir = self.work.join("storage");
-        let rows = self.storage_rows(&dir, &cases);
-        let _ = fs::remove_dir_all(&dir);
-        rows.unwrap_or_else(|err| cases.iter().map(|c| Row::failed(c, &err)).collect())
+        self.rows_in("storage", &cases, |dir| self.storage_rows(dir, &cases))
     }
 
     fn storage_rows(&self, dir: &Path, cases: &[&str; 2]) -> Result<Vec<Row>> {
@@ -1397,21 +1411,7 @@ impl Bench {
             );
         }
         let stick = dir.join("stick.img");
-        let made = Command::new(&self.exe)
-            .args(["image", "--out"])
-            .arg(&out)
-            .arg("--output")
-            .arg(&stick)
-            .args(["--size", "192M"])
-            .current_dir(dir)
-            .output()
-            .context("running cargo xtask image")?;
-        if !made.status.success() {
-            bail!(
-                "cargo xtask image failed: {}",
-                String::from_utf8_lossy(&made.stderr)
-            );
-        }
+        self.image(&out, &stick, "192M")?;
         let port = fixture::free_port()?;
         let mut machine = qemu::Machine::new(qemu::Accel::Tcg);
         machine
