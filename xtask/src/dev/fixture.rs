@@ -30,9 +30,9 @@ pub enum Init {
     Silent,
     /// PID 1 is a real openrc-init: the host's OpenRC (Debian's `openrc` package) with the libraries it
     /// loads, busybox's applet links, stand-ins for the init scripts Alpine's packages install
-    /// ([`STAND_INS`]), and OpenZFS's own (with zpool, zfs, zed, udev and the zfs module). No checks and
-    /// no ready line of its own: the tree is meant to be finished by a system's `root/` and `setup.sh`, as
-    /// alpine-make-rootfs finishes an Alpine tree.
+    /// ([`STAND_INS`]; the sharing ones start the real Samba and NFS daemons), and OpenZFS's own (with
+    /// zpool, zfs, zed, udev and the zfs module). No checks and no ready line of its own: the tree is meant
+    /// to be finished by a system's `root/` and `setup.sh`, as alpine-make-rootfs finishes an Alpine tree.
     Openrc,
 }
 
