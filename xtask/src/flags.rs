@@ -172,8 +172,9 @@ pub enum Cmd {
     /// Show both slots, the default, any armed trial, and the NAS's record of its last unhealthy trial.
     ///
     /// Each slot's build id, date, kernel, git commit, size, boot loaders and root's ssh keys; the UEFI view
-    /// (which entry is the default, on trial, booted next); over ssh which slot runs; and, until the next
-    /// deploy, the last unhealthy trial (slot, build, the failed checks and the boot log's last lines).
+    /// (which entry is the default, on trial, booted next); the pools at the last healthy boot; over ssh
+    /// which slot runs and which encrypted datasets are locked (`ramnas-unlock` opens them); and, until the
+    /// next deploy, the last unhealthy trial (slot, build, the failed checks and the boot log's last lines).
     Status(TargetFlags),
     /// Lint system/ and check that the host has the tools each command needs.
     ///
