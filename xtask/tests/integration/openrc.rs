@@ -86,6 +86,18 @@ if [ -e /run/openrc/started/ramnas-ready ]; then
 fi
 "#;
 
+/// The openrc fixture tree (the packages), written once per run of the tests and shared by every [`Nas`]:
+/// the stand-in alpine-make-rootfs only copies from it, and writing it takes most of a minute.
+fn packages() -> &'static Path {
+    static TREE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TREE.get_or_init(|| {
+        let tree = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openrc-packages");
+        let _ = fs::remove_dir_all(&tree);
+        Fixture::openrc("openrc").write(&tree).unwrap();
+        tree
+    })
+}
+
 /// A test's world: the openrc fixture tree (the packages) and the stand-in tool, and a home whose
 /// `.ssh/id_ed25519.pub` the builds make root's key (`ssh` logs in with it).
 pub(crate) struct Nas {
@@ -98,12 +110,10 @@ impl Nas {
     pub(crate) fn new() -> Nas {
         let dir = common::tempdir();
         fixture::ssh_keygen(&dir.path().join(".ssh/id_ed25519")).unwrap();
-        let tree = dir.path().join("packages");
-        Fixture::openrc("openrc").write(&tree).unwrap();
         let stand_ins = StandIns::write(dir.path()).unwrap();
         Nas {
             dir,
-            tree,
+            tree: packages().to_path_buf(),
             stand_ins,
         }
     }
