@@ -62,7 +62,7 @@ fn sharing_system(nas: &Nas, name: &str, setup: &str) -> std::path::PathBuf {
     system
 }
 
-/// A service that reads the encrypted dataset, and fails to start without it.
+/// A service that reads the encrypted dataset and says what it read (on the terminal that started it).
 const NEEDS_PRIVATE: &str = "#!/sbin/openrc-run\n\
     # shellcheck shell=sh disable=SC2034\n\
     description=\"needs tank/private\"\n\
