@@ -189,10 +189,7 @@ impl HostKernel {
     pub fn has_module(&self, name: &str) -> Result<bool> {
         let deps = fs::read_to_string(self.modules.join("modules.dep"))
             .with_context(|| format!("reading {}/modules.dep", self.modules.display()))?;
-        Ok(deps
-            .lines()
-            .filter_map(|l| l.split(':').next())
-            .any(|path| module_name(path) == name))
+        Ok(dep_line(&deps, name).is_some())
     }
 }
 
@@ -313,19 +310,12 @@ fn write_kernel(
     // modules.dep: `path: dep dep …`, each dependency list ordered so that the last loads first. A module
     // and what it needs, ordered so that the needed ones load first.
     let with_deps = |wanted: &str| -> Result<Vec<String>> {
-        let line = deps
-            .lines()
-            .find(|l| {
-                l.split(':')
-                    .next()
-                    .is_some_and(|p| module_name(p) == wanted)
-            })
-            .with_context(|| {
-                format!(
-                    "module {wanted} not in {}/modules.dep",
-                    kernel.modules.display()
-                )
-            })?;
+        let line = dep_line(&deps, wanted).with_context(|| {
+            format!(
+                "module {wanted} not in {}/modules.dep",
+                kernel.modules.display()
+            )
+        })?;
         let (module, rest) = line.split_once(':').unwrap_or((line, ""));
         Ok(rest
             .split_whitespace()
@@ -386,6 +376,15 @@ fn write_kernel(
         &list,
         0o644,
     )
+}
+
+/// The line of `modules.dep` (its text: `deps`) whose module is `name`.
+fn dep_line<'a>(deps: &'a str, name: &str) -> Option<&'a str> {
+    deps.lines().find(|l| {
+        l.split(':')
+            .next()
+            .is_some_and(|path| module_name(path) == name)
+    })
 }
 
 fn module_name(path: &str) -> &str {
