@@ -137,17 +137,13 @@ fn shares_serve_real_clients_and_an_encrypted_dataset_waits_for_its_passphrase()
             .unwrap_or_else(|| panic!("status names no locked datasets: {status}"))
             .to_string()
     };
+    let assert_locked = |vm: &Booted| {
+        let line = locked(vm);
+        assert!(line.starts_with("locked: tank/private "), "{line}");
+    };
 
-    vm.xtask(
-        &nas,
-        &["deploy", &vm.target(), "--out", b.to_str().unwrap()],
-    );
-    vm.reboot(&ready(&b, "b"));
-    assert!(
-        locked(&vm).starts_with("locked: tank/private "),
-        "{}",
-        locked(&vm)
-    );
+    vm.deploy(&nas, &b, &ready(&b, "b"));
+    assert_locked(&vm);
     vm.sh(&format!(
         "chown share:share /tank/share && printf '%s\\n%s\\n' {PASSWORD} {PASSWORD} | smbpasswd -s -a share"
     ));
@@ -245,16 +241,8 @@ fn shares_serve_real_clients_and_an_encrypted_dataset_waits_for_its_passphrase()
     assert_eq!(locked(&vm), "locked: none");
 
     // Another deploy, committed: tank/private is locked again; the file and the password are the pool's.
-    vm.xtask(
-        &nas,
-        &["deploy", &vm.target(), "--out", c.to_str().unwrap()],
-    );
-    vm.reboot(&ready(&c, "a"));
-    assert!(
-        locked(&vm).starts_with("locked: tank/private "),
-        "{}",
-        locked(&vm)
-    );
+    vm.deploy(&nas, &c, &ready(&c, "a"));
+    assert_locked(&vm);
     common::failed(&smbclient(&vm, "private", Some(&user), &get_plans));
     let again = nas.path().join("again.txt");
     common::ok(&smbclient(

@@ -105,6 +105,15 @@ impl Booted {
         self.sh("/sbin/reboot");
         self.expect(ready);
     }
+
+    /// `cargo xtask deploy` of the build in `out` to this NAS over ssh, then [`Booted::reboot`] into it.
+    pub(crate) fn deploy(&mut self, nas: &Nas, out: &std::path::Path, ready: &str) {
+        self.xtask(
+            nas,
+            &["deploy", &self.target(), "--out", out.to_str().unwrap()],
+        );
+        self.reboot(ready);
+    }
 }
 
 /// The pool is made once by id; every later boot imports it with no zpool.cache (none survives a boot) and
@@ -167,11 +176,7 @@ fn a_pool_made_by_id_is_imported_at_every_boot_and_outlives_deploys_and_rollback
         "{status}"
     );
 
-    nas_vm.xtask(
-        &nas,
-        &["deploy", &nas_vm.target(), "--out", b.to_str().unwrap()],
-    );
-    nas_vm.reboot(&ready_b);
+    nas_vm.deploy(&nas, &b, &ready_b);
     let lines = nas_vm.vm.output();
     let ready = lines.len()
         - 1
