@@ -18,6 +18,7 @@ pub mod build {
     pub mod lock;
     pub mod manifest;
     pub mod rootfs;
+    pub mod tests;
 }
 
 /// The boot partition of a stick, whatever holds it.

@@ -1038,6 +1038,7 @@ mod tests {
             initrds: Vec::new(),
             bootloaders: Default::default(),
             root_ssh_keys: None,
+            tests: None,
         }
         .to_json()
     }

@@ -52,6 +52,7 @@ pub fn system(dir: &Path) -> Vec<Problem> {
     lint.packages(&dir.join("packages"), config.as_ref());
     lint.setup_script(&dir.join("setup.sh"));
     lint.root(&dir.join("root"));
+    lint.tests(dir);
     lint.scripts();
     lint.problems
 }
@@ -169,6 +170,28 @@ impl Lint {
                 "no linux-firmware-* package: apk would install all of linux-firmware (hundreds of MB); \
                  list linux-firmware-none or the folders your hardware needs",
             );
+        }
+    }
+
+    /// The system's own tests: laid out as `vm --test` reads them; the NAS's (sh) and the host's sh scripts
+    /// go on to the script checks.
+    fn tests(&mut self, system: &Path) {
+        match crate::build::tests::Tests::read(system) {
+            Err(err) => self.add(
+                &system.join(crate::build::tests::DIR),
+                None,
+                format!("{err:#}"),
+            ),
+            Ok(None) => {}
+            Ok(Some(tests)) => {
+                self.scripts.extend(tests.prepare);
+                for test in tests.tests {
+                    let nas = test.side == crate::build::tests::Side::Nas;
+                    if nas || fs::read(&test.path).is_ok_and(|b| is_script(&b)) {
+                        self.scripts.push(test.path);
+                    }
+                }
+            }
         }
     }
 

@@ -47,6 +47,10 @@ pub struct Manifest {
     /// reach the NAS again. None for builds made before ramnas counted them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_ssh_keys: Option<u32>,
+    /// The digest of the system's own tests (`system/tests/`, [`crate::build::tests`]) the build was made
+    /// with: a build with tests is deployed only once it has passed them in the VM. None without tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -377,6 +381,7 @@ mod tests {
             initrds: Vec::new(),
             bootloaders: Default::default(),
             root_ssh_keys: None,
+            tests: None,
         }
     }
 

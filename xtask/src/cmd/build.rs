@@ -78,6 +78,7 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         kernel_version.as_deref().unwrap_or("version unknown")
     );
     let (git_commit, git_dirty) = git_state(&system.dir);
+    let tests = crate::build::tests::Tests::read(&system.dir)?.map(|t| t.digest);
     let inputs = Inputs {
         tree: &tree,
         kernel: &kernel,
@@ -87,6 +88,7 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         alpine_branch: &system.config.alpine.branch,
         git_commit: git_commit.as_deref(),
         git_dirty,
+        tests: tests.as_deref(),
     }
     .describe()?;
     if unchanged(out, &inputs, &out.join(Manifest::FILE_NAME)) {
@@ -131,6 +133,7 @@ pub fn run(flags: BuildFlags) -> anyhow::Result<()> {
         initrds,
         bootloaders: boot,
         root_ssh_keys: Some(keys::count_in_tree(&tree)?),
+        tests,
     };
     if !put_in_place(out, temps, &inputs, &new)? {
         eprintln!(
@@ -335,6 +338,8 @@ struct Inputs<'a> {
     alpine_branch: &'a str,
     git_commit: Option<&'a str>,
     git_dirty: bool,
+    /// The digest of system/tests (not in the NAS: it changes the manifest, never the build id).
+    tests: Option<&'a str>,
 }
 
 impl Inputs<'_> {
@@ -353,7 +358,8 @@ impl Inputs<'_> {
              source-date {}\n\
              cmdline {}\n\
              alpine-branch {}\n\
-             git {} {}\n",
+             git {} {}\n\
+             tests {}\n",
             exe.display(),
             stamp(&exe)?,
             tree.display(),
@@ -365,6 +371,7 @@ impl Inputs<'_> {
             self.alpine_branch,
             self.git_commit.unwrap_or("-"),
             if self.git_dirty { "dirty" } else { "clean" },
+            self.tests.unwrap_or("-"),
         ))
     }
 }

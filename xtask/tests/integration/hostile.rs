@@ -139,6 +139,7 @@ fn status_shows_what_a_stick_holds_with_control_characters_escaped() {
         initrds: Vec::new(),
         bootloaders: [("syslinux".to_string(), "syslinux\u{1b}[8m".to_string())].into(),
         root_ssh_keys: None,
+        tests: None,
     };
     fs::write(stick.join("slots/a/manifest.json"), manifest.to_json()).unwrap();
     fs::write(

@@ -55,6 +55,7 @@ fn write_manifest(out: &Path, build_id: &str) {
         initrds: Vec::new(),
         bootloaders: Default::default(),
         root_ssh_keys: None,
+        tests: None,
     };
     fs::write(out.join("manifest.json"), manifest.to_json()).unwrap();
 }
