@@ -87,6 +87,7 @@ pub enum Cmd {
     ///   cargo xtask vm --image         the stick through its boot loader under SeaBIOS
     ///   cargo xtask vm --image --uefi  the same under OVMF, with its own variable store in vm/
     ///   cargo xtask vm --check         headless: pass when the console says `ramnas: ready`
+    ///   cargo xtask vm --test          the system's own tests (system/tests/) against the build
     ///
     /// The VM's stick is vm/stick.img, a copy of OUT/boot.img (private, mode 0600) made when it is missing or
     /// OUT/boot.img is newer (then it says so: the VM's /persist starts empty and it makes new ssh host keys).
@@ -102,6 +103,25 @@ pub enum Cmd {
     /// match it presses the power button and gives the NAS 90 s to shut down, so the stick is unmounted
     /// cleanly. qemu never outlives the command. VM state lives in vm/ at the repository root, or in
     /// $RAMNAS_VM_DIR.
+    ///
+    /// --test boots the build the way a deploy would: a fresh copy of OUT/boot.img (vm/test/stick.img) with
+    /// the build deployed into its other slot on trial, the data disks, the network. Once the trial says
+    /// `ramnas: ready … build=<this build>` (an unhealthy trial is an error, with why), it runs each test
+    /// of system/tests/ with --test-timeout:
+    ///   tests/nas/NAME   on the NAS, as root, by sh, over ssh
+    ///   tests/host/NAME  an executable here, with the VM in its environment: RAMNAS_VM_SSH_CONFIG (an ssh
+    ///                    config naming the VM `nas`: "$RAMNAS_SSH" -F "$RAMNAS_VM_SSH_CONFIG" nas CMD),
+    ///                    RAMNAS_SSH (the ssh program), RAMNAS_VM_HOST (127.0.0.1) and RAMNAS_VM_PORT_<n>,
+    ///                    the port here forwarded to the guest's port n, for n in 22 80 443 445 2049
+    ///   tests/prepare    on the NAS, on empty data disks, in a boot of its own (the build committed, and
+    ///                    healthy or not: it may need what prepare makes); the disks it leaves
+    ///                    (vm/test/prepared/) are where every run starts, through copy-on-write overlays.
+    ///                    It runs again only when it, the disk count or size changed
+    /// A test passes by exiting 0 and is skipped by exiting 77. One line per test (pass, FAIL, skip; its
+    /// time) and the output of each failed one; every output is kept in vm/test/logs/. It exits non-zero
+    /// when a test failed. When every test passed it records the build as tested (OUT/tested.json, for
+    /// this build id and these tests), which `deploy` asks for; a failure removes the record. --keep leaves
+    /// a VM whose tests failed running, with the ssh command to get in, until it powers off or Ctrl-C.
     #[command(verbatim_doc_comment)]
     Vm(VmFlags),
     /// Write the stick image to a whole-disk device, keeping the stick's /persist.
@@ -140,6 +160,8 @@ pub enum Cmd {
     ///
     /// Over ssh it refuses to replace the slot the NAS runs on trial, not committed yet (commit it, or
     /// reboot into the committed slot, first), and a build whose root has no ssh key (--keyless).
+    /// A build of a system with tests (system/tests/) is refused until it has passed them in the VM
+    /// (`cargo xtask vm --test` records that in OUT/tested.json); --untested deploys it anyway and says so.
     ///
     /// TARGET is an image file, a whole-disk block device holding a ramnas stick (refused while mounted
     /// here: use its mount point), a directory where the stick's partition is mounted, or
@@ -257,8 +279,8 @@ pub struct VmFlags {
     /// directly.
     #[arg(long)]
     pub image: bool,
-    /// With --image: boot with UEFI firmware (OVMF) instead of BIOS (SeaBIOS).
-    #[arg(long, requires = "image")]
+    /// With --image or --test: boot with UEFI firmware (OVMF) instead of BIOS (SeaBIOS).
+    #[arg(long)]
     pub uefi: bool,
     /// Number of data disks (vm/disks/disk<i>.qcow2).
     #[arg(long, default_value_t = 2, value_name = "N")]
@@ -279,9 +301,21 @@ pub struct VmFlags {
     #[arg(long, default_value_t = 2222, value_name = "PORT")]
     pub ssh_port: u16,
     /// Headless pass/fail run: wait for --expect on the console, then press the power button.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "test")]
     pub check: bool,
-    /// With --check: seconds to wait for --expect.
+    /// Run the system's own tests (SYSTEM/tests/) against the build, booted from its stick image on trial.
+    #[arg(long, conflicts_with = "image")]
+    pub test: bool,
+    /// With --test: the system definition whose tests/ to run.
+    #[arg(long, default_value = "system", value_name = "DIR", requires = "test")]
+    pub system: PathBuf,
+    /// With --test: seconds each test may run.
+    #[arg(long, default_value_t = 120, value_name = "SECS", requires = "test")]
+    pub test_timeout: u64,
+    /// With --test: leave the VM running after a test failed, to look around over ssh.
+    #[arg(long, requires = "test")]
+    pub keep: bool,
+    /// With --check and --test: seconds to wait for the boot to be ready.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub timeout: u64,
     /// With --check: the console line to wait for (a regular expression).
@@ -333,6 +367,9 @@ pub struct DeployFlags {
     /// reaches the NAS again, and its trial is unhealthy unless health_reachable="no").
     #[arg(long)]
     pub keyless: bool,
+    /// Deploy a build of a system with tests that has not passed them (`cargo xtask vm --test`).
+    #[arg(long)]
+    pub untested: bool,
 }
 
 #[derive(Args, Debug)]

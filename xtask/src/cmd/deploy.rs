@@ -9,12 +9,26 @@ use crate::{
     boot::bootloaders,
     boot::slots::{self, Build, LastTrial, Running, Slot, Table},
     build::manifest::{self, Manifest},
+    build::tests::{passed, Tested},
     flags::{DeployFlags, TargetFlags},
     stick::{self, for_terminal, Faulty, Stick},
 };
 
 pub fn deploy(flags: DeployFlags) -> Result<()> {
     let build = Build::open(&flags.out.out)?;
+    let id = &build.manifest.build_id;
+    if !passed(&flags.out.out, &build.manifest) {
+        if !flags.untested {
+            bail!(
+                "build {id} has not passed its tests: its system has tests/, and {} records no pass of this \
+                 build with them. Run them in the VM (`cargo xtask vm --test --out {}`), or deploy it untested \
+                 with --untested. Nothing was written",
+                flags.out.out.join(Tested::FILE_NAME).display(),
+                flags.out.out.display()
+            );
+        }
+        println!("note: deploying build {id} untested (--untested): it has not passed its system's tests");
+    }
     let mut stick = Faulty::wrap(stick::open(&flags.target.target)?)?;
     if build.manifest.root_ssh_keys == Some(0)
         && stick.running_cmdline()?.is_some()

@@ -1341,6 +1341,7 @@ impl Bench {
         let cases = [
             "storage: power-on to the pool mounted (TCG, for the record)",
             "storage: zfs-import's part of it (TCG, kernel clock, for the record)",
+            "storage: the example's tests, `vm --test` start to end (TCG, for the record)",
         ];
         if !crate::host::is_root() {
             let why = "needs root (the fixture's owners and devices, the build's chroot); run the bench as root";
@@ -1365,7 +1366,7 @@ impl Bench {
         self.rows_in("storage", &cases, |dir| self.storage_rows(dir, &cases))
     }
 
-    fn storage_rows(&self, dir: &Path, cases: &[&str; 2]) -> Result<Vec<Row>> {
+    fn storage_rows(&self, dir: &Path, cases: &[&str; 3]) -> Result<Vec<Row>> {
         eprintln!("  storage: writing the openrc fixture and building system/ on it");
         let home = dir.join("home");
         let key = home.join(".ssh/id_ed25519");
@@ -1494,9 +1495,44 @@ impl Bench {
             100.0 * share.min(),
             100.0 * share.max()
         ));
+
+        // system/tests/ as a user runs them: the build on trial from its stick image, a fresh copy each run,
+        // the disks overlays of what tests/prepare left (it runs in the warm-up, in a boot of its own).
+        self.image(&out, &out.join("boot.img"), "192M")?;
+        let mut tests = Vec::new();
+        for run in 0..=self.runs {
+            eprintln!("  {}: run {run}/{}", cases[2], self.runs);
+            let (took, done) = timed(|| {
+                Command::new(&self.exe)
+                    .args(["vm", "--test", "--disks", "2", "--disk-size", "1G", "--out"])
+                    .arg(&out)
+                    .arg("--system")
+                    .arg(&system)
+                    .env(crate::cmd::vm::VM_DIR_ENV, dir.join("vm"))
+                    .env("RAMNAS_ACCEL", "tcg")
+                    .env(crate::stick::ssh::PROGRAM_ENV, &ssh)
+                    .current_dir(dir)
+                    .output()
+                    .context("running cargo xtask vm --test")
+            })?;
+            if !done.status.success() {
+                bail!(
+                    "cargo xtask vm --test failed:\n{}{}",
+                    String::from_utf8_lossy(&done.stdout),
+                    String::from_utf8_lossy(&done.stderr)
+                );
+            }
+            if run > 0 {
+                tests.push(took);
+            }
+        }
+        let mut example = Row::alone(cases[2], Samples::seconds(tests), Goal::None);
+        example.note =
+            Some("one boot to ready, then each test (sharing off: host/share skips)".into());
         Ok(vec![
             Row::alone(cases[0], Samples::seconds(whole), Goal::None),
             part,
+            example,
         ])
     }
 }

@@ -1104,13 +1104,7 @@ pub fn write_ssh_program(path: &Path, key: &Path) -> Result<()> {
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("finding a free port on 127.0.0.1")?
-        .port())
-}
+pub use crate::host::free_port;
 
 /// An OpenSSH server on 127.0.0.1 standing in for the running NAS (tests and `bench`): its sessions get
 /// `RAMNAS_BOOT` (a directory holding the stick's files) and `RAMNAS_CMDLINE` (a file saying which slot

@@ -601,6 +601,15 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Whether this process runs as root.
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+pub fn free_port() -> anyhow::Result<u16> {
+    use anyhow::Context;
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port on 127.0.0.1")?
+        .port())
+}
+
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }

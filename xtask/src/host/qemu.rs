@@ -157,6 +157,39 @@ pub fn data_disks(disks: &Path, count: u32, size: &str, fresh: bool) -> Result<V
         .collect())
 }
 
+/// New copy-on-write overlays `disks/disk<i>.qcow2` of the disks `bases` (from [`data_disks`]), with the
+/// same serials: the guest writes to the overlays, the bases stay as they are.
+pub fn overlay_disks(bases: &[Drive], disks: &Path) -> Result<Vec<Drive>> {
+    fs::create_dir_all(disks).with_context(|| format!("creating {}", disks.display()))?;
+    let mut overlays = Vec::new();
+    for base in bases {
+        let name = base.file.file_name().context("a disk has a file name")?;
+        let file = disks.join(name);
+        let backing = fs::canonicalize(&base.file)
+            .with_context(|| format!("reading {}", base.file.display()))?;
+        let _ = fs::remove_file(&file);
+        let created = Command::new(qemu_img()?)
+            .args(["create", "-q", "-f", "qcow2", "-F", base.format, "-b"])
+            .arg(&backing)
+            .arg(&file)
+            .status()
+            .context("running qemu-img")?;
+        if !created.success() {
+            bail!(
+                "qemu-img could not create {} over {}",
+                file.display(),
+                backing.display()
+            );
+        }
+        overlays.push(Drive {
+            file,
+            format: "qcow2",
+            ..base.clone()
+        });
+    }
+    Ok(overlays)
+}
+
 #[derive(Debug, Clone)]
 pub struct Machine {
     pub accel: Accel,

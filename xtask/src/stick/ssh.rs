@@ -34,6 +34,11 @@ use crate::stick::{for_terminal, Entry, Stick};
 /// Names an ssh program other than `ssh` on PATH (a wrapper adding `-F CONFIG`, say).
 pub const PROGRAM_ENV: &str = "RAMNAS_SSH";
 
+/// The ssh client: [`PROGRAM_ENV`], else `ssh` on PATH.
+pub fn program() -> std::ffi::OsString {
+    std::env::var_os(PROGRAM_ENV).unwrap_or_else(|| "ssh".into())
+}
+
 /// Seconds the NAS may stay silent while ramnas waits for it (an answer, or room to send) before the
 /// session is ended with an error; [`TIMEOUT_DEFAULT`] when unset.
 pub const TIMEOUT_ENV: &str = "RAMNAS_SSH_TIMEOUT";
@@ -425,8 +430,7 @@ impl Ssh {
     /// Connects to `ssh://[user@]host[:port]` with `ssh` (or [`PROGRAM_ENV`]) and checks that a ramnas stick
     /// is mounted there.
     pub fn open(target: &str) -> Result<Ssh> {
-        let program = std::env::var_os(PROGRAM_ENV).unwrap_or_else(|| "ssh".into());
-        Ssh::open_with(target, &program)
+        Ssh::open_with(target, &program())
     }
 
     /// [`Ssh::open`] with `program` as the ssh client.

@@ -21,4 +21,5 @@ mod storage;
 mod system;
 mod uefi;
 mod vm;
+mod vmtest;
 mod walkthrough;

@@ -122,7 +122,7 @@ impl Nas {
         self.dir.path()
     }
 
-    /// A copy of the example `system/` named NAME, with the test's services, `then` as /etc/test-then, and
+    /// A copy of the example `system/` named NAME, without its tests/, with the test's services, `then` as /etc/test-then, and
     /// `setup` appended to setup.sh.
     pub(crate) fn system(&self, name: &str, then: &str, setup: &str) -> PathBuf {
         let system = self.path().join(format!("system-{name}"));
@@ -131,6 +131,8 @@ impl Nas {
             "cp",
             &["-a", example.to_str().unwrap(), system.to_str().unwrap()],
         );
+        // The example's own tests would gate every deploy of it (`vm.rs` runs them).
+        fs::remove_dir_all(system.join("tests")).unwrap();
         let init_d = system.join("root/etc/init.d");
         for name in EARLY_AND_LATE {
             write_script(&init_d.join(name), &service(name));

@@ -25,7 +25,7 @@ const QEMU_NETWORK: &str = "10.0.2.0/24";
 
 /// A copy of the example system with sharing on, as README says: setup.sh's commented sharing lines (the
 /// share's owner, the two services) uncommented, and /etc/exports naming the network the clients are on.
-fn sharing_system(nas: &Nas, name: &str, setup: &str) -> std::path::PathBuf {
+pub(crate) fn sharing_system(nas: &Nas, name: &str, setup: &str) -> std::path::PathBuf {
     let system = nas.system(name, "", setup);
     let path = system.join("setup.sh");
     let mut text = fs::read_to_string(&path).unwrap();

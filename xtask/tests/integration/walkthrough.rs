@@ -45,6 +45,12 @@ fn the_walkthrough_covers_every_step() {
             "no `cargo xtask {step}` in the walk-through"
         );
     }
+    let tests = commands.iter().position(|c| c[..] == ["vm", "--test"]);
+    let deploy = commands.iter().position(|c| c[0] == "deploy");
+    assert!(
+        tests.is_some() && tests < deploy,
+        "the walk-through runs the NAS's tests before it deploys"
+    );
     assert!(
         section.contains("zpool create"),
         "the walk-through creates the pool"

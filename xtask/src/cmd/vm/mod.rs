@@ -1,6 +1,7 @@
 //! `cargo xtask vm`: boot the build in qemu — the kernel directly, or the stick image through its firmware —
 //! with the stick on USB and persistent virtio data disks, on the terminal or as a headless pass/fail check.
 //! The stick is the VM's own copy of the image (`vm/stick.img`), so nothing of the VM gets into the image.
+//! `--test` (in `test`) runs the system's own tests against the build.
 
 use std::{
     env, fs,
@@ -15,15 +16,20 @@ use xshell::{cmd, Shell};
 
 use crate::{
     flags::VmFlags,
-    host::qemu::{self, Accel, Bus, Direct, Drive, Firmware, Machine, Outcome},
+    host::qemu::{self, Accel, Bus, Direct, Drive, Firmware, Machine, Outcome, Running},
 };
 
 /// Overrides where VM state lives (default: `vm/` at the repository root).
 pub const VM_DIR_ENV: &str = "RAMNAS_VM_DIR";
 
+mod test;
+
 pub fn run(flags: VmFlags) -> Result<()> {
     let expect =
         Regex::new(&flags.expect).with_context(|| format!("--expect {:?}", flags.expect))?;
+    if flags.uefi && !flags.image && !flags.test {
+        bail!("--uefi boots the stick through OVMF: add --image (or --test)");
+    }
     let ovmf = check_host_tools(flags.uefi)?;
     let out = &flags.out.out;
     let dir = vm_dir();
@@ -33,6 +39,9 @@ pub fn run(flags: VmFlags) -> Result<()> {
     let mut machine = Machine::new(accel);
     machine.mem = flags.mem.clone();
     machine.cpus = flags.cpus;
+    if flags.test {
+        return test::run(&flags, machine, &dir, ovmf);
+    }
     let stick = vm_stick(&out.join("boot.img"), &dir)?;
     if flags.image {
         if stick.is_none() {
@@ -242,11 +251,31 @@ fn describe_machine(machine: &Machine, image: bool, stick: &Path) {
 /// Headless: wait for `expect` on the console, then stop qemu. Anything else — timeout, panic, qemu exiting,
 /// or an interrupt — is an error naming it, with the console's last lines.
 fn check(machine: &Machine, log: &Path, pattern: &Regex, timeout: Duration) -> Result<()> {
-    let expect = pattern.as_str();
     // Ctrl-C, SIGTERM and SIGHUP set a flag the wait loop checks, so qemu is killed and reaped before we exit.
-    let signals =
-        crate::host::signals::Interrupts::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+    let signals = catch_interrupts()?;
     let mut vm = machine.start(log, true)?;
+    let line = wait_for(&mut vm, pattern, timeout, &signals)?;
+    eprintln!(
+        "vm: check passed: {line:?} matched {:?}; pressing the power button",
+        pattern.as_str()
+    );
+    power_off(&mut vm, log, &signals)
+}
+
+/// Ctrl-C, SIGTERM and SIGHUP as a flag: the waits below check it, so qemu is killed and reaped before the
+/// command exits.
+fn catch_interrupts() -> Result<crate::host::signals::Interrupts> {
+    crate::host::signals::Interrupts::catch(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+}
+
+/// Waits up to `timeout` for a console line matching `pattern` and returns it; a timeout, a panic, qemu
+/// exiting or an interrupt (qemu is killed) is an error naming it, with the console's last lines.
+fn wait_for(
+    vm: &mut Running,
+    pattern: &Regex,
+    timeout: Duration,
+    signals: &crate::host::signals::Interrupts,
+) -> Result<String> {
     let deadline = Instant::now() + timeout;
     let outcome = loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -261,45 +290,52 @@ fn check(machine: &Machine, log: &Path, pattern: &Regex, timeout: Duration) -> R
         }
     };
     match outcome {
-        Outcome::Matched(line) => {
-            eprintln!("vm: check passed: {line:?} matched {expect:?}; pressing the power button");
-            let why_not = match vm.press_power_button() {
-                Err(err) => format!("the power button could not be pressed: {err:#}"),
-                Ok(()) => {
-                    let deadline = Instant::now() + POWER_OFF_TIMEOUT;
-                    while !vm.exited() && Instant::now() < deadline {
-                        if signals.interrupted() {
-                            vm.kill();
-                            bail!(
-                                "interrupted while the guest shut down: qemu stopped\n{}",
-                                vm.tail(10)
-                            );
-                        }
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                    format!(
-                        "the guest did not power off within {}s of the ACPI power button (is acpid running?)",
-                        POWER_OFF_TIMEOUT.as_secs()
-                    )
-                }
-            };
-            if vm.exited() {
-                eprintln!("vm: the guest powered off (log: {})", log.display());
-            } else {
-                vm.kill();
-                eprintln!(
-                    "vm: warning: {why_not}: qemu stopped, and the stick was not unmounted cleanly (log: {})",
-                    log.display()
-                );
-            }
-            Ok(())
-        }
+        Outcome::Matched(line) => Ok(line),
         other => bail!(
             "vm check failed: {}\n{}",
-            qemu::describe(&other, expect, timeout),
+            qemu::describe(&other, pattern.as_str(), timeout),
             vm.tail(25)
         ),
     }
+}
+
+/// Presses the power button and gives the guest [`POWER_OFF_TIMEOUT`] to shut down (its services stop, the
+/// stick is unmounted cleanly); then qemu is stopped, with a warning, if it still runs.
+fn power_off(
+    vm: &mut Running,
+    log: &Path,
+    signals: &crate::host::signals::Interrupts,
+) -> Result<()> {
+    let why_not = match vm.press_power_button() {
+        Err(err) => format!("the power button could not be pressed: {err:#}"),
+        Ok(()) => {
+            let deadline = Instant::now() + POWER_OFF_TIMEOUT;
+            while !vm.exited() && Instant::now() < deadline {
+                if signals.interrupted() {
+                    vm.kill();
+                    bail!(
+                        "interrupted while the guest shut down: qemu stopped\n{}",
+                        vm.tail(10)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            format!(
+                "the guest did not power off within {}s of the ACPI power button (is acpid running?)",
+                POWER_OFF_TIMEOUT.as_secs()
+            )
+        }
+    };
+    if vm.exited() {
+        eprintln!("vm: the guest powered off (log: {})", log.display());
+    } else {
+        vm.kill();
+        eprintln!(
+            "vm: warning: {why_not}: qemu stopped, and the stick was not unmounted cleanly (log: {})",
+            log.display()
+        );
+    }
+    Ok(())
 }
 
 /// How long `--check` gives the guest to shut down after the power button: its services stop and the stick
