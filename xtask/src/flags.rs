@@ -120,7 +120,7 @@ pub enum Cmd {
     /// A test passes by exiting 0 and is skipped by exiting 77. One line per test (pass, FAIL, skip; its
     /// time) and the output of each failed one; every output is kept in vm/test/logs/. It exits non-zero
     /// when a test failed. When every test passed it records the build as tested (OUT/tested.json, for
-    /// this build id and these tests), which `deploy` asks for; a failure removes the record. --keep leaves
+    /// this build id and these tests), which `deploy` asks for; each run removes it first. --keep leaves
     /// a VM whose tests failed running, with the ssh command to get in, until it powers off or Ctrl-C.
     #[command(verbatim_doc_comment)]
     Vm(VmFlags),

@@ -1528,7 +1528,7 @@ impl Bench {
         }
         let mut example = Row::alone(cases[2], Samples::seconds(tests), Goal::None);
         example.note =
-            Some("one boot to ready, then each test (sharing off: host/share skips)".into());
+            Some("one boot to ready, then each test: host/reboot boots again, host/share skips (sharing off)".into());
         Ok(vec![
             Row::alone(cases[0], Samples::seconds(whole), Goal::None),
             part,

@@ -252,7 +252,7 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "ssh",
         found: Found::OnPath,
-        used_by: "deploy, commit, rollback, status (ssh:// targets)",
+        used_by: "deploy, commit, rollback, status (ssh:// targets), vm --test",
         tests_only: false,
         debian: "openssh-client",
         fedora: "openssh-clients",
@@ -322,7 +322,8 @@ pub const TOOLS: &[Tool] = &[
     Tool {
         program: "smbclient",
         found: Found::OnPath,
-        used_by: "tests (a Samba client of the NAS's share)",
+        used_by:
+            "tests, and the example's system/tests/host/share (a Samba client of the NAS's share)",
         tests_only: true,
         debian: "smbclient",
         fedora: "samba-client",

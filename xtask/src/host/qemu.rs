@@ -109,9 +109,7 @@ pub fn data_disks(disks: &Path, count: u32, size: &str, fresh: bool) -> Result<V
     if count > 0 {
         fs::create_dir_all(disks).with_context(|| format!("creating {}", disks.display()))?;
     }
-    let files: Vec<PathBuf> = (0..count)
-        .map(|i| disks.join(format!("disk{i}.qcow2")))
-        .collect();
+    let files: Vec<PathBuf> = (0..count).map(|i| disk_file(disks, i)).collect();
     let mut made = Vec::new();
     for file in &files {
         if fresh || !file.exists() {
@@ -155,6 +153,11 @@ pub fn data_disks(disks: &Path, count: u32, size: &str, fresh: bool) -> Result<V
             boot: false,
         })
         .collect())
+}
+
+/// Data disk `i` in `disks`.
+pub fn disk_file(disks: &Path, i: u32) -> PathBuf {
+    disks.join(format!("disk{i}.qcow2"))
 }
 
 /// New copy-on-write overlays `disks/disk<i>.qcow2` of the disks `bases` (from [`data_disks`]), with the

@@ -188,6 +188,7 @@ fn the_nas_tests_run_fail_hang_keep_pass_and_gate_the_deploy() {
         "      | the host side says why on 127.0.0.1:",
         "FAIL  host/hangs  (timed out after 30 s)",
         "      | before the hang",
+        "pass  host/reboot  (",
         "pass  host/share  (",
     ] {
         assert!(stdout.contains(want), "no {want:?} in:\n{stdout}");
@@ -196,7 +197,7 @@ fn the_nas_tests_run_fail_hang_keep_pass_and_gate_the_deploy() {
         "preparing the data disks: tests/prepare",
         &format!("booting build {id} on trial in slot b"),
         &format!("ramnas: ready slot=b build={id}"),
-        "3 of 7 tests failed",
+        "3 of 8 tests failed",
     ] {
         assert!(stderr.contains(want), "no {want:?} in:\n{stderr}");
     }
@@ -226,8 +227,9 @@ fn the_nas_tests_run_fail_hang_keep_pass_and_gate_the_deploy() {
     for want in [
         "the data disks start as tests/prepare left them",
         "pass  nas/pool  (",
+        "pass  host/reboot  (",
         "pass  host/share  (",
-        "vm: 3 passed, 1 skipped: build",
+        "vm: 4 passed, 1 skipped: build",
         "the guest powered off",
     ] {
         assert!(passed.contains(want), "no {want:?} in:\n{passed}");

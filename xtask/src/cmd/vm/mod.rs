@@ -45,11 +45,7 @@ pub fn run(flags: VmFlags) -> Result<()> {
     let stick = vm_stick(&out.join("boot.img"), &dir)?;
     if flags.image {
         if stick.is_none() {
-            bail!(
-                "{} not found: make it with `cargo xtask image --out {}`",
-                out.join("boot.img").display(),
-                out.display()
-            );
+            return Err(no_image(out));
         }
         if let Some((code, template)) = ovmf {
             machine.firmware = Firmware::Uefi {
@@ -97,6 +93,15 @@ fn vm_dir() -> PathBuf {
             .expect("xtask sits inside the workspace")
             .join("vm"),
     }
+}
+
+/// OUT/boot.img is missing: the error that says how to make it.
+fn no_image(out: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} not found: make it with `cargo xtask image --out {}`",
+        out.join("boot.img").display(),
+        out.display()
+    )
 }
 
 /// The VM's own stick, `DIR/stick.img`: a copy of `image` (OUT/boot.img), made when it is missing or older

@@ -78,12 +78,10 @@ pub(super) fn run(
     }
     let image = out.join("boot.img");
     if !image.exists() {
-        bail!(
-            "{} not found: make it with `cargo xtask image --out {}`",
-            image.display(),
-            out.display()
-        );
+        return Err(super::no_image(out));
     }
+    // Whatever passed before, this run's result is the one that counts.
+    Tested::forget(out)?;
     let dir = vm_dir.join("test");
     let logs = dir.join("logs");
     let _ = fs::remove_dir_all(&logs);
@@ -142,7 +140,6 @@ pub(super) fn run(
         );
         return super::power_off(&mut nas.vm, &nas.log, &runner.signals);
     }
-    Tested::forget(out)?;
     if flags.keep {
         runner.keep(&mut nas)?;
     } else {
@@ -200,7 +197,9 @@ impl Runner<'_> {
             "tests/prepare {}\ndisks {count}\nsize {size}\n",
             crate::build::manifest::hex(&Sha256::digest(&script))
         );
-        let bases = if fs::read_to_string(&record).ok().as_deref() == Some(want.as_str()) {
+        let kept = fs::read_to_string(&record).ok().as_deref() == Some(want.as_str())
+            && (0..count).all(|i| qemu::disk_file(&prepared, i).exists());
+        let bases = if kept {
             eprintln!(
                 "vm: the data disks start as tests/prepare left them ({})",
                 prepared.display()
