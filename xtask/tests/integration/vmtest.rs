@@ -108,7 +108,8 @@ fn the_nas_tests_run_fail_hang_keep_pass_and_gate_the_deploy() {
     );
 
     // The failing run, kept: the VM stays up for ssh until it powers off.
-    let args = ["--disks", "2", "--disk-size", "1G", "--test-timeout", "30"];
+    // The default timeout (120 s): host/reboot boots the NAS again under TCG.
+    let args = ["--disks", "2", "--disk-size", "1G"];
     let mut command = vm_test(&nas, &system, &out, &args);
     command.arg("--keep");
     let mut child = command
@@ -128,7 +129,7 @@ fn the_nas_tests_run_fail_hang_keep_pass_and_gate_the_deploy() {
     let stderr = child.stderr.take().unwrap();
     let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap());
     let mut printed = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(1200);
+    let deadline = Instant::now() + Duration::from_secs(1500);
     while !printed
         .iter()
         .any(|l: &String| l.contains("--keep: the VM is still running"))
@@ -155,7 +156,20 @@ fn the_nas_tests_run_fail_hang_keep_pass_and_gate_the_deploy() {
             .output()
             .unwrap()
     };
-    let kept = common::ok(&ssh("cat /proc/cmdline /etc/vmtest"));
+    let kept = ssh("cat /proc/cmdline /etc/vmtest");
+    if !kept.status.success() {
+        let _ = child.kill();
+        let console =
+            fs::read_to_string(nas.path().join("vm/test/console.log")).unwrap_or_default();
+        let lines: Vec<&str> = console.lines().collect();
+        panic!(
+            "ssh into the kept VM: {}\nprinted:\n{}\nthe console's last lines:\n{}",
+            common::text(&kept),
+            printed.join("\n"),
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        );
+    }
+    let kept = String::from_utf8_lossy(&kept.stdout);
     assert!(
         kept.contains(&format!("ramnas.build={id}")) && kept.contains("the build under test"),
         "{kept}"
@@ -186,7 +200,7 @@ fn the_nas_tests_run_fail_hang_keep_pass_and_gate_the_deploy() {
         "pass  nas/snapshots  (",
         "FAIL  host/fails  (exit 4, ",
         "      | the host side says why on 127.0.0.1:",
-        "FAIL  host/hangs  (timed out after 30 s)",
+        "FAIL  host/hangs  (timed out after 120 s)",
         "      | before the hang",
         "pass  host/reboot  (",
         "pass  host/share  (",
