@@ -601,7 +601,6 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether this process runs as root.
 /// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
 pub fn free_port() -> anyhow::Result<u16> {
     use anyhow::Context;
@@ -611,6 +610,7 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Whether this process runs as root.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }

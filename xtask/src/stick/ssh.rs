@@ -48,7 +48,7 @@ const TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
 
 /// ssh's own options: no prompt, and a NAS (or network) that is gone ends the session within about a
 /// minute (a keep-alive every 15 s, four unanswered), a host that does not answer the connection in 30 s.
-const SSH_OPTIONS: &[&str] = &[
+pub const SSH_OPTIONS: &[&str] = &[
     "-o",
     "BatchMode=yes",
     "-o",

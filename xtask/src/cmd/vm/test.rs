@@ -392,9 +392,10 @@ impl Booted {
 }
 
 /// An ssh config naming the VM `nas`: root at 127.0.0.1:`port`, whatever host key it made this boot (a
-/// fresh stick makes new ones), no prompt, and a VM that stops answering ends the session.
+/// fresh stick makes new ones), and the options every ssh session of ramnas's has (no prompt, and a VM that
+/// stops answering ends the session).
 fn ssh_config(port: u16) -> String {
-    format!(
+    let mut config = format!(
         "# Written by `cargo xtask vm --test` for the VM of its last run.\n\
          Host nas\n\
          \x20   HostName 127.0.0.1\n\
@@ -402,12 +403,12 @@ fn ssh_config(port: u16) -> String {
          \x20   User root\n\
          \x20   StrictHostKeyChecking no\n\
          \x20   UserKnownHostsFile /dev/null\n\
-         \x20   LogLevel ERROR\n\
-         \x20   BatchMode yes\n\
-         \x20   ConnectTimeout 30\n\
-         \x20   ServerAliveInterval 15\n\
-         \x20   ServerAliveCountMax 4\n"
-    )
+         \x20   LogLevel ERROR\n"
+    );
+    for option in stick::ssh::SSH_OPTIONS.iter().filter(|o| **o != "-o") {
+        config.push_str(&format!("    {}\n", option.replacen('=', " ", 1)));
+    }
+    config
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -456,4 +457,22 @@ fn report(test: &str, ended: Ended, took: Duration, log: &Path) -> Verdict {
         println!("      | (no output)");
     }
     verdict
+}
+
+#[cfg(test)]
+mod unit {
+    #[test]
+    fn the_ssh_config_has_ramnas_ssh_options() {
+        let config = super::ssh_config(2222);
+        for line in [
+            "Host nas",
+            "    Port 2222",
+            "    BatchMode yes",
+            "    ServerAliveInterval 15",
+            "    ServerAliveCountMax 4",
+            "    ConnectTimeout 30",
+        ] {
+            assert!(config.lines().any(|l| l == line), "{line:?} in:\n{config}");
+        }
+    }
 }
